@@ -1,0 +1,41 @@
+# The two commands: `make reports` (the main job) and `make test`.
+# Both bootstrap .venv: create it and `pip install -e '.[dev,bruker]'` when it is
+# missing or when pyproject.toml is newer than the last install.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: reports test venv chromium bench clean-reports
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bruker]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (studylib)" >/dev/null
+	@touch $(STAMP)
+
+# Headless Chromium for the report browser check (Debian package; needs root or sudo).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+reports: $(STAMP)
+	$(VENV)/bin/studylib run --preset $(PRESET) --reports reports
+
+test: $(STAMP) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/fits.py
+	$(PY) benchmarks/dce.py
+
+clean-reports:
+	rm -rf reports/*.html reports/*.ipynb reports/*.json reports/*.png

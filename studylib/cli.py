@@ -1,0 +1,96 @@
+"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``show``.
+
+Each subcommand is a thin shell over a library function, so everything the CLI does
+is importable and tested.  Input errors (:class:`studylib.errors.StudyError`) print one
+clear line and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import StudyError
+
+
+def _cmd_verify(args) -> int:
+    from .manifest import verify_manifest
+
+    problems = verify_manifest(args.manifest, check_hashes=not args.no_hash)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{args.manifest}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.manifest}: OK")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from .synth import generate
+
+    manifest = generate(args.preset, out=args.out, seed=args.seed, manifest=args.manifest)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .workbook import run
+
+    return run(args.experiments or None, preset=args.preset, reports=args.reports,
+               scheduler=args.scheduler, manifest=args.manifest)
+
+
+def _cmd_show(args) -> int:
+    from .workbook import show
+
+    return show(args.experiment, preset=args.preset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="studylib", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("verify", help="check the data manifest: schema, paths, sha256")
+    v.add_argument("--manifest", default="data_manifest.csv")
+    v.add_argument("--no-hash", action="store_true", help="skip the sha256 check (schema and paths only)")
+    v.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("synth", help="write a synthetic study with known truth")
+    s.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    s.add_argument("--out", default=None, help="folder for raw/ and truth/ (default data/<preset>)")
+    s.add_argument("--manifest", default=None,
+                   help="manifest to write (default: ./data_manifest.csv for demo, OUT/data_manifest.csv otherwise)")
+    s.add_argument("--seed", type=int, default=None)
+    s.set_defaults(func=_cmd_synth)
+
+    r = sub.add_parser("run", help="execute experiment notebooks into HTML reports")
+    r.add_argument("experiments", nargs="*")
+    r.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    r.add_argument("--reports", default="reports")
+    r.add_argument("--manifest", default=None)
+    r.add_argument("--scheduler", default=None,
+                   help="threads (default), local, or a scheduler address tcp://host:port (env STUDYLIB_SCHEDULER)")
+    r.set_defaults(func=_cmd_run)
+
+    w = sub.add_parser("show", help="list an experiment's cached intermediate results")
+    w.add_argument("experiment")
+    w.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    w.set_defaults(func=_cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The one xarray/dask adapter every fit uses.
+
+A kernel is a pure numpy function ``kernel(y, x, **kwargs) -> dict[name, ndarray]`` with
+``y`` of shape ``(n_voxels, n)`` (the fitted axis last), ``x`` the fitted-axis coordinate
+of shape ``(n,)``, returning arrays of shape ``(n_voxels,)``.  It must return a boolean
+``"fit_ok"`` and put NaN (never raise) where a voxel cannot be fitted.
+
+:func:`apply_kernel` validates the coordinate and the inputs, flattens any leading dims,
+applies the mask, calls the kernel through :func:`xarray.apply_ufunc` with
+``dask="parallelized"`` (one task per input chunk, lazily for Dask input), and returns an
+:class:`xarray.Dataset` with units in ``attrs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import xarray as xr
+
+from ..errors import FitInputError
+
+__all__ = ["Output", "apply_kernel", "check_axis"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output map of a kernel: its name, dtype, and attrs (units, long_name)."""
+
+    name: str
+    units: str = ""
+    long_name: str = ""
+    dtype: type = np.float64
+
+
+def check_axis(signal: xr.DataArray, dim: str, *, what: str, allow_zero: bool = True, min_points: int = 2,
+               source: str | None = None) -> np.ndarray:
+    """Validate the fitted-axis coordinate: present, finite, non-negative, strictly increasing.
+
+    Returns the coordinate as float64.  ``source`` names the file or variable for messages.
+    """
+    where = f"{source}: " if source else ""
+    if not isinstance(signal, xr.DataArray):
+        raise FitInputError(f"{where}expected an xarray.DataArray with a '{dim}' dimension, got {type(signal).__name__}")
+    if dim not in signal.dims:
+        raise FitInputError(f"{where}signal has no '{dim}' dimension ({what}); its dims are {tuple(signal.dims)}")
+    if dim not in signal.coords:
+        raise FitInputError(f"{where}signal has a '{dim}' dimension but no '{dim}' coordinate giving the {what}")
+    try:
+        x = np.asarray(signal[dim].values, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise FitInputError(f"{where}{what} ('{dim}') are not numbers: {err}") from None
+    if x.size < min_points:
+        raise FitInputError(f"{where}need at least {min_points} {what} ('{dim}'), got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise FitInputError(f"{where}{what} ('{dim}') contain NaN or Inf: {x.tolist()}")
+    if np.any(x < 0) or (not allow_zero and np.any(x == 0)):
+        raise FitInputError(f"{where}{what} ('{dim}') must be {'non-negative' if allow_zero else 'positive'}: {x.tolist()}")
+    d = np.diff(x)
+    if np.any(d == 0):
+        raise FitInputError(f"{where}{what} ('{dim}') are duplicated: {x.tolist()}")
+    if np.any(d < 0):
+        raise FitInputError(f"{where}{what} ('{dim}') are not sorted ascending: {x.tolist()}; "
+                            f"sort with signal.sortby('{dim}')")
+    return x
+
+
+def _check_mask(signal: xr.DataArray, mask, dim: str) -> xr.DataArray | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, xr.DataArray):
+        mask = np.asarray(mask)
+        spatial = [d for d in signal.dims if d != dim]
+        if mask.ndim != len(spatial) or mask.shape != tuple(signal.sizes[d] for d in spatial):
+            raise FitInputError(f"mask of shape {mask.shape} does not match the signal's voxel shape "
+                                f"{tuple(signal.sizes[d] for d in spatial)} (dims {spatial})")
+        mask = xr.DataArray(mask, dims=spatial)
+    extra = set(mask.dims) - set(signal.dims)
+    if extra or dim in mask.dims:
+        raise FitInputError(f"mask dims {tuple(mask.dims)} must be a subset of the signal's voxel dims "
+                            f"{tuple(d for d in signal.dims if d != dim)}")
+    for d in mask.dims:
+        if mask.sizes[d] != signal.sizes[d]:
+            raise FitInputError(f"mask has {mask.sizes[d]} along '{d}' but the signal has {signal.sizes[d]}")
+    return mask.astype(bool)
+
+
+def apply_kernel(
+    kernel: Callable[..., Mapping[str, np.ndarray]],
+    signal: xr.DataArray,
+    dim: str,
+    outputs: list[Output],
+    *,
+    x: np.ndarray | None = None,
+    mask=None,
+    kernel_kwargs: Mapping | None = None,
+    attrs: Mapping | None = None,
+) -> xr.Dataset:
+    """Apply a voxelwise fitting kernel over every voxel of ``signal`` along ``dim``.
+
+    Parameters
+    ----------
+    kernel : callable ``(y[n_vox, n], x[n], **kernel_kwargs) -> {name: array[n_vox]}``.
+    signal : DataArray with ``dim`` and any other (voxel) dims, numpy- or Dask-backed.
+    dim : fitted dimension name (``te``, ``b``, ``t``, ``fa``, ``offset``...).
+    outputs : the maps the kernel returns, in order; must include ``fit_ok`` (bool).
+    x : the validated coordinate (default: ``signal[dim]`` as float).
+    mask : optional boolean DataArray (or array of the voxel shape); voxels outside are NaN
+        with ``fit_ok=False`` and are not passed to the kernel.
+    kernel_kwargs : extra keyword arguments for the kernel (numpy arrays, scalars).
+    attrs : attrs of the returned Dataset (method, references...).
+
+    Returns
+    -------
+    Dataset with one variable per output, dims = the signal's dims without ``dim``.
+    Dask input gives Dask output (nothing computed).
+    """
+    if x is None:
+        x = np.asarray(signal[dim].values, dtype=float)
+    names = [o.name for o in outputs]
+    if "fit_ok" not in names:
+        raise ValueError("kernel outputs must include 'fit_ok'")
+    if not np.issubdtype(signal.dtype, np.number):
+        raise FitInputError(f"signal must be numeric, got dtype {signal.dtype}")
+    if np.iscomplexobj(signal.dtype.type(0)):
+        raise FitInputError("signal is complex; fit magnitude images (abs) instead")
+    if signal.chunks is None:
+        vals = np.asarray(signal.values)
+        if vals.size and not np.any(np.isfinite(vals)):
+            raise FitInputError(f"signal is all NaN/Inf (dims {tuple(signal.dims)}); nothing to fit")
+    mask_da = _check_mask(signal, mask, dim)
+    kw = dict(kernel_kwargs or {})
+
+    def _block(y, m=None):
+        lead = y.shape[:-1]
+        flat = np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1])
+        sel = np.ones(flat.shape[0], dtype=bool) if m is None else np.broadcast_to(m, lead).reshape(-1).astype(bool)
+        res = {}
+        if sel.any():
+            res = kernel(flat[sel] if not sel.all() else flat, x, **kw)
+        outs = []
+        for o in outputs:
+            if o.dtype is bool or o.dtype is np.bool_:
+                full = np.zeros(flat.shape[0], dtype=bool)
+            else:
+                full = np.full(flat.shape[0], np.nan, dtype=o.dtype)
+            if sel.any():
+                full[sel] = res[o.name]
+            outs.append(full.reshape(lead))
+        return tuple(outs)
+
+    sig = signal
+    if sig.chunks is not None:
+        sig = sig.chunk({dim: -1})
+    args = [sig]
+    core = [[dim]]
+    if mask_da is not None:
+        args.append(mask_da)
+        core.append([])
+        if sig.chunks is not None:
+            mask_da = mask_da.chunk({d: sig.chunksizes[d] for d in mask_da.dims})
+            args[1] = mask_da
+    results = xr.apply_ufunc(
+        _block,
+        *args,
+        input_core_dims=core,
+        output_core_dims=[[] for _ in outputs],
+        dask="parallelized",
+        output_dtypes=[o.dtype for o in outputs],
+        vectorize=False,
+    )
+    if not isinstance(results, tuple):
+        results = (results,)
+    ds = xr.Dataset()
+    for o, r in zip(outputs, results):
+        r.attrs = {k: v for k, v in (("units", o.units), ("long_name", o.long_name)) if v}
+        ds[o.name] = r
+    ds.attrs.update(attrs or {})
+    return ds
