@@ -1,0 +1,279 @@
+"""NIfTI-1 images as scanners store them, written byte-reproducibly and read lazily.
+
+* :func:`write_nifti` stores float data as integers with ``scl_slope``/``scl_inter``
+  chosen deterministically from the data, gzip-compressed with ``mtime=0`` so the same
+  input gives the same bytes on every run, plus a JSON sidecar (sorted keys, ``\\n``);
+  both written atomically (temporary file + ``os.replace``).
+* :func:`read_header` reads shape, voxel size, affine and scaling without the data.
+* :func:`read_nifti_lazy` returns a Dask array that reads the file only on compute,
+  transposed from nibabel's ``(x, y, z[, n])`` to the design's ``(n, z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataFileError
+from .sidecar import sidecar_path, validate_sidecar
+
+__all__ = ["write_nifti", "read_header", "read_nifti_lazy", "read_nifti", "NiftiInfo", "to_design_order"]
+
+_INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _choose_scaling(data: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
+    """(slope, inter) such that ``data ≈ int * slope + inter``.
+
+    Integer-valued data that fits the dtype is stored exactly (slope 1, inter 0).
+    Otherwise inter = 0 and slope = max|data| / 32000 (int16) or max / 64000 (uint16),
+    rounded to float32 (the header's precision) so the choice is reproducible.
+    """
+    lo, hi, full = _INT_RANGE[dtype]
+    if data.size == 0:
+        return 1.0, 0.0
+    dmin, dmax = float(np.min(data)), float(np.max(data))
+    if np.all(data == np.round(data)) and dmin >= lo and dmax <= hi:
+        return 1.0, 0.0
+    amax = max(abs(dmin), abs(dmax))
+    if amax == 0:
+        return 1.0, 0.0
+    slope = float(np.float32(amax / full))
+    if slope == 0.0:  # subnormal data
+        slope = float(np.finfo(np.float32).tiny)
+    return slope, 0.0
+
+
+def to_design_order(arr: np.ndarray) -> np.ndarray:
+    """nibabel order ``(x, y, z[, n])`` -> design order ``([n,] z, y, x)``."""
+    return np.transpose(arr, tuple(range(arr.ndim))[::-1])
+
+
+def write_nifti(path, data_float, affine, *, dtype=np.int16, sidecar: dict | None = None,
+                design_order: bool = False, xyz_units: str = "mm") -> Path:
+    """Write a scanner-style NIfTI-1 (integer data + scaling), byte-reproducibly.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output ``.nii.gz`` (or ``.nii`` for an uncompressed file).
+    data_float : array_like, shape (x, y, z[, n]) or, with ``design_order=True``, ([n,] z, y, x)
+        Image values (finite).  Integer-valued data within the dtype's range (labels) is
+        stored exactly with slope 1.
+    affine : array_like, shape (4, 4)
+        Voxel -> world (mm) affine of the ``(x, y, z)`` voxel axes; its column norms are
+        the voxel size in mm.
+    dtype : numpy.int16 or numpy.uint16
+        Stored integer type.
+    sidecar : dict, optional
+        Written to the same stem with ``.json`` (validated, sorted keys, 2-space indent,
+        trailing ``\\n``).
+    design_order : bool
+        ``data_float`` is in the design's order ``([n,] z, y, x)`` and is transposed.
+
+    Returns
+    -------
+    Path
+        The image path.
+
+    Notes
+    -----
+    Stored value ``i = round((v - inter) / slope)``; readers return ``i * slope + inter``.
+    ``inter = 0`` and ``slope = max|v| / 32000`` (int16; ``max / 64000`` for uint16),
+    rounded to float32, so the quantisation error is at most ``slope / 2`` per voxel and the
+    choice depends only on the data.  Gzip uses ``mtime=0`` and no file name, so equal data
+    gives equal bytes (the manifest's sha256 is reproducible).  NIfTI-1: Cox et al. 2004,
+    https://nifti.nimh.nih.gov/nifti-1.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    dt = np.dtype(dtype)
+    if dt not in _INT_RANGE:
+        raise DataFileError(f"{path}: dtype must be int16 or uint16, got {dt}")
+    data = np.asarray(data_float)
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool) or np.iscomplexobj(data):
+        raise DataFileError(f"{path}: data must be real numbers, got dtype {data.dtype}")
+    data = data.astype(np.float64)
+    if design_order:
+        data = to_design_order(data)
+    if data.ndim not in (3, 4):
+        raise DataFileError(f"{path}: data must be 3-D (x, y, z) or 4-D (x, y, z, n), got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise DataFileError(f"{path}: data contain NaN or Inf ({int(np.sum(~np.isfinite(data)))} values)")
+    lo, hi, _ = _INT_RANGE[dt]
+    if dt == np.dtype(np.uint16) and data.size and data.min() < 0:
+        raise DataFileError(f"{path}: uint16 cannot store negative values (min {data.min():g}); use int16")
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+        raise DataFileError(f"{path}: affine must be a finite 4x4 matrix, got shape {aff.shape}")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise DataFileError(f"{path}: affine is singular")
+    if sidecar is not None:
+        validate_sidecar(sidecar, source=f"{sidecar_path(path)} (sidecar argument)")
+    slope, inter = _choose_scaling(data, dt)
+    ints = np.clip(np.rint((data - inter) / slope), lo, hi).astype(dt)
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(dt)
+    img = nib.Nifti1Image(ints, aff, header=hdr)
+    img.header.set_slope_inter(slope, inter)
+    img.header.set_xyzt_units(xyz_units, "sec")
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    raw = img.to_bytes()
+    name = path.name
+    if name.endswith(".gz"):
+        raw = gzip.compress(raw, compresslevel=6, mtime=0)
+    elif not name.endswith(".nii"):
+        raise DataFileError(f"{path}: image file name must end with .nii.gz or .nii")
+    if sidecar is not None:
+        text = json.dumps(sidecar, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        _atomic_write(sidecar_path(path), text.encode("utf-8"))
+    _atomic_write(path, raw)
+    return path
+
+
+@dataclass(frozen=True)
+class NiftiInfo:
+    """Header facts of a NIfTI image (no voxel data read).
+
+    ``shape`` is nibabel's ``(x, y, z[, n])``; ``design_shape`` is ``([n,] z, y, x)``;
+    ``voxel_size_mm`` is ``(x, y, z)``.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    voxel_size_mm: tuple[float, float, float]
+    affine: np.ndarray
+    dtype: str
+    slope: float
+    inter: float
+    vox_offset: int
+    nbytes: int
+
+    @property
+    def design_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[::-1])
+
+    @property
+    def n_volumes(self) -> int:
+        return int(self.shape[3]) if len(self.shape) > 3 else 1
+
+
+def read_header(path) -> NiftiInfo:
+    """Read a NIfTI-1 header: shape, voxel size (mm), affine, dtype, scaling.
+
+    Only the header (first 352 bytes of the decompressed stream) is read.
+
+    Raises
+    ------
+    DataFileError
+        Missing file, not a NIfTI-1 file, corrupt gzip, a 5-D+ image, or zero-sized dims.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: NIfTI file not found")
+    try:
+        img = nib.load(str(path))
+        hdr = img.header
+        shape = tuple(int(s) for s in img.shape)
+        zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
+        affine = np.asarray(img.affine, dtype=float)
+        dtype = np.dtype(hdr.get_data_dtype())
+        slope = float(getattr(img.dataobj, "slope", 1.0))
+        inter = float(getattr(img.dataobj, "inter", 0.0))
+        vox_offset = int(hdr["vox_offset"])
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: NIfTI file not found") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataFileError(f"{path}: cannot read NIfTI header (corrupt or truncated file: {err})") from None
+    except Exception as err:  # nibabel raises ImageFileError, HeaderDataError, ValueError...
+        raise DataFileError(f"{path}: not a readable NIfTI-1 image ({type(err).__name__}: {err})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataFileError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise DataFileError(f"{path}: expected a 3-D or 4-D image, header says shape {shape}")
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    return NiftiInfo(str(path), shape, zooms, affine, str(dtype),
+                     slope, inter, vox_offset, nbytes)
+
+
+def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a NIfTI image now, scaled (``int * slope + inter``), in design order ``([n,] z, y, x)``.
+
+    Integer ``dtype`` (labels) returns the rounded scaled values.  Raises
+    :class:`DataFileError` if the file is missing/corrupt or its design-order shape is not
+    ``expect_shape``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.get_fdata(dtype=np.float64))
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: NIfTI file not found (deleted after load_study?)") from None
+    except Exception as err:
+        raise DataFileError(f"{path}: cannot read NIfTI data ({type(err).__name__}: {err})") from None
+    arr = to_design_order(arr)
+    if expect_shape is not None and tuple(arr.shape) != tuple(expect_shape):
+        raise DataFileError(f"{path}: image has shape {arr.shape} (n, z, y, x) but {tuple(expect_shape)} "
+                            "was expected from its header when the study was loaded (file changed?)")
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        return np.rint(arr).astype(dt)
+    return arr.astype(dt)
+
+
+def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None):
+    """A Dask array of a NIfTI image in design order, read with nibabel only on compute.
+
+    Parameters
+    ----------
+    path : str or Path
+    shape : tuple of int
+        Expected design-order shape ``([n,] z, y, x)`` (from :func:`read_header`).
+    dtype : numpy dtype
+        Output dtype (float32 for signal, int16 for labels).
+    token : str, optional
+        Content token (e.g. the file's sha256) making the Dask key content-addressed.
+
+    Returns
+    -------
+    dask.array.Array
+        One chunk, shape ``shape``; computing it reads the file (errors then raise
+        :class:`DataFileError`).
+    """
+    import dask
+    import dask.array as da
+
+    shape = tuple(int(s) for s in shape)
+    name = "read-nifti-" + dask.base.tokenize(str(path), shape, str(np.dtype(dtype)), token)
+    delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape,
+                                                  dask_key_name=name)
+    return da.from_delayed(delayed, shape=shape, dtype=np.dtype(dtype), name=name + "-arr")

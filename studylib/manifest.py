@@ -1,0 +1,521 @@
+"""The data manifest: schema, validation, path safety and sha256 verification.
+
+``data_manifest.csv`` lists one row per raw file (see ``docs/conventions.md``)::
+
+    study,animal,group,day,kind,path,sha256[,sex,model,notes]
+
+* :func:`read_manifest` parses and validates the schema and raises :class:`ManifestError`
+  listing every problem found;
+* :func:`verify_manifest` never raises for bad data: it returns one line per problem
+  (``row N: <path>: <what is wrong>``), checking schema, path safety, file existence,
+  sha256 and cheaply opening every NIfTI header and JSON sidecar;
+* :func:`write_manifest` writes a manifest deterministically (sorted rows, ``\\n`` line
+  endings, atomic replace) so a regenerated study has a byte-identical manifest.
+
+Paths are relative POSIX paths inside the manifest's folder; :func:`resolve_path` refuses
+absolute paths, backslashes, ``..`` components and symlinks that lead out of the folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import re
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataFileError, ManifestError, StudyError
+
+__all__ = [
+    "KINDS", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "IMAGE_KINDS", "AXIS_KINDS",
+    "read_manifest", "validate_manifest", "resolve_path", "sha256_file", "manifest_sha256",
+    "verify_manifest", "write_manifest",
+]
+
+#: Known values of the ``kind`` column.
+KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "DWI", "DCE", "CEST", "WASSR", "F19", "T2w",
+                          "roi", "histology")
+#: Kinds stored as NIfTI images (everything except ``histology``).
+IMAGE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "histology")
+#: Kinds whose images carry an acquisition axis described by the sidecar.
+AXIS_KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "DWI", "DCE", "CEST", "WASSR")
+REQUIRED_COLUMNS: tuple[str, ...] = ("study", "animal", "group", "day", "kind", "path", "sha256")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("sex", "model", "notes")
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_DAY_RE = re.compile(r"^[+-]?\d+$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_BLOCK = 1 << 20
+
+
+# --------------------------------------------------------------------------- paths and hashes
+
+def _check_rel(rel) -> PurePosixPath:
+    """Lexical path-safety checks of a manifest ``path`` entry (no filesystem access)."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise ManifestError("path is empty")
+    if rel != rel.strip():
+        raise ManifestError(f"path {rel!r} has leading or trailing whitespace")
+    if "\\" in rel:
+        raise ManifestError(f"path {rel!r} contains a backslash; use '/' (relative POSIX paths only)")
+    if "\x00" in rel:
+        raise ManifestError(f"path {rel!r} contains a NUL byte")
+    if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel) or rel.startswith("~"):
+        raise ManifestError(f"path {rel!r} is absolute; paths must be relative to the manifest folder")
+    p = PurePosixPath(rel)
+    if any(part == ".." for part in p.parts):
+        raise ManifestError(f"path {rel!r} escapes the manifest folder ('..' is not allowed)")
+    return p
+
+
+def resolve_path(manifest_dir, rel: str) -> Path:
+    """Resolve a manifest ``path`` entry to a file path inside ``manifest_dir``.
+
+    Parameters
+    ----------
+    manifest_dir : str or Path
+        Folder of the manifest; every listed file must live below it.
+    rel : str
+        The ``path`` column value: a relative POSIX path.
+
+    Returns
+    -------
+    Path
+        ``manifest_dir / rel`` (not resolved further, so messages show the listed path).
+
+    Raises
+    ------
+    ManifestError
+        If ``rel`` is empty, absolute, contains a backslash or a ``..`` component, or
+        resolves (through symlinks) to a location outside ``manifest_dir``.  The file
+        itself need not exist.
+    """
+    p = _check_rel(rel)
+    base = Path(manifest_dir)
+    target = base.joinpath(*p.parts)
+    real_base = os.path.realpath(base)
+    real_target = os.path.realpath(target)
+    if os.path.commonpath([real_base, real_target]) != real_base:
+        raise ManifestError(f"path {rel!r} escapes the manifest folder (resolves to {real_target})")
+    return target
+
+
+def sha256_file(path) -> str:
+    """Lowercase hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(_BLOCK), b""):
+                h.update(block)
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read: {err.strerror or err}") from None
+    return h.hexdigest()
+
+
+def manifest_sha256(path) -> str:
+    """sha256 of the manifest file itself (recorded in every loaded Dataset's attrs)."""
+    return sha256_file(path)
+
+
+# --------------------------------------------------------------------------- schema
+
+def _read_csv_text(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: manifest is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read manifest: {err.strerror or err}") from None
+    if "\x00" in text:
+        raise ManifestError(f"{path}: manifest contains NUL bytes (binary file?)")
+    if not text.strip():
+        raise ManifestError(f"{path}: manifest is empty (no header line)")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as err:
+        raise ManifestError(f"{path}: not a valid CSV file: {err}") from None
+    header = [h.strip() for h in rows[0]]
+    body = rows[1:]
+    # drop fully blank trailing lines
+    while body and all(not c.strip() for c in body[-1]):
+        body.pop()
+    for i, r in enumerate(body, start=1):
+        if len(r) != len(header):
+            raise ManifestError(f"{path}: row {i}: has {len(r)} fields but the header has {len(header)}")
+    return pd.DataFrame(body, columns=header, dtype=object) if body else pd.DataFrame(columns=header, dtype=object)
+
+
+def _schema_problems(df: pd.DataFrame) -> tuple[list[str], dict[int, list[str]]]:
+    """Schema problems: (table-level problems, {row index (0-based): [problems]})."""
+    table: list[str] = []
+    rows: dict[int, list[str]] = {}
+    cols = list(df.columns)
+    dup_cols = sorted({c for c in cols if cols.count(c) > 1})
+    if dup_cols:
+        table.append(f"duplicate column(s) {dup_cols}")
+        return table, rows
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        table.append(f"missing required column(s) {missing}; the header is {cols}")
+    unknown = [c for c in cols if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        table.append(f"unknown column(s) {unknown}; allowed: {list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}")
+    if missing:
+        return table, rows
+
+    def add(i, msg):
+        rows.setdefault(i, []).append(msg)
+
+    seen_rows: dict[tuple, int] = {}
+    seen_paths: dict[str, int] = {}
+    animal_attrs: dict[tuple, tuple[int, dict]] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        r = r._asdict() if hasattr(r, "_asdict") else dict(zip(df.columns, r))
+        vals = {c: ("" if r.get(c) is None else str(r.get(c))) for c in df.columns}
+        kind = vals["kind"].strip()
+        if kind not in KINDS:
+            add(i, f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        if not vals["study"].strip():
+            add(i, "study is empty")
+        elif not _ID_RE.match(vals["study"]):
+            add(i, f"study {vals['study']!r} contains characters other than letters, digits, '_', '.', '+', '-'")
+        day = vals["day"].strip()
+        if kind == "histology":
+            if day and not _DAY_RE.match(day):
+                add(i, f"day {day!r} is not an integer")
+        else:
+            if not day:
+                add(i, "day is empty (only histology rows may leave it empty)")
+            elif not _DAY_RE.match(day):
+                add(i, f"day {day!r} is not an integer")
+            if not vals["animal"].strip():
+                add(i, "animal is empty (only histology rows may leave it empty)")
+        if vals["animal"] and not _ID_RE.match(vals["animal"]):
+            add(i, f"animal {vals['animal']!r} contains characters other than letters, digits, '_', '.', '+', '-'")
+        sha = vals["sha256"]
+        if not _SHA_RE.match(sha):
+            add(i, f"sha256 {sha!r} is not 64 lowercase hex digits")
+        try:
+            _check_rel(vals["path"])
+        except ManifestError as err:
+            add(i, str(err))
+        key = tuple(vals[c] for c in df.columns)
+        if key in seen_rows:
+            add(i, f"duplicate row (same as row {seen_rows[key] + 1})")
+        else:
+            seen_rows[key] = i
+            p = vals["path"]
+            if p in seen_paths:
+                add(i, f"duplicate path {p!r} (also in row {seen_paths[p] + 1})")
+            else:
+                seen_paths[p] = i
+        if vals["animal"]:
+            a = (vals["study"], vals["animal"])
+            attrs = {c: vals[c] for c in ("group", "sex", "model") if c in vals}
+            if a in animal_attrs:
+                j, prev = animal_attrs[a]
+                diff = [c for c in attrs if attrs[c] != prev[c]]
+                if diff:
+                    add(i, f"animal {vals['animal']!r} of study {vals['study']!r} has "
+                           + ", ".join(f"{c} {attrs[c]!r}" for c in diff)
+                           + f" but row {j + 1} says " + ", ".join(f"{c} {prev[c]!r}" for c in diff))
+            else:
+                animal_attrs[a] = (i, attrs)
+    return table, rows
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        out[c] = out[c].astype(str).str.strip() if c not in ("notes",) else out[c].astype(str)
+    out["day"] = pd.array([int(d) if d else pd.NA for d in out["day"]], dtype="Int64")
+    order = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in out.columns]
+    return out[order].reset_index(drop=True)
+
+
+def _cell(v) -> str:
+    """A DataFrame cell as manifest text: None/NaN/NA -> '', integral floats (days) -> '7'."""
+    if v is None or v is pd.NA:
+        return ""
+    if isinstance(v, str):
+        return v
+    try:
+        if pd.isna(v):
+            return ""
+    except (TypeError, ValueError):
+        pass
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, np.integer):
+        return str(int(v))
+    return str(v)
+
+
+def validate_manifest(df: pd.DataFrame, *, source="manifest") -> pd.DataFrame:
+    """Validate a manifest table (strings) and return it typed (``day`` as nullable Int64).
+
+    Raises :class:`ManifestError` listing every problem (``row N: ...``).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ManifestError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    sdf = df.copy()
+    for c in sdf.columns:
+        sdf[c] = [_cell(v) for v in sdf[c]]
+    table, rows = _schema_problems(sdf)
+    probs = [f"{source}: {t}" for t in table]
+    for i in sorted(rows):
+        p = sdf["path"].iloc[i] if "path" in sdf.columns else ""
+        probs += [f"{source}: row {i + 1} ({p}): {m}" for m in rows[i]]
+    if probs:
+        more = f"\n... and {len(probs) - 20} more" if len(probs) > 20 else ""
+        raise ManifestError("\n".join(probs[:20]) + more)
+    return _typed(sdf)
+
+
+def read_manifest(path) -> pd.DataFrame:
+    """Read and validate ``data_manifest.csv``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The manifest CSV.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``study, animal, group, day, kind, path, sha256`` (+ any of ``sex, model,
+        notes`` present), strings except ``day`` (nullable ``Int64``; ``<NA>`` only for
+        histology rows).  ``df.attrs["path"]`` holds the manifest path.
+
+    Raises
+    ------
+    ManifestError
+        The file is missing, not CSV, lacks a required column, or any row is invalid:
+        unknown kind, non-integer day, bad sha256, unsafe path, duplicate row or path,
+        inconsistent group/sex/model of one animal.  The message lists every problem.
+    """
+    df = _read_csv_text(path)
+    out = validate_manifest(df, source=str(path))
+    out.attrs["path"] = str(path)
+    return out
+
+
+# --------------------------------------------------------------------------- verify
+
+def _gunzipped_size(p: Path) -> tuple[int | None, str | None]:
+    """Decompress a gzip file fully (streaming, checks CRC and length): (size, None) or (None, problem)."""
+    try:
+        n = 0
+        with gzip.open(p, "rb") as fh:
+            while True:
+                b = fh.read(_BLOCK)
+                if not b:
+                    break
+                n += len(b)
+        return n, None
+    except (OSError, EOFError, zlib.error) as err:
+        return None, f"corrupt gzip data ({err or type(err).__name__})"
+
+
+def _check_content(p: Path, kind: str, full: bool) -> list[str]:
+    """Cheap content checks of one listed file; returns problems (never raises)."""
+    name = p.name.lower()
+    probs: list[str] = []
+    try:
+        if name.endswith(".nii") or name.endswith(".nii.gz"):
+            from .io.nifti import read_header
+
+            size = None
+            if name.endswith(".gz") and full:
+                size, bad = _gunzipped_size(p)
+                if bad:
+                    return [bad]
+            info = read_header(p)
+            expected = info.vox_offset + info.nbytes
+            if name.endswith(".nii"):
+                size = p.stat().st_size
+            if size is not None and size < expected:
+                probs.append(f"truncated NIfTI: header needs {expected} bytes, the data has {size}")
+        elif name.endswith(".json"):
+            from .io.sidecar import read_sidecar
+
+            read_sidecar(p)
+        elif name.endswith(".csv"):
+            with open(p, "r", encoding="utf-8", newline="") as fh:
+                rows = list(csv.reader(fh, strict=True))
+            if not rows or not any(c.strip() for c in rows[0]):
+                probs.append("CSV file has no header line")
+            else:
+                n = len(rows[0])
+                bad = [i for i, r in enumerate(rows[1:], start=2) if r and len(r) != n]
+                if bad:
+                    probs.append(f"CSV line {bad[0]} has a different number of fields than the header ({n})")
+    except StudyError as err:
+        msg = str(err)
+        # read_header / read_sidecar prefix the file name: drop it, the caller adds it
+        sp = str(p) + ": "
+        probs.append(msg[len(sp):] if msg.startswith(sp) else msg)
+    except UnicodeDecodeError as err:
+        probs.append(f"not UTF-8 text ({err.reason})")
+    except csv.Error as err:
+        probs.append(f"not a valid CSV file: {err}")
+    except OSError as err:
+        probs.append(f"cannot read: {err.strerror or err}")
+    except Exception as err:  # pragma: no cover - last line of defence: verify never tracebacks
+        probs.append(f"cannot be read: {type(err).__name__}: {err}")
+    return probs
+
+
+def _stem(path: str) -> str:
+    for ext in (".nii.gz", ".nii", ".json"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def verify_manifest(path, check_hashes: bool = True) -> list[str]:
+    """Check a manifest and the files it lists; return one line per problem (empty if OK).
+
+    Parameters
+    ----------
+    path : str or Path
+        The manifest CSV.
+    check_hashes : bool
+        Compare each file's sha256 with the manifest (reads every byte) and fully
+        decompress gzip files.  ``False`` checks schema, paths, existence and headers only.
+
+    Returns
+    -------
+    list of str
+        Lines like ``"row 3: raw/s/m01/day00/MEGRE.nii.gz: sha256 mismatch: expected ab.. got cd.."``.
+        Never raises for bad data: a missing or unreadable manifest is one problem line.
+    """
+    path = Path(path)
+    try:
+        df = _read_csv_text(path)
+    except ManifestError as err:
+        return [str(err)]
+    sdf = df.copy()
+    for c in sdf.columns:
+        sdf[c] = ["" if v is None else str(v) for v in sdf[c]]
+    table, rows = _schema_problems(sdf)
+    problems = [f"{path}: {t}" for t in table]
+    if "path" not in sdf.columns:
+        return problems
+    base = path.parent
+    paths = list(sdf["path"])
+    kinds = list(sdf["kind"]) if "kind" in sdf.columns else [""] * len(sdf)
+    listed = set(paths)
+    for i, rel in enumerate(paths):
+        row_probs = list(rows.get(i, []))
+        fname = rel if rel else "<empty path>"
+        p = None
+        if not any(m.startswith(("path ",)) for m in row_probs):
+            try:
+                p = resolve_path(base, rel)
+            except ManifestError as err:
+                row_probs.append(str(err))
+        if p is not None:
+            if not p.exists():
+                row_probs.append("missing file" + (" (broken symlink)" if p.is_symlink() else ""))
+            elif not p.is_file():
+                row_probs.append("not a regular file")
+            else:
+                sha = sdf["sha256"].iloc[i] if "sha256" in sdf.columns else ""
+                bad_hash = False
+                if check_hashes and _SHA_RE.match(sha):
+                    try:
+                        got = sha256_file(p)
+                    except DataFileError as err:
+                        got = None
+                        row_probs.append(str(err))
+                    if got is not None and got != sha:
+                        bad_hash = True
+                        row_probs.append(f"sha256 mismatch: expected {sha} got {got}")
+                if not bad_hash:
+                    row_probs += _check_content(p, kinds[i], full=check_hashes)
+                k = kinds[i]
+                if k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and _stem(rel) + ".json" not in listed:
+                    row_probs.append(f"no JSON sidecar row ({_stem(rel)}.json) for this {k} image")
+        problems += [f"row {i + 1}: {fname}: {m}" for m in row_probs]
+    return problems
+
+
+# --------------------------------------------------------------------------- write
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_manifest(df: pd.DataFrame, path) -> Path:
+    """Write a manifest deterministically and atomically.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Columns ``study, animal, group, day, kind, path`` and optionally ``sha256``,
+        ``sex``, ``model``, ``notes``.  If ``sha256`` is absent (or empty for a row) it is
+        computed from the file ``path`` relative to the manifest's folder.
+    path : str or Path
+        Where to write the CSV.
+
+    Returns
+    -------
+    Path
+        ``path``.  Rows are sorted by (study, animal, day, kind, path), columns in the
+        canonical order, ``\\n`` line endings, UTF-8; written to a temporary file in the
+        same folder and renamed into place.
+
+    Raises
+    ------
+    ManifestError
+        If the table does not validate (same rules as :func:`read_manifest`).
+    """
+    path = Path(path)
+    if not isinstance(df, pd.DataFrame):
+        raise ManifestError(f"write_manifest: expected a pandas DataFrame, got {type(df).__name__}")
+    df = df.copy()
+    if "sha256" not in df.columns:
+        df["sha256"] = ""
+    fill = []
+    for rel, sha in zip(df["path"], df["sha256"]):
+        if sha is None or (not isinstance(sha, str) and pd.isna(sha)) or sha == "":
+            fill.append(sha256_file(resolve_path(path.parent, str(rel))))
+        else:
+            fill.append(sha)
+    df["sha256"] = fill
+    typed = validate_manifest(df, source=f"write_manifest({path})")
+    dayk = typed["day"].astype("Float64").fillna(-1e18).astype(float)
+    typed = typed.assign(_d=dayk).sort_values(["study", "animal", "_d", "kind", "path"], kind="mergesort")
+    typed = typed.drop(columns="_d")
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(typed.columns))
+    for r in typed.itertuples(index=False):
+        w.writerow(["" if (v is pd.NA or v is None) else str(v) for v in r])
+    _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    return path
