@@ -159,7 +159,9 @@ def apply_kernel(
         args.append(mask_da)
         core.append([])
         if sig.chunks is not None:
-            mask_da = mask_da.chunk({d: sig.chunksizes[d] for d in mask_da.dims})
+            # the signal's own chunks (sig.chunksizes also looks at dask-backed non-index coords,
+            # e.g. load_study's group/acquired, and raises when they are chunked differently)
+            mask_da = mask_da.chunk({d: sig.data.chunks[sig.get_axis_num(d)] for d in mask_da.dims})
             args[1] = mask_da
     results = xr.apply_ufunc(
         _block,

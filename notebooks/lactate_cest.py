@@ -1,0 +1,241 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lactate CEST (LATEST) before and after pyruvate: MTR asymmetry at 0.4 ppm
+#
+# **Question.** Can chemical exchange saturation transfer (CEST) MRI of lactate see the rise of tumour
+# lactate after a pyruvate infusion, voxel by voxel and without spectroscopy?
+#
+# **After** DeBrosse et al., *Sci Rep* 2016;6:19517 (doi:10.1038/srep19517): LATEST, CEST of the lactate
+# hydroxyl proton exchanging with water, read as the MTR asymmetry around 0.4 ppm, in lymphoma flank
+# tumours of three animals before and after pyruvate infusion; LATEST rose after infusion, and SEL-MQC
+# 1H MRS confirmed the lactate peak was up by ~40 % at 40 min.
+#
+# **Design of this study** (simulated): three animals, one session each: day 0 = before, day 1 = ~40 min
+# after pyruvate (same session; "day" is just the label the workbook uses for the two time points).
+# CEST at 9.4 T (B1 0.8 µT, 3 s) at offsets −2…+2 ppm, dense (0.05 ppm) within ±0.9 ppm, plus an
+# unsaturated reference (S0); a WASSR scan (B1 0.1 µT) for the B0 map; MRS lactate ratio in histology.
+#
+# **Physics in brief.** Saturating the lactate –OH protons at +0.4 ppm from water transfers saturation to
+# water by chemical exchange, lowering the water signal: Z(Δ) = S(Δ)/S0. Direct water saturation is
+# symmetric about the water frequency, so the asymmetry MTRasym(Δ) = Z(−Δ) − Z(+Δ) isolates the exchange
+# effect (Zhou et al., *Nat Med* 2003;9:1085). 0.4 ppm is only 160 Hz at 9.4 T, on the steep flank of the
+# water line: a B0 error of a few hundredths of a ppm moves the measurement by whole percentage points.
+# Each voxel's water frequency is therefore measured with WASSR (a low-power, pure direct-saturation
+# spectrum whose centre is found by maximum symmetry; Kim et al., *MRM* 2009;61:1441) and each Z-spectrum
+# is read at Δ + δB0 by spline interpolation before taking the asymmetry.
+
+# %% tags=["parameters"]
+manifest = None  # path of data_manifest.csv; None: the manifest of `preset`
+study = "lactate_cest"
+preset = "demo"
+cache_dir = None  # unused (CEST analysis is cheap)
+scheduler = None  # None/"threads", "local" or a dask scheduler address
+reports_dir = None  # set by `studylib run`; unused here
+delta_ppm = 0.4  # lactate -OH offset from water
+band_ppm = [0.2, 0.6]  # MTRasym integration band around the lactate offset
+b0_method = "mscf"  # WASSR B0: "mscf" (maximum symmetry) or "minimum"
+pre_day = 0  # day label of the pre-infusion scan
+post_day = 1  # day label of the post-infusion scan
+fit_pools = True  # also fit water/lactate/MT Lorentzian pools in the tumour
+alpha = 0.05
+seed = 0
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+import studylib as sl
+from studylib import experiments as ex
+from studylib import experiments_extra as xx
+from studylib import plots
+from studylib.fit.cest import cest_b0_map, cest_change, corrected_zspectrum, lorentzian_pools, mtr_asym
+
+pd.set_option("display.precision", 3)
+manifest = ex.resolve_manifest(manifest, preset)
+client = sl.compute.get_client(scheduler)
+print(f"manifest: {manifest}\nscheduler: {sl.compute.describe(scheduler)}")
+
+# %% [markdown]
+# ## 1. Verify the raw data
+# Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
+
+# %%
+ex.require_verified(manifest)
+
+# %% [markdown]
+# ## 2. Load CEST and WASSR (lazily), offsets sorted
+# The loader keeps offsets in acquisition order; the analysis needs them ascending. The unsaturated
+# reference volume is `m0`.
+
+# %%
+cest = sl.load_study(manifest, study, "CEST")
+wassr = sl.load_study(manifest, study, "WASSR")
+signal = cest["signal"].sortby("offset")
+wsignal = wassr["signal"].sortby("offset")
+roi = cest["roi"]
+analysed = roi.isin([1, 2])  # tumour and muscle
+design = ex.design_table(cest)
+design
+
+# %% [markdown]
+# ## 3. B0 map from WASSR, then MTRasym with and without correction
+
+# %%
+b0 = cest_b0_map(wsignal, mask=analysed, method=b0_method)
+res = mtr_asym(signal, cest["m0"], b0_ppm=b0["b0_ppm"], deltas_ppm=(delta_ppm,), bands_ppm=[tuple(band_ppm)],
+               mask=analysed)
+raw = mtr_asym(signal, cest["m0"], deltas_ppm=(delta_ppm,), mask=analysed)
+b0, res, raw = ex.compute_with_progress((b0, res, raw), label="B0 and MTRasym")
+mtr = res["mtr_asym"].sel(delta=delta_ppm)
+band_name = f"{band_ppm[0]:g}-{band_ppm[1]:g}"
+print(f"B0 fit ok in {float(b0['fit_ok'].where(analysed).sum() / analysed.sum()):.1%} of analysed voxels; "
+      f"|B0| up to {float(np.nanmax(np.abs(b0['b0_ppm'].values))):.2f} ppm "
+      f"({float(np.nanmax(np.abs(b0['b0_hz'].values))):.0f} Hz)")
+
+# %% [markdown]
+# ## 4. Quality control
+# B0 maps (ppm) in tumour and muscle; tumour Z-spectra before and after B0 correction (mean ± SD over
+# voxels); MTRasym(0.4 ppm) maps before and after infusion.
+
+# %%
+anat = cest["m0"]
+animals_ids = list(np.asarray(cest["animal"].values))
+days = [d for d in (pre_day, post_day) if d in list(cest["day"].values)]
+fig = xx.cest_map_grid(b0["b0_ppm"], anat, analysed.astype("int16"), animals=animals_ids, days=days, units="ppm",
+                       title="WASSR B0 map (tumour and muscle)")
+
+# %%
+tumour = roi == 1
+z_raw, z_cor = ex.compute_with_progress(
+    (corrected_zspectrum(signal.where(tumour), cest["m0"], b0_ppm=None) / 100.0,
+     corrected_zspectrum(signal.where(tumour), cest["m0"], b0_ppm=b0["b0_ppm"]) / 100.0), label="Z-spectra")
+offs = signal["offset"].values
+spectra = {}
+for name, zz in (("uncorrected", z_raw), ("B0-corrected", z_cor)):
+    pooled = xx.roi_mean_spectra(zz.sel(day=pre_day).expand_dims(day=[pre_day]), roi.sel(day=[pre_day]), label=1)
+    spectra[f"{name}, day {pre_day}"] = np.concatenate(list(pooled.values()))
+fig = plots.zspectra(offs, spectra, highlight_ppm=delta_ppm, title="tumour Z-spectra (pre), all animals")
+
+# %%
+fig = xx.cest_map_grid(mtr, anat, roi, animals=animals_ids, days=days, units="%",
+                       title=f"tumour MTRasym at {delta_ppm:g} ppm (B0-corrected)")
+
+# %%
+change = cest_change(mtr, pre_day=pre_day, post_day=post_day)
+fig = xx.cest_map_grid(change.expand_dims(day=[post_day]), anat.sel(day=[post_day]), roi.sel(day=[post_day]),
+                       animals=animals_ids, days=[post_day], units="% (post - pre)",
+                       title=f"change of MTRasym({delta_ppm:g} ppm), post - pre")
+
+# %% [markdown]
+# ## 5. Per-animal table
+# Tumour and muscle means of MTRasym at 0.4 ppm (corrected and uncorrected), its band integral, and the
+# mean B0 shift.
+
+# %%
+maps = {"mtr_0p4": mtr, "mtr_0p4_uncorrected": raw["mtr_asym"].sel(delta=delta_ppm),
+        f"mtr_band_{band_name}": res["mtr_asym_band"].sel(band=band_name), "b0_ppm": b0["b0_ppm"]}
+sessions = xx.cest_session_table(maps, roi)
+if fit_pools:
+    # per-voxel pool fits are noise-dominated for a 0.7 % pool next to water, so fit the tumour-mean
+    # B0-corrected Z-spectrum of each scan (offsets within +-1.6 ppm, where no voxel is shifted out)
+    zt = z_cor.where(tumour).mean(("z", "y", "x")).sel(offset=slice(-1.6, 1.6))
+    pools = lorentzian_pools(zt, normalized=True)
+    pool_tab = pools[["lactate_amplitude", "water_amplitude", "rmse", "fit_ok"]].to_dataframe().reset_index()
+    sessions = sessions.merge(pool_tab.rename(columns={"lactate_amplitude": "lactate_pool_pct"})
+                              [["animal", "day", "lactate_pool_pct"]].assign(roi="tumour"),
+                              on=["roi", "animal", "day"], how="left")
+sessions
+
+# %% [markdown]
+# ## 6. Pre vs post: paired change per animal
+# Each animal is its own control: the post − pre difference of tumour MTRasym(0.4 ppm), with a paired
+# t-test (and the exact Wilcoxon signed-rank p for reference; with three animals its smallest possible
+# two-sided p is 0.25). The uncorrected values show what skipping B0 correction would have done.
+
+# %%
+tum = sessions[sessions["roi"] == "tumour"]
+paired = xx.paired_change(tum, "mtr_0p4", pre=pre_day, post=post_day, alpha=alpha)
+paired_raw = xx.paired_change(tum, "mtr_0p4_uncorrected", pre=pre_day, post=post_day, alpha=alpha)
+paired_muscle = xx.paired_change(sessions[sessions["roi"] == "muscle"], "mtr_0p4", pre=pre_day, post=post_day,
+                                 alpha=alpha)
+print(f"tumour MTRasym({delta_ppm:g}) post - pre: {paired['estimate']:.2f} % "
+      f"[{paired['ci_low']:.2f}, {paired['ci_high']:.2f}], p = {paired['p']:.2g} ({paired['method']}); "
+      f"Wilcoxon p = {paired['p_wilcoxon']:.2g}")
+print(f"uncorrected: {paired_raw['estimate']:.2f} % [{paired_raw['ci_low']:.2f}, {paired_raw['ci_high']:.2f}]")
+print(f"muscle (control tissue): {paired_muscle['estimate']:.2f} % "
+      f"[{paired_muscle['ci_low']:.2f}, {paired_muscle['ci_high']:.2f}]")
+paired["per_animal"]
+
+# %%
+fig, ax = plt.subplots(figsize=(4.2, 3.4), constrained_layout=True)
+per = paired["per_animal"]
+for a, r in per.iterrows():
+    ax.plot([0, 1], [r["pre"], r["post"]], marker="o", label=str(a))
+ax.set_xticks([0, 1], [f"pre (day {pre_day})", f"post (day {post_day})"])
+ax.set_ylabel(f"tumour MTRasym at {delta_ppm:g} ppm (%)")
+ax.legend(fontsize=8)
+
+# %%
+histology = sl.load_histology(manifest, study)
+mrs_col = [c for c in histology.columns if "mrs" in c.lower()]
+if mrs_col:
+    cmp = per.join(histology.set_index("animal")[mrs_col])
+    display(cmp)  # noqa: F821 (IPython)
+
+# %% [markdown]
+# ## 7. Conclusions: the paper's finding, and the simulated truth
+# Row 1: paired post − pre change of tumour MTRasym(0.4 ppm) (B0-corrected); row 2: the same without B0
+# correction (expected to miss the truth); row 3, when pools are fitted: the lactate pool amplitude change.
+# Truth: the simulated animals' true tumour MTRasym change (and lactate pool change).
+
+# %%
+truth = ex.load_truth(manifest, study)
+paper = xx.PAPERS_EXTRA[study]["citation"]
+eff = ex.find_key(truth, "tumour_mtrasym_0p4_pct_post_minus_pre") or {}
+true_change = eff.get("sample", np.nan) if isinstance(eff, dict) else np.nan
+rows = [
+    ex.check_effect(f"tumour MTRasym({delta_ppm:g} ppm) post - pre, B0-corrected", estimate=paired["estimate"],
+                    ci_low=paired["ci_low"], ci_high=paired["ci_high"], p=paired["p"], expected_sign=1,
+                    truth=true_change, units="%", paper=paper, method=paired["method"], alpha=alpha),
+    ex.check_effect(f"tumour MTRasym({delta_ppm:g} ppm) post - pre, no B0 correction",
+                    estimate=paired_raw["estimate"], ci_low=paired_raw["ci_low"], ci_high=paired_raw["ci_high"],
+                    p=paired_raw["p"], expected_sign=1, truth=true_change, units="%", paper=paper,
+                    method=paired_raw["method"], alpha=alpha),
+]
+if fit_pools:
+    pp = xx.paired_change(tum, "lactate_pool_pct", pre=pre_day, post=post_day, alpha=alpha)
+    sess_truth = pd.read_csv(ex.find_truth(manifest, study).parent / "sessions.csv")
+    w = sess_truth.pivot_table(index="animal", columns="day", values="tumour_lactate_pool_pct")
+    true_pool = float((w[post_day] - w[pre_day]).mean()) if {pre_day, post_day} <= set(w.columns) else np.nan
+    rows.append(ex.check_effect("tumour lactate pool amplitude post - pre (Lorentzian fit)", estimate=pp["estimate"],
+                                ci_low=pp["ci_low"], ci_high=pp["ci_high"], p=pp["p"], expected_sign=1,
+                                truth=true_pool, units="%", paper=paper, method=pp["method"], alpha=alpha))
+conclusions = ex.conclusions_table(rows)
+ex.record(conclusions, study=study, n_animals=paired["n_animals"])
+conclusions
+
+# %%
+fig = plots.effect_vs_truth(conclusions)
+
+# %% [markdown]
+# **Reading the table.** With B0 correction the per-animal pre/post change reproduces the simulated rise
+# and its direction agrees with the paper; three animals give a paired test with two degrees of freedom,
+# so the CI is wide even when every animal rises. Without correction the ±0.3 ppm field offsets (and the
+# re-shim between scans) dominate the asymmetry, so that row is not expected to cover the truth. The
+# MTRasym at 0.4 ppm also contains a small contribution of the broad MT background; the Lorentzian fit
+# separates the lactate pool, but only on ROI-mean spectra: a 0.7 % pool half a ppm from the water line is
+# nearly degenerate with the water line's shape, so per-voxel (or small-ROI, `ci` preset) pool amplitudes
+# are too noisy to resolve a 0.3 % change; the asymmetry is the robust readout, as in the paper.

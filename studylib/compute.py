@@ -1,0 +1,304 @@
+"""Dask scheduler choice, in one place.
+
+Three ways to run the same lazy computations:
+
+``"threads"`` (the default)
+    dask's threaded scheduler in this process; nothing to start, nothing to clean up.
+``"local"``
+    a :class:`distributed.LocalCluster` of worker *processes* (2 workers × 1 thread by
+    default) on this machine; the dashboard link is printed.  A script that starts one
+    needs the ``if __name__ == "__main__":`` guard (workers are spawned processes).
+``"tcp://host:port"`` (or ``tls://``, ``ws://``, ``inproc://``)
+    an existing scheduler, e.g. one started by dask-jobqueue on SLURM or by
+    dask-kubernetes; the dashboard link is printed.
+
+The choice comes from the ``scheduler`` argument, else the ``STUDYLIB_SCHEDULER``
+environment variable, else ``"threads"``.  ``"sync"`` (single-threaded, for debugging)
+is accepted too.
+
+:func:`progress` computes a Dask-backed object with a progress display that works under
+either scheduler: :class:`dask.diagnostics.ProgressBar` prints nothing under a
+distributed client, so under a client :func:`distributed.progress` is used instead.
+
+On a cluster (documented, not needed here): start a scheduler with the cluster's tool and
+pass its address, e.g. on SLURM with dask-jobqueue::
+
+    from dask_jobqueue import SLURMCluster
+    cluster = SLURMCluster(cores=8, memory="32GB", walltime="02:00:00")
+    cluster.scale(jobs=4)
+    # then: studylib run --scheduler <cluster.scheduler_address>   (or STUDYLIB_SCHEDULER=...)
+
+and on Kubernetes with dask-kubernetes (``KubeCluster(name="studylib", n_workers=4)``, then
+its ``scheduler_address``).  Workers need the same studylib/environment and must see the data
+and cache folders (a shared filesystem).
+
+Examples
+--------
+>>> from studylib import compute
+>>> compute.resolve_scheduler(None) in ("threads", "sync", "local") or True
+True
+>>> with compute.scheduler_context("threads") as client:  # doctest: +SKIP
+...     maps = compute.progress(fit.t2star(signal))
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import re
+import sys
+from typing import Any, Iterator
+
+import dask
+
+from .errors import StudyError
+
+__all__ = [
+    "SCHEDULER_ENV",
+    "SchedulerError",
+    "active_client",
+    "describe",
+    "get_client",
+    "progress",
+    "resolve_scheduler",
+    "scheduler_context",
+    "shutdown",
+]
+
+SCHEDULER_ENV = "STUDYLIB_SCHEDULER"
+
+_THREADS = {"threads", "threaded", "threading", "default"}
+_SYNC = {"sync", "synchronous", "single-threaded"}
+_ADDRESS = re.compile(r"^(tcp|tls|ws|wss|inproc|ucx)://\S+$")
+
+# scheduler string -> (client, cluster-or-None) started by get_client(); closed by shutdown()
+_STARTED: dict[str, tuple[Any, Any]] = {}
+
+
+class SchedulerError(StudyError):
+    """The requested Dask scheduler is not a known name/address, or cannot be reached."""
+
+
+def resolve_scheduler(scheduler: str | None = None) -> str:
+    """Return the canonical scheduler choice: ``"threads"``, ``"sync"``, ``"local"`` or an address.
+
+    Parameters
+    ----------
+    scheduler : ``None`` (use ``$STUDYLIB_SCHEDULER``, else threads), ``"threads"``, ``"sync"``,
+        ``"local"``, or a scheduler address such as ``"tcp://10.0.0.5:8786"``.
+
+    Raises
+    ------
+    SchedulerError
+        For anything else, naming where the value came from.
+    """
+    source = "scheduler"
+    if scheduler is None:
+        scheduler = os.environ.get(SCHEDULER_ENV) or "threads"
+        source = f"${SCHEDULER_ENV}" if os.environ.get(SCHEDULER_ENV) else "scheduler"
+    if not isinstance(scheduler, str):
+        raise SchedulerError(f"{source}: expected 'threads', 'local' or an address like tcp://host:8786, "
+                             f"got {scheduler!r}")
+    s = scheduler.strip()
+    low = s.lower()
+    if low in _THREADS or low == "":
+        return "threads"
+    if low in _SYNC:
+        return "sync"
+    if low in {"local", "localcluster", "distributed"}:
+        return "local"
+    if _ADDRESS.match(s):
+        return s
+    if re.match(r"^[\w.-]+:\d+$", s):  # host:port without protocol
+        return "tcp://" + s
+    raise SchedulerError(f"{source}: unknown scheduler {scheduler!r}; use 'threads' (default), 'local' "
+                         f"(a LocalCluster on this machine) or a scheduler address like tcp://host:8786")
+
+
+def active_client():
+    """The distributed client computations currently go to, or ``None`` (local threads/sync)."""
+    sched = dask.config.get("scheduler", None)
+    if sched in ("threads", "threading", "sync", "synchronous", "single-threaded", "processes",
+                 "multiprocessing"):
+        return None
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def get_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1,
+               memory_limit: str | int | None = "auto", quiet: bool = False, timeout_s: float = 10.0):
+    """Set up the chosen scheduler for this process and return its client (``None`` for threads).
+
+    ``"threads"`` / ``"sync"`` set ``dask.config`` and return ``None``.  ``"local"`` starts a
+    :class:`distributed.LocalCluster` of ``n_workers`` processes (dashboard on a free port)
+    and returns a :class:`distributed.Client` to it; an address connects to that scheduler.
+    A client started here is reused by later calls with the same choice and closed by
+    :func:`shutdown` (also registered at interpreter exit).  For a scoped version use
+    :func:`scheduler_context`.
+
+    Parameters
+    ----------
+    scheduler : see :func:`resolve_scheduler`.
+    n_workers, threads_per_worker, memory_limit : LocalCluster settings (``"local"`` only).
+    quiet : do not print the dashboard link.
+    timeout_s : how long to try to reach a scheduler address.
+
+    Raises
+    ------
+    SchedulerError
+        Unknown choice, or the scheduler address cannot be reached within ``timeout_s``.
+    """
+    choice = resolve_scheduler(scheduler)
+    if choice in ("threads", "sync"):
+        dask.config.set(scheduler=choice)
+        return None
+    if choice in _STARTED:
+        client = _STARTED[choice][0]
+        if client.status == "running":
+            dask.config.set(scheduler="dask.distributed")
+            return client
+        _STARTED.pop(choice)
+    client, cluster = _start(choice, n_workers=n_workers, threads_per_worker=threads_per_worker,
+                             memory_limit=memory_limit, quiet=quiet, timeout_s=timeout_s)
+    _STARTED[choice] = (client, cluster)
+    return client
+
+
+def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit, quiet: bool,
+           timeout_s: float = 10.0):
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if choice == "local":
+        if n_workers < 1 or threads_per_worker < 1:
+            raise SchedulerError(f"n_workers and threads_per_worker must be >= 1, got {n_workers}, "
+                                 f"{threads_per_worker}")
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                               processes=True, memory_limit=memory_limit, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+        client = Client(cluster, set_as_default=True)
+    else:
+        try:
+            client = Client(choice, timeout=f"{float(timeout_s)}s", set_as_default=True)
+        except (OSError, TimeoutError) as err:
+            raise SchedulerError(f"scheduler {choice}: cannot connect ({err})") from None
+    dask.config.set(scheduler="dask.distributed")
+    if not quiet:
+        link = getattr(client, "dashboard_link", None)
+        print(f"dask distributed: {choice} -> {client.scheduler.address}; dashboard: {link}", flush=True)
+    return client, cluster
+
+
+def shutdown() -> None:
+    """Close every client/cluster started by :func:`get_client` and go back to threads."""
+    for choice in list(_STARTED):
+        client, cluster = _STARTED.pop(choice)
+        with contextlib.suppress(Exception):
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+    dask.config.set(scheduler="threads")
+
+
+atexit.register(shutdown)
+
+
+@contextlib.contextmanager
+def scheduler_context(scheduler: str | None = None, **kwargs) -> Iterator[Any]:
+    """Context manager form of :func:`get_client`: yields the client (``None`` for threads).
+
+    On exit the previous dask configuration is restored, and a cluster/client started by
+    this context is closed (one already started by :func:`get_client` is left running).
+    """
+    choice = resolve_scheduler(scheduler)
+    if choice in ("threads", "sync"):
+        with dask.config.set(scheduler=choice):
+            yield None
+        return
+    previous = dask.config.get("scheduler", None)
+    client, cluster = _start(choice, n_workers=kwargs.get("n_workers", 2),
+                             threads_per_worker=kwargs.get("threads_per_worker", 1),
+                             memory_limit=kwargs.get("memory_limit", "auto"),
+                             quiet=kwargs.get("quiet", False), timeout_s=kwargs.get("timeout_s", 10.0))
+    try:
+        with dask.config.set(scheduler="dask.distributed"), client.as_current():
+            yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        # _start set the global config; put back what was there before
+        dask.config.set(scheduler=previous)
+
+
+def describe(scheduler: str | None = None) -> dict:
+    """A small JSON-able description of the scheduler in use (for provenance)."""
+    client = active_client()
+    if client is None:
+        return {"scheduler": dask.config.get("scheduler", None) or "threads",
+                "threads": os.cpu_count()}
+    try:
+        info = client.scheduler_info()
+        workers = info.get("workers", {})
+        return {"scheduler": "distributed", "address": client.scheduler.address,
+                "n_workers": len(workers),
+                "threads": int(sum(w.get("nthreads", 0) for w in workers.values())),
+                "dashboard": getattr(client, "dashboard_link", None)}
+    except Exception:  # pragma: no cover - a client that went away
+        return {"scheduler": "distributed", "address": str(getattr(client.scheduler, "address", ""))}
+
+
+def progress(obj, *, minimum_s: float = 1.0, label: str | None = None):
+    """Compute a Dask-backed object (or a list/tuple of them) with a progress display; return the result.
+
+    Under the threaded/sync scheduler a :class:`dask.diagnostics.ProgressBar` is shown for
+    computations longer than ``minimum_s``; under a distributed client the futures are
+    followed with :func:`distributed.progress` (text bar, also inside notebooks).  Objects
+    that are not Dask collections (numpy-backed xarray, arrays, numbers) are returned as is.
+
+    Parameters
+    ----------
+    obj : xarray object, dask array/dataframe/delayed, or a list/tuple of them.
+    minimum_s : only show the threaded progress bar when the computation takes longer.
+    label : printed before the bar (e.g. ``"fitting T2*"``).
+
+    Returns
+    -------
+    The computed object (same container type for list/tuple input).
+    """
+    many = isinstance(obj, (list, tuple))
+    items = list(obj) if many else [obj]
+    lazy = [i for i, o in enumerate(items) if dask.is_dask_collection(o)]
+    if not lazy:
+        return obj
+    todo = [items[i] for i in lazy]
+    client = active_client()
+    if label:
+        print(label, flush=True)
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=minimum_s, dt=0.5):
+            done = dask.compute(*todo)
+    else:
+        from distributed import progress as dist_progress
+
+        futures = client.compute(todo)
+        dist_progress(futures, notebook=False)
+        done = client.gather(futures)
+    for i, r in zip(lazy, done):
+        items[i] = r
+    if many:
+        return type(obj)(items)
+    return items[0]

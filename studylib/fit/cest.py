@@ -1,0 +1,385 @@
+"""CEST adapters: B0 maps (WASSR), MTR asymmetry, multi-pool Lorentzian fits, change maps.
+
+All adapters take a DataArray with an ``offset`` dimension (ppm, sorted ascending; use
+``signal.sortby("offset")`` on data loaded in acquisition order) and any other voxel
+dims (``animal, day, z, y, x``...), numpy- or Dask-backed, and return an
+:class:`xarray.Dataset` through :func:`studylib.fit.apply_kernel` (lazy for Dask input,
+NaN + ``fit_ok=False`` for voxels that cannot be analysed).  The maths lives in
+:mod:`studylib.models.cest`.
+
+Typical LATEST use (DeBrosse et al., Sci Rep 2016;6:19517, doi:10.1038/srep19517)::
+
+    cest = load_study(m, "lactate_cest", "CEST")
+    wassr = load_study(m, "lactate_cest", "WASSR")
+    b0 = cest_b0_map(wassr.signal.sortby("offset"), mask=wassr.roi == 1)
+    res = mtr_asym(cest.signal.sortby("offset"), cest.m0, b0_ppm=b0.b0_ppm, deltas_ppm=(0.4,))
+    change = cest_change(res.mtr_asym.sel(delta=0.4), pre_day=0, post_day=1)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import FitInputError
+from ..models import cest as _m
+from ._adapter import Output, apply_kernel
+
+__all__ = ["cest_b0_map", "mtr_asym", "lorentzian_pools", "corrected_zspectrum", "cest_change"]
+
+GAMMA_1H_MHZ_PER_T = 42.577478  # MHz/T: 1 ppm at B0 [T] is 42.577 * B0 Hz
+
+_COL = "_cest_col"
+
+
+def _offsets(signal, dim, source):
+    if not isinstance(signal, xr.DataArray):
+        raise FitInputError(f"{source}: expected an xarray.DataArray with an '{dim}' dimension, "
+                            f"got {type(signal).__name__}")
+    if dim not in signal.dims:
+        raise FitInputError(f"{source}: signal has no '{dim}' dimension (saturation offsets, ppm); "
+                            f"its dims are {tuple(signal.dims)}")
+    if dim not in signal.coords:
+        raise FitInputError(f"{source}: signal has an '{dim}' dimension but no '{dim}' coordinate (ppm)")
+    return _m.check_offsets(signal[dim].values, what=f"{source}: saturation offsets '{dim}'")
+
+
+def _split(signal, m0, normalized, source):
+    """Resolve (signal, m0) from a DataArray + m0 or a load_study Dataset."""
+    if isinstance(signal, xr.Dataset):
+        ds = signal
+        if "signal" not in ds:
+            raise FitInputError(f"{source}: Dataset has no 'signal' variable (variables: {list(ds.data_vars)})")
+        signal = ds["signal"]
+        if m0 is None and "m0" in ds:
+            m0 = ds["m0"]
+    if normalized:
+        return signal, None
+    if m0 is None:
+        raise FitInputError(f"{source}: no reference volume: pass m0 (the unsaturated S0 image, "
+                            f"load_study(...).m0; listed in the sidecar's ReferenceVolumes) or "
+                            f"normalized=True for data already divided by S0")
+    if not isinstance(m0, xr.DataArray):
+        raise FitInputError(f"{source}: m0 must be an xarray.DataArray, got {type(m0).__name__}")
+    return signal, m0
+
+
+def _voxel_da(v, signal, dim, name, source):
+    """A per-voxel DataArray (no ``dim``) broadcast to the signal's voxel dims."""
+    template = _strip(signal.isel({dim: 0}, drop=True))[0]
+    if np.isscalar(v) or (isinstance(v, np.ndarray) and v.ndim == 0):
+        return xr.full_like(template, float(v), dtype=float)
+    if not isinstance(v, xr.DataArray):
+        raise FitInputError(f"{source}: {name} must be an xarray.DataArray over the voxel dims "
+                            f"{tuple(template.dims)} or a number, got {type(v).__name__}")
+    if dim in v.dims:
+        raise FitInputError(f"{source}: {name} must not have the '{dim}' dimension (dims {tuple(v.dims)})")
+    extra = set(v.dims) - set(template.dims)
+    if extra:
+        raise FitInputError(f"{source}: {name} has dims {sorted(extra)} that the signal does not have "
+                            f"(signal voxel dims {tuple(template.dims)})")
+    for d in v.dims:
+        if v.sizes[d] != template.sizes[d]:
+            raise FitInputError(f"{source}: {name} has {v.sizes[d]} along '{d}' but the signal has {template.sizes[d]}")
+    v = v.drop_vars([c for c in v.coords if c not in v.dims], errors="ignore")
+    out = v.broadcast_like(template).transpose(*template.dims)
+    return out.astype(float)
+
+
+def _pack(signal, dim, m0, b0, source):
+    """Stack ``[S(offsets)..., S0?, dB0?]`` along a column dim for the kernel."""
+    sig = _strip(signal.astype(float))[0].drop_vars(dim).rename({dim: _COL})
+    parts = [sig]
+    if m0 is not None:
+        parts.append(_voxel_da(m0, signal, dim, "m0", source).expand_dims(_COL, axis=-1))
+    if b0 is not None:
+        parts.append(_voxel_da(b0, signal, dim, "b0_ppm", source).expand_dims(_COL, axis=-1))
+    if len(parts) == 1:
+        packed = sig
+    else:
+        packed = xr.concat(parts, dim=_COL, coords="minimal", compat="override", join="override")
+    packed = packed.transpose(*[d for d in packed.dims if d != _COL], _COL)
+    if packed.chunks is not None:
+        packed = packed.chunk({_COL: -1})
+    return packed.assign_coords({_COL: np.arange(packed.sizes[_COL])})
+
+
+def _strip(da):
+    """Drop non-index coordinates (they are re-attached to the result by :func:`_restore`).
+
+    Works around ``DataArray.chunk`` also chunking non-index coordinates such as
+    ``acquired(animal, day)`` of ``load_study`` output, which makes ``.chunksizes``
+    inconsistent inside ``apply_kernel`` when a mask is given.
+    """
+    extra = {c: da.coords[c] for c in da.coords if c not in da.dims}
+    return da.drop_vars(list(extra)), extra
+
+
+def _restore(ds, extra):
+    keep = {c: v for c, v in extra.items() if set(v.dims) <= set(ds.dims)}
+    return ds.assign_coords(keep) if keep else ds
+
+
+def _mask_for(mask):
+    if mask is None or not isinstance(mask, xr.DataArray):
+        return mask
+    return mask.drop_vars([c for c in mask.coords if c not in mask.dims], errors="ignore")
+
+
+def cest_b0_map(signal: xr.DataArray, *, mask=None, method: str = "mscf", search_ppm: float | None = None,
+                step_ppm: float | None = None, interp: str = "cubic", min_dip: float = 0.1,
+                field_T: float | None = None, dim: str = "offset") -> xr.Dataset:
+    """Per-voxel B0 (water frequency) map from WASSR (or CEST) spectra.
+
+    Parameters
+    ----------
+    signal : DataArray with ``offset`` (ppm, ascending, both sides of water) and voxel dims.
+        Normalisation is not needed (the search is scale invariant).
+    mask : optional boolean voxel mask (voxels outside: NaN, ``fit_ok=False``).
+    method : ``"mscf"`` (maximum-symmetry centre frequency, Kim et al. MRM 2009;61:1441,
+        doi:10.1002/mrm.21873) or ``"minimum"`` (spline-interpolated minimum).
+    search_ppm, step_ppm, interp, min_dip : see :func:`studylib.models.cest.b0_shift`.
+    field_T : main field in T for the ``b0_hz`` map (default ``signal.attrs["field_T"]``).
+
+    Returns
+    -------
+    Dataset: ``b0_ppm`` (ppm), ``b0_hz`` (Hz, when the field is known), ``dip`` (relative
+    depth of the water dip, QC) and ``fit_ok``.
+    """
+    x = _offsets(signal, dim, "cest_b0_map")
+    half = float(min(x[-1], -x[0]))
+    if search_ppm is not None and not (0 < float(search_ppm) < half):
+        raise FitInputError(f"cest_b0_map: search_ppm={search_ppm!r} must be positive and below the offsets' "
+                            f"half-range {half:g} ppm")
+    if method not in ("mscf", "minimum"):
+        raise FitInputError(f"cest_b0_map: method must be 'mscf' or 'minimum', got {method!r}")
+    if interp not in ("cubic", "linear"):
+        raise FitInputError(f"cest_b0_map: interp must be 'cubic' or 'linear', got {interp!r}")
+    bare, extra = _strip(signal)
+    ds = apply_kernel(
+        _m.b0_kernel, bare, dim,
+        [Output("b0_ppm", "ppm", "water frequency shift (B0 offset)"),
+         Output("dip", "1", "relative depth of the water dip"),
+         Output("fit_ok", "", "B0 estimate usable", bool)],
+        x=x, mask=_mask_for(mask),
+        kernel_kwargs=dict(method=method, search_ppm=search_ppm, step_ppm=step_ppm, kind=interp, min_dip=min_dip),
+        attrs={"method": f"B0 from Z-spectra: {method} ({interp} interpolation)",
+               "reference": "Kim et al., MRM 2009;61:1441, doi:10.1002/mrm.21873"},
+    )
+    ds = _restore(ds, extra)
+    field = field_T if field_T is not None else signal.attrs.get("field_T")
+    if field is not None:
+        ds["b0_hz"] = ds["b0_ppm"] * (GAMMA_1H_MHZ_PER_T * float(field))
+        ds["b0_hz"].attrs = {"units": "Hz", "long_name": f"B0 offset at {float(field):g} T"}
+        ds.attrs["field_T"] = float(field)
+    return ds
+
+
+def _check_pairs(x, deltas, bands, source):
+    deltas = tuple(float(d) for d in np.atleast_1d(np.asarray(deltas, dtype=float)))
+    if not deltas and not bands:
+        raise FitInputError(f"{source}: give at least one offset in deltas_ppm or one band in bands_ppm")
+    lo_x, hi_x = x[0], x[-1]
+    for d in deltas:
+        if not (np.isfinite(d) and d > 0):
+            raise FitInputError(f"{source}: deltas_ppm must be positive offsets (ppm), got {d!r}")
+        if -d < lo_x or d > hi_x:
+            raise FitInputError(f"{source}: the +-{d:g} ppm pair is not acquired: offsets span "
+                                f"[{lo_x:g}, {hi_x:g}] ppm, MTRasym needs both -{d:g} and +{d:g}")
+    clean = []
+    for b in bands:
+        try:
+            lo, hi = (float(v) for v in b)
+        except (TypeError, ValueError):
+            raise FitInputError(f"{source}: each band must be a (lo, hi) pair in ppm, got {b!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo < hi):
+            raise FitInputError(f"{source}: band {b!r} must satisfy 0 <= lo < hi (ppm)")
+        if -hi < lo_x or hi > hi_x:
+            raise FitInputError(f"{source}: band ({lo:g}, {hi:g}) ppm needs offsets out to +-{hi:g} ppm but the "
+                                f"offsets span [{lo_x:g}, {hi_x:g}] ppm")
+        clean.append((lo, hi))
+    return deltas, tuple(clean)
+
+
+def mtr_asym(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, deltas_ppm: Sequence[float] = (0.4,),
+             bands_ppm: Sequence[tuple] = (), mask=None, interp: str = "cubic", normalized: bool = False,
+             band_points: int = 21, dim: str = "offset") -> xr.Dataset:
+    """MTR asymmetry ``MTRasym(D) = 100 [Z(-D) - Z(+D)]`` (% of S0), B0-corrected per voxel.
+
+    Parameters
+    ----------
+    signal : DataArray (``offset`` in ppm, ascending) of saturated images, or a
+        ``load_study`` Dataset (its ``signal`` and ``m0`` are used).
+    m0 : unsaturated reference image over the voxel dims (``load_study(...).m0``); required
+        unless ``normalized=True``.
+    b0_ppm : per-voxel water shift (``cest_b0_map(...).b0_ppm``), a number, or None for no
+        correction.  Voxels with NaN B0 get NaN and ``fit_ok=False``.
+    deltas_ppm : offsets ``D > 0`` to report (both ``+-D`` must lie within the acquired range).
+    bands_ppm : ``(lo, hi)`` bands whose MTRasym integral (%·ppm) is reported.
+    mask : optional boolean voxel mask.
+    interp : ``"cubic"`` (default) or ``"linear"`` interpolation along offsets.
+
+    Returns
+    -------
+    Dataset: ``mtr_asym(..., delta)`` in %, ``mtr_asym_band(..., band)`` in %·ppm (if bands),
+    ``fit_ok``.  Coordinates ``delta`` (ppm) and ``band`` (``"lo-hi"``, with ``band_lo``,
+    ``band_hi`` in ppm).
+
+    Notes
+    -----
+    ``Z(d) = S(d + dB0) / S0``, interpolated on the acquired grid (see
+    :func:`studylib.models.cest.mtr_asym_values`); Zhou et al., Nat Med 2003;9:1085
+    (doi:10.1038/nm907); DeBrosse et al., Sci Rep 2016;6:19517 (doi:10.1038/srep19517).
+    """
+    signal, m0 = _split(signal, m0, normalized, "mtr_asym")
+    x = _offsets(signal, dim, "mtr_asym")
+    if interp not in ("cubic", "linear"):
+        raise FitInputError(f"mtr_asym: interp must be 'cubic' or 'linear', got {interp!r}")
+    deltas, bands = _check_pairs(x, deltas_ppm, tuple(bands_ppm), "mtr_asym")
+    packed = _pack(signal, dim, m0, b0_ppm, "mtr_asym")
+    outs = [Output(f"mtr_asym_{i}", "%", f"MTRasym at {d:g} ppm") for i, d in enumerate(deltas)]
+    outs += [Output(f"mtr_asym_band_{i}", "% ppm", f"MTRasym integral {lo:g}-{hi:g} ppm")
+             for i, (lo, hi) in enumerate(bands)]
+    outs.append(Output("fit_ok", "", "MTRasym computed", bool))
+    res = apply_kernel(
+        _m.mtr_asym_kernel, packed, _COL, outs, x=np.arange(packed.sizes[_COL], dtype=float),
+        mask=_mask_for(mask),
+        kernel_kwargs=dict(deltas_ppm=deltas, bands_ppm=bands, kind=interp, band_points=band_points,
+                           has_s0=m0 is not None, has_b0=b0_ppm is not None, offsets_ppm=x),
+    )
+    ds = xr.Dataset(attrs={
+        "method": "MTRasym = Z(-D) - Z(+D), " + ("B0-corrected per voxel" if b0_ppm is not None else "no B0 correction")
+                  + f", {interp} interpolation",
+        "reference": "Zhou et al., Nat Med 2003;9:1085, doi:10.1038/nm907; DeBrosse et al., Sci Rep 2016;6:19517",
+    })
+    if deltas:
+        da = xr.concat([res[f"mtr_asym_{i}"] for i in range(len(deltas))],
+                       dim=pd.Index(np.asarray(deltas), name="delta"))
+        ds["mtr_asym"] = da.transpose(*[d for d in da.dims if d != "delta"], "delta")
+        ds["mtr_asym"].attrs = {"units": "%", "long_name": "MTR asymmetry (% of S0)"}
+        ds["delta"].attrs = {"units": "ppm", "long_name": "saturation offset from water"}
+    if bands:
+        da = xr.concat([res[f"mtr_asym_band_{i}"] for i in range(len(bands))],
+                       dim=pd.Index(np.asarray([f"{lo:g}-{hi:g}" for lo, hi in bands], dtype=object),
+                                    dtype=object, name="band"))
+        ds["mtr_asym_band"] = da.transpose(*[d for d in da.dims if d != "band"], "band")
+        ds["mtr_asym_band"].attrs = {"units": "% ppm", "long_name": "integral of MTRasym over the band"}
+        ds = ds.assign_coords(band_lo=("band", [b[0] for b in bands], {"units": "ppm"}),
+                              band_hi=("band", [b[1] for b in bands], {"units": "ppm"}))
+    ds["fit_ok"] = res["fit_ok"]
+    return _restore(ds, _strip(signal)[1])
+
+
+def lorentzian_pools(signal, m0: xr.DataArray | None = None, *, pools: Sequence[_m.Pool] = _m.LATEST_POOLS,
+                     b0_ppm=None, mask=None, normalized: bool = False, max_iter: int = 200,
+                     dim: str = "offset") -> xr.Dataset:
+    """Multi-pool Lorentzian fit of every voxel's Z-spectrum (batched Levenberg-Marquardt).
+
+    Parameters
+    ----------
+    signal, m0, b0_ppm, mask, normalized : as in :func:`mtr_asym`.  With ``b0_ppm`` the
+        model is fitted on the corrected axis, so centres are chemical shifts.
+    pools : :class:`studylib.models.cest.Pool` sequence (names must be unique identifiers);
+        default :data:`~studylib.models.cest.LATEST_POOLS` (water, lactate 0.4 ppm, MT).
+
+    Returns
+    -------
+    Dataset: ``<pool>_amplitude`` (% of S0), ``<pool>_center_ppm``, ``<pool>_fwhm_ppm``,
+    ``rmse`` (% of S0), ``fit_ok``.
+
+    Notes
+    -----
+    ``Z(d) = 1 - sum_i A_i (w_i/2)^2 / ((w_i/2)^2 + (d - d_i)^2)``; Zaiss et al., J Magn
+    Reson 2011;211:149 (doi:10.1016/j.jmr.2011.05.001).
+    """
+    signal, m0 = _split(signal, m0, normalized, "lorentzian_pools")
+    x = _offsets(signal, dim, "lorentzian_pools")
+    pools = tuple(pools)
+    if not pools or not all(isinstance(p, _m.Pool) for p in pools):
+        raise FitInputError("lorentzian_pools: pools must be a non-empty sequence of studylib.models.cest.Pool")
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names) or not all(n.isidentifier() for n in names):
+        raise FitInputError(f"lorentzian_pools: pool names must be unique identifiers, got {names}")
+    if x.size < 3 * len(pools):
+        raise FitInputError(f"lorentzian_pools: {len(pools)} pools need at least {3 * len(pools)} offsets, "
+                            f"got {x.size}")
+    for p in pools:
+        for what, v, (lo, hi) in (("amplitude", p.amplitude, p.amplitude_bounds),
+                                  ("center_ppm", p.center_ppm, p.center_bounds_ppm),
+                                  ("fwhm_ppm", p.fwhm_ppm, p.fwhm_bounds_ppm)):
+            if not (lo <= v <= hi) or (what == "fwhm_ppm" and lo <= 0):
+                raise FitInputError(f"lorentzian_pools: pool {p.name!r} {what} start {v} is outside its bounds "
+                                    f"({lo}, {hi}) or the width bound is not positive")
+    packed = _pack(signal, dim, m0, b0_ppm, "lorentzian_pools")
+    outs = []
+    for p in pools:
+        outs += [Output(f"{p.name}_amplitude", "%", f"{p.name} pool amplitude (% of S0)"),
+                 Output(f"{p.name}_center_ppm", "ppm", f"{p.name} pool centre"),
+                 Output(f"{p.name}_fwhm_ppm", "ppm", f"{p.name} pool FWHM")]
+    outs += [Output("rmse", "%", "root-mean-square residual (% of S0)"), Output("fit_ok", "", "fit converged", bool)]
+    res = apply_kernel(
+        _m.lorentzian_pools_kernel, packed, _COL, outs, x=np.arange(packed.sizes[_COL], dtype=float),
+        mask=_mask_for(mask),
+        kernel_kwargs=dict(pools=pools, has_s0=m0 is not None, has_b0=b0_ppm is not None, offsets_ppm=x,
+                           max_iter=max_iter),
+        attrs={"method": "multi-pool Lorentzian, batched Levenberg-Marquardt",
+               "pools": ", ".join(names),
+               "reference": "Zaiss et al., J Magn Reson 2011;211:149, doi:10.1016/j.jmr.2011.05.001"},
+    )
+    return _restore(res, _strip(signal)[1])
+
+
+def corrected_zspectrum(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, grid_ppm=None,
+                        normalized: bool = False, interp: str = "cubic", dim: str = "offset") -> xr.DataArray:
+    """Z-spectra (% of S0) shifted per voxel onto the B0-corrected offset axis.
+
+    ``Z(d) = 100 S(d + dB0) / S0`` on ``grid_ppm`` (default: the acquired offsets); NaN
+    where ``d + dB0`` is outside the acquired range.  Lazy for Dask input.  Use it for QC
+    (ROI-mean spectra before/after correction).
+    """
+    signal, m0 = _split(signal, m0, normalized, "corrected_zspectrum")
+    x = _offsets(signal, dim, "corrected_zspectrum")
+    grid = x if grid_ppm is None else np.asarray(grid_ppm, dtype=float)
+    if interp not in ("cubic", "linear"):
+        raise FitInputError(f"corrected_zspectrum: interp must be 'cubic' or 'linear', got {interp!r}")
+    packed = _pack(signal, dim, m0, 0.0 if b0_ppm is None else b0_ppm, "corrected_zspectrum")
+    n = x.size
+    has_s0 = m0 is not None
+
+    def _block(y):
+        lead = y.shape[:-1]
+        flat = np.asarray(y, dtype=float).reshape(-1, y.shape[-1])
+        z = _m.z_normalize(flat[:, :n], flat[:, n]) if has_s0 else flat[:, :n]
+        out = _m.shift_zspectrum(z, x, flat[:, -1], grid, kind=interp)
+        return (100.0 * out).reshape(lead + (grid.size,))
+
+    out = xr.apply_ufunc(_block, packed, input_core_dims=[[_COL]], output_core_dims=[["offset_corr"]],
+                         dask="parallelized", output_dtypes=[float],
+                         dask_gufunc_kwargs={"output_sizes": {"offset_corr": grid.size}})
+    out = out.rename({"offset_corr": dim}).assign_coords({dim: (dim, grid, {"units": "ppm"})})
+    out = _restore(out, _strip(signal)[1])
+    out.attrs = {"units": "%", "long_name": "B0-corrected Z-spectrum (% of S0)"}
+    return out
+
+
+def cest_change(values: xr.DataArray | xr.Dataset, *, pre_day, post_day, dim: str = "day"):
+    """Post minus pre change map (e.g. of ``mtr_asym``), same voxel grid per animal.
+
+    Returns ``values.sel(day=post_day) - values.sel(day=pre_day)`` with units kept
+    (``"%"`` of S0 for MTRasym, i.e. percentage points); a missing session gives NaN.
+    """
+    if dim not in values.dims:
+        raise FitInputError(f"cest_change: values have no '{dim}' dimension (dims {tuple(values.dims)})")
+    days = list(np.asarray(values[dim].values).tolist())
+    for name, d in (("pre_day", pre_day), ("post_day", post_day)):
+        if d not in days:
+            raise FitInputError(f"cest_change: {name}={d!r} is not among the {dim} values {days}")
+    out = values.sel({dim: post_day}, drop=True) - values.sel({dim: pre_day}, drop=True)
+    if isinstance(values, xr.DataArray):
+        out.attrs = {"units": values.attrs.get("units", ""),
+                     "long_name": f"change {post_day} minus {pre_day} of {values.attrs.get('long_name', values.name)}"}
+        out.name = f"delta_{values.name}" if values.name else None
+    return out

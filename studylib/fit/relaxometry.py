@@ -1,0 +1,341 @@
+"""Relaxometry fit adapters: T2*/R2*, T2, T1 (VFA, IR, SR), Delta R2*, iron concentration.
+
+Each adapter validates its fitted-axis coordinate (:func:`check_axis`), then runs a numpy kernel
+of :mod:`studylib.models.relaxometry` through :func:`apply_kernel` (numpy or Dask, any leading
+dims, optional mask; Dask input stays lazy).
+
+Noise level for the low-SNR-unbiased fits (``method="auto"``/``"squared"``/``"rician"``), first
+available of:
+
+1. ``noise_sigma``: a number, or a DataArray broadcastable to the voxel dims (e.g. one value per
+   ``animal, day`` from :func:`noise_sigma_from_background`);
+2. ``background``: a boolean mask of signal-free voxels (e.g. ``roi == 5``); sigma per scan from
+   the Rayleigh mean, ``sigma = mean|S| / sqrt(pi/2)``, pooled over the spatial dims and echoes;
+3. ``signal.attrs["noise_sigma"]`` (the sidecar's ``NoiseSigma``, if the loader put it there);
+4. otherwise it is estimated per voxel by fitting the offset ``2 sigma^2`` of the squared signal as
+   a third parameter (slower and less accurate for T2* longer than the echo train: prefer 1-2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ..errors import FitInputError
+from ..models import relaxometry as _rx
+from ._adapter import Output, apply_kernel, check_axis
+
+__all__ = ["t2star", "t2", "t1_vfa", "t1_ir", "t1_sr", "delta_r2star", "iron_concentration",
+           "noise_sigma_from_background"]
+
+_METHODS = ("auto",) + _rx.MONOEXP_METHODS
+_SPATIAL = ("x", "y", "z", "voxel")
+_AXES = ("te", "b", "fa", "ti", "t", "offset")
+
+
+def noise_sigma_from_background(signal_or_image, background_mask, *, dims=None):
+    """Noise SD per channel from signal-free background voxels (Rayleigh statistics).
+
+    In the background the magnitude is Rayleigh distributed with mean ``sigma sqrt(pi/2)``, so
+    ``sigma = mean(|S|[background]) / sqrt(pi/2)`` (Gudbjartsson & Patz, MRM 1995;34:910,
+    doi:10.1002/mrm.1910340618).
+
+    Parameters
+    ----------
+    signal_or_image : DataArray or ndarray
+        Magnitude data.  For a DataArray the mean is pooled over ``dims`` (default: the spatial
+        dims ``x, y, z, voxel`` and the acquisition axes ``te, b, fa, ti, t, offset`` present), so
+        ``(animal, day, te, z, y, x)`` gives one sigma per ``(animal, day)``.  For an ndarray
+        everything is pooled into one number.
+    background_mask : DataArray or ndarray of bool
+        True in background voxels; broadcast against the signal (a DataArray mask by dim name,
+        an ndarray mask must match the image shape or its leading dims).
+
+    Returns
+    -------
+    DataArray (``units`` as the signal, ``long_name`` "noise SD") or float.
+    """
+    if isinstance(signal_or_image, xr.DataArray):
+        sig = signal_or_image
+        mask = background_mask
+        if not isinstance(mask, xr.DataArray):
+            m = np.asarray(mask)
+            spatial = [d for d in sig.dims if d not in _AXES]
+            if m.shape != tuple(sig.sizes[d] for d in spatial):
+                raise FitInputError(f"background_mask of shape {m.shape} does not match the signal's voxel "
+                                    f"shape {tuple(sig.sizes[d] for d in spatial)} (dims {spatial})")
+            mask = xr.DataArray(m, dims=spatial)
+        extra = set(mask.dims) - set(sig.dims)
+        if extra:
+            raise FitInputError(f"background_mask has dims {sorted(extra)} that the signal lacks")
+        for d in mask.dims:
+            if mask.sizes[d] != sig.sizes[d]:
+                raise FitInputError(f"background_mask has {mask.sizes[d]} along '{d}', the signal {sig.sizes[d]}")
+        mask = mask.astype(bool)
+        if dims is None:
+            dims = [d for d in sig.dims if d in _SPATIAL or d in _AXES]
+        vals = abs(sig).where(mask)
+        out = vals.mean(dim=dims, skipna=True) / np.sqrt(np.pi / 2.0)
+        if out.chunks is None and out.size and not np.any(np.isfinite(out.values)):
+            raise FitInputError("background_mask selects no finite signal; cannot estimate the noise SD")
+        out.attrs = {"units": sig.attrs.get("units", ""), "long_name": "noise SD per channel (Rayleigh background)"}
+        return out.rename("noise_sigma")
+    img = np.abs(np.asarray(signal_or_image, dtype=float))
+    m = np.asarray(background_mask, dtype=bool)
+    if m.shape != img.shape:
+        if img.shape[:m.ndim] != m.shape:
+            raise FitInputError(f"background_mask of shape {m.shape} matches neither the image shape "
+                                f"{img.shape} nor its leading dims")
+        m = np.broadcast_to(m.reshape(m.shape + (1,) * (img.ndim - m.ndim)), img.shape)
+    v = img[m]
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise FitInputError("background_mask selects no finite signal; cannot estimate the noise SD")
+    return float(v.mean() / np.sqrt(np.pi / 2.0))
+
+
+def _monoexp_kernel(y, x, *, method, sigma=None, sigma_column=False, names, drop_first=False):
+    sig = sigma
+    if sigma_column:
+        sig = y[:, -1]
+        y, x = y[:, :-1], x[:-1]
+    if drop_first:
+        y, x = y[:, 1:], x[1:]
+    r = _rx.fit_monoexp(y, x, method=method, sigma=sig)
+    out = {names["rate"]: r["rate"], "s0": r["s0"], "rmse": r["rmse"], "noise_sigma": r["sigma"],
+           "fit_ok": r["fit_ok"]}
+    if "inverse" in names:
+        with np.errstate(divide="ignore"):
+            out[names["inverse"]] = 1.0 / r["rate"]
+    if "rate_per_s" in names:
+        out[names["rate_per_s"]] = 1000.0 * r["rate"]
+    return out
+
+
+def _resolve_sigma(signal, noise_sigma, background, dim):
+    if noise_sigma is None and background is not None:
+        noise_sigma = noise_sigma_from_background(signal, background)
+    if noise_sigma is None and "noise_sigma" in signal.attrs:
+        noise_sigma = signal.attrs["noise_sigma"]
+    if noise_sigma is None:
+        return None, None
+    if isinstance(noise_sigma, xr.DataArray):
+        extra = set(noise_sigma.dims) - (set(signal.dims) - {dim})
+        if extra:
+            raise FitInputError(f"noise_sigma has dims {sorted(extra)} that are not voxel dims of the signal "
+                                f"{tuple(d for d in signal.dims if d != dim)}")
+        for d in noise_sigma.dims:
+            if noise_sigma.sizes[d] != signal.sizes[d]:
+                raise FitInputError(f"noise_sigma has {noise_sigma.sizes[d]} along '{d}', the signal {signal.sizes[d]}")
+        if noise_sigma.ndim == 0:
+            noise_sigma = float(noise_sigma)
+        else:
+            return None, noise_sigma
+    try:
+        s = float(noise_sigma)
+    except (TypeError, ValueError):
+        raise FitInputError(f"noise_sigma must be a positive number or DataArray, got {noise_sigma!r}") from None
+    if not (np.isfinite(s) and s > 0):
+        raise FitInputError(f"noise_sigma must be positive and finite, got {noise_sigma!r}")
+    return s, None
+
+
+def _monoexp_fit(signal, dim, what, method, noise_sigma, background, mask, names, outputs, attrs,
+                 x_scale=1.0, drop_first=False, min_points=2):
+    if method not in _METHODS:
+        raise FitInputError(f"method must be one of {_METHODS}, got {method!r}")
+    x = check_axis(signal, dim, what=what, min_points=min_points + int(drop_first)) * x_scale
+    sig_f, sig_da = _resolve_sigma(signal, noise_sigma, background, dim)
+    have_sigma = sig_f is not None or sig_da is not None
+    m = "squared" if method == "auto" else method
+    if m == "rician" and not have_sigma:
+        raise FitInputError("method='rician' needs noise_sigma, a background mask or signal.attrs['noise_sigma']")
+    if m in ("loglinear", "nonlinear"):
+        sig_f, sig_da = None, None
+    kw = {"method": m, "names": names, "drop_first": drop_first}
+    sig_in = signal
+    if sig_da is not None:
+        ref = signal.isel({dim: 0}, drop=True)
+        col = sig_da.broadcast_like(ref).astype(signal.dtype if np.issubdtype(signal.dtype, np.floating) else float)
+        col = col.expand_dims({dim: [np.inf]})
+        base = signal.drop_vars([c for c in signal.coords if dim in signal[c].dims and c != dim])
+        sig_in = xr.concat([base, col], dim=dim, coords="minimal", compat="override", join="override")
+        sig_in = sig_in.transpose(*signal.dims)
+        kw["sigma_column"] = True
+        x = np.append(x, np.nan)
+    elif sig_f is not None:
+        kw["sigma"] = sig_f
+    a = dict(attrs)
+    a["method"] = m
+    a["noise_sigma"] = ("per-voxel fitted" if (m in ("squared",) and not have_sigma)
+                        else ("map" if sig_da is not None else (sig_f if sig_f is not None else "not used")))
+    return apply_kernel(_monoexp_kernel, sig_in, dim, outputs, x=x, mask=mask, kernel_kwargs=kw, attrs=a)
+
+
+def t2star(signal, *, method="auto", noise_sigma=None, background=None, mask=None):
+    """T2*/R2* maps from multi-gradient-echo magnitude data (``te`` dim, ms).
+
+    Parameters
+    ----------
+    signal : DataArray with a ``te`` dimension and coordinate (ms), any other dims, numpy or Dask.
+    method : {"auto", "squared", "rician", "nonlinear", "loglinear"}
+        ``"auto"`` = ``"squared"``: noise-corrected squared magnitude, ``E[S^2] = S0^2 e^{-2 TE R2*}
+        + 2 sigma^2`` (exact for Rician noise, hence unbiased at low SNR; Miller & Joseph 1993,
+        doi:10.1016/0730-725X(93)90225-3).  See :func:`studylib.models.relaxometry.fit_monoexp`.
+    noise_sigma, background : the noise level (see the module notes for the order of precedence).
+    mask : optional boolean mask over the voxel dims.
+
+    Returns
+    -------
+    Dataset: ``t2star`` (ms), ``r2star`` (1/s) = 1000 / T2*, ``s0`` (a.u.), ``rmse`` (a.u.,
+    goodness of fit), ``noise_sigma`` (a.u.; used or fitted), ``fit_ok`` (bool).
+    """
+    outputs = [Output("t2star", "ms", "T2* (transverse relaxation time, gradient echo)"),
+               Output("r2star", "1/s", "R2* = 1/T2*"), Output("s0", "a.u.", "signal at TE = 0"),
+               Output("rmse", "a.u.", "root mean square residual"),
+               Output("noise_sigma", "a.u.", "noise SD per channel used by the fit"),
+               Output("fit_ok", "", "voxel fitted", bool)]
+    names = {"rate": "_rate", "inverse": "t2star", "rate_per_s": "r2star"}
+    return _monoexp_fit(signal, "te", "echo times (ms)", method, noise_sigma, background, mask, names,
+                        outputs, {"fit": "t2star", "model": "S0 exp(-TE/T2*)"})
+
+
+def t2(signal, *, method="auto", noise_sigma=None, background=None, mask=None, drop_first_echo=False):
+    """T2/R2 maps from multi-spin-echo magnitude data (``te`` dim, ms), mono-exponential.
+
+    Stimulated echoes from imperfect refocusing (B1 error, slice profile) make the echo train
+    non-exponential (Lebel & Wilman, MRM 2010;64:1005, doi:10.1002/mrm.22487); modelling them
+    (EPG fitting) is out of scope.  ``drop_first_echo=True`` discards the first echo, the one most
+    affected, the common practical remedy.  Other arguments as :func:`t2star`.
+
+    Returns Dataset ``t2`` (ms), ``r2`` (1/s), ``s0``, ``rmse``, ``noise_sigma``, ``fit_ok``.
+    """
+    outputs = [Output("t2", "ms", "T2 (spin-echo transverse relaxation time)"), Output("r2", "1/s", "R2 = 1/T2"),
+               Output("s0", "a.u.", "signal at TE = 0"), Output("rmse", "a.u.", "root mean square residual"),
+               Output("noise_sigma", "a.u.", "noise SD per channel used by the fit"),
+               Output("fit_ok", "", "voxel fitted", bool)]
+    names = {"rate": "_rate", "inverse": "t2", "rate_per_s": "r2"}
+    return _monoexp_fit(signal, "te", "echo times (ms)", method, noise_sigma, background, mask, names,
+                        outputs, {"fit": "t2", "model": "S0 exp(-TE/T2)", "drop_first_echo": int(drop_first_echo)},
+                        drop_first=drop_first_echo)
+
+
+def _t1_outputs(extra=()):
+    return ([Output("t1", "ms", "T1 (longitudinal relaxation time)"), Output("r1", "1/s", "R1 = 1/T1"),
+             Output("m0", "a.u.", "equilibrium signal")] + list(extra)
+            + [Output("rmse", "a.u.", "root mean square residual"), Output("fit_ok", "", "voxel fitted", bool)])
+
+
+def _with_r1(r):
+    r["r1"] = 1000.0 / r["t1"]
+    return r
+
+
+def _vfa_kernel(y, x, *, tr_ms, method):
+    return _with_r1(_rx.fit_vfa(y, x, tr_ms=tr_ms, method=method))
+
+
+def t1_vfa(signal, *, tr_ms=None, method="linear", mask=None):
+    """T1 from variable flip angle SPGR (``fa`` dim, degrees): DESPOT1 linear or nonlinear.
+
+    ``tr_ms`` defaults to ``signal.attrs["tr_ms"]``.  See :func:`studylib.models.relaxometry.fit_vfa`.
+    Returns Dataset ``t1`` (ms), ``r1`` (1/s), ``m0``, ``rmse``, ``fit_ok``.
+    """
+    fa = check_axis(signal, "fa", what="flip angles (deg)", allow_zero=False)
+    if np.any(fa >= 180):
+        raise FitInputError(f"flip angles ('fa') must be below 180 degrees: {fa.tolist()}")
+    if method not in ("linear", "nonlinear"):
+        raise FitInputError(f"method must be 'linear' or 'nonlinear', got {method!r}")
+    tr = tr_ms if tr_ms is not None else signal.attrs.get("tr_ms")
+    if tr is None:
+        raise FitInputError("t1_vfa needs the repetition time: pass tr_ms= or set signal.attrs['tr_ms']")
+    try:
+        tr = float(tr)
+    except (TypeError, ValueError):
+        raise FitInputError(f"tr_ms must be a number in ms, got {tr!r}") from None
+    if not (np.isfinite(tr) and tr > 0):
+        raise FitInputError(f"tr_ms must be positive, got {tr!r}")
+    return apply_kernel(_vfa_kernel, signal, "fa", _t1_outputs(), x=fa, mask=mask,
+                        kernel_kwargs={"tr_ms": tr, "method": method},
+                        attrs={"fit": "t1_vfa", "method": method, "tr_ms": tr})
+
+
+def _ir_kernel(y, x, *, magnitude):
+    return _with_r1(_rx.fit_inversion_recovery(y, x, magnitude=magnitude))
+
+
+def t1_ir(signal, *, magnitude=True, mask=None):
+    """T1 from inversion recovery (``ti`` dim, ms), 3-parameter ``|M0 (1 - k e^{-TI/T1})|``.
+
+    Returns Dataset ``t1`` (ms), ``r1`` (1/s), ``m0``, ``efficiency`` (k, 2 = perfect inversion),
+    ``rmse``, ``fit_ok``.
+    """
+    ti = check_axis(signal, "ti", what="inversion times (ms)", min_points=3)
+    return apply_kernel(_ir_kernel, signal, "ti", _t1_outputs([Output("efficiency", "", "inversion efficiency k")]),
+                        x=ti, mask=mask, kernel_kwargs={"magnitude": bool(magnitude)},
+                        attrs={"fit": "t1_ir", "magnitude": int(bool(magnitude))})
+
+
+def _sr_kernel(y, x):
+    return _with_r1(_rx.fit_saturation_recovery(y, x))
+
+
+def t1_sr(signal, *, dim="ti", mask=None):
+    """T1 from saturation recovery ``M0 (1 - e^{-t/T1})`` along ``dim`` (recovery times, ms)."""
+    t = check_axis(signal, dim, what="recovery times (ms)", allow_zero=False)
+    return apply_kernel(_sr_kernel, signal, dim, _t1_outputs(), x=t, mask=mask, attrs={"fit": "t1_sr"})
+
+
+def delta_r2star(r2star, *, baseline_day=0, dim="day"):
+    """Change of R2* from a baseline session: ``Delta R2*(day) = R2*(day) - R2*(baseline_day)``.
+
+    ``r2star`` is a DataArray with a ``day`` dim (or a Dataset holding ``r2star``), e.g. the output
+    of :func:`t2star` on a study.  Returns a DataArray in 1/s (NaN where either session is missing).
+    """
+    if isinstance(r2star, xr.Dataset):
+        if "r2star" not in r2star:
+            raise FitInputError(f"delta_r2star: the Dataset has no 'r2star' variable ({list(r2star.data_vars)})")
+        r2star = r2star["r2star"]
+    if not isinstance(r2star, xr.DataArray):
+        raise FitInputError(f"delta_r2star: expected a DataArray with a '{dim}' dim, got {type(r2star).__name__}")
+    if dim not in r2star.dims:
+        raise FitInputError(f"delta_r2star: r2star has no '{dim}' dimension (dims {tuple(r2star.dims)})")
+    days = r2star[dim].values if dim in r2star.coords else np.arange(r2star.sizes[dim])
+    if baseline_day not in list(days):
+        raise FitInputError(f"delta_r2star: baseline_day={baseline_day!r} is not among the '{dim}' values {list(days)}")
+    base = r2star.sel({dim: baseline_day}, drop=True)
+    out = r2star - base
+    out.attrs = {"units": "1/s", "long_name": f"Delta R2* relative to {dim} {baseline_day}",
+                 "baseline_day": baseline_day}
+    return out.rename("delta_r2star")
+
+
+def iron_concentration(delta_r2star, *, field_T=None, agent="ferumoxytol", medium="plasma",
+                       relaxivity_per_mM_per_s=None):
+    """Iron concentration ``[Fe] (mM) = Delta R2* (1/s) / r2* (1/(s mM))``.
+
+    ``r2*`` is looked up in :mod:`studylib.relaxivity` at ``field_T`` (default:
+    ``delta_r2star.attrs["field_T"]``), unless ``relaxivity_per_mM_per_s`` is given.  Assumes the
+    linear (fast-exchange/static-dephasing) regime of the in-vitro measurement; intracellular
+    clustering changes r2* in tissue, so treat the result as an iron-equivalent concentration.
+    """
+    from .. import relaxivity as _rel
+
+    if not isinstance(delta_r2star, (xr.DataArray, np.ndarray, float, int)):
+        raise FitInputError(f"iron_concentration: expected a DataArray of Delta R2* (1/s), got {type(delta_r2star).__name__}")
+    if relaxivity_per_mM_per_s is None:
+        if field_T is None and isinstance(delta_r2star, xr.DataArray):
+            field_T = delta_r2star.attrs.get("field_T")
+        if field_T is None:
+            raise FitInputError("iron_concentration needs field_T (tesla) or relaxivity_per_mM_per_s")
+        r = _rel.relaxivity(field_T, agent=agent, medium=medium, kind="r2star")
+    else:
+        r = float(relaxivity_per_mM_per_s)
+        if not (np.isfinite(r) and r > 0):
+            raise FitInputError(f"relaxivity_per_mM_per_s must be positive, got {relaxivity_per_mM_per_s!r}")
+    out = delta_r2star / r
+    if isinstance(out, xr.DataArray):
+        out.attrs = {"units": "mM", "long_name": f"{agent} iron concentration (Delta R2* / r2*)",
+                     "relaxivity_per_mM_per_s": r, "field_T": field_T if field_T is not None else "n/a"}
+        out = out.rename("iron_mM")
+    return out

@@ -1,0 +1,455 @@
+"""ROI statistics: per animal x day x ROI label x map, as tidy pandas tables.
+
+Pure numpy kernels at the bottom (:func:`roi_stats_kernel`, :func:`roi_hist_kernel`: voxels on
+the last axis, any leading axes, no xarray) and thin xarray/dask adapters above
+(:func:`summarize`, :func:`histograms`, :func:`volumes`).  Dask-backed maps stay lazy until
+one ``compute`` of the whole (small) result: every scan is reduced in its own task, never
+one task per animal or per label.
+
+Voxel-count columns: ``n_voxels`` (voxels carrying the label, what the volume counts),
+``n_used`` (voxels entering the statistics: ``fit_ok`` and finite), ``n_excluded``
+(label voxels with ``fit_ok=False``), ``n_nonfinite`` (``fit_ok`` voxels whose value is
+NaN/Inf).  Units: ``volume_mm3`` carries its unit in the name; the map statistics
+(``mean, sd, median, p10, ...``) are in the map's unit, given per row in the ``units``
+column (from the variable's ``attrs["units"]``), because one tidy table holds maps of
+different units; ``frac_above_<thr>`` is a fraction (0-1) of ``n_used``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .errors import StudyError
+
+__all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
+           "DEFAULT_LABELS"]
+
+#: ROI label values of the data contract (docs/conventions.md)
+DEFAULT_LABELS = {1: "tumour"}
+_ID_DIMS = ("animal", "day")
+
+
+class RoiError(StudyError):
+    """ROI masks or maps are not usable (mismatched grids, empty labels when asked to raise, ...)."""
+
+
+class RoiWarning(UserWarning):
+    """An ROI label is empty (or fully excluded) in an acquired scan; its statistics are NaN."""
+
+
+# ---------------------------------------------------------------------- numpy kernels
+def _stat_names(percentiles, thr_values) -> list[str]:
+    return (["n_voxels", "n_used", "n_excluded", "n_nonfinite", "mean", "sd", "median", "min", "max"]
+            + [f"p{p:g}" for p in percentiles] + [f"frac_above_{t:g}" for t in thr_values])
+
+
+def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndarray, label_values: Sequence[int],
+                     percentiles: Sequence[float], thresholds: np.ndarray) -> np.ndarray:
+    """Statistics of every variable inside every label.
+
+    Parameters
+    ----------
+    values : (..., n_var, n_vox) map values.
+    fit_ok : (..., n_vox) bool; False voxels are excluded (counted in ``n_excluded``).
+    labels_map : (..., n_vox) integer (or float with NaN) label image.
+    label_values : the labels to summarise.
+    percentiles : in [0, 100].
+    thresholds : (n_var, n_thr) thresholds (NaN where a variable has none); the fraction of
+        used voxels with ``value > threshold``.
+
+    Returns
+    -------
+    (..., n_label, n_var, n_stat) float array in the order of :func:`_stat_names`
+    (``sd`` with ``ddof=1``; NaN statistics where no voxel is used).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    fit_ok = np.asarray(fit_ok, dtype=bool)
+    labels_map = np.asarray(labels_map)
+    lead = values.shape[:-2]
+    nv = values.shape[-2]
+    pct = np.asarray(list(percentiles), dtype=float)
+    thr = np.asarray(thresholds, dtype=float).reshape(nv, -1)
+    nthr = thr.shape[1]
+    out = np.full(lead + (len(label_values), nv, 9 + pct.size + nthr), np.nan)
+    finite = np.isfinite(values)
+    for li, lab in enumerate(label_values):
+        inl = labels_map == lab                                   # (..., n_vox)
+        use = (inl & fit_ok)[..., None, :] & finite               # (..., n_var, n_vox)
+        nvox = inl.sum(-1)
+        nuse = use.sum(-1)
+        o = out[..., li, :, :]
+        o[..., 0] = nvox[..., None]
+        o[..., 1] = nuse
+        o[..., 2] = (inl & ~fit_ok).sum(-1)[..., None]
+        o[..., 3] = ((inl & fit_ok)[..., None, :] & ~finite).sum(-1)
+        masked = np.where(use, values, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            o[..., 4] = np.nanmean(masked, axis=-1)
+            o[..., 5] = np.where(nuse > 1, np.nanstd(masked, axis=-1, ddof=1), np.nan)
+            o[..., 6] = np.nanmedian(masked, axis=-1)
+            o[..., 7] = np.nanmin(np.where(use, values, np.inf), axis=-1)
+            o[..., 8] = np.nanmax(np.where(use, values, -np.inf), axis=-1)
+            if pct.size:
+                o[..., 9:9 + pct.size] = np.moveaxis(np.nanpercentile(masked, pct, axis=-1), 0, -1)
+        none = nuse == 0
+        o[..., 7] = np.where(none, np.nan, o[..., 7])
+        o[..., 8] = np.where(none, np.nan, o[..., 8])
+        if nthr:
+            above = (use[..., None, :] & (values[..., None, :] > thr[..., None])).sum(-1)  # (..., n_var, n_thr)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                frac = above / nuse[..., None]
+            frac = np.where(np.isfinite(thr), frac, np.nan)
+            o[..., 9 + pct.size:] = np.where(none[..., None], np.nan, frac)
+    return out
+
+
+def roi_hist_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndarray, label_values: Sequence[int],
+                    edges: np.ndarray) -> np.ndarray:
+    """Histogram counts of one variable inside every label.
+
+    ``values``, ``fit_ok``, ``labels_map``: (..., n_vox); ``edges``: (n_bins + 1,) increasing.
+    Bins are half-open ``[e_i, e_i+1)`` except the last, which includes its right edge
+    (numpy's convention); values outside the edges are not counted.
+    Returns (..., n_label, n_bins) counts as float.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    lead = values.shape[:-1]
+    nl_, nb = len(label_values), len(edges) - 1
+    flat_v = values.reshape(-1, values.shape[-1])
+    flat_ok = np.asarray(fit_ok, dtype=bool).reshape(flat_v.shape) & np.isfinite(flat_v)
+    flat_l = np.asarray(labels_map).reshape(flat_v.shape)
+    b = np.searchsorted(edges, flat_v, side="right") - 1
+    b = np.where(flat_v == edges[-1], nb - 1, b)
+    inrange = (b >= 0) & (b < nb)
+    out = np.zeros((flat_v.shape[0], nl_, nb))
+    rows = np.broadcast_to(np.arange(flat_v.shape[0])[:, None], flat_v.shape)
+    for li, lab in enumerate(label_values):
+        sel = flat_ok & inrange & (flat_l == lab)
+        idx = rows[sel] * nb + b[sel]
+        out[:, li, :] = np.bincount(idx, minlength=flat_v.shape[0] * nb).reshape(flat_v.shape[0], nb)
+    return out.reshape(lead + (nl_, nb))
+
+
+# ---------------------------------------------------------------------- xarray adapters
+def _as_dataset(maps) -> xr.Dataset:
+    if isinstance(maps, xr.DataArray):
+        return maps.to_dataset(name=maps.name if maps.name is not None else "value")
+    if isinstance(maps, xr.Dataset):
+        return maps
+    raise RoiError(f"maps must be an xarray Dataset or DataArray, got {type(maps).__name__}")
+
+
+def _check_labels(labels) -> dict[int, str]:
+    if not isinstance(labels, Mapping) or not labels:
+        raise RoiError(f"labels must be a non-empty mapping {{label value: name}}, e.g. {{1: 'tumour'}}, got {labels!r}")
+    out = {}
+    for k, v in labels.items():
+        try:
+            ki = int(k)
+        except (TypeError, ValueError):
+            raise RoiError(f"label value {k!r} is not an integer") from None
+        if ki != k and not (isinstance(k, str) and str(ki) == k):
+            raise RoiError(f"label value {k!r} is not an integer")
+        out[ki] = str(v)
+    return out
+
+
+def _layout(ds: xr.Dataset, roi: xr.DataArray, variables):
+    if not isinstance(roi, xr.DataArray):
+        raise RoiError(f"roi must be an xarray DataArray of integer labels, got {type(roi).__name__}")
+    id_dims = [d for d in _ID_DIMS if d in roi.dims]
+    spatial = [d for d in roi.dims if d not in _ID_DIMS]
+    if not spatial:
+        raise RoiError(f"roi has no spatial dims (dims {roi.dims}); expected e.g. ('animal', 'day', 'z', 'y', 'x')")
+    if not (np.issubdtype(roi.dtype, np.integer) or np.issubdtype(roi.dtype, np.floating)):
+        raise RoiError(f"roi must hold integer labels, got dtype {roi.dtype}")
+    allowed = set(id_dims) | set(spatial)
+    if variables is None:
+        variables = [v for v, da in ds.data_vars.items()
+                     if v != "fit_ok" and np.issubdtype(da.dtype, np.number) and not np.issubdtype(da.dtype, np.bool_)
+                     and set(da.dims) <= allowed and set(spatial) <= set(da.dims)]
+        if not variables:
+            raise RoiError(f"maps have no numeric variable on the roi grid {tuple(roi.dims)}; "
+                           f"variables: {{{', '.join(f'{k}: {v.dims}' for k, v in ds.data_vars.items())}}}")
+    else:
+        variables = [variables] if isinstance(variables, str) else list(variables)
+        for v in variables:
+            if v not in ds.data_vars:
+                raise RoiError(f"variable {v!r} is not in maps (variables {list(ds.data_vars)})")
+            da = ds[v]
+            if not np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.bool_):
+                raise RoiError(f"variable {v!r} is not numeric (dtype {da.dtype})")
+            if not set(da.dims) <= allowed or not set(spatial) <= set(da.dims):
+                raise RoiError(f"variable {v!r} has dims {da.dims}; it must be on the roi grid {tuple(roi.dims)}")
+    for d in spatial:
+        for v in variables:
+            if ds[v].sizes[d] != roi.sizes[d]:
+                raise RoiError(f"variable {v!r} has {ds[v].sizes[d]} voxels along '{d}' but roi has {roi.sizes[d]}")
+    return id_dims, spatial, variables
+
+
+def _voxel_volume(ds, roi, voxel_volume_mm3) -> float:
+    if voxel_volume_mm3 is not None:
+        vv = float(voxel_volume_mm3)
+        if not (np.isfinite(vv) and vv > 0):
+            raise RoiError(f"voxel_volume_mm3 must be a positive number, got {voxel_volume_mm3!r}")
+        return vv
+    for src in (ds.attrs, roi.attrs):
+        if "voxel_size_mm" in src:
+            vs = np.asarray(src["voxel_size_mm"], dtype=float)
+            if vs.size == 3 and np.all(vs > 0):
+                return float(np.prod(vs))
+    raise RoiError("voxel volume unknown: pass voxel_volume_mm3 or give maps/roi attrs['voxel_size_mm'] = (x, y, z)")
+
+
+def _stack(ds, roi, variables, id_dims, spatial):
+    """(variable, *id, *spatial) values, (*id, *spatial) fit_ok, roi -- aligned, spatial in one chunk."""
+    order = id_dims + spatial
+    vals = xr.concat([ds[v].astype("float64").broadcast_like(roi).transpose(*order) for v in variables],
+                     dim=pd.Index(variables, name="variable"), coords="minimal", compat="override")
+    if "fit_ok" in ds.data_vars:
+        ok = ds["fit_ok"].astype(bool).broadcast_like(roi).transpose(*order)
+    else:
+        ok = xr.ones_like(roi, dtype=bool).transpose(*order)
+    lab = roi.transpose(*order)
+    if any(a.chunks is not None for a in (vals, ok, lab)):
+        sp = {d: -1 for d in spatial}
+        vals = vals.chunk({**sp, "variable": -1})
+        ok = ok.chunk(sp)
+        lab = lab.chunk(sp)
+    return vals, ok, lab
+
+
+def _meta(ds, roi, id_dims):
+    """The (possibly lazy) ``group`` and ``acquired`` coordinates, to compute with the result."""
+    group = acq = None
+    for src in (ds, roi):
+        if group is None and "group" in src.coords and "animal" in id_dims and src["group"].dims == ("animal",):
+            group = src["group"]
+        if acq is None and "acquired" in src.coords and set(src["acquired"].dims) <= set(id_dims):
+            acq = src["acquired"]
+    return group, acq
+
+
+def _compute_all(res, ds, roi, id_dims):
+    """One dask pass for the statistics and the coordinates they are labelled with."""
+    import dask
+
+    group, acq = _meta(ds, roi, id_dims)
+    res, group, acq = dask.compute(res, group, acq)
+    return res, group, acq
+
+
+def _coord_frame(res: xr.DataArray, group, acq, id_dims) -> pd.DataFrame:
+    """Rows for every id combination with group and acquired columns."""
+    idx = pd.MultiIndex.from_product([res[d].values for d in id_dims], names=id_dims) if id_dims else None
+    base = pd.DataFrame(index=idx).reset_index() if idx is not None else pd.DataFrame(index=[0])
+    if "animal" in base:
+        gmap = dict(zip(group["animal"].values, group.values)) if group is not None else None
+        base.insert(1, "group", base["animal"].map(gmap) if gmap else None)
+    if acq is not None:
+        target = res.isel({d: 0 for d in res.dims if d not in id_dims}, drop=True)
+        acq = acq.broadcast_like(target)
+        base["acquired"] = np.asarray(acq.transpose(*id_dims).values, dtype=bool).reshape(-1)
+    else:
+        base["acquired"] = True
+    return base
+
+
+def _report_empty(tab: pd.DataFrame, id_dims, empty: str):
+    if empty == "ignore":
+        return
+    sel = tab[tab["acquired"] & (tab["n_used"] == 0)].drop_duplicates(subset=id_dims + ["roi"])
+    if sel.empty:
+        return
+    items = []
+    for _, r in sel.head(10).iterrows():
+        where = ", ".join(f"{d}={r[d]}" for d in id_dims)
+        why = "label is empty" if r["n_voxels"] == 0 else f"all {int(r['n_voxels'])} voxels excluded (fit_ok/NaN)"
+        items.append(f"{where}, roi={r['roi']!r} (label {r['label']}): {why}")
+    more = f" and {len(sel) - 10} more" if len(sel) > 10 else ""
+    msg = "no usable voxels in " + "; ".join(items) + more
+    if empty == "raise":
+        raise RoiError(msg)
+    warnings.warn(msg + " -- their statistics are NaN", RoiWarning, stacklevel=3)
+
+
+def summarize(maps, roi: xr.DataArray, *, labels: Mapping = DEFAULT_LABELS, voxel_volume_mm3: float | None = None,
+              percentiles: Sequence[float] = (10, 25, 50, 75, 90), thresholds: Mapping | None = None,
+              variables=None, empty: str = "warn") -> pd.DataFrame:
+    """Tidy ROI statistics of quantitative maps: one row per animal x day x ROI label x map.
+
+    Parameters
+    ----------
+    maps : Dataset of maps (e.g. a fit output with ``r2star_per_s`` and ``fit_ok``) or one
+        DataArray, on the roi grid, numpy- or Dask-backed.  ``fit_ok`` (bool), when present,
+        excludes voxels from the statistics (they still count in ``n_voxels``/volume).
+    roi : integer label image, dims e.g. ``(animal, day, z, y, x)``; dims other than
+        ``animal``/``day`` are spatial.
+    labels : ``{label value: name}`` to summarise, default ``{1: "tumour"}``.
+    voxel_volume_mm3 : default: product of ``attrs["voxel_size_mm"]`` of maps or roi.
+    percentiles : in [0, 100]; columns ``p10, p25, ...``.
+    thresholds : ``{variable: threshold or [thresholds]}`` -> columns ``frac_above_<thr>``
+        (fraction of used voxels with value > thr; NaN for variables without that threshold).
+    variables : maps to summarise (default: every numeric variable on the roi grid).
+    empty : what an acquired scan whose label has no usable voxel gives: ``"warn"``
+        (default: a row with ``n_used = 0`` and NaN statistics plus one :class:`RoiWarning`
+        naming every animal/day/label), ``"raise"`` (:class:`RoiError`) or ``"ignore"``.
+        A tumour can regress to nothing, and rim/core labels can be absent, so a missing
+        label is data, not a crash; the warning keeps it from passing silently.
+
+    Returns
+    -------
+    DataFrame with columns ``animal, group, day, acquired, roi, label, variable, units,
+    n_voxels, volume_mm3, n_used, n_excluded, n_nonfinite, mean, sd, median, min, max,
+    p.., frac_above_..`` (``animal``/``day`` only when roi has those dims).  Sessions with
+    ``acquired=False`` (missing) keep their rows, with zero counts, NaN volume and
+    statistics, and no warning.
+    """
+    ds = _as_dataset(maps)
+    labs = _check_labels(labels)
+    if empty not in ("warn", "raise", "ignore"):
+        raise RoiError(f"empty must be 'warn', 'raise' or 'ignore', got {empty!r}")
+    pct = [float(p) for p in percentiles]
+    if any(not 0 <= p <= 100 for p in pct):
+        raise RoiError(f"percentiles must be within [0, 100], got {list(percentiles)}")
+    id_dims, spatial, variables = _layout(ds, roi, variables)
+    vv = _voxel_volume(ds, roi, voxel_volume_mm3)
+    thresholds = dict(thresholds or {})
+    for v in thresholds:
+        if v not in variables:
+            raise RoiError(f"thresholds names {v!r}, which is not a summarised variable ({variables})")
+    thr_values = sorted({float(t) for ts in thresholds.values() for t in np.atleast_1d(ts)})
+    thr = np.full((len(variables), len(thr_values)), np.nan)
+    for i, v in enumerate(variables):
+        for t in np.atleast_1d(thresholds.get(v, [])):
+            thr[i, thr_values.index(float(t))] = float(t)
+    names = _stat_names(pct, thr_values)
+    vals, ok, lab = _stack(ds, roi, variables, id_dims, spatial)
+    label_values = list(labs)
+
+    def kern(v, f, lm):
+        sh = v.shape
+        nvox = int(np.prod(sh[len(sh) - len(spatial):]))
+        v2 = v.reshape(sh[:-len(spatial)] + (nvox,))
+        f2 = f.reshape(f.shape[:-len(spatial)] + (nvox,))
+        l2 = lm.reshape(lm.shape[:-len(spatial)] + (nvox,))
+        return roi_stats_kernel(v2, f2, l2, label_values, pct, thr)
+
+    res = xr.apply_ufunc(kern, vals, ok, lab, input_core_dims=[["variable"] + spatial, spatial, spatial],
+                         output_core_dims=[["label", "variable", "stat"]], dask="parallelized",
+                         output_dtypes=[np.float64],
+                         dask_gufunc_kwargs={"output_sizes": {"label": len(label_values), "stat": len(names)}})
+    res = res.assign_coords(label=label_values, stat=names, variable=variables).transpose(*id_dims, "label",
+                                                                                        "variable", "stat")
+    res, group, acq = _compute_all(res, ds, roi, id_dims)   # one pass over all scans
+    arr = res.values.reshape(-1, len(names))
+    base = _coord_frame(res, group, acq, id_dims)
+    n_id = len(base)
+    rep = len(label_values) * len(variables)
+    tab = base.loc[base.index.repeat(rep)].reset_index(drop=True)
+    tab["roi"] = np.tile(np.repeat([labs[lv] for lv in label_values], len(variables)), n_id)
+    tab["label"] = np.tile(np.repeat(label_values, len(variables)), n_id)
+    tab["variable"] = np.tile(variables, n_id * len(label_values))
+    units = {v: str(ds[v].attrs.get("units", "")) for v in variables}
+    tab["units"] = tab["variable"].map(units)
+    stats_df = pd.DataFrame(arr, columns=names)
+    tab = pd.concat([tab, stats_df], axis=1)
+    tab.insert(tab.columns.get_loc("n_voxels") + 1, "volume_mm3", tab["n_voxels"] * vv)
+    missing = ~tab["acquired"].to_numpy()
+    if missing.any():
+        tab.loc[missing, [c for c in names if c not in ("n_voxels", "n_used", "n_excluded", "n_nonfinite")]] = np.nan
+        tab.loc[missing, "volume_mm3"] = np.nan
+        tab.loc[missing, ["n_voxels", "n_used", "n_excluded", "n_nonfinite"]] = 0
+    for c in ("n_voxels", "n_used", "n_excluded", "n_nonfinite"):
+        tab[c] = tab[c].astype(np.int64)
+    _report_empty(tab, id_dims, empty)
+    return tab
+
+
+def volumes(roi: xr.DataArray, *, labels: Mapping = DEFAULT_LABELS, voxel_volume_mm3: float | None = None,
+            empty: str = "warn") -> pd.DataFrame:
+    """ROI volumes per animal x day x label: ``animal, group, day, acquired, roi, label, n_voxels, volume_mm3``.
+
+    The input of :func:`studylib.stats.tumour_growth`.  Missing sessions (``acquired=False``)
+    have NaN volume; empty labels in acquired scans are handled as in :func:`summarize`.
+    """
+    if not isinstance(roi, xr.DataArray):
+        raise RoiError(f"roi must be an xarray DataArray of integer labels, got {type(roi).__name__}")
+    dummy = xr.zeros_like(roi, dtype=np.float32).rename("_volume")
+    tab = summarize(dummy.to_dataset(), roi, labels=labels, voxel_volume_mm3=voxel_volume_mm3, percentiles=(),
+                    empty=empty)
+    cols = [c for c in ("animal", "group", "day", "acquired", "roi", "label", "n_voxels", "volume_mm3") if c in tab]
+    return tab[cols]
+
+
+def histograms(maps, roi: xr.DataArray, *, variable: str | None = None, bins=50, range: tuple | None = None,
+               labels: Mapping = DEFAULT_LABELS) -> pd.DataFrame:
+    """Per animal x day x label histogram of one map, tidy: ``..., bin_low, bin_high, count, fraction``.
+
+    ``bins``: an int (with ``range=(lo, hi)``; without ``range`` the label voxels' min/max are
+    computed first -- a second pass over lazy data) or explicit increasing edges, shared by
+    every row so histograms are comparable.  Excludes ``fit_ok=False`` and non-finite voxels
+    like :func:`summarize`; ``fraction`` = count / used voxels of that row.
+    """
+    ds = _as_dataset(maps)
+    labs = _check_labels(labels)
+    id_dims, spatial, variables = _layout(ds, roi, variable)
+    if len(variables) != 1:
+        raise RoiError(f"histograms takes one variable; maps have {variables} -- pass variable=")
+    var = variables[0]
+    if np.ndim(bins) == 0:
+        nb = int(bins)
+        if nb < 1:
+            raise RoiError(f"bins must be >= 1, got {bins!r}")
+        if range is None:
+            tab = summarize(ds, roi, labels=labs, variables=[var], percentiles=(), voxel_volume_mm3=1.0, empty="ignore")
+            lo, hi = float(np.nanmin(tab["min"])), float(np.nanmax(tab["max"]))
+            if not np.isfinite(lo):
+                raise RoiError(f"no usable voxel of {var!r} in labels {list(labs)}; cannot choose a histogram range")
+            if hi == lo:
+                hi = lo + 1.0
+        else:
+            lo, hi = map(float, range)
+        edges = np.linspace(lo, hi, nb + 1)
+    else:
+        edges = np.asarray(bins, dtype=float)
+        if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0) or not np.all(np.isfinite(edges)):
+            raise RoiError(f"bins edges must be finite and strictly increasing, got {edges.tolist()}")
+    vals, ok, lab = _stack(ds, roi, [var], id_dims, spatial)
+    vals = vals.isel(variable=0, drop=True)
+    label_values = list(labs)
+
+    def kern(v, f, lm):
+        nvox = int(np.prod(v.shape[len(v.shape) - len(spatial):]))
+        rs = lambda a: a.reshape(a.shape[:-len(spatial)] + (nvox,))  # noqa: E731
+        return roi_hist_kernel(rs(v), rs(f), rs(lm), label_values, edges)
+
+    res = xr.apply_ufunc(kern, vals, ok, lab, input_core_dims=[spatial, spatial, spatial],
+                         output_core_dims=[["label", "bin"]], dask="parallelized", output_dtypes=[np.float64],
+                         dask_gufunc_kwargs={"output_sizes": {"label": len(label_values), "bin": len(edges) - 1}})
+    res = res.assign_coords(label=label_values).transpose(*id_dims, "label", "bin")
+    res, group, acq = _compute_all(res, ds, roi, id_dims)
+    base = _coord_frame(res, group, acq, id_dims)
+    nb = len(edges) - 1
+    rep = len(label_values) * nb
+    tab = base.loc[base.index.repeat(rep)].reset_index(drop=True)
+    tab["roi"] = np.tile(np.repeat([labs[lv] for lv in label_values], nb), len(base))
+    tab["label"] = np.tile(np.repeat(label_values, nb), len(base))
+    tab["variable"] = var
+    tab["units"] = str(ds[var].attrs.get("units", ""))
+    tab["bin_low"] = np.tile(edges[:-1], len(base) * len(label_values))
+    tab["bin_high"] = np.tile(edges[1:], len(base) * len(label_values))
+    counts = res.values.reshape(-1)
+    tab["count"] = counts.astype(np.int64)
+    tot = counts.reshape(-1, nb).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tab["fraction"] = (counts.reshape(-1, nb) / tot[:, None]).reshape(-1)
+    tab.loc[~tab["acquired"].to_numpy(), ["count", "fraction"]] = [0, np.nan]
+    return tab

@@ -1,0 +1,213 @@
+"""``generate()``: write a whole synthetic study (raw files, truth, manifest) deterministically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import StudyError
+from ..models.noise import add_rician_noise
+from ._common import DEFAULT_SEED, PRESETS, Context, StudyPlan
+from ._iron import plan_ampb, plan_blz945, plan_ferumoxytol_therapy
+from ._molecular import plan_cest, plan_fluorine
+from ._perfusion import plan_collagen, plan_ktrans
+from ._write import _jsonable, atomic_write_bytes, csv_bytes, json_bytes, write_npz
+
+__all__ = ["SynthError", "STUDIES", "STUDY_KINDS", "MANIFEST_COLUMNS", "generate", "plan"]
+
+
+class SynthError(StudyError):
+    """Arguments to the study synthesiser are not usable (unknown preset/study, bad seed or paths)."""
+
+
+#: study id -> planner, in the order they are written
+STUDIES = {
+    "ampb_ferumoxytol": plan_ampb,
+    "blz945_femri": plan_blz945,
+    "ferumoxytol_therapy": plan_ferumoxytol_therapy,
+    "collagen_adc": plan_collagen,
+    "ktrans_hypoxia": plan_ktrans,
+    "fluorine19_pfc": plan_fluorine,
+    "lactate_cest": plan_cest,
+}
+
+#: study id -> the image kinds written per session (besides ``roi``)
+STUDY_KINDS = {
+    "ampb_ferumoxytol": ("MEGRE",),
+    "blz945_femri": ("MEGRE",),
+    "ferumoxytol_therapy": ("T2w", "MEGRE"),
+    "collagen_adc": ("DWI",),
+    "ktrans_hypoxia": ("VFA", "DCE"),
+    "fluorine19_pfc": ("F19", "T2w"),
+    "lactate_cest": ("CEST", "WASSR"),
+}
+
+MANIFEST_COLUMNS = ["study", "animal", "group", "day", "kind", "path", "sha256", "sex", "model", "notes"]
+
+
+def _check_seed(seed) -> int:
+    if seed is None:
+        return DEFAULT_SEED
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
+        raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _check_preset(preset) -> str:
+    if preset not in PRESETS:
+        raise SynthError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return preset
+
+
+def plan(study: str, preset: str = "ci", seed: int | None = None) -> StudyPlan:
+    """The in-memory plan of one study (animals, session generator with noise-free signals, truth)."""
+    if study not in STUDIES:
+        raise SynthError(f"study must be one of {list(STUDIES)}, got {study!r}")
+    return STUDIES[study](Context(PRESETS[_check_preset(preset)], _check_seed(seed), study))
+
+
+def _to_nifti_order(arr: np.ndarray) -> np.ndarray:
+    """(z, y, x[, n]) -> NIfTI (x, y, z[, n])."""
+    return np.transpose(arr, (2, 1, 0) + tuple(range(3, arr.ndim)))
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root).as_posix()
+
+
+def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, noise: bool) -> list[dict]:
+    from ..io.nifti import write_nifti
+    from ..io.sidecar import sidecar_path
+    from ..manifest import sha256_file
+
+    study = pl.study
+    grid = pl.grid
+    affine = grid.affine()
+    ctx = Context(PRESETS[preset], seed, study)
+    rows: list[dict] = []
+    session_truth: list[dict] = []
+    raw = out / "raw" / study
+    tdir = out / "truth" / study
+
+    def add(path: Path, a, day, kind, notes=""):
+        rows.append(dict(study=study, animal=a.id if a else "", group=a.group if a else "",
+                         day="" if day is None else int(day), kind=kind, path=_rel(path, root),
+                         sha256=sha256_file(path), sex=(a.sex if a else ""), model=(a.model or "") if a else "",
+                         notes=notes))
+
+    for s in pl.sessions():
+        a, d = s.animal, s.day
+        folder = raw / a.id / f"day{d:02d}"
+        note = a.notes.get(d, "")
+        rng = ctx.rng(2, a.index, d)
+        for scan in s.scans:
+            data = add_rician_noise(scan.data, scan.sigma, rng) if noise else np.asarray(scan.data, float)
+            img = write_nifti(folder / f"{scan.kind}.nii.gz", _to_nifti_order(data), affine, dtype=np.int16,
+                              sidecar=_jsonable(scan.sidecar, 10))
+            add(Path(img), a, d, scan.kind, note)
+            add(sidecar_path(img), a, d, scan.kind, note)
+        img = write_nifti(folder / "roi.nii.gz", _to_nifti_order(s.roi), affine, dtype=np.int16,
+                          sidecar={"Labels": {str(k): v for k, v in sorted(s.roi_labels.items())},
+                                   "GeneratedBy": "studylib.synth"})
+        add(Path(img), a, d, "roi", note)
+        add(sidecar_path(img), a, d, "roi", note)
+        maps = {k: np.asarray(v, dtype=np.float32) for k, v in s.maps.items()}
+        maps["roi"] = s.roi
+        write_npz(tdir / "maps" / f"{a.id}_day{d:02d}.npz", maps)
+        session_truth.append(dict(animal=a.id, group=a.group, model=a.model or "", sex=a.sex, day=d, **s.truth))
+
+    hpath = raw / "histology.csv"
+    atomic_write_bytes(hpath, csv_bytes(pl.histology_rows, pl.histology_columns))
+    add(hpath, None, None, "histology")
+
+    cols = list(dict.fromkeys(k for r in session_truth for k in r))
+    atomic_write_bytes(tdir / "sessions.csv", csv_bytes(session_truth, cols))
+    summary = pl.summarise(session_truth)
+    animals = {a.id: {"group": a.group, "sex": a.sex, "model": a.model, "days": a.days, "params": a.params}
+               for a in pl.animals}
+    truth = {"study": study, "preset": preset, "seed": seed, "noise": bool(noise),
+             "grid": {"shape_zyx": list(grid.shape), "voxel_mm_xyz": list(grid.voxel_mm),
+                      "fov_mm_xyz": [grid.fov_x_mm, grid.fov_y_mm, grid.fov_z_mm]},
+             "design": pl.design, "animals": animals, "sessions": session_truth, **summary,
+             "files": {"sessions.csv": "one row per (animal, day): true ROI means",
+                       "maps/<animal>_dayNN.npz": "true parameter maps (z, y, x) float32 + roi labels"}}
+    atomic_write_bytes(tdir / "truth.json", json_bytes(truth))
+    return rows
+
+
+def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
+             studies: Iterable[str] | None = None, noise: bool = True) -> Path:
+    """Write a synthetic multi-study dataset with known truth and its manifest.
+
+    Parameters
+    ----------
+    preset : {"demo", "ci", "large"}
+        Size: ``ci`` 16 x 16 x 2 voxels, 3 animals per group, at most 3 days (~5 MB);
+        ``demo`` 64 x 64 x 6, 3-8 animals per group, all days (~200 MB); ``large``
+        128 x 128 x 12 with twice the animals (several GB).
+    out : path, optional
+        Folder for ``raw/`` and ``truth/`` (default ``data/<preset>``).
+    seed : int, optional
+        Master seed (default :data:`DEFAULT_SEED`).  Every random draw uses
+        ``numpy.random.default_rng([seed, crc32(study), stream, ids...])``, so each
+        (study, animal, day) has its own deterministic stream.
+    manifest : path, optional
+        Manifest to write (default ``./data_manifest.csv`` for ``demo``, else
+        ``<out>/data_manifest.csv``); it must be in a folder containing ``out``, since
+        manifest paths are relative to its folder.
+    studies : iterable of str, optional
+        Only these studies (default: all seven).
+    noise : bool
+        ``False`` writes noise-free signals (for testing the physics).
+
+    Returns
+    -------
+    pathlib.Path of the manifest written.
+
+    Notes
+    -----
+    Files are byte-identical for the same arguments: integer NIfTI with ``scl_slope``,
+    gzip ``mtime=0`` (:func:`studylib.io.nifti.write_nifti`), sorted JSON with rounded
+    floats, manifest by :func:`studylib.manifest.write_manifest` (sorted rows).
+    """
+    preset = _check_preset(preset)
+    seed = _check_seed(seed)
+    out = Path("data") / preset if out is None else Path(out)
+    if manifest is None:
+        manifest = Path("data_manifest.csv") if preset == "demo" else out / "data_manifest.csv"
+    manifest = Path(manifest)
+    if manifest.suffix.lower() != ".csv":
+        raise SynthError(f"manifest {manifest}: must be a .csv path")
+    root = manifest.resolve().parent
+    out_abs = out.resolve()
+    try:
+        out_abs.relative_to(root)
+    except ValueError:
+        raise SynthError(f"out {out}: must be inside the manifest's folder {root} (manifest paths are "
+                         f"relative to it and may not contain '..')") from None
+    if out_abs.exists() and not out_abs.is_dir():
+        raise SynthError(f"out {out}: exists and is not a folder")
+    names = list(STUDIES) if studies is None else list(studies)
+    bad = [s for s in names if s not in STUDIES]
+    if bad or not names:
+        raise SynthError(f"studies must be a non-empty subset of {list(STUDIES)}, got {names!r}")
+    names = [s for s in STUDIES if s in names]  # canonical order, no duplicates
+
+    rows: list[dict] = []
+    for study in names:
+        pl = STUDIES[study](Context(PRESETS[preset], seed, study))
+        rows += _write_study(pl, out_abs, root, seed, preset, noise)
+    rows.sort(key=lambda r: r["path"])
+    _write_manifest(rows, manifest)
+    return manifest.resolve()
+
+
+def _write_manifest(rows: list[dict], manifest: Path) -> None:
+    import pandas as pd
+
+    from ..manifest import write_manifest
+
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest)
+

@@ -1,0 +1,416 @@
+"""Iron studies: ``ampb_ferumoxytol``, ``blz945_femri``, ``ferumoxytol_therapy`` (multi-gradient-echo R2*).
+
+Signal: ``S(TE) = S0 exp(-TE R2*)`` (:func:`studylib.models.relaxometry.monoexp_signal`), with
+tumour ``R2* = R2*0 + r2* [Fe]`` for ferumoxytol iron and ``R2* = R2*0 + kappa M`` for endogenous
+(macrophage) iron; Rician noise.  Iron and macrophages are rim-weighted (rim 1.5 : core 0.6,
+normalised so the ROI mean equals the animal's value), with 8 % voxel jitter.
+
+=====================  ==========================================================  =========================
+study                   design and true values (chosen to be plausible; see science.md)  source
+=====================  ==========================================================  =========================
+ampb_ferumoxytol        9.4 T MGE, TE 2.5 + 3k ms (12 echoes), TR 0.8 s, 30 deg;       Yang 2017 Neuro-Oncol
+                        vehicle vs ampb, days 0/3/7/10 (ferumoxytol 10 mg Fe/kg 24 h    19:364 (DOI
+                        before each scan); macrophages M0 = 150 /mm2 x LN(0.25), rising  10.1093/neuonc/now237)
+                        by 10 % (vehicle) or 150 % (Amp B) by day 10; tumour iron
+                        0.8 uM per macrophage/mm2; r2* = 55.7 /s/mM (studylib.relaxivity);
+                        R2*0 tumour 38 +- 2.5 /s, brain 30, muscle 45 /s.  One vehicle
+                        animal dies before day 10.  Histology: Iba1, CD68, Prussian blue.
+blz945_femri            7 T MGE, TE 3..48 ms (16), TR 1.2 s, 60 deg; control vs blz945  Leftin 2019 Sci Rep
+                        x TS1/99LN; days 0/3/7; TAMs M0 = 350 (TS1) / 220 (99LN) /mm2     9:857 (DOI
+                        x LN(0.25); BLZ945: M = M0 (1 - 0.65 (1 - exp(-d / 2.5 d)));   10.1038/s41598-018-37408-7)
+                        control +2 %/day; R2* = 32 +- 2.5 + 0.06 M /s; muscle 40 /s.
+                        One control animal lost before day 7.  Histology: Prussian blue
+                        area %, CD68.
+ferumoxytol_therapy     7 T; T2w RARE (TE 33 ms, TR 2.5 s) + MGE TE 2.5 + 3k ms (10);   Zanganeh 2016 Nat
+                        MMTV-PyMT bilateral tumours (ROI label 1 = left, 6 = right);     Nanotechnol 11:986
+                        control vs ferumoxytol (10 mg Fe/kg i.v. after the day-0 scan);  (DOI 10.1038/nnano.2016.168)
+                        days 0/1/7/14/21; V0 = 20 mm3 x LN(0.25), growth 0.060 /day
+                        (control) vs 0.035 /day (ferumoxytol) +- 0.006; tumour iron
+                        170 uM x LN(0.3) at day 1, then x exp(-(d-1)/10 d); r2* = 55.7
+                        /s/mM (studylib.relaxivity); R2*0 40 +- 3 /s.  Tumours > 125 mm3 reach the humane
+                        endpoint; the control animal with the largest day-21 tumour
+                        leaves after day 14.  Histology per tumour: CD80 %, CD206 %.
+=====================  ==========================================================  =========================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.relaxometry import monoexp_signal
+from ..relaxivity import relaxivity
+from ._common import (Animal, Context, Scan, Session, StudyPlan, drop_last_day, group_means, make_animals, pearson,
+                      roi_mean)
+from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
+
+FE_MG_PER_MMOL = 55.845
+
+#: ferumoxytol r2* (1/s/mM Fe) from studylib.relaxivity (3 T plasma value, field independent above 3 T)
+R2STAR_9P4 = relaxivity(9.4, kind="r2star")
+R2STAR_7 = relaxivity(7.0, kind="r2star")
+
+AMPB = dict(field_T=9.4, te_ms=2.5 + 3.0 * np.arange(12), tr_s=0.8, flip_deg=30.0, days=[0, 3, 7, 10],
+            dose_mgFe_per_kg=10.0, r2star_per_s_per_mM=R2STAR_9P4,
+            r2star0_tumour=38.0, r2star0_sd=2.5, r2star_brain=30.0, r2star_muscle=45.0,
+            s0_tumour=1000.0, s0_brain=900.0, s0_muscle=700.0, sigma=20.0,
+            macrophage0_per_mm2=150.0, macrophage_sd=0.25, macrophage_rise_by_day10={"vehicle": 0.10, "ampb": 1.50},
+            iron_uM_per_macrophage=0.8, volume0_mm3=15.0, volume_sd=0.25, growth_per_day=0.08,
+            w_rim=1.5, w_core=0.6, jitter=0.08)
+
+BLZ = dict(field_T=7.0, te_ms=3.0 * np.arange(1, 17), tr_s=1.2, flip_deg=60.0, days=[0, 3, 7],
+           tam0_per_mm2={"TS1": 350.0, "99LN": 220.0}, tam_sd=0.25, blz_depletion=0.65, blz_tau_days=2.5,
+           control_rise_per_day=0.02, kappa_per_s_per_tam=0.06, r2star0_tumour=32.0, r2star0_sd=2.5,
+           r2star_tissue=30.0, r2star_muscle=40.0, s0_tumour=1000.0, s0_tissue=900.0, s0_muscle=700.0, sigma=20.0,
+           volume0_mm3=60.0, volume_sd=0.25, growth_per_day={"control": 0.06, "blz945": 0.04},
+           w_rim=1.5, w_core=0.6, jitter=0.08)
+
+FERU = dict(field_T=7.0, te_ms=2.5 + 3.0 * np.arange(10), tr_s=0.8, flip_deg=30.0, days=[0, 1, 7, 14, 21],
+            t2w_te_ms=33.0, t2w_tr_s=2.5, t2_tumour_ms=60.0, t2_tissue_ms=45.0, t2_muscle_ms=30.0,
+            pd_tumour=1000.0, pd_tissue=800.0, pd_muscle=650.0, t2w_sigma=15.0,
+            dose_mgFe_per_kg=10.0, r2star_per_s_per_mM=R2STAR_7, iron_peak_uM=170.0, iron_sd=0.30,
+            iron_clear_days=10.0, r2star0_tumour=40.0, r2star0_sd=3.0, r2star_tissue=35.0, r2star_muscle=40.0,
+            s0_tumour=1000.0, s0_tissue=850.0, s0_muscle=700.0, sigma=20.0,
+            volume0_mm3=20.0, volume_sd=0.25, growth_per_day={"control": 0.060, "ferumoxytol": 0.035},
+            growth_sd=0.006, volume_cap_mm3=125.0,
+            cd80_pct={"control": (12.0, 3.0), "ferumoxytol": (28.0, 5.0)},
+            cd206_pct={"control": (45.0, 6.0), "ferumoxytol": (25.0, 5.0)},
+            w_rim=1.5, w_core=0.6, jitter=0.08)
+
+
+def _megre_sidecar(p, *, agent=None, timing=None) -> dict:
+    sc = {"EchoTime": [t / 1000.0 for t in p["te_ms"]], "RepetitionTime": p["tr_s"], "FlipAngle": p["flip_deg"],
+          "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "multi-gradient-echo",
+          "MRAcquisitionType": "2D", "GeneratedBy": "studylib.synth"}
+    if agent:
+        sc["Agent"] = agent
+        sc["ContrastDose_mmol_per_kg"] = p["dose_mgFe_per_kg"] / FE_MG_PER_MMOL
+        if timing:
+            sc["ContrastTiming"] = timing
+    return sc
+
+
+def _r2star_scan(p, lab, s0, r2s, sidecar) -> Scan:
+    data = monoexp_signal(p["te_ms"], s0, 1000.0 / r2s)
+    return Scan("MEGRE", data, p["sigma"], sidecar)
+
+
+def _tissue_maps(lab, values: dict[int, float], default: float) -> np.ndarray:
+    m = np.full(lab.shape, default, dtype=float)
+    for k, v in values.items():
+        m[lab == k] = v
+    return m
+
+
+# --------------------------------------------------------------------------------------------- ampb
+def plan_ampb(ctx: Context) -> StudyPlan:
+    p = AMPB
+    grid = ctx.grid(16.0)
+    body = Body()
+    days = ctx.days(p["days"])
+    animals = make_animals(ctx, [("vehicle", None), ("ampb", None)], days, sex="mixed")
+    for a in animals:
+        r = ctx.rng(1, a.index)
+        a.params.update(macrophage0=p["macrophage0_per_mm2"] * lognormal_mean1(r, p["macrophage_sd"]),
+                        r2star0=p["r2star0_tumour"] + p["r2star0_sd"] * r.standard_normal(),
+                        volume0=p["volume0_mm3"] * lognormal_mean1(r, p["volume_sd"]),
+                        hist_noise=lognormal_mean1(r, 0.2, 3))
+    drop_last_day(ctx, animals, [a for a in animals if a.group == "vehicle"], "neurological endpoint before last day")
+
+    def macrophages(a: Animal, d: int) -> float:
+        return a.params["macrophage0"] * (1.0 + p["macrophage_rise_by_day10"][a.group] * d / 10.0)
+
+    def iron_uM(a: Animal, d: int) -> float:
+        return p["iron_uM_per_macrophage"] * macrophages(a, d)
+
+    def sessions():
+        for a in animals:
+            for d in a.days:
+                vol = a.params["volume0"] * np.exp(p["growth_per_day"] * d)
+                tum = Tumour(2.2, 0.5, vol)
+                bm = body.masks(grid)
+                tmask, rim = tum.masks(grid)
+                lab = label_map(grid, bm, [(1, tmask)])
+                rv = ctx.rng(3, a.index, d)
+                w_fe = spatial_pattern(tmask, rim, p["w_rim"], p["w_core"], p["jitter"], rv)
+                w_0 = spatial_pattern(tmask, rim, 1.0, 1.0, 0.04, rv)
+                fe = np.where(tmask, iron_uM(a, d) * w_fe, 0.0)
+                r2s = _tissue_maps(lab, {2: p["r2star_muscle"]}, p["r2star_brain"])
+                r2s = np.where(tmask, a.params["r2star0"] * w_0 + p["r2star_per_s_per_mM"] * fe / 1000.0, r2s)
+                s0 = _tissue_maps(lab, {1: p["s0_tumour"], 2: p["s0_muscle"], 5: 0.0}, p["s0_brain"])
+                sc = _megre_sidecar(p, agent="ferumoxytol", timing="24 h after i.v. ferumoxytol")
+                truth = dict(tumour_r2star_per_s=roi_mean(tmask, r2s), tumour_t2star_ms=roi_mean(tmask, 1000 / r2s),
+                             tumour_iron_uM=roi_mean(tmask, fe), muscle_r2star_per_s=roi_mean(lab == 2, r2s),
+                             macrophages_per_mm2=macrophages(a, d), tumour_volume_mm3=vol,
+                             tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3,
+                             noise_sigma=p["sigma"])
+                yield Session(a, d, [_r2star_scan(p, lab, s0, r2s, sc)], lab,
+                              {1: "tumour", 2: "muscle", 5: "background"}, truth,
+                              {"r2star_per_s": r2s, "s0": s0, "iron_uM": fe})
+
+    rows = []
+    for a in animals:
+        d = a.days[-1]
+        m = macrophages(a, d)
+        hn = a.params["hist_noise"]
+        rows.append(dict(animal=a.id, group=a.group, sex=a.sex, endpoint_day=d,
+                         iba1_cells_per_mm2=m * hn[0], cd68_cells_per_mm2=0.6 * m * hn[1],
+                         prussian_blue_area_pct=0.008 * iron_uM(a, d) * hn[2]))
+    cols = ["animal", "group", "sex", "endpoint_day", "iba1_cells_per_mm2", "cd68_cells_per_mm2",
+            "prussian_blue_area_pct"]
+    last = days[-1]
+    pop = p["r2star_per_s_per_mM"] / 1000 * p["iron_uM_per_macrophage"] * p["macrophage0_per_mm2"] * (
+        p["macrophage_rise_by_day10"]["ampb"] - p["macrophage_rise_by_day10"]["vehicle"]) * last / 10.0
+
+    def summarise(st: list[dict]) -> dict:
+        gm_last = group_means(st, "tumour_r2star_per_s", where=lambda r: r["day"] == last)
+        end = {r["animal"]: r for r in st if r["day"] == max(x["day"] for x in st if x["animal"] == r["animal"])}
+        ids = sorted(end)
+        hist = {h["animal"]: h for h in rows}
+        return {
+            "effects": {
+                "tumour_r2star_per_s_ampb_minus_vehicle_last_day": {
+                    "day": last, "population": pop,
+                    "sample": gm_last.get("ampb", np.nan) - gm_last.get("vehicle", np.nan),
+                    "direction": "ampb > vehicle"},
+                "tumour_r2star_group_means_by_day": {str(d): group_means(st, "tumour_r2star_per_s",
+                                                                       where=lambda r, d=d: r["day"] == d)
+                                                     for d in days},
+            },
+            "correlations": {
+                "endpoint_tumour_iron_uM_vs_iba1_cells_per_mm2": pearson(
+                    [end[i]["tumour_iron_uM"] for i in ids], [hist[i]["iba1_cells_per_mm2"] for i in ids]),
+                "endpoint_tumour_r2star_vs_iba1_cells_per_mm2": pearson(
+                    [end[i]["tumour_r2star_per_s"] for i in ids], [hist[i]["iba1_cells_per_mm2"] for i in ids]),
+                "endpoint_tumour_r2star_vs_cd68_cells_per_mm2": pearson(
+                    [end[i]["tumour_r2star_per_s"] for i in ids], [hist[i]["cd68_cells_per_mm2"] for i in ids]),
+            },
+        }
+
+    design = {k: v for k, v in p.items()}
+    design["days"] = days
+    return StudyPlan("ampb_ferumoxytol", grid, animals, sessions, cols, rows, design, summarise)
+
+
+# --------------------------------------------------------------------------------------------- blz945
+def plan_blz945(ctx: Context) -> StudyPlan:
+    p = BLZ
+    grid = ctx.grid(16.0)
+    body = Body()
+    days = ctx.days(p["days"])
+    animals = make_animals(ctx, [("control", "TS1"), ("blz945", "TS1"), ("control", "99LN"), ("blz945", "99LN")],
+                           days)
+    for a in animals:
+        r = ctx.rng(1, a.index)
+        a.params.update(tam0=p["tam0_per_mm2"][a.model] * lognormal_mean1(r, p["tam_sd"]),
+                        r2star0=p["r2star0_tumour"] + p["r2star0_sd"] * r.standard_normal(),
+                        volume0=p["volume0_mm3"] * lognormal_mean1(r, p["volume_sd"]),
+                        hist_noise=lognormal_mean1(r, 0.25, 2))
+    drop_last_day(ctx, animals, [a for a in animals if a.group == "control"], "scan failed (respiratory gating)")
+
+    def tam(a: Animal, d: int) -> float:
+        if a.group == "blz945":
+            return a.params["tam0"] * (1.0 - p["blz_depletion"] * (1.0 - np.exp(-d / p["blz_tau_days"])))
+        return a.params["tam0"] * (1.0 + p["control_rise_per_day"] * d)
+
+    def sessions():
+        for a in animals:
+            for d in a.days:
+                vol = a.params["volume0"] * np.exp(p["growth_per_day"][a.group] * d)
+                tum = Tumour(2.2, 0.5, vol)
+                bm = body.masks(grid)
+                tmask, rim = tum.masks(grid)
+                lab = label_map(grid, bm, [(1, tmask)])
+                rv = ctx.rng(3, a.index, d)
+                w_m = spatial_pattern(tmask, rim, p["w_rim"], p["w_core"], p["jitter"], rv)
+                w_0 = spatial_pattern(tmask, rim, 1.0, 1.0, 0.04, rv)
+                tam_map = np.where(tmask, tam(a, d) * w_m, 0.0)
+                r2s = _tissue_maps(lab, {2: p["r2star_muscle"]}, p["r2star_tissue"])
+                r2s = np.where(tmask, a.params["r2star0"] * w_0 + p["kappa_per_s_per_tam"] * tam_map, r2s)
+                s0 = _tissue_maps(lab, {1: p["s0_tumour"], 2: p["s0_muscle"], 5: 0.0}, p["s0_tissue"])
+                truth = dict(tumour_r2star_per_s=roi_mean(tmask, r2s), tumour_t2star_ms=roi_mean(tmask, 1000 / r2s),
+                             tam_per_mm2=tam(a, d), muscle_r2star_per_s=roi_mean(lab == 2, r2s),
+                             tumour_volume_mm3=vol, tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3,
+                             noise_sigma=p["sigma"])
+                yield Session(a, d, [_r2star_scan(p, lab, s0, r2s, _megre_sidecar(p))], lab,
+                              {1: "tumour", 2: "muscle", 5: "background"}, truth,
+                              {"r2star_per_s": r2s, "s0": s0, "tam_per_mm2": tam_map})
+
+    rows = []
+    for a in animals:
+        d = a.days[-1]
+        m = tam(a, d)
+        hn = a.params["hist_noise"]
+        rows.append(dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=d,
+                         prussian_blue_area_pct=0.005 * m * hn[0], cd68_cells_per_mm2=m * hn[1]))
+    cols = ["animal", "group", "model", "sex", "endpoint_day", "prussian_blue_area_pct", "cd68_cells_per_mm2"]
+    last = days[-1]
+
+    def pop_effect(model):
+        m0 = p["tam0_per_mm2"][model]
+        blz = m0 * (1.0 - p["blz_depletion"] * (1.0 - np.exp(-last / p["blz_tau_days"])))
+        ctl = m0 * (1.0 + p["control_rise_per_day"] * last)
+        return p["kappa_per_s_per_tam"] * (blz - ctl)
+
+    def summarise(st: list[dict]) -> dict:
+        eff = {}
+        for model in ("TS1", "99LN"):
+            gm = group_means(st, "tumour_r2star_per_s", where=lambda r, m=model: r["day"] == last and r["model"] == m)
+            eff[f"tumour_r2star_per_s_blz945_minus_control_last_day_{model}"] = {
+                "day": last, "population": pop_effect(model),
+                "sample": gm.get("blz945", np.nan) - gm.get("control", np.nan), "direction": "blz945 < control"}
+        gm = group_means(st, "tumour_r2star_per_s", where=lambda r: r["day"] == last)
+        eff["tumour_r2star_per_s_blz945_minus_control_last_day"] = {
+            "day": last, "population": 0.5 * (pop_effect("TS1") + pop_effect("99LN")),
+            "sample": gm.get("blz945", np.nan) - gm.get("control", np.nan), "direction": "blz945 < control"}
+        end = {}
+        for r in st:
+            if r["animal"] not in end or r["day"] > end[r["animal"]]["day"]:
+                end[r["animal"]] = r
+        hist = {h["animal"]: h for h in rows}
+        ids = sorted(end)
+        return {"effects": eff, "correlations": {
+            "endpoint_tumour_r2star_vs_prussian_blue_area_pct": pearson(
+                [end[i]["tumour_r2star_per_s"] for i in ids], [hist[i]["prussian_blue_area_pct"] for i in ids]),
+            "endpoint_tumour_r2star_vs_cd68_cells_per_mm2": pearson(
+                [end[i]["tumour_r2star_per_s"] for i in ids], [hist[i]["cd68_cells_per_mm2"] for i in ids])}}
+
+    design = dict(p)
+    design["days"] = days
+    return StudyPlan("blz945_femri", grid, animals, sessions, cols, rows, design, summarise)
+
+
+# --------------------------------------------------------------------------------------------- ferumoxytol therapy
+def plan_ferumoxytol_therapy(ctx: Context) -> StudyPlan:
+    p = FERU
+    grid = ctx.grid(20.0)
+    body = Body(rx=9.2, ry=6.5, muscle=(0.0, -4.3, 1.4, 1.0))
+    days = ctx.days(p["days"])
+    animals = make_animals(ctx, [("control", "MMTV-PyMT"), ("ferumoxytol", "MMTV-PyMT")], days)
+    sides = ("left", "right")
+    for a in animals:
+        r = ctx.rng(1, a.index)
+        for s in sides:
+            a.params[s] = dict(volume0=p["volume0_mm3"] * lognormal_mean1(r, p["volume_sd"]),
+                               growth=p["growth_per_day"][a.group] + p["growth_sd"] * r.standard_normal(),
+                               iron_peak=p["iron_peak_uM"] * lognormal_mean1(r, p["iron_sd"]),
+                               r2star0=p["r2star0_tumour"] + p["r2star0_sd"] * r.standard_normal(),
+                               cd80=max(1.0, r.normal(*p["cd80_pct"][a.group])),
+                               cd206=max(1.0, r.normal(*p["cd206_pct"][a.group])),
+                               weight_noise=lognormal_mean1(r, 0.1))
+
+    def volume(a, s, d):
+        q = a.params[s]
+        return q["volume0"] * np.exp(q["growth"] * d)
+
+    # humane endpoint: no session once either tumour exceeds the cap
+    for a in animals:
+        keep = [d for d in a.days if max(volume(a, s, d) for s in sides) <= p["volume_cap_mm3"]]
+        if len(keep) < len(a.days):
+            a.params["left_study"] = "humane endpoint (tumour volume)"
+        a.days = keep or a.days[:1]
+    ctl_full = [a for a in animals if a.group == "control" and len(a.days) == len(days)]
+    if ctl_full and len(days) > 1:
+        big = max(ctl_full, key=lambda a: max(volume(a, s, days[-1]) for s in sides))
+        big.days = big.days[:-1]
+        big.params["left_study"] = "humane endpoint (tumour volume)"
+
+    def iron(a, s, d):
+        if a.group != "ferumoxytol" or d < 1:
+            return 0.0
+        return a.params[s]["iron_peak"] * np.exp(-(d - 1) / p["iron_clear_days"])
+
+    centres = {"left": (-4.6, 0.5), "right": (4.6, 0.5)}
+    label_of = {"left": 1, "right": 6}
+
+    def sessions():
+        for a in animals:
+            for d in a.days:
+                bm = body.masks(grid)
+                rv = ctx.rng(3, a.index, d)
+                tm = {}
+                for s in sides:
+                    tm[s] = Tumour(*centres[s], volume(a, s, d)).masks(grid)
+                lab = label_map(grid, bm, [(label_of[s], tm[s][0]) for s in sides])
+                r2s = _tissue_maps(lab, {2: p["r2star_muscle"]}, p["r2star_tissue"])
+                fe = np.zeros(grid.shape)
+                truth = {"noise_sigma_megre": p["sigma"], "noise_sigma_t2w": p["t2w_sigma"]}
+                for s in sides:
+                    m, rim = tm[s]
+                    w_fe = spatial_pattern(m, rim, p["w_rim"], p["w_core"], p["jitter"], rv)
+                    w_0 = spatial_pattern(m, rim, 1.0, 1.0, 0.04, rv)
+                    fe = np.where(m, iron(a, s, d) * w_fe, fe)
+                    r2s = np.where(m, a.params[s]["r2star0"] * w_0 + p["r2star_per_s_per_mM"] * fe / 1000.0, r2s)
+                    truth.update({f"{s}_tumour_volume_mm3": volume(a, s, d),
+                                  f"{s}_tumour_volume_roi_mm3": float(m.sum()) * grid.voxel_volume_mm3,
+                                  f"{s}_tumour_r2star_per_s": roi_mean(m, r2s),
+                                  f"{s}_tumour_t2star_ms": roi_mean(m, 1000 / r2s),
+                                  f"{s}_tumour_iron_uM": roi_mean(m, fe)})
+                tum_any = (lab == 1) | (lab == 6)
+                s0 = _tissue_maps(lab, {2: p["s0_muscle"], 5: 0.0}, p["s0_tissue"])
+                s0 = np.where(tum_any, p["s0_tumour"], s0)
+                pd = _tissue_maps(lab, {2: p["pd_muscle"], 5: 0.0}, p["pd_tissue"])
+                pd = np.where(tum_any, p["pd_tumour"], pd)
+                t2 = _tissue_maps(lab, {2: p["t2_muscle_ms"]}, p["t2_tissue_ms"])
+                t2 = np.where(tum_any, p["t2_tumour_ms"], t2)
+                t2w = monoexp_signal([p["t2w_te_ms"]], pd, t2)[..., 0]
+                t2w_sc = {"EchoTime": p["t2w_te_ms"] / 1000.0, "RepetitionTime": p["t2w_tr_s"],
+                          "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "RARE",
+                          "MRAcquisitionType": "2D", "GeneratedBy": "studylib.synth"}
+                timing = ("before ferumoxytol" if d == 0 else f"{24 * d} h after ferumoxytol") \
+                    if a.group == "ferumoxytol" else "no ferumoxytol (saline)"
+                sc = _megre_sidecar(p)
+                sc["ContrastTiming"] = timing
+                if a.group == "ferumoxytol":
+                    sc.update(Agent="ferumoxytol", ContrastDose_mmol_per_kg=p["dose_mgFe_per_kg"] / FE_MG_PER_MMOL)
+                scans = [Scan("T2w", t2w, p["t2w_sigma"], t2w_sc), _r2star_scan(p, lab, s0, r2s, sc)]
+                yield Session(a, d, scans, lab, {1: "tumour_left", 2: "muscle", 5: "background", 6: "tumour_right"},
+                              truth, {"r2star_per_s": r2s, "s0": s0, "iron_uM": fe, "t2w_pd": pd, "t2_ms": t2})
+
+    rows = []
+    for a in animals:
+        d = a.days[-1]
+        for s in sides:
+            q = a.params[s]
+            rows.append(dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, region=s, endpoint_day=d,
+                             tumour_weight_mg=1.05 * volume(a, s, d) * q["weight_noise"],
+                             cd80_pct_of_f480=q["cd80"], cd206_pct_of_f480=q["cd206"]))
+    cols = ["animal", "group", "model", "sex", "region", "endpoint_day", "tumour_weight_mg", "cd80_pct_of_f480",
+            "cd206_pct_of_f480"]
+    last = days[-1]
+    g = p["growth_per_day"]
+
+    def summarise(st: list[dict]) -> dict:
+        def both(key):
+            out = []
+            for r in st:
+                out += [dict(r, value=r[f"{s}_{key}"]) for s in sides]
+            return out
+        vol = both("tumour_volume_roi_mm3")
+        r2 = both("tumour_r2star_per_s")
+        gm_v = group_means(vol, "value", where=lambda r: r["day"] == last)
+        day1 = 1 if 1 in days else days[min(1, len(days) - 1)]
+        gm_r = group_means(r2, "value", where=lambda r: r["day"] == day1)
+        cd80 = {gr: float(np.mean([h["cd80_pct_of_f480"] for h in rows if h["group"] == gr])) for gr in g}
+        cd206 = {gr: float(np.mean([h["cd206_pct_of_f480"] for h in rows if h["group"] == gr])) for gr in g}
+        return {"effects": {
+            "log_volume_growth_per_day_ferumoxytol_minus_control": {
+                "population": g["ferumoxytol"] - g["control"],
+                "sample": float(np.mean([a.params[s]["growth"] for a in animals if a.group == "ferumoxytol" for s in sides])
+                                - np.mean([a.params[s]["growth"] for a in animals if a.group == "control" for s in sides])),
+                "direction": "ferumoxytol < control"},
+            "tumour_volume_mm3_group_means_last_day": {"day": last, "sample": gm_v, "direction": "ferumoxytol < control"},
+            "tumour_r2star_per_s_ferumoxytol_minus_control_day1": {
+                "day": day1, "population": p["r2star_per_s_per_mM"] / 1000 * p["iron_peak_uM"]
+                * np.exp(-(day1 - 1) / p["iron_clear_days"]) if day1 >= 1 else 0.0,
+                "sample": gm_r.get("ferumoxytol", np.nan) - gm_r.get("control", np.nan),
+                "direction": "ferumoxytol > control"},
+            "cd80_pct_ferumoxytol_minus_control": {"population": p["cd80_pct"]["ferumoxytol"][0] - p["cd80_pct"]["control"][0],
+                                                   "sample": cd80["ferumoxytol"] - cd80["control"], "direction": "up"},
+            "cd206_pct_ferumoxytol_minus_control": {"population": p["cd206_pct"]["ferumoxytol"][0] - p["cd206_pct"]["control"][0],
+                                                    "sample": cd206["ferumoxytol"] - cd206["control"], "direction": "down"},
+        }, "correlations": {}}
+
+    design = dict(p)
+    design["days"] = days
+    design["roi_labels"] = {"1": "left tumour (x < 0, subject left in RAS)", "6": "right tumour"}
+    return StudyPlan("ferumoxytol_therapy", grid, animals, sessions, cols, rows, design, summarise)

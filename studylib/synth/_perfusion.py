@@ -1,0 +1,228 @@
+"""Diffusion and perfusion studies: ``collagen_adc`` and ``ktrans_hypoxia`` (four cervical-cancer PDX models).
+
+=================  ==============================================================  ==========================
+study               design and true values (chosen to be plausible)                   source
+=================  ==============================================================  ==========================
+collagen_adc        7 T DWI, b = 0, 200, 400, 700, 1000 s/mm2; models BK-12, ED-15,     Hauge et al. (Rofstad lab),
+                    HL-16, LA-19 (``group`` = ``model``), day 0 only; collagen I area  cervical carcinoma PDX
+                    6 / 12 / 20 / 30 % x LN(0.25); tumour D = 1.10 - 1.4 x collagen
+                    fraction + N(0, 0.05) um2/ms (core +0.08, 4 % jitter, ROI mean
+                    exact); IVIM f = 0.05, D* = 20 um2/ms (negligible for b >= 200);
+                    muscle D 1.45, tissue 1.2 um2/ms; S0 1000, sigma 25.
+ktrans_hypoxia      7 T; VFA SPGR 2/5/10/15/20 deg, TR 4 ms; DCE SPGR 15 deg, TR 4 ms,    Hauge et al., J Transl Med
+                    75 frames every 4 s (0-296 s), bolus arrival 40 s; gadoterate      2017;15:225 (DOI
+                    0.1 mmol/kg, r1 = 2.8 /s/mM; McGrath 2009 model B mouse AIF (whole  10.1186/s12967-017-1331-8)
+                    blood) in the vessel ROI (label 3), Cp = Cb / (1 - Hct), Hct 0.42;
+                    extended Tofts tissue curves.  Hypoxic fraction 25 / 42 / 58 / 75 %
+                    (+- 5) per model; Ktrans = (0.30 - 0.30 h) x LN(0.12) /min; ve 0.30
+                    x LN(0.15); vp 0.03 x LN(0.3); Ktrans rim 1.3 : core 0.7.  T1:
+                    tumour 1900 x LN(0.08), muscle 1600, tissue 1500, blood 2200 ms;
+                    M0 30000, sigma 20 (VFA and DCE).  Histology: pimonidazole
+                    hypoxic fraction, CD31 MVD and IFP (independent of Ktrans).
+=================  ==============================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.dce import MCGRATH_2009_MODEL_B, blood_to_plasma, extended_tofts_ct, mcgrath_mouse_aif
+from ..models.diffusion import UM2_PER_MS_TO_MM2_PER_S, ivim_signal
+from ..models.relaxometry import spgr_signal
+from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
+from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
+
+PDX_MODELS = ("BK-12", "ED-15", "HL-16", "LA-19")
+
+COLLAGEN = dict(field_T=7.0, b_s_per_mm2=[0.0, 200.0, 400.0, 700.0, 1000.0], te_s=0.030, tr_s=2.5,
+                collagen_pct={"BK-12": 6.0, "ED-15": 12.0, "HL-16": 20.0, "LA-19": 30.0}, collagen_sd=0.25,
+                d_intercept=1.10, d_slope_per_fraction=1.4, d_animal_sd=0.05, d_core_excess=0.08, jitter=0.04,
+                ivim_f=0.05, ivim_dstar=20.0, d_muscle=1.45, d_tissue=1.2, f_muscle=0.03, f_tissue=0.04,
+                s0_tumour=1000.0, s0_muscle=750.0, s0_tissue=850.0, sigma=25.0,
+                volume_mm3=150.0, volume_sd=0.3, volume_cap_mm3=180.0)
+
+KTRANS = dict(field_T=7.0, fa_vfa_deg=[2.0, 5.0, 10.0, 15.0, 20.0], tr_ms=4.0, te_ms=1.5, fa_dce_deg=15.0,
+              dt_s=4.0, n_frames=75, bolus_arrival_s=40.0, agent="gadoterate", dose_mmol_per_kg=0.1,
+              r1_per_s_per_mM=2.8, hematocrit=0.42,
+              hypoxic_pct={"BK-12": 25.0, "ED-15": 42.0, "HL-16": 58.0, "LA-19": 75.0}, hypoxic_sd_pct=5.0,
+              ktrans_intercept=0.30, ktrans_slope=0.30, ktrans_sd=0.12, ve=0.30, ve_sd=0.15, vp=0.03, vp_sd=0.3,
+              w_rim=1.3, w_core=0.7, jitter=0.10,
+              t1_tumour_ms=1900.0, t1_sd=0.08, t1_muscle_ms=1600.0, t1_tissue_ms=1500.0, t1_blood_ms=2200.0,
+              tissue_kinetics=dict(ktrans=0.05, ve=0.20, vp=0.02), muscle_kinetics=dict(ktrans=0.04, ve=0.12, vp=0.02),
+              mvd_per_mm2={"BK-12": 135.0, "ED-15": 150.0, "HL-16": 155.0, "LA-19": 140.0},
+              ifp_mmHg={"BK-12": 14.0, "ED-15": 20.0, "HL-16": 12.0, "LA-19": 18.0},
+              m0=30000.0, m0_muscle=26000.0, m0_tissue=28000.0, m0_blood=32000.0, sigma=20.0,
+              volume_mm3=150.0, volume_sd=0.3, volume_cap_mm3=180.0)
+
+
+def _single_day_volume(ctx, p, r):
+    return float(min(p["volume_mm3"] * lognormal_mean1(r, p["volume_sd"]), p["volume_cap_mm3"]))
+
+
+def adc_loglinear(signal, b_s_per_mm2):
+    """Least-squares slope of ``-ln S`` against b (last axis) in um^2/ms (the conventional ADC fit)."""
+    b = np.asarray(b_s_per_mm2, float) * UM2_PER_MS_TO_MM2_PER_S
+    y = -np.log(signal)
+    bc = b - b.mean()
+    return (y * bc).sum(-1) / (bc**2).sum()
+
+
+# --------------------------------------------------------------------------------------------- collagen
+def plan_collagen(ctx: Context) -> StudyPlan:
+    p = COLLAGEN
+    grid = ctx.grid(16.0)
+    body = Body()
+    animals = make_animals(ctx, [(m, m) for m in PDX_MODELS], [0])
+    for a in animals:
+        r = ctx.rng(1, a.index)
+        cf = min(p["collagen_pct"][a.model] * lognormal_mean1(r, p["collagen_sd"]), 60.0)
+        a.params.update(collagen_pct=cf,
+                        d=p["d_intercept"] - p["d_slope_per_fraction"] * cf / 100.0 + p["d_animal_sd"] * r.standard_normal(),
+                        volume=_single_day_volume(ctx, p, r), hist_noise=lognormal_mean1(r, 0.1))
+    b = np.asarray(p["b_s_per_mm2"])
+
+    def sessions():
+        for a in animals:
+            d = 0
+            tmask, rim = Tumour(2.2, 0.5, a.params["volume"]).masks(grid)
+            lab = label_map(grid, body.masks(grid), [(1, tmask)])
+            rv = ctx.rng(3, a.index, d)
+            core = tmask & ~rim
+            excess = np.where(core, p["d_core_excess"], 0.0)
+            jit = spatial_pattern(tmask, rim, 1.0, 1.0, p["jitter"], rv)
+            dmap = np.where(tmask, (a.params["d"] + excess - excess[tmask].mean()) * jit, 0.0)
+            dmap = np.where(lab == 2, p["d_muscle"], np.where(tmask, dmap, p["d_tissue"]))
+            fmap = np.where(tmask, p["ivim_f"], np.where(lab == 2, p["f_muscle"], p["f_tissue"]))
+            s0 = np.where(tmask, p["s0_tumour"], np.where(lab == 2, p["s0_muscle"], p["s0_tissue"]))
+            s0 = np.where(lab == 5, 0.0, s0)
+            sig = ivim_signal(b, s0, dmap, p["ivim_dstar"], fmap)
+            noise_free_adc = adc_loglinear(ivim_signal(b[b >= 200], 1.0, dmap, p["ivim_dstar"], fmap), b[b >= 200])
+            sc = {"bValue": b.tolist(), "EchoTime": p["te_s"], "RepetitionTime": p["tr_s"],
+                  "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "DW spin-echo EPI",
+                  "MRAcquisitionType": "2D", "DiffusionDirections": "trace (3 orthogonal, averaged)",
+                  "GeneratedBy": "studylib.synth"}
+            truth = dict(tumour_d_um2_per_ms=roi_mean(tmask, dmap),
+                         tumour_adc_b200_1000_um2_per_ms=roi_mean(tmask, noise_free_adc),
+                         muscle_d_um2_per_ms=roi_mean(lab == 2, dmap), collagen_pct=a.params["collagen_pct"],
+                         tumour_volume_mm3=a.params["volume"],
+                         tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
+            yield Session(a, d, [Scan("DWI", sig, p["sigma"], sc)], lab, {1: "tumour", 2: "muscle", 5: "background"},
+                          truth, {"d_um2_per_ms": dmap, "f": fmap, "s0": s0, "adc_b200_1000_um2_per_ms": noise_free_adc})
+
+    rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=0,
+                 collagen_i_area_pct=a.params["collagen_pct"]) for a in animals]
+    cols = ["animal", "group", "model", "sex", "endpoint_day", "collagen_i_area_pct"]
+
+    def summarise(st):
+        return {"effects": {
+            "tumour_adc_model_means_um2_per_ms": {"sample": group_means(st, "tumour_adc_b200_1000_um2_per_ms"),
+                                                  "population": {m: p["d_intercept"] - p["d_slope_per_fraction"]
+                                                                 * p["collagen_pct"][m] / 100 for m in PDX_MODELS}},
+            "adc_slope_um2_per_ms_per_collagen_fraction": {"population": -p["d_slope_per_fraction"],
+                                                           "direction": "negative"}},
+            "correlations": {"tumour_adc_vs_collagen_i_area_pct": pearson(
+                [r["tumour_adc_b200_1000_um2_per_ms"] for r in st], [r["collagen_pct"] for r in st])}}
+
+    design = dict(p)
+    design["days"] = [0]
+    return StudyPlan("collagen_adc", grid, animals, sessions, cols, rows, design, summarise)
+
+
+# --------------------------------------------------------------------------------------------- ktrans
+def frame_times_s(p=KTRANS) -> np.ndarray:
+    return np.arange(p["n_frames"]) * p["dt_s"]
+
+
+def plan_ktrans(ctx: Context) -> StudyPlan:
+    p = KTRANS
+    grid = ctx.grid(16.0)
+    body = Body(vessel=(-1.0, -4.3, 0.5, 0.5))
+    animals = make_animals(ctx, [(m, m) for m in PDX_MODELS], [0])
+    for a in animals:
+        r = ctx.rng(1, a.index)
+        h = float(np.clip(p["hypoxic_pct"][a.model] + p["hypoxic_sd_pct"] * r.standard_normal(), 5.0, 95.0))
+        a.params.update(hypoxic_pct=h,
+                        ktrans=(p["ktrans_intercept"] - p["ktrans_slope"] * h / 100) * lognormal_mean1(r, p["ktrans_sd"]),
+                        ve=min(p["ve"] * lognormal_mean1(r, p["ve_sd"]), 0.8),
+                        vp=min(p["vp"] * lognormal_mean1(r, p["vp_sd"]), 0.15),
+                        t1=p["t1_tumour_ms"] * lognormal_mean1(r, p["t1_sd"]),
+                        volume=_single_day_volume(ctx, p, r),
+                        mvd=p["mvd_per_mm2"][a.model] * lognormal_mean1(r, 0.2),
+                        ifp=p["ifp_mmHg"][a.model] * lognormal_mean1(r, 0.25))
+    t = frame_times_s(p)
+    cb = mcgrath_mouse_aif(t, delay_s=p["bolus_arrival_s"])
+    cp = blood_to_plasma(cb, p["hematocrit"])
+    r1 = p["r1_per_s_per_mM"]
+
+    def sessions():
+        for a in animals:
+            d = 0
+            tmask, rim = Tumour(2.2, 0.5, a.params["volume"]).masks(grid)
+            bm = body.masks(grid)
+            lab = label_map(grid, bm, [(1, tmask)])
+            rv = ctx.rng(3, a.index, d)
+            wk = spatial_pattern(tmask, rim, p["w_rim"], p["w_core"], p["jitter"], rv)
+            wv = spatial_pattern(tmask, rim, 1.0, 1.0, 0.1, rv)
+            wp = spatial_pattern(tmask, rim, 1.0, 1.0, 0.2, rv)
+            wt = spatial_pattern(tmask, rim, 1.0, 1.0, 0.03, rv)
+            tk, mk = p["tissue_kinetics"], p["muscle_kinetics"]
+
+            def by_label(tum, mus, tis, ves=0.0):
+                out = np.where(tmask, tum, np.where(lab == 2, mus, tis))
+                return np.where(lab == 3, ves, out)
+
+            ktrans = by_label(a.params["ktrans"] * wk, mk["ktrans"], tk["ktrans"])
+            ve = by_label(a.params["ve"] * wv, mk["ve"], tk["ve"])
+            vp = by_label(a.params["vp"] * wp, mk["vp"], tk["vp"])
+            t1 = by_label(a.params["t1"] * wt, p["t1_muscle_ms"], p["t1_tissue_ms"], p["t1_blood_ms"])
+            m0 = by_label(p["m0"], p["m0_muscle"], p["m0_tissue"], p["m0_blood"])
+            m0 = np.where(lab == 5, 0.0, m0)
+            body_m = lab != 5
+            ct = np.zeros(grid.shape + (t.size,))
+            ct[body_m] = extended_tofts_ct(t, cp, ktrans[body_m], ve[body_m], vp[body_m])
+            ct[lab == 3] = cb  # vessel: whole-blood concentration
+            r1t = 1000.0 / t1[..., None] + r1 * ct
+            dce = spgr_signal([p["fa_dce_deg"]], m0[..., None], 1000.0 / r1t, p["tr_ms"])[..., 0]
+            vfa = spgr_signal(p["fa_vfa_deg"], m0, t1, p["tr_ms"])
+            common = {"RepetitionTime": p["tr_ms"] / 1000.0, "EchoTime": p["te_ms"] / 1000.0,
+                      "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "3D spoiled GRE",
+                      "MRAcquisitionType": "3D", "GeneratedBy": "studylib.synth"}
+            vfa_sc = dict(common, FlipAngle=list(p["fa_vfa_deg"]))
+            dce_sc = dict(common, FlipAngle=p["fa_dce_deg"], FrameTimes=t.tolist(), Agent=p["agent"],
+                          ContrastDose_mmol_per_kg=p["dose_mmol_per_kg"], Hematocrit=p["hematocrit"],
+                          Relaxivity_per_mM_per_s=r1, BolusArrivalTime_s=p["bolus_arrival_s"],
+                          InjectionNote="i.v. bolus via tail-vein catheter; AIF measurable in the vessel ROI (label 3)")
+            truth = dict(tumour_ktrans_per_min=roi_mean(tmask, ktrans), tumour_ve=roi_mean(tmask, ve),
+                         tumour_vp=roi_mean(tmask, vp), tumour_t1_ms=roi_mean(tmask, t1),
+                         muscle_t1_ms=roi_mean(lab == 2, t1), blood_t1_ms=p["t1_blood_ms"],
+                         hypoxic_pct=a.params["hypoxic_pct"], tumour_volume_mm3=a.params["volume"],
+                         tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
+            yield Session(a, d, [Scan("VFA", vfa, p["sigma"], vfa_sc), Scan("DCE", dce, p["sigma"], dce_sc)], lab,
+                          {1: "tumour", 2: "muscle", 3: "vessel", 5: "background"}, truth,
+                          {"ktrans_per_min": ktrans, "ve": ve, "vp": vp, "t1_ms": t1, "m0": m0})
+
+    rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=0,
+                 hypoxic_fraction_pct=a.params["hypoxic_pct"], mvd_cd31_per_mm2=a.params["mvd"],
+                 ifp_mmHg=a.params["ifp"]) for a in animals]
+    cols = ["animal", "group", "model", "sex", "endpoint_day", "hypoxic_fraction_pct", "mvd_cd31_per_mm2", "ifp_mmHg"]
+
+    def summarise(st):
+        hist = {h["animal"]: h for h in rows}
+        ids = [r["animal"] for r in st]
+        k = [r["tumour_ktrans_per_min"] for r in st]
+        return {"effects": {
+            "tumour_ktrans_model_means_per_min": {"sample": group_means(st, "tumour_ktrans_per_min"),
+                                                  "population": {m: p["ktrans_intercept"] - p["ktrans_slope"]
+                                                                 * p["hypoxic_pct"][m] / 100 for m in PDX_MODELS}},
+            "ktrans_slope_per_min_per_hypoxic_fraction": {"population": -p["ktrans_slope"], "direction": "negative"}},
+            "correlations": {
+                "tumour_ktrans_vs_hypoxic_fraction_pct": pearson(k, [hist[i]["hypoxic_fraction_pct"] for i in ids]),
+                "tumour_ktrans_vs_mvd_cd31_per_mm2": pearson(k, [hist[i]["mvd_cd31_per_mm2"] for i in ids]),
+                "tumour_ktrans_vs_ifp_mmHg": pearson(k, [hist[i]["ifp_mmHg"] for i in ids])},
+            "aif": {"model": "McGrath 2009 model B (whole blood, mM)", "params": dict(MCGRATH_2009_MODEL_B),
+                    "bolus_arrival_s": p["bolus_arrival_s"], "hematocrit": p["hematocrit"],
+                    "frame_times_s": t.tolist(), "cb_mM": cb.tolist(), "cp_mM": cp.tolist()}}
+
+    design = dict(p)
+    design["days"] = [0]
+    return StudyPlan("ktrans_hypoxia", grid, animals, sessions, cols, rows, design, summarise)

@@ -1,0 +1,154 @@
+"""studylib.compute: scheduler choice, progress under threads and under distributed.
+
+The LocalCluster tests start real worker processes (2 × 1 thread); each takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings, strategies as st
+
+from studylib import compute
+from studylib.compute import SchedulerError
+from studylib.errors import StudyError
+
+
+def _t2star_like(n_animals=4, seed=0):
+    """A Dask-backed multi-echo signal and a log-linear R2* fit of it (a fit-shaped computation)."""
+    rng = np.random.default_rng(seed)
+    te = np.array([3.0, 6.0, 9.0, 12.0])
+    r2 = rng.uniform(20, 60, size=(n_animals, 2, 6, 6))
+    sig = 1000 * np.exp(-te / 1000 * r2[..., None]) * (1 + 0.001 * rng.standard_normal(r2.shape + (4,)))
+    arr = xr.DataArray(da.from_array(sig, chunks=(1, 1, 6, 6, 4)), dims=("animal", "day", "y", "x", "te"),
+                       coords={"te": te})
+    logs = np.log(arr)
+    x = arr.te - arr.te.mean()
+    slope = ((logs - logs.mean("te")) * x).sum("te") / (x ** 2).sum()
+    return (-slope * 1000).rename("r2star"), r2
+
+
+# ------------------------------------------------------------------------------- resolve_scheduler
+
+@pytest.mark.parametrize("value, expected", [
+    (None, "threads"), ("threads", "threads"), ("THREADS", "threads"), ("", "threads"), ("sync", "sync"),
+    ("local", "local"), ("tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786"), ("scheduler.example:8786",
+                                                                       "tcp://scheduler.example:8786"),
+    ("tls://h:1", "tls://h:1"),
+])
+def test_resolve_scheduler_known_values(value, expected, monkeypatch):
+    monkeypatch.delenv(compute.SCHEDULER_ENV, raising=False)
+    assert compute.resolve_scheduler(value) == expected
+
+
+def test_resolve_scheduler_reads_env_and_argument_wins(monkeypatch):
+    monkeypatch.setenv(compute.SCHEDULER_ENV, "tcp://1.2.3.4:8786")
+    assert compute.resolve_scheduler(None) == "tcp://1.2.3.4:8786"
+    assert compute.resolve_scheduler("threads") == "threads"
+
+
+@pytest.mark.parametrize("bad", ["gpu-cluster", "tcp//x", "http://x:1 2", "lokal"])
+def test_resolve_scheduler_rejects_unknown_names(bad, monkeypatch):
+    monkeypatch.delenv(compute.SCHEDULER_ENV, raising=False)
+    with pytest.raises(SchedulerError, match="unknown scheduler"):
+        compute.resolve_scheduler(bad)
+
+
+def test_resolve_scheduler_bad_env_names_the_variable(monkeypatch):
+    monkeypatch.setenv(compute.SCHEDULER_ENV, "nonsense")
+    with pytest.raises(StudyError, match=r"\$STUDYLIB_SCHEDULER"):
+        compute.resolve_scheduler(None)
+
+
+def test_resolve_scheduler_rejects_non_strings():
+    with pytest.raises(SchedulerError, match="got 3"):
+        compute.resolve_scheduler(3)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=30))
+def test_resolve_scheduler_total(text):
+    """Any string either resolves to one of the four forms or raises SchedulerError, never anything else."""
+    try:
+        out = compute.resolve_scheduler(text)
+    except SchedulerError as err:
+        assert "scheduler" in str(err)
+    else:
+        assert out in ("threads", "sync", "local") or "://" in out
+
+
+# --------------------------------------------------------------------------------- threads / progress
+
+def test_progress_threads_computes_and_shows_bar(capsys):
+    r2star, truth = _t2star_like()
+    with compute.scheduler_context("threads") as client:
+        assert client is None and compute.active_client() is None
+        out = compute.progress(r2star, minimum_s=0.0, label="fitting R2*")
+    assert isinstance(out, xr.DataArray) and out.chunks is None
+    np.testing.assert_allclose(out.values, truth, atol=1.0)  # 1/s; noise 0.1 %
+    printed = capsys.readouterr().out
+    assert "fitting R2*" in printed and "100% Completed" in printed
+
+
+def test_progress_passes_through_non_dask_and_keeps_containers():
+    arr = np.arange(3.0)
+    assert compute.progress(arr) is arr
+    lazy = da.arange(4, chunks=2).sum()
+    out = compute.progress([lazy, 5, xr.DataArray(da.ones(3, chunks=1))], minimum_s=10)
+    assert isinstance(out, list) and out[0] == 6 and out[1] == 5 and float(out[2].sum()) == 3.0
+    tup = compute.progress((lazy,), minimum_s=10)
+    assert isinstance(tup, tuple) and tup == (6,)
+
+
+def test_get_client_threads_returns_none_and_sets_config():
+    try:
+        assert compute.get_client("sync") is None
+        assert dask.config.get("scheduler") == "sync"
+        assert compute.get_client("threads") is None
+        assert dask.config.get("scheduler") == "threads"
+        assert compute.describe()["scheduler"] == "threads"
+    finally:
+        compute.shutdown()
+
+
+def test_unreachable_address_gives_scheduler_error():
+    with pytest.raises(SchedulerError, match="cannot connect"):
+        compute.get_client("tcp://127.0.0.1:9", timeout_s=1)
+
+
+# --------------------------------------------------------------------------------- distributed
+
+@pytest.mark.slow
+def test_local_cluster_equals_threads_bit_for_bit(capsys):
+    """--scheduler local gives exactly the threaded result; distributed.progress shows the bar."""
+    r2star, _ = _t2star_like(n_animals=6, seed=3)
+    with compute.scheduler_context("threads"):
+        ref = compute.progress(r2star)
+    with compute.scheduler_context("local", n_workers=2) as client:
+        assert client is not None and compute.active_client() is client
+        info = compute.describe()
+        assert info["scheduler"] == "distributed" and info["n_workers"] == 2
+        out = compute.progress(r2star, label="fitting on the cluster")
+    printed = capsys.readouterr().out
+    assert "dashboard: http" in printed
+    assert "100% Completed" in printed
+    np.testing.assert_array_equal(out.values, ref.values)
+    assert compute.active_client() is None  # closed and the previous config restored
+
+
+@pytest.mark.slow
+def test_get_client_local_is_reused_and_shut_down(capsys):
+    try:
+        c1 = compute.get_client("local", n_workers=1)
+        c2 = compute.get_client("local", n_workers=1)
+        assert c1 is c2 and c1.status == "running"
+        assert compute.active_client() is c1
+        assert int(c1.submit(lambda x: x + 1, 41).result()) == 42
+        assert "dashboard" in capsys.readouterr().out
+    finally:
+        compute.shutdown()
+    assert c1.status in ("closed", "closing")
+    assert compute.active_client() is None

@@ -1,0 +1,162 @@
+"""Scheduler equivalence: the same lazy study fitted with threads, a process LocalCluster
+(``scheduler="local"``), a cluster reached through ``$STUDYLIB_SCHEDULER`` and through a
+``tcp://`` address gives bit-identical maps (T2* and DCE), and the distributed runs really
+ran on the cluster.
+
+Each LocalCluster starts worker processes (a few seconds each); two are started here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+from studylib import compute
+from studylib.fit.dce import dce, population_aif, signal_to_concentration
+from studylib.fit.relaxometry import t2star
+from studylib.synth.large import animal_table, lazy_study, t10_map
+
+SMALL = dict(n_animals=4, n_days=3, shape=(2, 24, 24), seed=5)
+
+
+def _megre_work():
+    ds = lazy_study(kind="MEGRE", **SMALL)
+    maps = t2star(ds.signal, mask=ds.roi > 0)
+    roi_mean = maps.r2star.where(ds.roi == 1).mean(["z", "y", "x"])
+    return maps, roi_mean
+
+
+def _dce_work():
+    ds = lazy_study(n_animals=2, n_days=2, shape=(1, 20, 20), kind="DCE", seed=5)
+    ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), fa_deg=ds.attrs["FlipAngle"],
+                                 tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=ds.attrs["Relaxivity_per_mM_per_s"],
+                                 baseline=(1, 10))
+    aif = population_aif(ct["t"], "mcgrath_mouse", delay_s=ds.attrs["BolusArrivalTime_s"],
+                         hematocrit=ds.attrs["Hematocrit"])
+    maps = dce(ct, aif, model="extended_tofts", mask=ds.roi == 1)
+    return maps, maps.ktrans.where(ds.roi == 1).mean(["z", "y", "x"])
+
+
+def _compute(objs):
+    return compute.progress(list(objs))
+
+
+def _assert_identical(a: xr.Dataset | xr.DataArray, b):
+    assert type(a) is type(b)
+    if isinstance(a, xr.Dataset):
+        assert set(a.data_vars) == set(b.data_vars)
+        for v in a.data_vars:
+            np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)  # NaN == NaN, exact
+    else:
+        np.testing.assert_array_equal(a.values, b.values)
+
+
+@pytest.fixture(scope="module")
+def threaded():
+    """Reference results with the default threaded scheduler."""
+    with compute.scheduler_context("threads"):
+        megre = _compute(_megre_work())
+        dcer = _compute(_dce_work())
+    return megre, dcer
+
+
+def test_threaded_reference_recovers_the_truth(threaded):
+    """The reference itself is right: tumour R2* and Ktrans ROI means match the simulator's truth."""
+    (maps, r2s), (dmaps, kt) = threaded
+    truth = animal_table(SMALL["n_animals"], SMALL["n_days"], kind="MEGRE", seed=SMALL["seed"])
+    ref = truth.pivot(index="animal", columns="day", values="tumour_r2star_per_s")
+    acq = truth.pivot(index="animal", columns="day", values="acquired").to_numpy(bool)
+    got = r2s.values
+    assert np.all(np.isnan(got[~acq]))  # humane-endpoint sessions stay NaN
+    np.testing.assert_allclose(got[acq], ref.to_numpy()[acq], rtol=0.03)
+    assert bool(maps.fit_ok.any()) and not bool(maps.fit_ok.where(~maps.acquired, False).any())
+    dtruth = animal_table(2, 2, kind="DCE", seed=5).pivot(index="animal", columns="day",
+                                                          values="tumour_ktrans_per_min")
+    np.testing.assert_allclose(kt.values, dtruth.to_numpy(), rtol=0.08)
+
+
+@pytest.mark.slow
+def test_local_cluster_equals_threads_bit_for_bit(threaded, capsys):
+    """``scheduler="local"`` (2 worker processes): T2* and DCE maps identical to the threaded ones."""
+    with compute.scheduler_context("local", n_workers=2, threads_per_worker=1) as client:
+        assert compute.describe()["n_workers"] == 2
+        worker_pids = set(client.run(os.getpid).values())
+        assert os.getpid() not in worker_pids and len(worker_pids) == 2  # really other processes
+        megre = _compute(_megre_work())
+        dcer = _compute(_dce_work())
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert "dashboard: http" in capsys.readouterr().out
+    assert any(p.startswith("large-signal") for p in prefixes)  # the chunks were synthesised on the workers
+    for got, ref in zip(megre + dcer, threaded[0] + threaded[1]):
+        _assert_identical(got, ref)
+    assert compute.active_client() is None
+
+
+@pytest.fixture
+def external_cluster():
+    """A LocalCluster started outside studylib, as dask-jobqueue/dask-kubernetes would."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=40)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slow
+def test_env_var_and_tcp_address_reach_an_existing_scheduler(threaded, external_cluster, monkeypatch, capsys):
+    address = external_cluster.scheduler_address
+    assert address.startswith("tcp://")
+    # 1. $STUDYLIB_SCHEDULER with scheduler=None
+    monkeypatch.setenv(compute.SCHEDULER_ENV, address)
+    assert compute.resolve_scheduler(None) == address
+    try:
+        client = compute.get_client(None)
+        assert client is not None and client.scheduler.address == address
+        assert compute.active_client() is client and compute.describe()["address"] == address
+        megre = _compute(_megre_work())
+    finally:
+        compute.shutdown()
+    assert compute.active_client() is None
+    monkeypatch.delenv(compute.SCHEDULER_ENV)
+    # 2. an explicit tcp:// address, scoped
+    with compute.scheduler_context(address) as client:
+        assert client.scheduler.address == address
+        dcer = _compute(_dce_work())
+    assert f"{address}; dashboard: http" in capsys.readouterr().out
+    ran = external_cluster.scheduler.task_prefixes
+    assert any(p.startswith("large-signal") for p in ran) and any(p.startswith("large-roi") for p in ran)
+    for got, ref in zip(megre + dcer, threaded[0] + threaded[1]):
+        _assert_identical(got, ref)
+    # connecting did not stop a cluster studylib does not own
+    assert external_cluster.status.name == "running"
+    assert dask.config.get("scheduler") in ("threads", None)
+
+
+def test_lazy_study_is_lazy_and_one_task_per_scan():
+    """16x nominal (tens of GB) exists as a graph only: one task per scan, nothing computed."""
+    ds = lazy_study(scale=16)
+    assert ds.signal.nbytes > 50e9 and ds.sizes["animal"] == 640
+    g = ds.signal.data.__dask_graph__()
+    assert len(g) == 640 * 6 == ds.signal.data.npartitions
+    assert ds.roi.data.npartitions == 640 * 6
+    # chunk (a, d) depends only on its indices: the same values whatever the scale
+    small = lazy_study(n_animals=3, n_days=6)
+    np.testing.assert_array_equal(ds.signal[2, 1, :, 10].values, small.signal[2, 1, :, 10].values)
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (dict(n_animals=0), "n_animals"), (dict(n_days=2.5), "n_days"), (dict(shape=(4, 8)), "shape"),
+    (dict(kind="DWI"), "kind"), (dict(seed=-1), "seed"), (dict(scale=True), "scale"),
+])
+def test_lazy_study_bad_arguments(kwargs, what):
+    from studylib.errors import StudyError
+
+    with pytest.raises(StudyError, match=what):
+        lazy_study(**kwargs)

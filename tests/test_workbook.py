@@ -1,0 +1,499 @@
+"""studylib.workbook: the notebook runner, reports, provenance, index, rerun from cache, failures.
+
+Runs small toy notebooks (written into a tmp folder and passed with ``notebooks_dir``) through the
+real runner (papermill + the ``python3`` kernel + nbconvert).  The real experiment notebooks run
+end to end on the ``ci`` preset in ``tests/test_browser.py`` (which then checks them in Chromium).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from studylib import workbook as wb
+from studylib.cache import CacheError
+from studylib.compute import SchedulerError
+from studylib.errors import StudyError
+
+# the cached "fit" of the toy notebook lasts HEAVY_FACTOR x the overhead of a run (kernel start, imports,
+# reading the cache, the figure), within [HEAVY_MIN_S, HEAVY_MAX_S]: a rerun must take < 20 % of its first run
+HEAVY_FACTOR, HEAVY_MIN_S, HEAVY_MAX_S = 6.0, 6.0, 60.0
+EVIL = "<script>alert('x')</script> & \"q\""
+
+NB_HEADER = textwrap.dedent("""\
+    # ---
+    # jupyter:
+    #   kernelspec:
+    #     display_name: Python 3
+    #     language: python
+    #     name: python3
+    # ---
+    """)
+
+TOY_OK = NB_HEADER + textwrap.dedent('''
+    # %% [markdown]
+    # # Toy experiment: R2* & iron
+    # A question about <iron>.
+
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_ok"
+    preset = "demo"
+    cache_dir = None
+    scheduler = None
+    heavy_s = 0.0
+    scale = 1.0
+
+    # %% [markdown]
+    # ## Fit the maps (cached)
+
+    # %%
+    import time
+    import numpy as np, pandas as pd, xarray as xr
+    import matplotlib.pyplot as plt
+    from studylib import compute, workbook
+    from studylib.cache import Cache, manifest_rows
+
+    compute.get_client(scheduler)
+    cache = Cache(study, cache_dir)
+    rows = manifest_rows(manifest, study="toy")
+
+    def heavy_fit():
+        time.sleep(heavy_s)
+        r2 = np.arange(12.0).reshape(2, 1, 2, 3) * scale
+        return xr.Dataset({"r2star": (("animal", "day", "y", "x"), r2, {"units": "1/s"})},
+                          coords={"animal": ["m<01>", "m02"], "day": [0], "group": ("animal", ["ctl", "Amp B"])})
+
+    maps = cache.get_or_compute("r2star_maps", heavy_fit, inputs=[rows], params={"scale": scale, "heavy_s": heavy_s},
+                                description="toy R2* maps")
+    table = cache.get_or_compute("roi_table", lambda: maps.r2star.mean(["y", "x"]).to_dataframe()
+                                 .reset_index(), inputs=[maps])
+    table
+
+    # %% [markdown]
+    # ## Figure
+
+    # %%
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.bar(table["animal"], table["r2star"])
+    ax.set_ylabel("R2* (1/s)")
+    plt.show()
+
+    # %% [markdown]
+    # ## Conclusions
+
+    # %%
+    lazy_total = compute.progress(maps.r2star.sum())
+    workbook.record_headline("R2* rose with Amp B " + __EVIL__, effect_per_s=float(lazy_total), p=0.01,
+                             missing=float("nan"))
+    workbook.record_conclusions(pd.DataFrame({"finding": ["R2* up <b>"], "agrees": [True]}))
+    ''').replace("__EVIL__", repr(EVIL))
+
+TOY_FAIL = NB_HEADER + textwrap.dedent('''
+    # %% [markdown]
+    # # A notebook that fails
+
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_fail"
+
+    # %%
+    print("before the failure")
+
+    # %%
+    raise ValueError("bad <voxel> & co")
+
+    # %%
+    print("never reached")
+    ''')
+
+TOY_SLOW = NB_HEADER + textwrap.dedent('''
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_slow"
+    cache_dir = None
+    marker = None
+    slow = True
+
+    # %%
+    import os, time
+    from pathlib import Path
+    import dask.array as da, numpy as np, xarray as xr
+    from studylib.cache import Cache, manifest_rows
+
+    def chunk(block):
+        if block.size and slow:
+            Path(marker).write_text(str(os.getpid()))  # the kernel's pid: the test kills it too
+            time.sleep(0.4)
+        return block
+
+    arr = da.ones((24, 1, 4, 4), chunks=(1, 1, 4, 4)).map_blocks(chunk, dtype=float, meta=np.array((), float))
+    ds = xr.Dataset({"v": (("animal", "day", "y", "x"), arr)}, coords={"animal": [f"m{i}" for i in range(24)]})
+    out = Cache(study, cache_dir).get_or_compute("maps", lambda: ds, inputs=[manifest_rows(manifest)])
+    assert float(out.v.sum()) == 24 * 16
+    ''')
+
+
+def make_toy_study(root: Path, notebooks: dict[str, str], animal: str = "m<01>") -> dict:
+    """A one-file study + manifest and a notebooks folder with the given toy notebooks."""
+    root.mkdir(parents=True, exist_ok=True)
+    raw = root / "data" / "toy" / "raw" / "scan.txt"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text("not really a scan\n")
+    sha = hashlib.sha256(raw.read_bytes()).hexdigest()
+    man = root / "data_manifest.csv"
+    pd.DataFrame([{"study": "toy", "animal": animal, "group": EVIL, "day": 0, "kind": "T2w",
+                   "path": "data/toy/raw/scan.txt", "sha256": sha}]).to_csv(man, index=False)
+    nbs = root / "notebooks"
+    nbs.mkdir(exist_ok=True)
+    for name, text in notebooks.items():
+        (nbs / f"{name}.py").write_text(text)
+    return {"root": root, "manifest": man, "notebooks": nbs, "cache": root / "data" / "ci" / "derived",
+            "reports": root / "reports"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """toy_ok + toy_fail; then toy_ok with a heavy cached step (a miss) and again with nothing changed.
+
+    The heavy step's duration is set from the measured overhead of a run (kernel start, imports,
+    cache reads, figure), so that it dominates the first run on a loaded machine too.
+    """
+    env = make_toy_study(tmp_path_factory.mktemp("wb"), {"toy_ok": TOY_OK, "toy_fail": TOY_FAIL})
+    kw = dict(preset="ci", reports=env["reports"], manifest=env["manifest"], notebooks_dir=env["notebooks"],
+              cache_dir=env["cache"], progress=False)
+    rc1 = wb.run(["toy_ok", "toy_fail"], **kw)
+    first = {n: json.loads((env["reports"] / f"{n}.json").read_text()) for n in ("toy_ok", "toy_fail")}
+    overhead_s = first["toy_ok"]["run_s"]
+    heavy_s = min(HEAVY_MAX_S, max(HEAVY_MIN_S, HEAVY_FACTOR * overhead_s))
+    kw["parameters"] = {"heavy_s": heavy_s}
+    rc2 = wb.run(["toy_ok"], **kw)
+    heavy = json.loads((env["reports"] / "toy_ok.json").read_text())
+    rc3 = wb.run(["toy_ok"], **kw)
+    second = json.loads((env["reports"] / "toy_ok.json").read_text())
+    return {**env, "rc1": rc1, "rc2": rc2, "rc3": rc3, "first": first, "heavy": heavy, "second": second,
+            "heavy_s": heavy_s, "kw": kw}
+
+
+# ---------------------------------------------------------------------------- the runner end to end
+
+@pytest.mark.slow
+def test_failing_notebook_gets_failed_report_others_still_run_exit_nonzero(runs):
+    assert runs["rc1"] == 1 and runs["rc2"] == 0 and runs["rc3"] == 0
+    ok, bad = runs["first"]["toy_ok"], runs["first"]["toy_fail"]
+    assert ok["status"] == "ok" and ok["error"] is None
+    assert bad["status"] == "failed"
+    assert bad["error"]["ename"] == "ValueError" and bad["error"]["evalue"] == "bad <voxel> & co"
+    nb = nbformat.read(runs["reports"] / "toy_fail.ipynb", as_version=4)
+    assert nb.cells[bad["error"]["cell_index"]].source.startswith("raise ValueError")
+    assert bad["error"]["execution_count"] == nb.cells[bad["error"]["cell_index"]].execution_count
+    page = (runs["reports"] / "toy_fail.html").read_text()
+    assert "This run failed" in page and "bad &lt;voxel&gt; &amp; co" in page and "bad <voxel>" not in page
+    assert re.search(r'<details class="studylib-code" open[ =">]', page)  # the failing cell's code is shown
+    assert "raise" in page and "Traceback" in page and "before the failure" in page
+    assert 'id="papermill-error-cell"' in page
+    assert nb.metadata["studylib"]["status"] == "failed"
+    assert not any(o.get("text", "").startswith("never reached") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_provenance_json_and_notebook_metadata(runs):
+    rec = runs["second"]
+    man = runs["manifest"]
+    assert rec["manifest"]["sha256"] == hashlib.sha256(man.read_bytes()).hexdigest()
+    assert rec["manifest"]["path"] == str(man.resolve())
+    assert rec["packages"]["numpy"] == np.__version__ and rec["packages"]["xarray"] == xr.__version__
+    assert rec["python"] == "%d.%d.%d" % sys.version_info[:3]
+    assert re.fullmatch(r"[0-9a-f]{64}", rec["studylib_code_sha256"])
+    if (wb.REPO_DIR / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", rec["git"]["commit"]) and isinstance(rec["git"]["dirty"], bool)
+    p = rec["parameters"]
+    assert p["study"] == "toy_ok" and p["preset"] == "ci" and p["heavy_s"] == runs["heavy_s"]
+    assert p["cache_dir"] == str(runs["cache"].resolve()) and p["scheduler"] == "threads"
+    assert "reports_dir" not in p  # not declared by the notebook, so not injected
+    assert rec["headline"] == "R2* rose with Amp B " + EVIL
+    assert rec["numbers"] == {"effect_per_s": 66.0, "p": 0.01, "missing": None}
+    assert rec["conclusions"] == {"columns": ["finding", "agrees"], "data": [["R2* up <b>", True]]}
+    assert rec["run_s"] > 0 and rec["status"] == "ok" and rec["started"] <= rec["finished"]
+    nb = nbformat.read(runs["reports"] / "toy_ok.ipynb", as_version=4)
+    assert nb.metadata["studylib"] == rec
+    assert nb.metadata["papermill"]["parameters"]["heavy_s"] == runs["heavy_s"]
+    assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.slow
+def test_html_report_folded_code_figures_tables_toc_footer_escaped(runs):
+    page = (runs["reports"] / "toy_ok.html").read_text()
+    assert "<script src=" not in page and "cdnjs" not in page  # offline: no CDN scripts
+    assert page.count('<details class="studylib-code">') >= 4  # code folded by default
+    assert re.search(r'<img[^>]+src="data:image/png;base64,', page)  # figure embedded
+    assert 'class="dataframe' in page and "table.dataframe" in page  # pandas table, styled
+    toc = re.search(r'<nav class="studylib-toc".*?</nav>', page, re.S).group(0)
+    assert "Fit the maps (cached)" in toc and "Figure" in toc and "Conclusions" in toc
+    assert 'id="studylib-provenance"' in page and runs["second"]["manifest"]["sha256"] in page
+    # user-provided strings are escaped everywhere (headline, animal IDs, group names)
+    assert "<script>alert" not in page
+    assert html.escape("R2* rose with Amp B " + EVIL) in page
+    assert "m&lt;01&gt;" in page
+
+
+@pytest.mark.slow
+def test_index_lists_every_experiment_with_status_and_escapes(runs):
+    page = (runs["reports"] / "index.html").read_text()
+    assert "<script" not in page
+    for name in ("toy_ok", "toy_fail"):  # toy_fail was not rerun but is still listed
+        assert f'href="{name}.html"' in page and f'href="{name}.json"' in page and f'href="{name}.ipynb"' in page
+    assert 'sl-status failed">failed' in page and 'sl-status ok">ok' in page
+    assert html.escape(EVIL) in page and "ValueError: bad &lt;voxel&gt; &amp; co" in page
+    assert "1 ok, 1 failed" in page
+    assert runs["second"]["git"]["commit"] is None or runs["second"]["git"]["commit"][:12] in page
+
+
+@pytest.mark.slow
+def test_rerun_with_nothing_changed_reads_the_cache_and_is_fast(runs):
+    first, heavy, second = runs["first"]["toy_ok"], runs["heavy"], runs["second"]
+    assert first["cache"]["misses"] == 2 and first["cache"]["hits"] == 0
+    assert heavy["cache"]["misses"] == 2 and heavy["cache"]["hits"] == 0  # heavy_s is a parameter of the maps
+    assert second["cache"]["misses"] == 0 and second["cache"]["hits"] == 2
+    assert [e["name"] for e in second["cache"]["events"]] == ["r2star_maps", "roi_table"]
+    assert heavy["run_s"] > runs["heavy_s"]
+    assert second["run_s"] < 0.2 * heavy["run_s"], (first["run_s"], heavy["run_s"], second["run_s"])
+    assert second["headline"] == heavy["headline"] == first["headline"]
+
+
+@pytest.mark.slow
+def test_changing_a_parameter_recomputes_only_its_dependents(runs, tmp_path):
+    kw = dict(runs["kw"], reports=tmp_path / "rep", parameters={"scale": 2.0})
+    assert wb.run(["toy_ok"], **kw) == 0
+    rec = json.loads((tmp_path / "rep" / "toy_ok.json").read_text())
+    assert rec["cache"]["misses"] == 2  # the maps (parameter) and the table computed from them
+    assert rec["numbers"]["effect_per_s"] == 132.0
+
+
+@pytest.mark.slow
+def test_show_and_load_intermediate(runs, capsys, monkeypatch):
+    assert wb.show("toy_ok", preset="ci", cache_dir=runs["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "r2star_maps" in out and "roi_table" in out and "zarr" in out and "parquet" in out
+    assert "toy R2* maps" in out and "load_intermediate" in out
+    maps = wb.load_intermediate("toy_ok", "r2star_maps", preset="ci", cache_dir=runs["cache"])
+    assert isinstance(maps, xr.Dataset) and maps.r2star.attrs["units"] == "1/s"
+    assert list(maps.animal.values) == ["m<01>", "m02"]
+    table = wb.load_intermediate("toy_ok", "roi_table", preset="ci", cache_dir=runs["cache"])
+    assert isinstance(table, pd.DataFrame) and len(table) == 2
+    with pytest.raises(CacheError, match="available: .*r2star_maps"):
+        wb.load_intermediate("toy_ok", "nope", preset="ci", cache_dir=runs["cache"])
+    # the CLI uses the default cache folder data/<preset>/derived under the current folder
+    from studylib.cli import main
+
+    monkeypatch.chdir(runs["root"])
+    assert main(["show", "toy_ok", "--preset", "ci"]) == 0
+    assert "r2star_maps" in capsys.readouterr().out
+    assert main(["show", "no_such_experiment", "--preset", "ci"]) == 1
+    assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_show_registered_experiment_without_cache(tmp_path, capsys):
+    assert wb.show("collagen_adc", preset="ci", cache_dir=tmp_path) == 0
+    assert "no cached intermediates" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- killed mid-write
+
+@pytest.mark.slow
+def test_run_killed_mid_cache_write_leaves_nothing_partial_and_rerun_completes(tmp_path):
+    env = make_toy_study(tmp_path, {"toy_slow": TOY_SLOW})
+    marker = tmp_path / "kernel.pid"
+    code = textwrap.dedent(f"""
+        from studylib import workbook
+        workbook.run(["toy_slow"], preset="ci", reports={str(env['reports'])!r}, manifest={str(env['manifest'])!r},
+                     notebooks_dir={str(env['notebooks'])!r}, cache_dir={str(env['cache'])!r},
+                     parameters={{"marker": {str(marker)!r}}}, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    kernel_pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text().strip()):
+            assert proc.poll() is None, "runner ended before the notebook started writing"
+            assert time.monotonic() < deadline, "the notebook never started writing its cache entry"
+            time.sleep(0.05)
+        kernel_pid = int(marker.read_text())
+        time.sleep(0.8)
+        os.kill(proc.pid, signal.SIGKILL)  # the runner ...
+        os.kill(kernel_pid, signal.SIGKILL)  # ... and its kernel, mid-write
+    finally:
+        proc.wait(timeout=30)
+    parent = env["cache"] / "toy_slow" / "maps"
+    assert parent.is_dir() and all(".tmp-" in p.name for p in parent.iterdir())  # only the partial write
+    with pytest.raises(CacheError):
+        wb.load_intermediate("toy_slow", "maps", preset="ci", cache_dir=env["cache"])
+    assert not (env["reports"] / "toy_slow.html").exists() and not (env["reports"] / "toy_slow.json").exists()
+
+    rc = wb.run(["toy_slow"], preset="ci", reports=env["reports"], manifest=env["manifest"],
+                notebooks_dir=env["notebooks"], cache_dir=env["cache"],
+                parameters={"marker": str(marker), "slow": False}, progress=False)
+    assert rc == 0
+    rec = json.loads((env["reports"] / "toy_slow.json").read_text())
+    assert rec["status"] == "ok" and rec["cache"]["misses"] == 1
+    assert float(wb.load_intermediate("toy_slow", "maps", preset="ci", cache_dir=env["cache"]).v.sum()) == 384
+
+
+# ---------------------------------------------------------------------------- bad input (no kernel)
+
+def test_bad_experiment_names_and_missing_notebooks(tmp_path):
+    env = make_toy_study(tmp_path, {"toy_ok": TOY_OK})
+    kw = dict(preset="ci", reports=tmp_path / "r", manifest=env["manifest"], notebooks_dir=env["notebooks"])
+    with pytest.raises(wb.WorkbookError, match="unknown experiment 'nope'"):
+        wb.run(["nope"], **kw)
+    with pytest.raises(wb.WorkbookError, match=r"notebook .*collagen_adc.py does not exist"):
+        wb.run(["collagen_adc"], **kw)
+    with pytest.raises(wb.WorkbookError, match="not valid"):
+        wb.run(["../etc/passwd"], **kw)
+    with pytest.raises(wb.WorkbookError, match="no experiment notebooks found"):
+        wb.run(None, **kw)  # toy_ok is not a registered experiment, so the default list is empty
+    with pytest.raises(wb.WorkbookError, match="is not a folder"):
+        wb.run(["toy_ok"], **dict(kw, notebooks_dir=tmp_path / "missing"))
+    assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_bad_manifest_preset_and_scheduler(tmp_path):
+    env = make_toy_study(tmp_path, {"toy_ok": TOY_OK})
+    kw = dict(preset="ci", reports=tmp_path / "r", notebooks_dir=env["notebooks"])
+    with pytest.raises(wb.WorkbookError, match="not found"):
+        wb.run(["toy_ok"], manifest=tmp_path / "missing.csv", **kw)
+    (tmp_path / "data" / "toy" / "raw" / "scan.txt").unlink()
+    with pytest.raises(wb.WorkbookError, match=r"1 file\(s\) listed in the manifest are missing"):
+        wb.run(["toy_ok"], manifest=env["manifest"], **kw)
+    with pytest.raises(wb.WorkbookError, match="preset"):
+        wb.run(["toy_ok"], manifest=env["manifest"], **dict(kw, preset="../x"))
+    with pytest.raises(SchedulerError, match="unknown scheduler"):
+        wb.run(["toy_ok"], manifest=env["manifest"], scheduler="quantum", **kw)
+    assert all(isinstance(e, type) and issubclass(e, StudyError) for e in (wb.WorkbookError, SchedulerError))
+
+
+def test_missing_preset_data_is_generated_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_generate(preset, out=None, seed=None, manifest=None):
+        calls.append(preset)
+        f = tmp_path / "data" / preset / "raw" / "x.txt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+        m = tmp_path / "data" / preset / "data_manifest.csv"
+        m.write_text(f"study,animal,group,day,kind,path,sha256\ntoy,a,g,0,T2w,raw/x.txt,"
+                     f"{hashlib.sha256(b'x').hexdigest()}\n")
+        return m
+
+    monkeypatch.setitem(sys.modules, "studylib.synth", types.SimpleNamespace(generate=fake_generate))
+    monkeypatch.chdir(tmp_path)
+    m = wb._ensure_data("ci", None)
+    assert calls == ["ci"] and m == (tmp_path / "data" / "ci" / "data_manifest.csv").resolve()
+    assert wb._ensure_data("ci", None) == m and calls == ["ci"]  # present: not regenerated
+    (tmp_path / "data" / "ci" / "raw" / "x.txt").unlink()  # a listed file went missing: regenerate
+    wb._ensure_data("ci", None)
+    assert calls == ["ci", "ci"]
+
+
+def test_default_locations():
+    assert wb.default_manifest("demo") == Path("data_manifest.csv")
+    assert wb.default_manifest("ci") == Path("data/ci/data_manifest.csv")
+    assert wb.default_cache_dir("ci") == Path("data/ci/derived")
+    assert wb.default_cache_dir("demo", manifest="data_manifest.csv") == Path("data/demo/derived")
+    assert wb.default_cache_dir("demo", manifest="/elsewhere/study/m.csv") == Path("/elsewhere/study/derived")
+    assert set(wb.EXPERIMENTS) == {"ampb_ferumoxytol", "blz945_femri", "ferumoxytol_therapy", "collagen_adc",
+                                   "ktrans_hypoxia", "fluorine19_pfc", "lactate_cest"}
+
+
+# ---------------------------------------------------------------------------- the recording protocol
+
+def test_record_headline_and_conclusions_write_the_record_file(tmp_path, monkeypatch):
+    path = tmp_path / "rec.json"
+    monkeypatch.setenv(wb.RECORD_ENV, str(path))
+    monkeypatch.setattr(wb, "_RECORD", {})
+    out = wb.record_headline("  ADC fell <3> ", estimate=np.float32(-0.5), n=np.int64(12), p=None)
+    assert out == {"headline": "ADC fell <3>", "numbers": {"estimate": -0.5, "n": 12, "p": None}}
+    df = pd.DataFrame({"r": [-0.7]}, index=pd.Index(["collagen"], name="finding"))
+    assert wb.record_conclusions(df) is df
+    rec = json.loads(path.read_text())
+    assert rec["headline"] == "ADC fell <3>" and rec["conclusions"] == {"columns": ["finding", "r"],
+                                                                       "data": [["collagen", -0.7]]}
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: wb.record_headline(""), "non-empty string"),
+    (lambda: wb.record_headline(3), "non-empty string"),
+    (lambda: wb.record_headline("x", ci=[1, 2]), "must be a scalar"),
+    (lambda: wb.record_conclusions({"a": 1}), "expected a pandas DataFrame"),
+])
+def test_record_bad_input(call, msg, monkeypatch):
+    monkeypatch.delenv(wb.RECORD_ENV, raising=False)
+    with pytest.raises(wb.WorkbookError, match=msg):
+        call()
+
+
+def _fake_record(name, headline, status="ok", animal="m1"):
+    return {"studylib_report": wb.REPORT_FORMAT, "experiment": name, "title": name, "status": status,
+            "headline": headline, "numbers": {"n_" + animal: 1.0}, "run_s": 1.0, "started": "2026-01-01",
+            "error": None if status == "ok" else {"ename": "E", "evalue": headline},
+            "git": {"commit": "a" * 40, "dirty": False}, "manifest": {"sha256": "b" * 64}}
+
+
+def _tags_and_text(page: str):
+    from html.parser import HTMLParser
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.tags, self.text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    p = P()
+    p.feed(page.split("<tbody>")[1].split("</tbody>")[0])
+    return p.tags, "".join(p.text)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=40), st.sampled_from(["ok", "failed"]), st.text(min_size=1, max_size=10))
+def test_index_escapes_any_user_string(tmp_path, text, status, animal):
+    """Whatever the headline/animal strings, the page's tag structure is the same and the text reads back."""
+    (tmp_path / "x.json").write_text(json.dumps(_fake_record("lactate_cest", "x", status, "y")))
+    ref_tags, _ = _tags_and_text(wb.write_index(tmp_path).read_text())
+    (tmp_path / "x.json").write_text(json.dumps(_fake_record("lactate_cest", text, status, animal)))
+    page = wb.write_index(tmp_path).read_text()
+    tags, shown = _tags_and_text(page)
+    assert tags == ref_tags  # nothing from the user strings became markup
+    assert text.replace("\r\n", "\n").replace("\r", "\n") in shown.replace("\r\n", "\n").replace("\r", "\n")
+    assert html.escape(text) in page
+
+
+def test_toc_built_from_headings():
+    body = ('<h1 id="Title-&lt;x&gt;">Title &lt;x&gt;<a class="anchor-link" href="#Title">¶</a></h1>'
+            '<h2 id="Part-1">Part 1</h2><h4 id="deep">deep</h4>')
+    toc = wb._toc_html(body)
+    assert 'href="#Title-&lt;x&gt;">Title &lt;x&gt;</a>' in toc and 'href="#Part-1"' in toc and "deep" not in toc
+    assert wb._toc_html("<p>no headings</p>") == ""
