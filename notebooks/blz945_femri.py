@@ -52,7 +52,6 @@ n_boot = 2000
 seed = 0
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 import studylib as sl
@@ -118,7 +117,8 @@ fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumo
 # %%
 effect = ex.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
                                 day_model=day_model, covariates=ex.model_covariates(sessions))
-print(effect["formula"], f"(difference on day {effect['at_day']:g}, {effect['n_animals']} animals)")
+print(f"difference on day {effect['at_day']:g}")
+print(ex.model_diagnostics(effect))
 effect["model"].fixed
 
 # %% [markdown]

@@ -44,7 +44,6 @@ n_boot = 2000
 seed = 0
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 import studylib as sl

@@ -51,7 +51,6 @@ r2_day = None  # day of the R2* comparison; None: day 1 (24 h after ferumoxytol)
 alpha = 0.05
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 import studylib as sl
@@ -129,8 +128,19 @@ fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumo
 
 # %%
 growth = ex.longitudinal_effect(sessions, "log_volume", control=control, treated=treated, slope=True)
-print(growth["formula"], f"({growth['n_animals']} animals)")
+print(ex.model_diagnostics(growth))
 growth["model"].fixed
+
+# %% [markdown]
+# The same growth data as per-group growth rates, doubling times and the treated/control (T/C) volume ratio
+# of geometric means on each imaging day (`studylib.stats.tumour_growth`, on the animals' mean volume).
+
+# %%
+from IPython.display import display
+
+growth_stats = sl.stats.tumour_growth(sessions, control=control)
+display(growth_stats.rates)
+growth_stats.tc
 
 # %% [markdown]
 # ## 7. Ferumoxytol uptake: tumour R2\* 24–48 h after injection
@@ -141,7 +151,8 @@ growth["model"].fixed
 r2_day = ex.uptake_day(sessions["day"].unique()) if r2_day is None else r2_day
 r2 = ex.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=r2_day,
                             day_model="categorical")
-print(r2["formula"], f"(difference on day {r2_day})")
+print(f"difference on day {r2_day}")
+print(ex.model_diagnostics(r2))
 r2["model"].fixed
 
 # %% [markdown]

@@ -38,7 +38,7 @@ def _cmd_run(args) -> int:
     from .workbook import run
 
     return run(args.experiments or None, preset=args.preset, reports=args.reports,
-               scheduler=args.scheduler, manifest=args.manifest)
+               scheduler=args.scheduler, manifest=args.manifest, force=args.force)
 
 
 def _cmd_show(args) -> int:
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--manifest", default=None)
     r.add_argument("--scheduler", default=None,
                    help="threads (default), local, or a scheduler address tcp://host:port (env STUDYLIB_SCHEDULER)")
+    r.add_argument("--force", action="store_true",
+                   help="execute notebooks even when their last successful report is still current")
     r.set_defaults(func=_cmd_run)
 
     w = sub.add_parser("show", help="list an experiment's cached intermediate results")

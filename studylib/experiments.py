@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,20 +31,65 @@ from .errors import StudyError
 
 __all__ = [
     "ExperimentError",
-    "PAPERS",
     "ExperimentResult",
+    "PAPERS",
+    "CONCLUSION_COLUMNS",
+    "ROI_LABELS",
+    "FERUMOXYTOL_LABELS",
     "check_effect",
     "conclusions_table",
-    "headline",
     "disagreements",
     "summary_lines",
+    "headline",
     "find_truth",
     "load_truth",
+    "truth_value",
     "session_table",
     "animal_table",
+    "repo_root",
+    "resolve_manifest",
+    "require_verified",
+    "pick_groups",
+    "design_table",
+    "anatomy",
+    "voxel_volume_mm3",
+    "data_root",
+    "get_cache",
+    "quality_variable",
+    "histology_column",
+    "background_mask",
+    "fit_relaxation_maps",
+    "roi_tables",
+    "record",
     "longitudinal_effect",
+    "model_diagnostics",
+    "model_covariates",
     "correlation_effect",
     "compute_with_progress",
+    "find_key",
+    "true_effect",
+    "true_correlation",
+    "effect_row",
+    "correlation_row",
+    "group_difference",
+    "conclusions_ampb",
+    "conclusions_blz945",
+    "analyse_iron_study",
+    "tumour_volumes",
+    "per_tumour_table",
+    "animal_means",
+    "uptake_day",
+    "conclusions_ferumoxytol",
+    "analyse_ferumoxytol_therapy",
+    "regression_slope",
+    "conclusions_collagen",
+    "fit_adc_maps",
+    "analyse_collagen_adc",
+    "other_correlations",
+    "conclusions_ktrans",
+    "baseline_frames",
+    "fit_dce_maps",
+    "analyse_ktrans_hypoxia",
 ]
 
 #: Conclusion table columns, in order.
@@ -489,9 +534,9 @@ def background_mask(ds: xr.Dataset, *, label: int = 5) -> xr.DataArray | None:
 def _bare(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` without its non-index coordinates (group, sex, model, acquired).
 
-    Work-around: ``DataArray.chunk`` also chunks non-index coordinates (xarray >= 2025), after which
-    ``chunksizes`` in the shared fit adapter sees two chunkings of ``animal`` and raises; fits run on
-    the bare arrays and :func:`_with_design` puts the coordinates back on the maps.
+    Fits run on the bare arrays and :func:`_with_design` puts the design coordinates back on the
+    maps: ``DataArray.chunk`` also chunks non-index coordinates (xarray >= 2025), which an earlier
+    version of the shared fit adapter could not handle; this keeps the maps independent of that.
     """
     return ds.reset_coords(drop=True)
 
@@ -673,6 +718,17 @@ def longitudinal_effect(table: pd.DataFrame, y: str, *, control: str, treated: s
                 ddf=ddf, model=fit)
 
 
+def model_diagnostics(effect: Mapping) -> str:
+    """One paragraph on the mixed model behind an effect: formula, size, convergence, singularity,
+    and any warning other than the optimiser comparison notes."""
+    m = effect["model"]
+    lines = [f"{effect['formula']}  (random {effect.get('re_formula', '')} per {m.groups}; "
+             f"{m.n_obs} observations, {m.n_groups} animals; {m.ddf} df)",
+             f"converged: {bool(m.converged)}; singular/boundary fit: {bool(m.boundary)}"]
+    lines += [w for w in m.warnings if not w.startswith("optimizer ")]
+    return "\n".join(lines)
+
+
 def model_covariates(table: pd.DataFrame, column: str = "model") -> list[str]:
     """``["C(model)"]`` when the table has more than one tumour model, else ``[]``."""
     if column in table.columns and table[column].nunique() > 1:
@@ -841,7 +897,7 @@ def conclusions_blz945(effect: Mapping, corr: Mapping, truth: Mapping, *, contro
 
 
 def analyse_iron_study(manifest, study: str, *, method: str = "auto", control: str | None = None,
-                       treated: str | None = None, effect_day: float | None = None, day_model: str = "linear",
+                       treated: str | None = None, effect_day: float | None = None, day_model: str = "categorical",
                        hist_keywords: Sequence[str] = ("iba1",), n_boot: int = 2000, seed: int = 0,
                        alpha: float = 0.05, cache_dir=None, verify: bool = True) -> ExperimentResult:
     """The whole ``ampb_ferumoxytol`` / ``blz945_femri`` analysis: the notebook's steps in one call.

@@ -377,6 +377,27 @@ def _check_content(p: Path, kind: str, full: bool) -> list[str]:
     return probs
 
 
+def _check_axis(image: Path, base: Path, side_rel: str, kind: str) -> list[str]:
+    """The sidecar's acquisition axis (EchoTime, bValue, ...) must match the image's volumes.
+
+    A sidecar that cannot be read is reported on its own row, not again here.
+    """
+    from .io.nifti import read_header
+    from .io.sidecar import acquisition_axis, read_sidecar
+
+    try:
+        side = resolve_path(base, side_rel)
+        sc = read_sidecar(side)
+        info = read_header(image)
+    except StudyError:
+        return []
+    try:
+        acquisition_axis(kind, sc, n_volumes=info.n_volumes, source=str(side))
+    except StudyError as err:
+        return [str(err)]
+    return []
+
+
 def _stem(path: str) -> str:
     for ext in (".nii.gz", ".nii", ".json"):
         if path.endswith(ext):
@@ -443,11 +464,13 @@ def verify_manifest(path, check_hashes: bool = True) -> list[str]:
                     if got is not None and got != sha:
                         bad_hash = True
                         row_probs.append(f"sha256 mismatch: expected {sha} got {got}")
-                if not bad_hash:
-                    row_probs += _check_content(p, kinds[i], full=check_hashes)
+                content = [] if bad_hash else _check_content(p, kinds[i], full=check_hashes)
+                row_probs += content
                 k = kinds[i]
                 if k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and _stem(rel) + ".json" not in listed:
                     row_probs.append(f"no JSON sidecar row ({_stem(rel)}.json) for this {k} image")
+                elif k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and not bad_hash and not content:
+                    row_probs += _check_axis(p, base, _stem(rel) + ".json", k)
         problems += [f"row {i + 1}: {fname}: {m}" for m in row_probs]
     return problems
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import StudyError
 
-__all__ = ["R1Value", "R1_GD_PLASMA_37C", "AGENT_ALIASES", "r1_gd", "SOURCE"]
+__all__ = ["R1Value", "R1_GD_PLASMA_37C", "AGENT_ALIASES", "RelaxivityError", "r1_gd", "SOURCE"]
 
 SOURCE = ("Rohrer M, Bauer H, Mintorovitch J, Requardt M, Weinmann HJ. Comparison of magnetic properties "
           "of MRI contrast media solutions at different magnetic field strengths. Invest Radiol "

@@ -34,6 +34,7 @@ import datetime as _dt
 import hashlib
 import html
 import json
+import logging
 import math
 import os
 import platform
@@ -61,6 +62,7 @@ __all__ = [
     "record_headline",
     "render_report",
     "run",
+    "run_fingerprint",
     "show",
     "write_index",
 ]
@@ -606,6 +608,7 @@ def render_report(nb, prov: dict) -> str:
     c.TagRemovePreprocessor.remove_all_outputs_tags = {"remove-output", "remove_output"}
     exporter = HTMLExporter(config=c, template_name="studylib", extra_template_basedirs=[str(TEMPLATE_DIR)])
     exporter.embed_images = True
+    exporter.log = _report_log()
     nb = _copy_nb(nb)
     nb.metadata["title"] = prov.get("title") or prov.get("experiment") or "report"
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb.metadata["title"]}})
@@ -613,8 +616,21 @@ def render_report(nb, prov: dict) -> str:
     body = body.replace("<!-- studylib:header -->", _header_html(prov), 1)
     body = body.replace("<!-- studylib:toc -->", _toc_html(body), 1)
     body = body.replace("<!-- studylib:footer -->", _footer_html(prov), 1)
-    body = re.sub(r"<img(?![^>]*\balt=)", '<img alt="figure"', body)
     return body
+
+
+class _NoAltTextWarning(logging.Filter):
+    """nbconvert adds a generic alt text to matplotlib figures itself; its warning about it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Alternative text is missing" not in record.getMessage()
+
+
+def _report_log() -> logging.Logger:
+    log = logging.getLogger("studylib.workbook.nbconvert")
+    if not any(isinstance(f, _NoAltTextWarning) for f in log.filters):
+        log.addFilter(_NoAltTextWarning())
+    return log
 
 
 def _copy_nb(nb):
@@ -671,7 +687,8 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
             f"<td>{_status_badge(str(r.get('status')))}</td>"
             f'<td class="sl-left">{head}' + (f'<br><span class="sl-muted">{_e(nums_s)}</span>' if nums_s else "")
             + "</td>"
-            f"<td>{float(r.get('run_s') or 0):.1f} s<br><span class=\"sl-muted\">{_e(r.get('started'))}</span></td>"
+            f"<td>{float(r.get('run_s') or 0):.1f} s<br><span class=\"sl-muted\">{_e(r.get('started'))}"
+            + (f"<br>unchanged, reused {_e(r.get('reused_at'))}" if r.get("reused_at") else "") + "</span></td>"
             f'<td class="sl-muted">{prov}</td>'
             f'<td><a href="{_e(exp)}.html">report</a><br><a href="{_e(exp)}.ipynb">notebook</a><br>'
             f'<a href="{_e(exp)}.json">provenance</a></td>'
@@ -745,7 +762,8 @@ def _resolve_experiments(experiments, nbdir: Path) -> list[str]:
 
 def run(experiments: list[str] | None = None, preset: str = "demo", reports="reports", scheduler=None,
         manifest=None, *, notebooks_dir=None, cache_dir=None, parameters: dict | None = None,
-        timeout_s: float | None = None, progress: bool = True, kernel_name: str = "python3") -> int:
+        timeout_s: float | None = None, progress: bool = True, kernel_name: str = "python3",
+        force: bool = False) -> int:
     """Execute experiment notebooks into reports; return the exit code (0 all ok, 1 any failed).
 
     Parameters
@@ -763,9 +781,17 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports="rep
     timeout_s : per-cell execution timeout (None: no limit).
     progress : tqdm progress over experiments and cells (stderr).
     kernel_name : Jupyter kernel (the Makefile installs ``python3`` into the venv).
+    force : execute even notebooks whose previous successful report is still current.
 
     Notes
     -----
+    A notebook whose last run succeeded is not executed again when nothing it depends on has
+    changed: its *run fingerprint* (sha256 of the notebook source, the parameters, the manifest's
+    sha256, size and mtime of every file the manifest lists, the studylib code hash, the python and
+    package versions and the kernel) equals the one stored in ``reports/<exp>.json``.  The report is
+    then kept and its record gets ``reused_at``; ``force=True`` (``studylib run --force``) executes
+    anyway, and then the intermediate-result cache still skips unchanged computations inside it.
+
     Each notebook gets the parameters ``manifest``, ``study`` (= experiment), ``preset``,
     ``cache_dir``, ``scheduler`` and ``reports_dir`` (absolute paths), and runs with the
     current folder as working directory.
@@ -799,7 +825,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports="rep
             ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=man, manifest_sha=man_sha,
                           cache_root=cache_root, scheduler=sched_param, sched_desc=sched_desc,
                           parameters=parameters, base=base, cwd=cwd, timeout_s=timeout_s, progress=progress,
-                          kernel_name=kernel_name)
+                          kernel_name=kernel_name, force=force)
             failed += not ok
         bar.close()
     index = write_index(reports)
@@ -807,14 +833,68 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports="rep
     return 1 if failed else 0
 
 
+def _files_signature(manifest: Path) -> list:
+    """(path, size, mtime_ns) of every file the manifest lists: a cheap check that none was touched."""
+    import csv
+
+    base = manifest.parent
+    out = []
+    with open(manifest, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            p = row.get("path")
+            if not p:
+                continue
+            try:
+                st = (base / p).stat()
+                out.append([p, st.st_size, st.st_mtime_ns])
+            except OSError:
+                out.append([p, None, None])
+    return sorted(out)
+
+
+def run_fingerprint(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str) -> str:
+    """sha256 of everything a notebook run depends on (see :func:`run`, Notes)."""
+    doc = {"format": REPORT_FORMAT, "notebook": _sha256_file(src), "parameters": _jsonable(parameters),
+           "manifest_sha256": _sha256_file(manifest), "files": _files_signature(manifest),
+           "code": base.get("studylib_code_sha256"), "packages": base.get("packages"),
+           "python": base.get("python"), "kernel": kernel_name}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
+    """The previous record when its run succeeded with the same fingerprint and its files exist."""
+    rec_path = reports / f"{name}.json"
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(rec, dict) and rec.get("status") == "ok" and rec.get("fingerprint") == fingerprint
+            and (reports / f"{name}.html").is_file() and (reports / f"{name}.ipynb").is_file()):
+        return None
+    rec["reused_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rec["reuse_count"] = int(rec.get("reuse_count", 0)) + 1
+    _atomic_write(rec_path, json.dumps(rec, indent=1, ensure_ascii=False, allow_nan=False))
+    return rec
+
+
 def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
-             parameters, base, cwd, timeout_s, progress, kernel_name) -> bool:
+             parameters, base, cwd, timeout_s, progress, kernel_name, force=False) -> bool:
     import nbformat
+    from tqdm.auto import tqdm
 
     src = _notebook_file(name, nbdir)
     exp = EXPERIMENTS.get(name)
     standard = {"manifest": str(manifest), "study": name, "preset": preset, "cache_dir": str(cache_root),
                 "scheduler": scheduler, "reports_dir": str(reports.resolve())}
+    # the scheduler is left out: results do not depend on it (a LocalCluster's address changes every run)
+    fingerprint = run_fingerprint(src, {**{k: v for k, v in standard.items() if k != "scheduler"},
+                                        **(parameters or {})}, manifest, base, kernel_name)
+    if not force:
+        prev = _reuse(name, reports, fingerprint)
+        if prev is not None:
+            tqdm.write(f"{name}: unchanged since {prev.get('started')}: report reused (--force to rerun)",
+                       file=sys.stderr)
+            return True
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"studylib-run-{name}-") as tmp:
@@ -848,6 +928,7 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "scheduler": sched_desc,
             "notebook": {"source": src_rel, "sha256": _sha256_file(src)},
             "outputs": {"ipynb": f"{name}.ipynb", "html": f"{name}.html", "json": f"{name}.json"},
+            "fingerprint": fingerprint,
             **base,
         }
         nb = nbformat.read(out_nb, as_version=4)
@@ -869,7 +950,7 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
         msg += f" ({error.get('ename')}: {str(error.get('evalue'))[:200]})"
     if records.get("headline"):
         msg += f" | {records['headline']}"
-    print(msg, file=sys.stderr, flush=True)
+    tqdm.write(msg, file=sys.stderr)
     return status == "ok"
 
 

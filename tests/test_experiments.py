@@ -150,7 +150,7 @@ FIVE = ["ampb_ferumoxytol", "blz945_femri", "ferumoxytol_therapy", "collagen_adc
 
 #: experiment -> (analysis function, keyword arguments): the same steps and defaults as the notebooks
 ANALYSES = {
-    "ampb_ferumoxytol": (ex.analyse_iron_study, dict(day_model="linear", hist_keywords=("iba1",))),
+    "ampb_ferumoxytol": (ex.analyse_iron_study, dict(day_model="categorical", hist_keywords=("iba1",))),
     "blz945_femri": (ex.analyse_iron_study, dict(day_model="categorical", hist_keywords=("prussian", "iron"))),
     "ferumoxytol_therapy": (ex.analyse_ferumoxytol_therapy, {}),
     "collagen_adc": (ex.analyse_collagen_adc, {}),

@@ -39,107 +39,8 @@ def _r2star(**kw):
     return ds, t2star(ds.signal).r2star
 
 
-@pytest.fixture(scope="module")
-def reference():
-    with dask.config.set(scheduler="threads"):
-        return _r2star()[1].values
-
-
-@pytest.fixture(scope="module")
-def cluster_client():
-    """A process LocalCluster (2 workers x 1 thread, with nannies that restart killed workers)."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=50)
-    client = Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
-def _worker_pids(client, n=2, timeout=30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pids = client.run(os.getpid)
-        except Exception:  # a worker going away while we ask
-            pids = {}
-        if len(pids) >= n or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.2)
-
-
-def _kill_busy_worker(client) -> int:
-    """SIGKILL a worker that is executing tasks right now; return its pid."""
-    pids = _worker_pids(client)
-    busy = {}
-    deadline = time.monotonic() + 30
-    while not busy:
-        busy = {w: k for w, k in client.processing().items() if k and w in pids}
-        assert time.monotonic() < deadline, "no worker ever got a task"
-        time.sleep(0.01)
-    victim = sorted(busy)[0]
-    os.kill(pids[victim], signal.SIGKILL)
-    return pids[victim]
-
-
-@pytest.mark.slow
-def test_worker_killed_mid_fit_run_completes_identically(cluster_client, reference):
-    client = cluster_client
-    _, r2s = _r2star()
-    blocks = r2s.data.to_delayed()  # one per scan, in the (animal, day, ...) block grid
-    futures = client.compute(list(blocks.ravel()))
-    deadline = time.monotonic() + 60
-    while not any(f.done() for f in futures):  # the run is under way
-        assert time.monotonic() < deadline, "no task finished"
-        time.sleep(0.01)
-    victim = _kill_busy_worker(client)
-    done_at_kill = sum(f.done() for f in futures)
-    assert done_at_kill < len(futures)  # really in the middle of the fit
-    results = client.gather(futures)  # completes despite the dead worker
-    for idx, res in zip(np.ndindex(blocks.shape), results):
-        np.testing.assert_array_equal(res[0, 0], reference[idx[0], idx[1]])
-    # the killed process is gone (or a zombie awaiting its nanny); the scheduler lost one worker
-    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
-
-
-@pytest.mark.slow
-def test_worker_killed_while_a_cache_entry_is_written(cluster_client, reference, tmp_path):
-    """The cache write computes the fit on the cluster; killing a worker does not leave a bad entry."""
-    client = cluster_client
-    ds, r2s = _r2star()
-    c = Cache("faults", tmp_path, verbose=False)
-    name, params = "r2star_maps", {"study": STUDY}
-    key = c.key(name, params=params)
-    with dask.config.set(scheduler="dask.distributed"), client.as_current():
-        assert compute.active_client() is client
-        import threading
-
-        killer_done = []
-
-        def killer():  # waits until the write is under way, then kills a busy worker
-            deadline = time.monotonic() + 60
-            parent = tmp_path / "faults" / name
-            while not (parent.is_dir() and any(cm.TMP_TAG in p.name for p in parent.iterdir())):
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.01)
-            killer_done.append(_kill_busy_worker(client))
-
-        th = threading.Thread(target=killer, daemon=True)
-        th.start()
-        out = c.get_or_compute(name, lambda: r2s.to_dataset(name="r2star"), params=params)
-        th.join(timeout=60)
-    assert killer_done, "the worker was not killed during the write"
-    np.testing.assert_array_equal(out.r2star.values, reference)
-    assert c.has(name, key)
-    assert [p.name for p in (tmp_path / "faults" / name).iterdir()] == [key]  # no partial folder left
-    again = Cache("faults", tmp_path, verbose=False)
-    np.testing.assert_array_equal(again.load(name).r2star.values, reference)
-
+# ------------------------------------------------------------ a cache writer killed at random moments
+# (first in this file: the writer is forked, before any cluster threads exist in this process)
 
 WRITER_STUDY = dict(n_animals=4, n_days=2, shape=(4, 64, 64))
 
@@ -246,3 +147,107 @@ def test_cache_writer_killed_at_random_moments_never_leaves_a_readable_partial_e
     n_tmp = len(_tmp_folders(root))
     assert n_tmp >= 1 and c.prune(older_than_s=0, keep="all") == n_tmp  # abandoned partial writes
     assert not _tmp_folders(root)
+
+
+# ------------------------------------------------------------ a distributed worker killed mid-fit
+
+@pytest.fixture(scope="module")
+def reference():
+    with dask.config.set(scheduler="threads"):
+        return _r2star()[1].values
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """A process LocalCluster (2 workers x 1 thread, with nannies that restart killed workers)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=50)
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _worker_pids(client, n=2, timeout=30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pids = client.run(os.getpid)
+        except Exception:  # a worker going away while we ask
+            pids = {}
+        if len(pids) >= n or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
+
+
+def _kill_busy_worker(client) -> int:
+    """SIGKILL a worker that is executing tasks right now; return its pid."""
+    pids = _worker_pids(client)
+    busy = {}
+    deadline = time.monotonic() + 30
+    while not busy:
+        busy = {w: k for w, k in client.processing().items() if k and w in pids}
+        assert time.monotonic() < deadline, "no worker ever got a task"
+        time.sleep(0.01)
+    victim = sorted(busy)[0]
+    os.kill(pids[victim], signal.SIGKILL)
+    return pids[victim]
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_fit_run_completes_identically(cluster_client, reference):
+    client = cluster_client
+    _, r2s = _r2star()
+    blocks = r2s.data.to_delayed()  # one per scan, in the (animal, day, ...) block grid
+    futures = client.compute(list(blocks.ravel()))
+    deadline = time.monotonic() + 60
+    while not any(f.done() for f in futures):  # the run is under way
+        assert time.monotonic() < deadline, "no task finished"
+        time.sleep(0.01)
+    victim = _kill_busy_worker(client)
+    done_at_kill = sum(f.done() for f in futures)
+    assert done_at_kill < len(futures)  # really in the middle of the fit
+    results = client.gather(futures)  # completes despite the dead worker
+    for idx, res in zip(np.ndindex(blocks.shape), results):
+        np.testing.assert_array_equal(res[0, 0], reference[idx[0], idx[1]])
+    # the killed process is gone (or a zombie awaiting its nanny); the scheduler lost one worker
+    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.slow
+def test_worker_killed_while_a_cache_entry_is_written(cluster_client, reference, tmp_path):
+    """The cache write computes the fit on the cluster; killing a worker does not leave a bad entry."""
+    client = cluster_client
+    ds, r2s = _r2star()
+    c = Cache("faults", tmp_path, verbose=False)
+    name, params = "r2star_maps", {"study": STUDY}
+    key = c.key(name, params=params)
+    with dask.config.set(scheduler="dask.distributed"), client.as_current():
+        assert compute.active_client() is client
+        import threading
+
+        killer_done = []
+
+        def killer():  # waits until the write is under way, then kills a busy worker
+            deadline = time.monotonic() + 60
+            parent = tmp_path / "faults" / name
+            while not (parent.is_dir() and any(cm.TMP_TAG in p.name for p in parent.iterdir())):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+            killer_done.append(_kill_busy_worker(client))
+
+        th = threading.Thread(target=killer, daemon=True)
+        th.start()
+        out = c.get_or_compute(name, lambda: r2s.to_dataset(name="r2star"), params=params)
+        th.join(timeout=60)
+    assert killer_done, "the worker was not killed during the write"
+    np.testing.assert_array_equal(out.r2star.values, reference)
+    assert c.has(name, key)
+    assert [p.name for p in (tmp_path / "faults" / name).iterdir()] == [key]  # no partial folder left
+    again = Cache("faults", tmp_path, verbose=False)
+    np.testing.assert_array_equal(again.load(name).r2star.values, reference)

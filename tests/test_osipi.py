@@ -37,7 +37,7 @@ def _read(rel, cols, **kw):
 def _fit_one(t, c, cp, model, method="auto", delay=False):
     ct = xr.DataArray(np.asarray(c, float)[None, :], dims=("voxel", "t"), coords={"t": t})
     aif = xr.DataArray(np.asarray(cp, float), dims=("t",), coords={"t": t})
-    ds = F.dce(ct, aif, model, method, delay=delay, delay_range_s=(0.0, 10.0))
+    ds = F.dce(ct, aif, model, method, delay=delay, delay_range_s=(0.0, 10.0), delay_step_s=0.5)
     return {k: float(ds[k].values[0]) for k in ds.data_vars}
 
 

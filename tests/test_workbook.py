@@ -186,17 +186,21 @@ def runs(tmp_path_factory):
     kw["parameters"] = {"heavy_s": heavy_s}
     rc2 = wb.run(["toy_ok"], **kw)
     heavy = json.loads((env["reports"] / "toy_ok.json").read_text())
-    rc3 = wb.run(["toy_ok"], **kw)
+    rc3 = wb.run(["toy_ok"], force=True, **kw)  # executed again: every cached step is a hit
     second = json.loads((env["reports"] / "toy_ok.json").read_text())
-    return {**env, "rc1": rc1, "rc2": rc2, "rc3": rc3, "first": first, "heavy": heavy, "second": second,
-            "heavy_s": heavy_s, "kw": kw}
+    t0 = time.perf_counter()
+    rc4 = wb.run(["toy_ok"], **kw)  # nothing changed since a successful run: not even executed
+    reuse_wall_s = time.perf_counter() - t0
+    reused = json.loads((env["reports"] / "toy_ok.json").read_text())
+    return {**env, "rc1": rc1, "rc2": rc2, "rc3": rc3, "rc4": rc4, "first": first, "heavy": heavy,
+            "second": second, "reused": reused, "reuse_wall_s": reuse_wall_s, "heavy_s": heavy_s, "kw": kw}
 
 
 # ---------------------------------------------------------------------------- the runner end to end
 
 @pytest.mark.slow
 def test_failing_notebook_gets_failed_report_others_still_run_exit_nonzero(runs):
-    assert runs["rc1"] == 1 and runs["rc2"] == 0 and runs["rc3"] == 0
+    assert runs["rc1"] == 1 and runs["rc2"] == 0 and runs["rc3"] == 0 and runs["rc4"] == 0
     ok, bad = runs["first"]["toy_ok"], runs["first"]["toy_fail"]
     assert ok["status"] == "ok" and ok["error"] is None
     assert bad["status"] == "failed"
@@ -277,6 +281,34 @@ def test_rerun_with_nothing_changed_reads_the_cache_and_is_fast(runs):
     assert heavy["run_s"] > runs["heavy_s"]
     assert second["run_s"] < 0.2 * heavy["run_s"], (first["run_s"], heavy["run_s"], second["run_s"])
     assert second["headline"] == heavy["headline"] == first["headline"]
+
+
+@pytest.mark.slow
+def test_unchanged_successful_run_is_reused_without_executing(runs):
+    second, reused = runs["second"], runs["reused"]
+    assert reused["reused_at"] >= second["finished"] and reused["reuse_count"] == 1
+    assert {k: v for k, v in reused.items() if k not in ("reused_at", "reuse_count")} == second
+    assert runs["reuse_wall_s"] < 0.2 * runs["heavy"]["run_s"]
+    nb = nbformat.read(runs["reports"] / "toy_ok.ipynb", as_version=4)
+    assert nb.metadata["studylib"]["started"] == second["started"]  # the executed notebook is kept
+    assert "reused" in (runs["reports"] / "index.html").read_text()
+
+
+def test_run_fingerprint_tracks_what_a_run_depends_on(tmp_path):
+    env = make_toy_study(tmp_path, {"toy_ok": TOY_OK})
+    src, man = env["notebooks"] / "toy_ok.py", env["manifest"]
+    base = {"studylib_code_sha256": "c", "packages": {"numpy": "2"}, "python": "3.11.7"}
+    fp = wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
+    assert fp == wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
+    assert fp != wb.run_fingerprint(src, {"scale": 2}, man, base, "python3")
+    assert fp != wb.run_fingerprint(src, {"scale": 1}, man, dict(base, studylib_code_sha256="d"), "python3")
+    assert fp != wb.run_fingerprint(src, {"scale": 1}, man, dict(base, packages={"numpy": "3"}), "python3")
+    raw = tmp_path / "data" / "toy" / "raw" / "scan.txt"
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # a data file touched
+    assert fp != wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
+    fp2 = wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
+    src.write_text(src.read_text() + "\n# %%\nprint(1)\n")  # the notebook edited
+    assert fp2 != wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
 
 
 @pytest.mark.slow
@@ -482,12 +514,12 @@ def _tags_and_text(page: str):
 def test_index_escapes_any_user_string(tmp_path, text, status, animal):
     """Whatever the headline/animal strings, the page's tag structure is the same and the text reads back."""
     (tmp_path / "x.json").write_text(json.dumps(_fake_record("lactate_cest", "x", status, "y")))
-    ref_tags, _ = _tags_and_text(wb.write_index(tmp_path).read_text())
+    ref_tags, _ = _tags_and_text(wb.write_index(tmp_path).read_bytes().decode())
     (tmp_path / "x.json").write_text(json.dumps(_fake_record("lactate_cest", text, status, animal)))
-    page = wb.write_index(tmp_path).read_text()
+    page = wb.write_index(tmp_path).read_bytes().decode()  # bytes: keep any '\r' as written
     tags, shown = _tags_and_text(page)
     assert tags == ref_tags  # nothing from the user strings became markup
-    assert text.replace("\r\n", "\n").replace("\r", "\n") in shown.replace("\r\n", "\n").replace("\r", "\n")
+    assert text in shown
     assert html.escape(text) in page
 
 

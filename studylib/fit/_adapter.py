@@ -3,7 +3,10 @@
 A kernel is a pure numpy function ``kernel(y, x, **kwargs) -> dict[name, ndarray]`` with
 ``y`` of shape ``(n_voxels, n)`` (the fitted axis last), ``x`` the fitted-axis coordinate
 of shape ``(n,)``, returning arrays of shape ``(n_voxels,)``.  It must return a boolean
-``"fit_ok"`` and put NaN (never raise) where a voxel cannot be fitted.
+``"fit_ok"`` and put NaN (never raise) where a voxel cannot be fitted.  Per-voxel auxiliary
+inputs (a noise map, a reference image, a B0 map...) reach the kernel as keyword arguments of
+shape ``(n_voxels,)`` through ``apply_kernel(..., voxel_inputs={name: DataArray})``, flattened
+and masked exactly like the rows of ``y``.
 
 :func:`apply_kernel` validates the coordinate and the inputs, flattens any leading dims,
 applies the mask, calls the kernel through :func:`xarray.apply_ufunc` with
@@ -86,6 +89,66 @@ def _check_mask(signal: xr.DataArray, mask, dim: str) -> xr.DataArray | None:
     return mask.astype(bool)
 
 
+def _check_voxel_inputs(signal: xr.DataArray, voxel_inputs, dim: str, reserved) -> tuple[dict, dict]:
+    """Split ``voxel_inputs`` into scalars (passed as they are) and bare voxel DataArrays.
+
+    A DataArray must have a subset of the signal's voxel dims with the same sizes (and the same
+    labels where both carry an index coordinate); an ndarray must have the full voxel shape.
+    Non-index coordinates are dropped (the result takes its coordinates from the signal).
+    """
+    scalars, arrays = {}, {}
+    spatial = [d for d in signal.dims if d != dim]
+    for name, v in dict(voxel_inputs or {}).items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"voxel_inputs keys must be identifiers (kernel keyword names), got {name!r}")
+        if name in reserved:
+            raise ValueError(f"voxel input {name!r} clashes with a kernel argument of the same name")
+        if isinstance(v, xr.Dataset):
+            raise FitInputError(f"{name} must be a number or an xarray.DataArray over the signal's voxel dims "
+                                f"{tuple(spatial)}, got a Dataset (pick one variable)")
+        if not isinstance(v, xr.DataArray):
+            if isinstance(v, (bool, int, float, np.number)) or (isinstance(v, np.ndarray) and v.ndim == 0):
+                scalars[name] = v.item() if isinstance(v, np.ndarray) else v
+                continue
+            if not isinstance(v, np.ndarray):
+                raise FitInputError(f"{name} must be a number or an xarray.DataArray over the signal's voxel "
+                                    f"dims {tuple(spatial)}, got {type(v).__name__}")
+            if v.shape != tuple(signal.sizes[d] for d in spatial):
+                raise FitInputError(f"{name} of shape {v.shape} does not match the signal's voxel shape "
+                                    f"{tuple(signal.sizes[d] for d in spatial)} (dims {tuple(spatial)}); "
+                                    f"pass a DataArray to broadcast over some of them")
+            v = xr.DataArray(v, dims=spatial)
+        if not (np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.bool_)):
+            raise FitInputError(f"{name} must be numeric, got dtype {v.dtype}")
+        if dim in v.dims:
+            raise FitInputError(f"{name} must not have the '{dim}' dimension (the fitted axis; "
+                                f"its dims are {tuple(v.dims)})")
+        extra = [d for d in v.dims if d not in signal.dims]
+        if extra:
+            raise FitInputError(f"{name} has dims {extra} that are not voxel dims of the signal {tuple(spatial)}")
+        for d in v.dims:
+            if v.sizes[d] != signal.sizes[d]:
+                raise FitInputError(f"{name} has {v.sizes[d]} along '{d}' but the signal has {signal.sizes[d]}")
+            if d in v.indexes and d in signal.indexes and not v.indexes[d].equals(signal.indexes[d]):
+                raise FitInputError(f"{name}'s '{d}' labels {list(v.indexes[d])[:6]} differ from the signal's "
+                                    f"{list(signal.indexes[d])[:6]}; align it first ({name}.reindex_like(signal))")
+        if v.ndim == 0 and v.chunks is None:
+            scalars[name] = v.values.item()
+            continue
+        arrays[name] = xr.DataArray(v.data, dims=v.dims)
+    return scalars, arrays
+
+
+def _chunk_like(v: xr.DataArray, sig: xr.DataArray) -> xr.DataArray:
+    """Chunk a voxel input like the signal along its dims (one block if the signal is numpy-backed)."""
+    if sig.chunks is not None:
+        # the signal's own chunks (sig.chunksizes also looks at dask-backed non-index coords)
+        return v.chunk({d: sig.data.chunks[sig.get_axis_num(d)] for d in v.dims})
+    if v.chunks is not None:
+        return v.chunk({d: -1 for d in v.dims})  # numpy signal = one block: a lazy input comes in one too
+    return v
+
+
 def apply_kernel(
     kernel: Callable[..., Mapping[str, np.ndarray]],
     signal: xr.DataArray,
@@ -96,6 +159,7 @@ def apply_kernel(
     mask=None,
     kernel_kwargs: Mapping | None = None,
     attrs: Mapping | None = None,
+    voxel_inputs: Mapping[str, xr.DataArray | float] | None = None,
 ) -> xr.Dataset:
     """Apply a voxelwise fitting kernel over every voxel of ``signal`` along ``dim``.
 
@@ -108,8 +172,17 @@ def apply_kernel(
     x : the validated coordinate (default: ``signal[dim]`` as float).
     mask : optional boolean DataArray (or array of the voxel shape); voxels outside are NaN
         with ``fit_ok=False`` and are not passed to the kernel.
-    kernel_kwargs : extra keyword arguments for the kernel (numpy arrays, scalars).
+    kernel_kwargs : extra keyword arguments for the kernel (numpy arrays, scalars), the same for
+        every voxel.
     attrs : attrs of the returned Dataset (method, references...).
+    voxel_inputs : per-voxel auxiliary inputs ``{name: DataArray or number}`` (a noise-sigma map,
+        an m0 image, a B0 map...).  A DataArray's dims must be a subset of the signal's voxel
+        dims, with the same sizes (a per-``animal`` value, a per-``(animal, day)`` value, a full
+        map...); it is broadcast over the other voxel dims, chunked like the signal for Dask
+        input, flattened and masked exactly like the rows of ``y``, and handed to the kernel as
+        the keyword ``name`` of shape ``(n_vox,)`` (its own dtype; NaN is passed through, the
+        kernel decides).  Numbers (and 0-d numpy DataArrays) are passed as they are.  An ndarray
+        must have the full voxel shape.  A mismatch raises :class:`FitInputError` naming the input.
 
     Returns
     -------
@@ -131,14 +204,23 @@ def apply_kernel(
             raise FitInputError(f"signal is all NaN/Inf (dims {tuple(signal.dims)}); nothing to fit")
     mask_da = _check_mask(signal, mask, dim)
     kw = dict(kernel_kwargs or {})
+    scalars, vin = _check_voxel_inputs(signal, voxel_inputs, dim, set(kw) | {"x", "y"})
+    kw.update(scalars)
+    vnames = list(vin)
+    has_mask = mask_da is not None
 
-    def _block(y, m=None):
+    def _block(y, *extra):
         lead = y.shape[:-1]
         flat = np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1])
+        m = extra[0] if has_mask else None
         sel = np.ones(flat.shape[0], dtype=bool) if m is None else np.broadcast_to(m, lead).reshape(-1).astype(bool)
         res = {}
         if sel.any():
-            res = kernel(flat[sel] if not sel.all() else flat, x, **kw)
+            vkw = {}
+            for name, v in zip(vnames, extra[int(has_mask):]):
+                v = np.broadcast_to(np.asarray(v), lead).reshape(-1)
+                vkw[name] = np.ascontiguousarray(v) if sel.all() else v[sel]
+            res = kernel(flat[sel] if not sel.all() else flat, x, **kw, **vkw)
         outs = []
         for o in outputs:
             if o.dtype is bool or o.dtype is np.bool_:
@@ -163,6 +245,9 @@ def apply_kernel(
             # e.g. load_study's group/acquired, and raises when they are chunked differently)
             mask_da = mask_da.chunk({d: sig.data.chunks[sig.get_axis_num(d)] for d in mask_da.dims})
             args[1] = mask_da
+    for v in vin.values():
+        args.append(_chunk_like(v, sig))
+        core.append([])
     results = xr.apply_ufunc(
         _block,
         *args,

@@ -26,13 +26,11 @@ import xarray as xr
 
 from ..errors import FitInputError
 from ..models import cest as _m
-from ._adapter import Output, apply_kernel
+from ._adapter import Output, _check_voxel_inputs, _chunk_like, apply_kernel
 
 __all__ = ["cest_b0_map", "mtr_asym", "lorentzian_pools", "corrected_zspectrum", "cest_change"]
 
 GAMMA_1H_MHZ_PER_T = 42.577478  # MHz/T: 1 ppm at B0 [T] is 42.577 * B0 Hz
-
-_COL = "_cest_col"
 
 
 def _offsets(signal, dim, source):
@@ -67,44 +65,9 @@ def _split(signal, m0, normalized, source):
     return signal, m0
 
 
-def _voxel_da(v, signal, dim, name, source):
-    """A per-voxel DataArray (no ``dim``) broadcast to the signal's voxel dims."""
-    template = _strip(signal.isel({dim: 0}, drop=True))[0]
-    if np.isscalar(v) or (isinstance(v, np.ndarray) and v.ndim == 0):
-        return xr.full_like(template, float(v), dtype=float)
-    if not isinstance(v, xr.DataArray):
-        raise FitInputError(f"{source}: {name} must be an xarray.DataArray over the voxel dims "
-                            f"{tuple(template.dims)} or a number, got {type(v).__name__}")
-    if dim in v.dims:
-        raise FitInputError(f"{source}: {name} must not have the '{dim}' dimension (dims {tuple(v.dims)})")
-    extra = set(v.dims) - set(template.dims)
-    if extra:
-        raise FitInputError(f"{source}: {name} has dims {sorted(extra)} that the signal does not have "
-                            f"(signal voxel dims {tuple(template.dims)})")
-    for d in v.dims:
-        if v.sizes[d] != template.sizes[d]:
-            raise FitInputError(f"{source}: {name} has {v.sizes[d]} along '{d}' but the signal has {template.sizes[d]}")
-    v = v.drop_vars([c for c in v.coords if c not in v.dims], errors="ignore")
-    out = v.broadcast_like(template).transpose(*template.dims)
-    return out.astype(float)
-
-
-def _pack(signal, dim, m0, b0, source):
-    """Stack ``[S(offsets)..., S0?, dB0?]`` along a column dim for the kernel."""
-    sig = _strip(signal.astype(float))[0].drop_vars(dim).rename({dim: _COL})
-    parts = [sig]
-    if m0 is not None:
-        parts.append(_voxel_da(m0, signal, dim, "m0", source).expand_dims(_COL, axis=-1))
-    if b0 is not None:
-        parts.append(_voxel_da(b0, signal, dim, "b0_ppm", source).expand_dims(_COL, axis=-1))
-    if len(parts) == 1:
-        packed = sig
-    else:
-        packed = xr.concat(parts, dim=_COL, coords="minimal", compat="override", join="override")
-    packed = packed.transpose(*[d for d in packed.dims if d != _COL], _COL)
-    if packed.chunks is not None:
-        packed = packed.chunk({_COL: -1})
-    return packed.assign_coords({_COL: np.arange(packed.sizes[_COL])})
+def _voxel_inputs(m0, b0):
+    """The per-voxel inputs of the kernels (validated, broadcast and masked by apply_kernel)."""
+    return {k: v for k, v in (("m0", m0), ("b0_ppm", b0)) if v is not None}
 
 
 def _strip(da):
@@ -239,16 +202,15 @@ def mtr_asym(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, deltas_ppm:
     if interp not in ("cubic", "linear"):
         raise FitInputError(f"mtr_asym: interp must be 'cubic' or 'linear', got {interp!r}")
     deltas, bands = _check_pairs(x, deltas_ppm, tuple(bands_ppm), "mtr_asym")
-    packed = _pack(signal, dim, m0, b0_ppm, "mtr_asym")
+    bare, extra = _strip(signal)
     outs = [Output(f"mtr_asym_{i}", "%", f"MTRasym at {d:g} ppm") for i, d in enumerate(deltas)]
     outs += [Output(f"mtr_asym_band_{i}", "% ppm", f"MTRasym integral {lo:g}-{hi:g} ppm")
              for i, (lo, hi) in enumerate(bands)]
     outs.append(Output("fit_ok", "", "MTRasym computed", bool))
     res = apply_kernel(
-        _m.mtr_asym_kernel, packed, _COL, outs, x=np.arange(packed.sizes[_COL], dtype=float),
-        mask=_mask_for(mask),
-        kernel_kwargs=dict(deltas_ppm=deltas, bands_ppm=bands, kind=interp, band_points=band_points,
-                           has_s0=m0 is not None, has_b0=b0_ppm is not None, offsets_ppm=x),
+        _m.mtr_asym_kernel, bare, dim, outs, x=x, mask=_mask_for(mask),
+        kernel_kwargs=dict(deltas_ppm=deltas, bands_ppm=bands, kind=interp, band_points=band_points),
+        voxel_inputs=_voxel_inputs(m0, b0_ppm),
     )
     ds = xr.Dataset(attrs={
         "method": "MTRasym = Z(-D) - Z(+D), " + ("B0-corrected per voxel" if b0_ppm is not None else "no B0 correction")
@@ -270,7 +232,7 @@ def mtr_asym(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, deltas_ppm:
         ds = ds.assign_coords(band_lo=("band", [b[0] for b in bands], {"units": "ppm"}),
                               band_hi=("band", [b[1] for b in bands], {"units": "ppm"}))
     ds["fit_ok"] = res["fit_ok"]
-    return _restore(ds, _strip(signal)[1])
+    return _restore(ds, extra)
 
 
 def lorentzian_pools(signal, m0: xr.DataArray | None = None, *, pools: Sequence[_m.Pool] = _m.LATEST_POOLS,
@@ -313,7 +275,7 @@ def lorentzian_pools(signal, m0: xr.DataArray | None = None, *, pools: Sequence[
             if not (lo <= v <= hi) or (what == "fwhm_ppm" and lo <= 0):
                 raise FitInputError(f"lorentzian_pools: pool {p.name!r} {what} start {v} is outside its bounds "
                                     f"({lo}, {hi}) or the width bound is not positive")
-    packed = _pack(signal, dim, m0, b0_ppm, "lorentzian_pools")
+    bare, extra = _strip(signal)
     outs = []
     for p in pools:
         outs += [Output(f"{p.name}_amplitude", "%", f"{p.name} pool amplitude (% of S0)"),
@@ -321,15 +283,13 @@ def lorentzian_pools(signal, m0: xr.DataArray | None = None, *, pools: Sequence[
                  Output(f"{p.name}_fwhm_ppm", "ppm", f"{p.name} pool FWHM")]
     outs += [Output("rmse", "%", "root-mean-square residual (% of S0)"), Output("fit_ok", "", "fit converged", bool)]
     res = apply_kernel(
-        _m.lorentzian_pools_kernel, packed, _COL, outs, x=np.arange(packed.sizes[_COL], dtype=float),
-        mask=_mask_for(mask),
-        kernel_kwargs=dict(pools=pools, has_s0=m0 is not None, has_b0=b0_ppm is not None, offsets_ppm=x,
-                           max_iter=max_iter),
+        _m.lorentzian_pools_kernel, bare, dim, outs, x=x, mask=_mask_for(mask),
+        kernel_kwargs=dict(pools=pools, max_iter=max_iter), voxel_inputs=_voxel_inputs(m0, b0_ppm),
         attrs={"method": "multi-pool Lorentzian, batched Levenberg-Marquardt",
                "pools": ", ".join(names),
                "reference": "Zaiss et al., J Magn Reson 2011;211:149, doi:10.1016/j.jmr.2011.05.001"},
     )
-    return _restore(res, _strip(signal)[1])
+    return _restore(res, extra)
 
 
 def corrected_zspectrum(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, grid_ppm=None,
@@ -345,22 +305,28 @@ def corrected_zspectrum(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, 
     grid = x if grid_ppm is None else np.asarray(grid_ppm, dtype=float)
     if interp not in ("cubic", "linear"):
         raise FitInputError(f"corrected_zspectrum: interp must be 'cubic' or 'linear', got {interp!r}")
-    packed = _pack(signal, dim, m0, 0.0 if b0_ppm is None else b0_ppm, "corrected_zspectrum")
+    bare, extra = _strip(signal)
+    scalars, arrays = _check_voxel_inputs(bare, _voxel_inputs(m0, 0.0 if b0_ppm is None else b0_ppm), dim, ())
+    names = list(arrays)
+    fixed = {k: np.asarray(v, dtype=float) for k, v in scalars.items()}
     n = x.size
-    has_s0 = m0 is not None
 
-    def _block(y):
+    def _block(y, *vals):
         lead = y.shape[:-1]
-        flat = np.asarray(y, dtype=float).reshape(-1, y.shape[-1])
-        z = _m.z_normalize(flat[:, :n], flat[:, n]) if has_s0 else flat[:, :n]
-        out = _m.shift_zspectrum(z, x, flat[:, -1], grid, kind=interp)
+        flat = np.asarray(y, dtype=float).reshape(-1, n)
+        v = {**fixed, **dict(zip(names, vals))}
+        v = {k: np.broadcast_to(np.asarray(a, dtype=float), lead).reshape(-1) for k, a in v.items()}
+        z = _m.z_normalize(flat, v["m0"]) if "m0" in v else flat
+        out = _m.shift_zspectrum(z, x, v["b0_ppm"], grid, kind=interp)
         return (100.0 * out).reshape(lead + (grid.size,))
 
-    out = xr.apply_ufunc(_block, packed, input_core_dims=[[_COL]], output_core_dims=[["offset_corr"]],
-                         dask="parallelized", output_dtypes=[float],
+    sig = bare.chunk({dim: -1}) if bare.chunks is not None else bare
+    args = [sig] + [_chunk_like(a, sig) for a in arrays.values()]
+    out = xr.apply_ufunc(_block, *args, input_core_dims=[[dim]] + [[] for _ in arrays],
+                         output_core_dims=[["offset_corr"]], dask="parallelized", output_dtypes=[float],
                          dask_gufunc_kwargs={"output_sizes": {"offset_corr": grid.size}})
     out = out.rename({"offset_corr": dim}).assign_coords({dim: (dim, grid, {"units": "ppm"})})
-    out = _restore(out, _strip(signal)[1])
+    out = _restore(out, extra)
     out.attrs = {"units": "%", "long_name": "B0-corrected Z-spectrum (% of S0)"}
     return out
 

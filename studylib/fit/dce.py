@@ -111,8 +111,9 @@ def dce(ct, aif, model="extended_tofts", method="auto", *, mask=None, delay=Fals
     mask : optional boolean DataArray over the voxel dims.
     delay : bool
         Also fit an arterial delay (s) in ``delay_range_s`` (grid step ``delay_step_s``,
-        default the smallest frame interval, refined by a parabola, then Levenberg-Marquardt
-        polish of the other parameters at that delay).  Slower (one fit per delay step).
+        default half the smallest frame interval or the finer AIF step, >= 0.1 s), refined by a
+        parabola, then a Levenberg-Marquardt polish of the other parameters at that delay.
+        Slower (one fit per delay step).
 
     Returns
     -------

@@ -3,10 +3,11 @@
 A 19F image has no fitted axis; what each voxel needs besides its magnitude is two
 numbers of its scan: the noise SD ``sigma`` (from a background ROI, Rayleigh statistics)
 and the reference tube's bias-free signal ``S_ref``.  :func:`fluorine_quantify` computes
-both per scan (lazily), stacks ``[M, sigma, S_ref]`` along a small column dimension and
-runs :func:`studylib.models.fluorine.fluorine_quantify_kernel` through the shared
-:func:`studylib.fit.apply_kernel`.  :func:`fluorine_per_roi` sums atoms over a label
-(tumour, rim, metastasis...) and converts to an apparent macrophage number.
+both per scan (lazily) and runs :func:`studylib.models.fluorine.fluorine_quantify_kernel`
+through the shared :func:`studylib.fit.apply_kernel`, with ``sigma`` and ``S_ref`` as its
+per-voxel inputs (``voxel_inputs``, broadcast from one value per scan).
+:func:`fluorine_per_roi` sums atoms over a label (tumour, rim, metastasis...) and converts
+to an apparent macrophage number.
 
 Method after Makela et al., MRM 2018;80:1138 and Srinivas et al., Trends Immunol
 2010;31:223 (doi:10.1016/j.it.2010.03.004).
@@ -23,7 +24,7 @@ from ._adapter import Output, apply_kernel
 
 __all__ = ["fluorine_quantify", "fluorine_per_roi"]
 
-_COL = "_f19_col"
+_ONE = "_f19_sample"  # the length-1 "fitted" axis: a 19F voxel is one magnitude
 _REF_KEYS = ("ReferenceTube_mM", "reference_tube_mM")
 
 
@@ -170,31 +171,18 @@ def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float 
         mt = (sig**2).where(roi == tube_label).sum(space) / n_t.where(n_t > 0)
         a2 = mt - 2.0 * sigma**2
         ref_signal = np.sqrt(a2.where(a2 > 0))
-    template = sig
-    cols = []
-    for name, v in (("signal", sig), ("sigma", sigma), ("ref_signal", ref_signal)):
-        if not isinstance(v, xr.DataArray):
-            v = xr.DataArray(float(v))
-        bad = set(v.dims) - set(template.dims)
-        if bad:
-            raise FitInputError(f"{src}: {name} has dims {sorted(bad)} not in the signal's {tuple(template.dims)}")
-        v = v.drop_vars([c for c in v.coords if c not in v.dims], errors="ignore")
-        cols.append(v.broadcast_like(template).transpose(*template.dims).expand_dims(_COL, axis=-1))
-    packed = xr.concat(cols, dim=_COL, coords="minimal", compat="override", join="override")
-    if packed.chunks is not None:
-        packed = packed.chunk({_COL: -1})
-    packed = packed.assign_coords({_COL: np.arange(3)})
+    vin = {"sigma": sigma, "ref_signal": ref_signal}  # one value per scan (or voxel), or numbers
     if isinstance(mask, xr.DataArray):
         mask = mask.drop_vars([c for c in mask.coords if c not in mask.dims], errors="ignore")
     out = apply_kernel(
-        _m.fluorine_quantify_kernel, packed, _COL,
+        _m.fluorine_quantify_kernel, sig.expand_dims(_ONE, axis=-1), _ONE,
         [Output("fluorine_atoms", "atoms", "19F atoms per voxel (0 where not detected)"),
          Output("fluorine_atoms_all", "atoms", "19F atoms per voxel, Rician-corrected, no detection threshold"),
          Output("fluorine_mM", "mM", "19F nuclei concentration (0 where not detected)"),
          Output("snr", "1", "magnitude / noise sigma"),
          Output("detected", "", f"above {kk:.3g} sigma", bool),
          Output("fit_ok", "", "quantifiable (finite signal, sigma and reference)", bool)],
-        x=np.arange(3, dtype=float), mask=mask,
+        x=np.zeros(1), mask=mask, voxel_inputs=vin,
         kernel_kwargs=dict(ref_mM=ref_mM, voxel_volume_mm3=vol, k=kk, correction=correction),
         attrs={"method": f"19F reference-tube quantification, detection M > {kk:.3g} sigma "
                          f"(noise-only false-positive rate {fpr:.2%}), Rician correction '{correction}'",

@@ -23,7 +23,7 @@ import xarray as xr
 
 from ..errors import FitInputError
 from ..models import relaxometry as _rx
-from ._adapter import Output, apply_kernel, check_axis
+from ._adapter import Output, _check_voxel_inputs, apply_kernel, check_axis
 
 __all__ = ["t2star", "t2", "t1_vfa", "t1_ir", "t1_sr", "delta_r2star", "iron_concentration",
            "noise_sigma_from_background"]
@@ -94,14 +94,10 @@ def noise_sigma_from_background(signal_or_image, background_mask, *, dims=None):
     return float(v.mean() / np.sqrt(np.pi / 2.0))
 
 
-def _monoexp_kernel(y, x, *, method, sigma=None, sigma_column=False, names, drop_first=False):
-    sig = sigma
-    if sigma_column:
-        sig = y[:, -1]
-        y, x = y[:, :-1], x[:-1]
+def _monoexp_kernel(y, x, *, method, sigma=None, names, drop_first=False):
     if drop_first:
         y, x = y[:, 1:], x[1:]
-    r = _rx.fit_monoexp(y, x, method=method, sigma=sig)
+    r = _rx.fit_monoexp(y, x, method=method, sigma=sigma)
     out = {names["rate"]: r["rate"], "s0": r["s0"], "rmse": r["rmse"], "noise_sigma": r["sigma"],
            "fit_ok": r["fit_ok"]}
     if "inverse" in names:
@@ -120,13 +116,7 @@ def _resolve_sigma(signal, noise_sigma, background, dim):
     if noise_sigma is None:
         return None, None
     if isinstance(noise_sigma, xr.DataArray):
-        extra = set(noise_sigma.dims) - (set(signal.dims) - {dim})
-        if extra:
-            raise FitInputError(f"noise_sigma has dims {sorted(extra)} that are not voxel dims of the signal "
-                                f"{tuple(d for d in signal.dims if d != dim)}")
-        for d in noise_sigma.dims:
-            if noise_sigma.sizes[d] != signal.sizes[d]:
-                raise FitInputError(f"noise_sigma has {noise_sigma.sizes[d]} along '{d}', the signal {signal.sizes[d]}")
+        _check_voxel_inputs(signal, {"noise_sigma": noise_sigma}, dim, ())  # dims, sizes, labels
         if noise_sigma.ndim == 0:
             noise_sigma = float(noise_sigma)
         else:
@@ -153,23 +143,14 @@ def _monoexp_fit(signal, dim, what, method, noise_sigma, background, mask, names
     if m in ("loglinear", "nonlinear"):
         sig_f, sig_da = None, None
     kw = {"method": m, "names": names, "drop_first": drop_first}
-    sig_in = signal
-    if sig_da is not None:
-        ref = signal.isel({dim: 0}, drop=True)
-        col = sig_da.broadcast_like(ref).astype(signal.dtype if np.issubdtype(signal.dtype, np.floating) else float)
-        col = col.expand_dims({dim: [np.inf]})
-        base = signal.drop_vars([c for c in signal.coords if dim in signal[c].dims and c != dim])
-        sig_in = xr.concat([base, col], dim=dim, coords="minimal", compat="override", join="override")
-        sig_in = sig_in.transpose(*signal.dims)
-        kw["sigma_column"] = True
-        x = np.append(x, np.nan)
-    elif sig_f is not None:
-        kw["sigma"] = sig_f
+    sigma_in = sig_da if sig_da is not None else sig_f
+    vin = None if sigma_in is None else {"sigma": sigma_in}
     a = dict(attrs)
     a["method"] = m
     a["noise_sigma"] = ("per-voxel fitted" if (m in ("squared",) and not have_sigma)
                         else ("map" if sig_da is not None else (sig_f if sig_f is not None else "not used")))
-    return apply_kernel(_monoexp_kernel, sig_in, dim, outputs, x=x, mask=mask, kernel_kwargs=kw, attrs=a)
+    return apply_kernel(_monoexp_kernel, signal, dim, outputs, x=x, mask=mask, kernel_kwargs=kw, attrs=a,
+                        voxel_inputs=vin)
 
 
 def t2star(signal, *, method="auto", noise_sigma=None, background=None, mask=None):

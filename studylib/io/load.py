@@ -333,6 +333,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
     ds.attrs.update(attrs)
     # fits receive the DataArray: give it the acquisition facts too (field_T, tr_ms, voxel_size_mm, ...)
     ds["signal"].attrs.update({k: v for k, v in attrs.items() if k not in ("units", "long_name")})
+    ds["roi"].attrs["voxel_size_mm"] = attrs["voxel_size_mm"]  # ROI volumes from the label map alone
     if chunks == "scan" or chunks is None:
         return ds
     if isinstance(chunks, dict):
@@ -371,6 +372,7 @@ def load_histology(manifest, study: str) -> pd.DataFrame:
         if "animal" not in t.columns:
             raise DataFileError(f"{p}: histology CSV has no 'animal' column (columns: {list(t.columns)})")
         t["animal"] = t["animal"].astype(str)
+        _check_histology_rows(t, p)
         tables.append(t)
     out = pd.concat(tables, ignore_index=True)
     known = sdf[sdf["animal"] != ""].drop_duplicates("animal").set_index("animal")
@@ -378,8 +380,37 @@ def load_histology(manifest, study: str) -> pd.DataFrame:
     if unknown:
         raise DataFileError(f"histology of study {study!r} lists animals not in the manifest: {unknown[:10]}")
     for c in ("group", "sex", "model"):
+        if c in known.columns and c in out.columns:
+            _check_histology_design(out, known, c, hrows, mpath)
         if c in known.columns and c not in out.columns:
             out[c] = out["animal"].map(known[c])
     if "study" not in out.columns:
         out.insert(0, "study", study)
     return out
+
+
+#: columns that, with ``animal``, identify one histology row (one row per animal [and day/region])
+_HISTOLOGY_KEYS = ("day", "endpoint_day", "region", "side", "tumour", "lesion", "sample")
+
+
+def _check_histology_rows(t: pd.DataFrame, path) -> None:
+    """One row per animal (and day/region/...): a duplicated animal is an error, naming the file."""
+    keys = ["animal"] + [c for c in _HISTOLOGY_KEYS if c in t.columns]
+    dup = t[t.duplicated(subset=keys, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        what = ", ".join(f"{k} {first[k]!r}" for k in keys)
+        raise DataFileError(f"{path}: histology CSV has {int(dup.duplicated(subset=keys).sum()) + 1} rows for "
+                            f"{what}; expected one row per {' x '.join(keys)} (duplicated animal?)")
+
+
+def _check_histology_design(out: pd.DataFrame, known: pd.DataFrame, col: str, hrows, mpath) -> None:
+    """A histology ``group``/``sex``/``model`` column must agree with the manifest for every animal."""
+    vals = out[col].where(out[col].notna(), "").astype(str).str.strip()
+    ref = out["animal"].map(known[col]).fillna("").astype(str)
+    bad = (vals != "") & (ref != "") & (vals != ref)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        files = ", ".join(str(resolve_path(mpath.parent, r)) for r in hrows["path"])
+        raise DataFileError(f"{files}: animal {out['animal'].iloc[i]!r} has {col} {vals.iloc[i]!r} in the histology "
+                            f"CSV but {ref.iloc[i]!r} in the manifest {mpath}")

@@ -207,20 +207,72 @@ def read_header(path) -> NiftiInfo:
         dtype = np.dtype(hdr.get_data_dtype())
         slope = float(getattr(img.dataobj, "slope", 1.0))
         inter = float(getattr(img.dataobj, "inter", 0.0))
-        vox_offset = int(hdr["vox_offset"])
+        # where nibabel really reads the voxels (a header vox_offset of 0 means 352 for a .nii file)
+        vox_offset = int(getattr(img.dataobj, "offset", None) or hdr["vox_offset"])
     except FileNotFoundError:
         raise DataFileError(f"{path}: NIfTI file not found") from None
     except (OSError, EOFError, zlib.error) as err:
         raise DataFileError(f"{path}: cannot read NIfTI header (corrupt or truncated file: {err})") from None
     except Exception as err:  # nibabel raises ImageFileError, HeaderDataError, ValueError...
+        bad_gz = _gzip_problem(path)
+        if bad_gz:
+            raise DataFileError(f"{path}: cannot read NIfTI header: {bad_gz}") from None
         raise DataFileError(f"{path}: not a readable NIfTI-1 image ({type(err).__name__}: {err})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataFileError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise DataFileError(f"{path}: expected a 3-D or 4-D image, header says shape {shape}")
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    _check_data_fits(path, shape, dtype, vox_offset, nbytes)
     return NiftiInfo(str(path), shape, zooms, affine, str(dtype),
                      slope, inter, vox_offset, nbytes)
+
+
+#: deflate cannot expand data by more than 1032:1 (zlib technical details), so a gzip file of
+#: ``n`` bytes holds at most about ``1032 n`` bytes
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return str(n)  # pragma: no cover
+
+
+def _check_data_fits(path: Path, shape, dtype, vox_offset: int, nbytes: int) -> None:
+    """Refuse a header whose dims claim more data than the file can hold -- before anything allocates.
+
+    A corrupt or hostile header (e.g. 1000 x 1000 x 1000 voxels in a 1 kB file) would otherwise make
+    the reader allocate the claimed size (gigabytes) only to find the data missing.  Uncompressed
+    files are checked exactly against their size; gzip files against the deflate bound.
+    """
+    size = path.stat().st_size
+    need = int(vox_offset) + int(nbytes)
+    claim = f"header claims shape {tuple(shape)} of {np.dtype(dtype)} = {_human(nbytes)} of voxel data"
+    if path.name.endswith(".gz"):
+        if need > _DEFLATE_MAX_RATIO * size + 1024:
+            raise DataFileError(f"{path}: {claim}, but a {_human(size)} gzip file decompresses to at most "
+                                f"{_human(_DEFLATE_MAX_RATIO * size)}: corrupt header dims or truncated file")
+    elif size < need:
+        raise DataFileError(f"{path}: {claim} from byte {vox_offset}, but the file has only {_human(size)}: "
+                            "truncated file or corrupt header dims")
+
+
+def _gzip_problem(path: Path) -> str | None:
+    """For a gzip file whose header nibabel could not read: say what is wrong with the gzip stream."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+        with gzip.open(path, "rb") as fh:  # error path only: look at up to 64 MB of the stream
+            for _ in range(64):
+                if not fh.read(1 << 20):
+                    break
+    except (OSError, EOFError, zlib.error) as err:
+        return f"corrupt or truncated gzip data ({err or type(err).__name__})"
+    return None
 
 
 def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -235,7 +287,14 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
     path = Path(path)
     try:
         img = nib.load(str(path))
+        dt_file = np.dtype(img.header.get_data_dtype())
+        nbytes = int(np.prod(img.shape, dtype=object)) * dt_file.itemsize
+        # a header claiming more data than the file can hold must fail before get_fdata allocates it
+        offset = int(getattr(img.dataobj, "offset", None) or img.header["vox_offset"])
+        _check_data_fits(path, img.shape, dt_file, offset, nbytes)
         arr = np.asarray(img.get_fdata(dtype=np.float64))
+    except DataFileError:
+        raise
     except FileNotFoundError:
         raise DataFileError(f"{path}: NIfTI file not found (deleted after load_study?)") from None
     except Exception as err:

@@ -390,24 +390,48 @@ def mtr_asym_values(z, offset_ppm, *, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=
     return mtr, band
 
 
-def mtr_asym_kernel(y, x, *, deltas_ppm=(0.4,), bands_ppm=(), kind="cubic", band_points=21, has_s0=True,
-                    has_b0=False, offsets_ppm=None):
-    """Adapter kernel: columns of ``y`` are ``[S(offsets)..., S0?, dB0?]``.
+def _z_and_b0(y, m0, b0_ppm):
+    """Z-spectra ``(n_vox, n)`` (divided by ``m0`` unless None) and the B0 shifts ``(n_vox,)`` or None."""
+    z = np.asarray(y, dtype=float)
+    nv = z.shape[0]
+    if m0 is not None:
+        z = z_normalize(z, np.broadcast_to(np.asarray(m0, dtype=float), (nv,)))
+    b0 = None if b0_ppm is None else np.broadcast_to(np.asarray(b0_ppm, dtype=float), (nv,))
+    return z, b0
 
-    ``offsets_ppm`` are the acquired offsets (``x`` is then just a column index); with
-    ``has_s0`` the column after the spectrum is the unsaturated S0 used for
-    normalisation, with ``has_b0`` the last column is the per-voxel shift in ppm.
-    Returns ``mtr_asym_<i>`` (%), ``mtr_asym_band_<i>`` (%·ppm) and ``fit_ok``.
+
+def mtr_asym_kernel(y, x, *, m0=None, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=(), kind="cubic", band_points=21,
+                    offsets_ppm=None, has_s0=True, has_b0=False):
+    """Adapter kernel for :func:`mtr_asym_values`: ``MTRasym(D) = 100 [Z(-D) - Z(+D)]``.
+
+    Parameters
+    ----------
+    y : (n_vox, n) saturated signal at the offsets ``x`` (ppm); Z-spectra when ``m0`` is None.
+    x : (n,) acquired offsets (ppm), strictly increasing.
+    m0 : (n_vox,) unsaturated reference S0 per voxel (or one number), or None for ``y``
+        already normalised; ``Z = y / m0`` (:func:`z_normalize`).
+    b0_ppm : (n_vox,) per-voxel water shift in ppm (or one number), or None (no correction).
+    deltas_ppm, bands_ppm, kind, band_points : as :func:`mtr_asym_values`.
+    offsets_ppm, has_s0, has_b0 : the packed-column form, kept for direct callers: with
+        ``offsets_ppm`` given, ``x`` is ignored and the columns of ``y`` are
+        ``[S(offsets_ppm)..., S0 if has_s0, dB0 if has_b0]``.
+
+    Returns
+    -------
+    dict of (n_vox,) arrays: ``mtr_asym_<i>`` (%), ``mtr_asym_band_<i>`` (%·ppm) and ``fit_ok``
+    (False where the spectrum, S0 or B0 is not finite or a point falls outside the acquired range).
     """
-    off = np.asarray(x if offsets_ppm is None else offsets_ppm, dtype=float)
-    n = off.size
-    y = np.asarray(y, dtype=float)
-    z = y[:, :n]
-    col = n
-    if has_s0:
-        z = z_normalize(z, y[:, col])
-        col += 1
-    b0 = y[:, col] if has_b0 else None
+    if offsets_ppm is not None:
+        x = np.asarray(offsets_ppm, dtype=float)
+        y = np.asarray(y, dtype=float)
+        n = x.size
+        if has_s0:
+            m0 = y[:, n]
+        if has_b0:
+            b0_ppm = y[:, n + int(bool(has_s0))]
+        y = y[:, :n]
+    off = np.asarray(x, dtype=float)
+    z, b0 = _z_and_b0(y, m0, b0_ppm)
     mtr, band = mtr_asym_values(z, off, b0_ppm=b0, deltas_ppm=deltas_ppm, bands_ppm=bands_ppm, kind=kind,
                                 band_points=band_points)
     ok = np.all(np.isfinite(z), axis=1) & np.all(np.isfinite(mtr), axis=1) & np.all(np.isfinite(band), axis=1)
@@ -563,22 +587,16 @@ def fit_lorentzian_pools(z, offset_ppm, pools=LATEST_POOLS, *, b0_ppm=None, max_
     return params, rmse, ok
 
 
-def lorentzian_pools_kernel(y, x, *, pools=LATEST_POOLS, has_s0=True, has_b0=False, offsets_ppm=None,
-                            max_iter=200):
-    """Adapter kernel for :func:`fit_lorentzian_pools`; columns of ``y`` as in :func:`mtr_asym_kernel`.
+def lorentzian_pools_kernel(y, x, *, m0=None, b0_ppm=None, pools=LATEST_POOLS, max_iter=200):
+    """Adapter kernel for :func:`fit_lorentzian_pools`.
 
+    ``y`` (n_vox, n) saturated signal at the offsets ``x`` (ppm), ``m0`` and ``b0_ppm`` per voxel
+    (or numbers, or None) as in :func:`mtr_asym_kernel`.
     Returns ``<pool>_amplitude`` (% of S0), ``<pool>_center_ppm``, ``<pool>_fwhm_ppm``,
     ``rmse`` (% of S0) and ``fit_ok``.
     """
-    off = np.asarray(x if offsets_ppm is None else offsets_ppm, dtype=float)
-    n = off.size
-    y = np.asarray(y, dtype=float)
-    z = y[:, :n]
-    col = n
-    if has_s0:
-        z = z_normalize(z, y[:, col])
-        col += 1
-    b0 = y[:, col] if has_b0 else None
+    off = np.asarray(x, dtype=float)
+    z, b0 = _z_and_b0(y, m0, b0_ppm)
     params, rmse, ok = fit_lorentzian_pools(z, off, pools, b0_ppm=b0, max_iter=max_iter)
     out = {}
     for i, p in enumerate(pools):

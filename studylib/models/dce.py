@@ -483,10 +483,13 @@ def _parabola_vertex(f0, f1, f2):
 # DCE fitting kernel
 # --------------------------------------------------------------------------------------
 
-def _delay_grid(t, delay_range_s, delay_step_s):
+def _delay_grid(t, delay_range_s, delay_step_s, tf=None):
     lo, hi = float(delay_range_s[0]), float(delay_range_s[1])
-    if delay_step_s is None:
-        delay_step_s = max(float(np.min(np.diff(t))) / 2.0, 0.1)
+    if delay_step_s is None:  # half the smallest frame interval, or the AIF's finer step; >= 0.1 s
+        step = float(np.min(np.diff(t))) / 2.0
+        if tf is not None and tf.size > t.size:
+            step = min(step, float(np.min(np.diff(tf))))
+        delay_step_s = max(step, 0.1)
     n = int(np.floor((hi - lo) / delay_step_s + 1e-9)) + 1
     return lo + delay_step_s * np.arange(n)
 
@@ -537,10 +540,11 @@ def dce_kernel(y, t_s, *, cp, t_aif_s=None, model="extended_tofts", method="nonl
         ``vp in [0, 1]``.  Noise-free recovery error ~1e-4 (relative) with the default grid.
     delay : bool
         Also fit an arterial delay ``d`` (AIF ``cp(t - d)``): the fit above is profiled over a
-        delay grid on ``delay_range_s`` (step ``delay_step_s``, default the smallest frame
-        interval), the delay refined by a parabola through the profiled sums of squares, and
-        the parameters polished at that delay by ``n_iter`` batched Levenberg-Marquardt steps
-        with analytic recursive Jacobians (``[E, Ktrans dE/dkep, Cp]``) and projected bounds.
+        delay grid on ``delay_range_s`` (step ``delay_step_s``, default half the smallest frame
+        interval or the finer AIF grid step, >= 0.1 s), the delay refined by a parabola
+        through the profiled sums of squares, and the parameters polished at that delay by
+        ``n_iter`` batched Levenberg-Marquardt steps with analytic recursive Jacobians
+        (``[E, Ktrans dE/dkep, Cp]``) and projected bounds.
     n_grid, n_iter, kep_range_per_min, ktrans_max_per_min : fit controls.
     block : voxels processed together (memory/cache control; not a per-voxel loop).
 
@@ -622,7 +626,7 @@ def _shared_tables(t, cp, o):
     tab = {}
     tf, fi = o["tf"], o["fidx"]  # AIF grid (= frames unless a finer AIF is given) and frame indices in it
     if o["delay"]:
-        delays = _delay_grid(t, o["delay_range_s"], o["delay_step_s"])
+        delays = _delay_grid(t, o["delay_range_s"], o["delay_step_s"], tf)
         cps_f = resample_curve(tf, cp, tf, delay_s=delays)  # (D, n_aif)
     else:
         delays = np.zeros(1)
@@ -686,7 +690,7 @@ def _fit_block(y, t, cp, tab, o):
         return _varpro_block(y, yy, t, tab["cps"][0], tab["vp_tabs"][0], o, ext)
 
     # ---- delay: profile the variable-projection fit over the delay grid, refine, polish by LM
-    fits = [_varpro_block(y, yy, t, c, tb, o, ext) for c, tb in zip(tab["cps"], tab["vp_tabs"])]
+    fits = [_varpro_block(y, yy, t, c, tb, o, ext, exact=False) for c, tb in zip(tab["cps"], tab["vp_tabs"])]
     ssr = np.stack([np.where(f["fit_ok"], f["rmse_mM"] ** 2 * n, np.inf) for f in fits], axis=1)  # (m, D)
     j = np.argmin(ssr, axis=1)
     f0, f1, f2 = ssr[rows, np.clip(j - 1, 0, D - 1)], ssr[rows, j], ssr[rows, np.clip(j + 1, 0, D - 1)]
@@ -847,7 +851,7 @@ def _hermite5(basis, f0, f1, d0, d1, dd0, dd1):
     return val, der
 
 
-def _varpro_block(y, yy, t, cp, tab, o, ext, tol_u=1e-8, max_iter=30):
+def _varpro_block(y, yy, t, cp, tab, o, ext, tol_u=1e-8, max_iter=30, exact=True):
     """Nonlinear least squares by variable projection with Hermite-interpolated projections.
 
     For a fixed ``kep`` the model is linear in (Ktrans, vp), so the sum of squares reduced
@@ -860,8 +864,9 @@ def _varpro_block(y, yy, t, cp, tab, o, ext, tol_u=1e-8, max_iter=30):
     of ``d gain / du`` there select the grid interval holding the maximum; the root of
     ``d gain / du = 2 Ktrans b1' - Ktrans^2 (E.E)' - 2 Ktrans vp (E.Cp)'`` (envelope
     theorem, valid with the bounds Ktrans, vp >= 0 active or not) is then found by the
-    Illinois variant of regula falsi.  One recursion over time at the final ``kep`` then gives
-    the exact projections, so Ktrans, vp and the residual carry no interpolation error.
+    Illinois variant of regula falsi.  When the AIF is on the frame grid, one recursion over
+    time at the final ``kep`` then gives the exact projections, so Ktrans, vp and the residual
+    carry no interpolation error (with a finer AIF grid the interpolated ones are used).
     """
     m = y.shape[0]
     rows = np.arange(m)
@@ -950,15 +955,18 @@ def _varpro_block(y, yy, t, cp, tab, o, ext, tol_u=1e-8, max_iter=30):
     sfin = np.where(change, (sa * fb - sb * fa) / (fb - fa), sv)
     sfin = np.clip(np.nan_to_num(sfin, nan=0.5), 0.0, 1.0)
     kep = np.exp(ug[i0] + sfin * h)
-    # exact projections at the final kep (one recursion over time): Ktrans, vp and the sum of
-    # squares carry no interpolation error
-    b1, ee, ec = _tm_conv_stats(np.ascontiguousarray(y.T), t, cp, kep)
-    if ext:
-        k, v, g = _nnls2(ee, ec, CC, b1, b2)
-    else:
-        k = np.maximum(b1, 0.0) / ee
-        v = np.zeros_like(k)
-        g = k * b1
+    if exact and o["tf"].size == t.size:
+        # exact projections at the final kep (one recursion over time): Ktrans, vp and the sum
+        # of squares carry no interpolation error
+        b1, ee, ec = _tm_conv_stats(np.ascontiguousarray(y.T), t, cp, kep)
+        if ext:
+            k, v, g = _nnls2(ee, ec, CC, b1, b2)
+        else:
+            k = np.maximum(b1, 0.0) / ee
+            v = np.zeros_like(k)
+            g = k * b1
+    else:  # interpolated projections (AIF on a finer grid; delay profile, where the LM polish follows)
+        k, v, g, _, b1, ee, ec = evaluate(sfin)
     kmax = np.minimum(o["kmax"], kep)  # Ktrans bound and ve <= 1
     clip = k > kmax
     if clip.any():

@@ -181,13 +181,16 @@ def fluorine_atoms(signal, ref_signal, ref_mM, voxel_volume_mm3):
     return ratio * float(ref_mM) * 1e-3 * float(voxel_volume_mm3) * 1e-6 * AVOGADRO
 
 
-def fluorine_quantify_kernel(y, x=None, *, ref_mM, voxel_volume_mm3, k=None, false_positive_rate=0.005,
-                             correction="mean"):
-    """Voxelwise 19F quantification; ``y`` columns are ``[M, sigma, S_ref]`` per voxel.
+def fluorine_quantify_kernel(y, x=None, *, sigma, ref_signal, ref_mM, voxel_volume_mm3, k=None,
+                             false_positive_rate=0.005, correction="mean"):
+    """Voxelwise 19F quantification from the magnitude ``M``, ``sigma`` and ``S_ref`` of each voxel.
 
-    ``M`` is the voxel magnitude, ``sigma`` the noise SD of its scan (from a background
-    ROI, :func:`rayleigh_sigma`) and ``S_ref`` the scan's bias-free reference-tube signal
-    (:func:`reference_signal`).  A voxel counts as detected when ``M > k sigma`` with
+    ``y`` holds the voxel magnitudes ``M``, shape ``(n_vox, 1)`` (a length-1 "fitted" axis, as
+    :func:`studylib.fit.apply_kernel` passes it) or ``(n_vox,)``; ``x`` is ignored.
+    ``sigma`` is the noise SD of the voxel's scan (from a background ROI,
+    :func:`rayleigh_sigma`) and ``ref_signal`` the scan's bias-free reference-tube signal
+    ``S_ref`` (:func:`reference_signal`), each ``(n_vox,)`` or one number.  A voxel counts as
+    detected when ``M > k sigma`` with
     ``k`` from :func:`detection_k` (or given); its amplitude is Rician-bias corrected
     (:func:`rician_correct`) and converted with :func:`fluorine_atoms`.  Undetected
     voxels contribute 0 atoms.
@@ -202,7 +205,11 @@ def fluorine_quantify_kernel(y, x=None, *, ref_mM, voxel_volume_mm3, k=None, fal
     ``fit_ok`` (False where M, sigma or S_ref is not finite or sigma/S_ref not positive).
     """
     y = np.asarray(y, dtype=float)
-    m, sigma, sref = y[:, 0], y[:, 1], y[:, 2]
+    if y.ndim == 2 and y.shape[1] != 1:
+        raise ValueError(f"y must be (n_vox,) or (n_vox, 1) magnitudes, got shape {y.shape}")
+    m = y.reshape(-1)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=float), m.shape)
+    sref = np.broadcast_to(np.asarray(ref_signal, dtype=float), m.shape)
     kk = detection_k(false_positive_rate) if k is None else float(k)
     ok = np.isfinite(m) & np.isfinite(sigma) & np.isfinite(sref) & (sigma > 0) & (sref > 0)
     with np.errstate(invalid="ignore", divide="ignore"):

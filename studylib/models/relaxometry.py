@@ -105,6 +105,7 @@ __all__ += [
 MONOEXP_METHODS = ("squared", "rician", "nonlinear", "loglinear")
 
 _BLOCK = 4096
+_BLOCK_SAMPLES = 81920  # fit_monoexp: samples per batch (short axes get more voxels per batch: fewer passes)
 
 # Rational approximation of the Rician expectation:  E|S| = sigma * g(t), t = nu / sigma,
 # g(t)^2 = t^2 + h(t^2),  h(u) = 1 + (pi/2 - 1) P(u) / Q(u),
@@ -152,9 +153,12 @@ def rician_mean_fast(nu, sigma):
     return sigma * np.sqrt(g2)
 
 
-def _loglinear_T(yT, x, w):
-    """Weighted LSQ of ``ln y = a - R x`` along axis 0 of ``yT (n, nb)``; returns (s0, R)."""
-    lny = np.log(np.maximum(yT, 1e-300))
+def _loglinear_T(yT, x, w, positive=False):
+    """Weighted LSQ of ``ln y = a - R x`` along axis 0 of ``yT (n, nb)``; returns (s0, R).
+
+    ``positive=True`` promises ``yT > 0`` everywhere (skips the clip to 1e-300).
+    """
+    lny = np.log(yT if positive else np.maximum(yT, 1e-300))
     sw = w.sum(axis=0)
     sx = x @ w
     sxx = (x * x) @ w
@@ -244,24 +248,77 @@ def _lm(yT, theta, evaluate, n_iter, lower=None, upper=None, lam0=1e-3):
     return theta, cost
 
 
-def _exp_T(x, rate):
-    """``exp(-x[:, None] * rate[None, :])``; uses one multiply per row when x is evenly spaced."""
+def _exp_plan(x):
+    """How :func:`_exp_T` evaluates ``exp(-x R)`` for a sorted axis ``x``: the step ``h`` and the
+    integer gaps ``k`` (``x[i] - x[i-1] = k[i] h``) when every gap is a small multiple of one step,
+    else None.  Evenly spaced echoes (any ``x[0]``) have ``k = 1``; b = 0, 200, 400, 700, 1000 has
+    ``h = 100`` (times the scale) and ``k = 2, 2, 3, 3``.  Gaps must match to 1e-12 (1e-9 for an
+    evenly spaced axis, as before), so the error of ``exp`` stays at the ulp level.
+    """
+    x = np.asarray(x, dtype=float)
+    if x.shape[0] < 3:
+        return None
+    d = np.diff(x)
+    if not np.all(d > 0):
+        return None
+    if np.allclose(d, d[0], rtol=1e-9, atol=0.0):  # evenly spaced (as before: tolerance 1e-9)
+        return float(x[1] - x[0]), np.ones(d.size, dtype=int)
+    dmin = float(d.min())
+    for m in range(1, 9):
+        h = dmin / m
+        k = np.round(d / h)
+        if k.max() <= 32 and np.all(np.abs(d - k * h) <= 1e-12 * d):
+            return h, k.astype(int)
+    return None
+
+
+def _exp_T(x, rate, plan=False):
+    """``exp(-x[:, None] * rate[None, :])``, shape ``(n, nb)``, for an axis ``x`` and rates ``rate``.
+
+    When the gaps of ``x`` are small integer multiples ``k`` of one step ``h`` (evenly spaced
+    echoes; the usual b-value lists), only ``exp(-x[0] R)`` and ``q = exp(-h R)`` are evaluated and
+    each row is the previous one times ``q^k`` (one multiply per row and a few for the powers):
+    exponentials dominate the cost of the fits.  Relative error ~ (sum of k) ulp.
+    ``plan`` is :func:`_exp_plan` of ``x`` (computed when False; pass it in loops).
+    """
     n = x.shape[0]
-    if n > 2 and np.allclose(np.diff(x), x[1] - x[0], rtol=1e-9, atol=0.0):
-        out = np.empty((n, rate.shape[0]))
-        out[0] = np.exp(-x[0] * rate)
-        q = np.exp(-(x[1] - x[0]) * rate)
-        for k in range(1, n):  # loop over echoes (<= tens), not voxels
-            np.multiply(out[k - 1], q, out=out[k])
-        return out
-    return np.exp(-x[:, None] * rate[None, :])
+    if plan is False:
+        plan = _exp_plan(x)
+    if plan is None:
+        out = np.multiply.outer(-x, rate)
+        return np.exp(out, out=out)
+    h, ks = plan
+    out = np.empty((n, rate.shape[0]))
+    if x[0] == 0:
+        out[0] = 1.0
+    else:
+        np.exp(-x[0] * rate, out=out[0])
+    powers = {1: np.exp(-h * rate)}
+    for i in range(1, n):  # loop over echoes / b-values (<= tens), not voxels
+        np.multiply(out[i - 1], _power(powers, int(ks[i - 1])), out=out[i])
+    return out
 
 
-def _squared_block(yT, x, sigma, n_iter, trunc):
-    """Noise-corrected squared-magnitude fit, known sigma, variable projection (see fit_monoexp)."""
+def _power(powers, k):
+    """``q^k`` by repeated squaring, memoised in ``powers`` (``powers[1] = q``)."""
+    if k not in powers:
+        half = _power(powers, k // 2)
+        p = half * half
+        if k % 2:
+            p *= powers[1]
+        powers[k] = p
+    return powers[k]
+
+
+def _squared_block(yT, x, sigma, n_iter, trunc, plan=False):
+    """Noise-corrected squared-magnitude fit, known sigma, variable projection (see fit_monoexp).
+
+    Written for speed (it is the default T2*/ADC fit): every pass over the ``(n, nb)`` arrays is
+    in place where possible, and the iteration carries only what the next step needs.
+    """
     n, nb = yT.shape
     y2 = yT * yT
-    s2 = (sigma * sigma)[None, :]
+    s2 = sigma * sigma
     yc = y2 - 2.0 * s2
     # start: log-linear on the noise-corrected power z = S^2 - 2 sigma^2 (E z = nu^2), weights ~ z,
     # samples with z < trunc^2 sigma^2 left out (the first two always kept)
@@ -269,48 +326,65 @@ def _squared_block(yT, x, sigma, n_iter, trunc):
     w = np.where(yc > (trunc * trunc) * s2, z, 0.0)
     w[:2] = y2[:2]
     x2 = 2.0 * x
-    a0, rate = _loglinear_T(z, x2, w)
+    plan = _exp_plan(x2) if plan is False else (None if plan is None else (2.0 * plan[0], plan[1]))
+    a0, rate = _loglinear_T(z, x2, w, positive=True)
+    del z, w
     bad0 = ~(np.isfinite(a0) & np.isfinite(rate) & (a0 > 0))
     a0 = np.where(bad0, y2[0], a0)
     rate = np.where(bad0 | ~np.isfinite(rate), 1.0 / max(x[-1], 1e-9), np.maximum(rate, 1e-9))
     # fixed weights 1 / Var(S^2) ~ 1 / (nu^2 + sigma^2) from the start values
-    W = 1.0 / (_exp_T(x2, rate) * a0 + s2)
-    Wyc = W * yc
+    W = _exp_T(x2, rate, plan)
+    W *= a0
+    W += s2
+    np.reciprocal(W, out=W)
+    Wyc = np.multiply(W, yc, out=y2)  # y2 is not needed any more
     X3 = np.stack([np.ones_like(x2), x2, x2 * x2])
 
-    def reduce(r):
-        e = _exp_T(x2, r)
+    def fgh(r):
+        # reduced cost f(R) = sum W yc^2 - a^2 / b with a = sum W yc e, b = sum W e^2, e = exp(-2 R x);
+        # returns f, f', f'' and q = a / b (the projected amplitude S0^2)
+        e = _exp_T(x2, r, plan)
         p = Wyc * e
         e *= e
         e *= W
-        return X3 @ p, X3 @ e
-
-    def fgh(a, b):
-        # reduced cost f(R) = sum W yc^2 - a^2 / b with a = sum W yc e, b = sum W e^2, e = exp(-2 R x)
-        a0_, a1, a2 = a
-        b0, b1, b2 = b
-        ap, app, bp, bpp = -a1, a2, -2.0 * b1, 4.0 * b2
+        a0_, a1, a2 = np.einsum("ik,kj->ij", X3, p)
+        b0, b1, b2 = np.einsum("ik,kj->ij", X3, e)
+        # with a' = -a1, a'' = a2, b' = -2 b1, b'' = 4 b2 (derivatives in R) and q = a0 / b0:
+        # f = -a0 q,  f' = 2 q (a1 - q b1),  f'' = 2 (2 q^2 b2 - q a2 - (a1 - 2 q b1)^2 / b0)
         ib = 1.0 / b0
         q = a0_ * ib
-        f = -a0_ * q
-        fp = -2.0 * q * ap + q * q * bp
-        fpp = -2.0 * (ap * ap + a0_ * app) * ib + 4.0 * q * ap * bp * ib + q * q * bpp - 2.0 * q * q * bp * bp * ib
-        return f, fp, fpp
+        f = a0_ * q
+        np.negative(f, out=f)
+        t = q * b1
+        fp = a1 - t
+        fp *= q
+        fp *= 2.0
+        t *= 2.0
+        np.subtract(a1, t, out=t)
+        t *= t
+        t *= ib
+        fpp = q * b2
+        fpp *= 2.0
+        fpp -= a2
+        fpp *= q
+        fpp -= t
+        fpp *= 2.0
+        return f, fp, fpp, q
 
-    a, b = reduce(rate)
-    f, fp, fpp = fgh(a, b)
+    f, fp, fpp, amp = fgh(rate)
     lam = np.full(nb, 1e-3)
-    for _ in range(n_iter):
+    for it in range(n_iter):
         trial = np.maximum(rate - fp / (np.abs(fpp) * (1.0 + lam)), 1e-9)
-        a_t, b_t = reduce(trial)
-        f_t, fp_t, fpp_t = fgh(a_t, b_t)
+        f_t, fp_t, fpp_t, q_t = fgh(trial)
         ok = f_t < f
-        rate = np.where(ok, trial, rate)
-        a = np.where(ok, a_t, a)
-        b = np.where(ok, b_t, b)
-        f, fp, fpp = np.where(ok, f_t, f), np.where(ok, fp_t, fp), np.where(ok, fpp_t, fpp)
-        lam = np.where(ok, lam * (1.0 / 3.0), lam * 10.0)
-    amp = a[0] / b[0]
+        np.copyto(rate, trial, where=ok)
+        np.copyto(amp, q_t, where=ok)
+        np.copyto(f, f_t, where=ok)
+        if it == n_iter - 1:
+            break  # the derivatives and the damping are only needed for another step
+        np.copyto(fp, fp_t, where=ok)
+        np.copyto(fpp, fpp_t, where=ok)
+        lam *= np.where(ok, 1.0 / 3.0, 10.0)
     cost = np.maximum(np.einsum("ij,ij->j", Wyc, yc) + f, 0.0)  # sum W (S^2 - model)^2
     return np.sqrt(amp), rate, cost
 
@@ -381,7 +455,7 @@ def _nonlinear_block(yT, x, n_iter):
     return th[0], th[1]
 
 
-def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, gof=True, block=_BLOCK):
+def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, gof=True, block=None):
     """Fit ``S(x) = S0 exp(-R x)`` in every voxel (T2*, T2 and ADC share this kernel).
 
     Parameters
@@ -421,6 +495,9 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
         Iterations (default 3 for ``squared`` with sigma, 8 otherwise).
     gof : bool
         Compute ``rmse`` (free for ``squared``; one more pass over the data otherwise).
+    block : int, optional
+        Voxels per internal batch (default: about 80,000 samples per batch, at least 4096 voxels;
+        16384 voxels for 5 b-values).  Only speed and temporary memory depend on it.
 
     Returns
     -------
@@ -444,20 +521,28 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
         raise ValueError("method='rician' needs sigma")
     if n_iter is None:
         n_iter = 3 if (method == "squared" and sigma is not None) else 8
+    if block is None:
+        block = max(_BLOCK, _BLOCK_SAMPLES // max(n, 1))
     s0 = np.full(nv, np.nan)
     rate = np.full(nv, np.nan)
     sig_out = np.full(nv, np.nan)
     rmse = np.full(nv, np.nan)
-    good = np.isfinite(y).all(axis=1) & ((y > 0).sum(axis=1) >= 2)
-    if sigma is not None:
-        good &= np.isfinite(sigma) & (sigma > 0)
-    idx = np.flatnonzero(good)
-    for start in range(0, idx.size, block):
-        sel = idx[start:start + block]
-        if sel[-1] - sel[0] == sel.size - 1:
-            sel = slice(sel[0], sel[-1] + 1)
-        yT = np.ascontiguousarray(y[sel].T)
-        sb = None if sigma is None else np.ascontiguousarray(sigma[sel])
+    plan = _exp_plan(x)
+    for start in range(0, nv, block):
+        # the fitted axis first (voxels contiguous: every operation below is a pass over rows)
+        yT = np.ascontiguousarray(y[start:start + block].T)
+        good = np.isfinite(yT).all(axis=0) & ((yT > 0).sum(axis=0) >= 2)
+        sb = None if sigma is None else np.ascontiguousarray(sigma[start:start + block])
+        if sb is not None:
+            good &= np.isfinite(sb) & (sb > 0)
+        if good.all():
+            sel = slice(start, start + yT.shape[1])
+        elif good.any():
+            sel = start + np.flatnonzero(good)
+            yT = np.ascontiguousarray(yT[:, good])
+            sb = None if sb is None else sb[good]
+        else:
+            continue
         sg = sb
         wcost = None
         with np.errstate(all="ignore"):
@@ -470,12 +555,12 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
             elif sb is None:
                 a, r, sg, wcost = _squared_free_block(yT, x, n_iter, trunc)
             else:
-                a, r, wcost = _squared_block(yT, x, sb, n_iter, trunc)
+                a, r, wcost = _squared_block(yT, x, sb, n_iter, trunc, plan)
             if gof and wcost is not None:
                 # W (S^2 - m)^2 / 4 ~ (S - sqrt(m))^2: a noise-weighted residual in signal units
                 rmse[sel] = np.sqrt(wcost / (4.0 * n))
             elif gof:
-                nu = _exp_T(x, np.where(np.isfinite(r), r, 0.0))
+                nu = _exp_T(x, np.where(np.isfinite(r), r, 0.0), plan)
                 nu *= a
                 if sg is None or method in ("loglinear", "nonlinear"):
                     m = nu

@@ -374,6 +374,7 @@ def lazy_study(n_animals=40, n_days=6, shape=(20, 128, 128), kind="MEGRE", seed=
                      t10_ms_by_label=json.dumps({str(k): v for k, v in sorted(DCE["t10_ms"].items())}))
     ds.attrs.update(attrs)
     ds["signal"].attrs.update(attrs)
+    ds["roi"].attrs["voxel_size_mm"] = attrs["voxel_size_mm"]
     return ds
 
 
