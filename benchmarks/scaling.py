@@ -208,6 +208,12 @@ def markdown(doc) -> str:
         fo = f"{r['fit_only_voxels_per_s']:,}" if r["fit_only_voxels_per_s"] else "n/a"
         L.append(f"| {r['fit']} | {r['scheduler']} | {r['scans']} | {r['voxels_fitted']:,} | {r['synthesis_s']} | "
                  f"{r['total_s']} | {r['voxels_per_s']:,} | {fo} |")
+    load = doc["machine"]["load_average_start"][0]
+    if load > doc["machine"]["cpus"]:
+        L += ["", f"Note: the load average was {load} on {doc['machine']['cpus']} CPUs (other engineers' jobs), so "
+              "a second worker found no idle core: 1 vs 2 workers and threads vs processes differ here by "
+              "contention and process overhead (task transfer, start-up), not by parallel speed-up.  "
+              "The per-scan tasks are independent, so on idle cores they should scale with the core count (not measured here)."]
     L += ["", "## Peak memory as the study grows (T2* fit, threads, chunked, reduced to ROI means)", "",
           "| scale | animals | scans | signal GB | maps GB if materialised | peak RSS MB | RSS increase MB | s |",
           "|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -16,6 +16,11 @@ then ``reports/index.html`` listing every experiment.  A notebook that fails sti
 report showing the failing cell and its error; the index marks it failed, the other
 notebooks still run, and :func:`run` returns a non-zero exit code.
 
+A notebook whose last run succeeded and whose inputs (notebook source, parameters, manifest
+and the files it lists, studylib code, package versions) are unchanged is not executed again
+(``--force`` overrides); inside an executed notebook, :class:`studylib.cache.Cache` skips
+every unchanged computation.
+
 Notebook side protocol: a notebook calls :func:`record_headline` and
 :func:`record_conclusions`; under the runner (environment variable ``STUDYLIB_RECORD``
 names a JSON file) the records are written there; they are also attached to the

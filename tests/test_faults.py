@@ -3,7 +3,7 @@
 * a distributed worker process is SIGKILLed while a whole-study T2* fit is running: the
   scheduler re-runs its tasks elsewhere (the nanny restarts the worker) and the maps equal
   the threaded ones bit for bit -- also when the dying worker was writing a cache entry;
-* a process writing cache entries through the cache API is SIGKILLed at random moments,
+* a (forked) process writing cache entries through the cache API is SIGKILLed at random moments,
   several times: every entry folder that looks complete is complete and correct, the index
   stays valid JSON, partial writes are only ever ``.tmp-`` folders that no reader opens, and
   a rerun completes.  (Killing ``studylib run`` itself mid-write is covered by
@@ -83,6 +83,10 @@ def _tmp_folders(root: Path, prefix: str = "") -> set:
     return {p for p in (root / "faults").glob(f"{prefix}*/*") if cm.TMP_TAG in p.name}
 
 
+def _complete(root: Path) -> set:
+    return {p for p in (root / "faults").glob("*/*") if (p / cm.MARKER).is_file()}
+
+
 def _check_invariants(root: Path, expected: dict) -> int:
     """Every complete-looking entry is complete and correct; returns the number of tmp folders."""
     c = Cache("faults", root, verbose=False)
@@ -109,7 +113,6 @@ def test_cache_writer_killed_at_random_moments_never_leaves_a_readable_partial_e
     expected: dict = {}
     interrupted = 0
     for _ in range(3):
-        before = _tmp_folders(root)
         pid = os.fork()
         if pid == 0:  # the writer process
             code = 1
@@ -119,8 +122,15 @@ def test_cache_writer_killed_at_random_moments_never_leaves_a_readable_partial_e
             finally:
                 os._exit(code)
         try:
-            # wait until a maps entry is being written (a new .tmp- folder), kill a random moment into it
+            # let the writer complete one more entry, then wait until a maps entry is being written
+            # (a new .tmp- folder) and kill it a random moment into that write
             deadline = time.monotonic() + 60
+            n_complete = len(_complete(root))
+            while len(_complete(root)) <= n_complete:
+                assert os.waitpid(pid, os.WNOHANG) == (0, 0), "the writer ended early"
+                assert time.monotonic() < deadline, "the writer completes no entry"
+                time.sleep(0.01)
+            before = _tmp_folders(root)
             while not (_tmp_folders(root, "maps") - before):
                 assert os.waitpid(pid, os.WNOHANG) == (0, 0), "the writer ended before writing"
                 assert time.monotonic() < deadline, "the writer never started a write"
@@ -138,7 +148,8 @@ def test_cache_writer_killed_at_random_moments_never_leaves_a_readable_partial_e
         c.load("maps39")  # never finished: no partial entry stands in for it
     # a rerun completes every entry; the complete ones are hits, not recomputed
     names = ["maps0", "summary0", "maps1", "summary1"]
-    complete = {p.parent.name for p in (root / "faults").glob("*/*") if (p / cm.MARKER).is_file()}
+    complete = {p.parent.name for p in _complete(root)}
+    assert {"maps0", "summary0"} <= complete  # the killed writers did get work done
     for name in names:
         i = int(name.lstrip("mapsumry"))
         fn = (lambda i=i: _maps(i)) if name.startswith("maps") else (lambda i=i: _summary(i))
