@@ -77,3 +77,22 @@ def ci_study(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("ci_study")
     return Path(generate("ci", out=out))
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory) -> Path:
+    """The demo study behind the committed top-level ``data_manifest.csv``.
+
+    The repository's ``data/demo`` when it is present and verifies against the committed manifest
+    (a developer's machine after ``make reports``); otherwise (a fresh clone, CI) the demo preset is
+    regenerated into a temporary folder with the same relative layout, so its manifest must come out
+    byte-identical to the committed one (``tests/test_synth.py`` checks that).
+    """
+    from studylib.manifest import verify_manifest
+    from studylib.synth import generate
+
+    committed = Path(__file__).resolve().parents[1] / "data_manifest.csv"
+    if (committed.parent / "data" / "demo").is_dir() and not verify_manifest(committed):
+        return committed
+    out = tmp_path_factory.mktemp("demo")
+    return Path(generate("demo", out=out / "data" / "demo", manifest=out / "data_manifest.csv"))

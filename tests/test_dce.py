@@ -388,12 +388,17 @@ def test_bolus_arrival_time():
 
 def test_relaxivity_table():
     assert r1_gd("Gd-DTPA", 1.5).r1_per_mM_s == 4.1
+    seven = r1_gd("gadoterate", 7.0)  # Szomolanyi et al. 2019, human plasma at 7 T
+    assert seven.r1_per_mM_s == 2.84 and not seven.extrapolated and "RLI.0000000000000577" in seven.source
+    assert r1_gd("gadobutrol", 7.0).r1_per_mM_s == 3.83 and r1_gd("ProHance", 7.0).r1_per_mM_s == 3.21
+    with pytest.raises(RelaxivityError):
+        r1_gd("gadopentetate", 7.0)  # no measured 7 T value in either source
     assert r1_gd("dotarem", 3.0).r1_per_mM_s == 3.5
     mid = r1_gd("gadobutrol", 2.25).r1_per_mM_s
     assert 5.0 < mid < 5.2
     v = r1_gd("gadoterate", 9.4, beyond_table="hold")
-    assert v.extrapolated and v.r1_per_mM_s == 3.3
-    with pytest.raises(RelaxivityError, match="4.7 T"):
+    assert v.extrapolated and v.r1_per_mM_s == 2.84  # the 7 T value held
+    with pytest.raises(RelaxivityError, match="7.0 T"):
         r1_gd("gadoterate", 9.4)
     with pytest.raises(RelaxivityError, match="known agents"):
         r1_gd("ferumoxytol", 1.5)

@@ -214,19 +214,9 @@ def test_rerun_reads_cached_maps(ci_study, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def demo_five(tmp_path_factory):
-    """The demo study of the five experiments: the repository's data/demo when it is present and
-    verifies against the committed manifest, else generated (deterministically) into a temp folder."""
-    from studylib.manifest import verify_manifest
-    from studylib.synth import generate
-
-    committed = Path(ex.repo_root()) / "data_manifest.csv"
-    if committed.is_file():
-        rows = pd.read_csv(committed, dtype=str, keep_default_na=False)
-        if rows["study"].isin(FIVE).any() and not verify_manifest(committed):
-            return committed
-    out = tmp_path_factory.mktemp("demo_five")
-    return Path(generate("demo", out=out / "data", manifest=out / "data_manifest.csv", studies=FIVE))
+def demo_five(demo_manifest):
+    """The demo study (see ``demo_manifest`` in conftest.py): the five experiments are in it."""
+    return demo_manifest
 
 
 @pytest.mark.slow
