@@ -202,7 +202,7 @@ fig = plots.correlation_scatter(animals, "f19_mM", "lung_metastases_count", hue=
 
 # %%
 truth = ex.load_truth(manifest, study)
-paper = xx.PAPERS_EXTRA[study]["citation"]
+paper = sl.experiments.PAPERS[study]["citation"]
 line_truth = (ex.find_key(truth, "tumour_f19_mM_line_means") or {}).get("sample", {})
 true_diff = (line_truth.get(lines[-1], np.nan) - line_truth.get(lines[0], np.nan)) if line_truth else np.nan
 mets = ex.group_difference(animals, "lung_metastases_count", control=lines[0], treated=lines[-1],

@@ -203,7 +203,7 @@ if mrs_col:
 
 # %%
 truth = ex.load_truth(manifest, study)
-paper = xx.PAPERS_EXTRA[study]["citation"]
+paper = sl.experiments.PAPERS[study]["citation"]
 eff = ex.find_key(truth, "tumour_mtrasym_0p4_pct_post_minus_pre") or {}
 true_change = eff.get("sample", np.nan) if isinstance(eff, dict) else np.nan
 rows = [

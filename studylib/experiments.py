@@ -120,6 +120,12 @@ PAPERS: dict[str, dict[str, str]] = {
     "ktrans_hypoxia": dict(
         citation="Hauge et al., J Transl Med 2017;15:225",
         finding="Ktrans correlates inversely with the pimonidazole hypoxic fraction"),
+    "fluorine19_pfc": dict(
+        citation="Makela et al., MRM 2018;80:1138 (doi:10.1002/mrm.27081)",
+        finding="19F (PFC-labelled macrophage) signal rises with metastatic potential: 67NR < 168FARN < 4T1"),
+    "lactate_cest": dict(
+        citation="DeBrosse et al., Sci Rep 2016;6:19517 (doi:10.1038/srep19517)",
+        finding="LATEST (lactate CEST, MTRasym at 0.4 ppm) rises after pyruvate infusion"),
 }
 
 

@@ -19,7 +19,6 @@ import xarray as xr
 from .errors import StudyError
 
 __all__ = [
-    "PAPERS_EXTRA",
     "jonckheere_terpstra",
     "kruskal_pairwise",
     "paired_change",
@@ -32,14 +31,6 @@ __all__ = [
     "roi_mean_spectra",
 ]
 
-PAPERS_EXTRA: dict[str, dict[str, str]] = {
-    "fluorine19_pfc": dict(
-        citation="Makela et al., MRM 2018;80:1138 (doi:10.1002/mrm.27081)",
-        finding="19F (PFC-labelled macrophage) signal rises with metastatic potential: 67NR < 168FARN < 4T1"),
-    "lactate_cest": dict(
-        citation="DeBrosse et al., Sci Rep 2016;6:19517 (doi:10.1038/srep19517)",
-        finding="LATEST (lactate CEST, MTRasym at 0.4 ppm) rises after pyruvate infusion"),
-}
 
 
 class AnalysisInputError(StudyError):
