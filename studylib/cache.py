@@ -30,12 +30,28 @@ and :meth:`Cache.prune` removes.
 
 Examples
 --------
->>> cache = Cache("blz945_femri", "data/demo/derived")                  # doctest: +SKIP
->>> rows = manifest_rows("data_manifest.csv", study="blz945_femri", kinds=["MEGRE"])  # doctest: +SKIP
->>> maps = cache.get_or_compute("r2star_maps", lambda: fit.t2star(ds.signal),
-...                             inputs=[rows], params={"model": "mono"})  # doctest: +SKIP
->>> table = cache.get_or_compute("roi_table", lambda: roi.table(maps, ds.roi),
-...                              inputs=[maps])                          # doctest: +SKIP
+>>> import tempfile, pandas as pd
+>>> cache = Cache("blz945_femri", tempfile.mkdtemp())
+>>> calls = []
+>>> def roi_table():
+...     calls.append(1)
+...     return pd.DataFrame({"animal": ["m01"], "r2star_per_s": [42.0]})
+>>> cache.get_or_compute("roi_table", roi_table, params={"label": 1}, kind="parquet").r2star_per_s.tolist()
+... # doctest: +ELLIPSIS
+cache miss: roi_table (key ...): computing
+[42.0]
+>>> cache.get_or_compute("roi_table", roi_table, params={"label": 1}, kind="parquet").r2star_per_s.tolist()
+... # doctest: +ELLIPSIS
+cache hit: roi_table (parquet, key ...)
+[42.0]
+>>> len(calls)  # the second call read the entry written by the first
+1
+
+In the workbook the inputs are the manifest rows a step read, so a changed file invalidates it::
+
+    rows = manifest_rows("data_manifest.csv", study="blz945_femri", kinds=["MEGRE"])
+    maps = cache.get_or_compute("r2star_maps", lambda: fit.t2star(ds.signal), inputs=[rows],
+                                params={"method": "auto"})
 """
 
 from __future__ import annotations

@@ -35,10 +35,15 @@ and cache folders (a shared filesystem).
 Examples
 --------
 >>> from studylib import compute
->>> compute.resolve_scheduler(None) in ("threads", "sync", "local") or True
-True
->>> with compute.scheduler_context("threads") as client:  # doctest: +SKIP
-...     maps = compute.progress(fit.t2star(signal))
+>>> compute.resolve_scheduler("threads")
+'threads'
+>>> compute.resolve_scheduler("tcp://10.0.0.5:8786")
+'tcp://10.0.0.5:8786'
+
+In a notebook (``fit`` and ``signal`` as in the workbook)::
+
+    with compute.scheduler_context("threads") as client:
+        maps = compute.progress(fit.t2star(signal))
 """
 
 from __future__ import annotations
