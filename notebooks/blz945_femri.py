@@ -147,3 +147,16 @@ conclusions
 
 # %%
 fig = plots.effect_vs_truth(conclusions)
+
+# %% [markdown]
+# ## Intermediate results kept for inspection
+# The fitted maps are cached (above); the tables are stored beside them, content-addressed, so
+# `studylib show blz945_femri` lists them and `studylib.workbook.load_intermediate("blz945_femri", name)` opens them.
+
+# %%
+ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+               roi_summary=(summary, "tidy ROI statistics per animal, day, ROI and map"),
+               sessions=(sessions, "tumour means per animal and day"),
+               animals=(animals, "imaging vs histology, one row per animal"),
+               model_fixed=(effect["model"].fixed, "mixed model: fixed effects with Satterthwaite df"),
+               conclusions=(conclusions, "finding vs paper and truth"))

@@ -180,3 +180,16 @@ conclusions
 
 # %%
 fig = plots.effect_vs_truth(conclusions)
+
+# %% [markdown]
+# ## Intermediate results kept for inspection
+# The fitted maps are cached (above); the tables are stored beside them, content-addressed, so
+# `studylib show ferumoxytol_therapy` lists them and `studylib.workbook.load_intermediate("ferumoxytol_therapy", name)` opens them.
+
+# %%
+ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+               roi_summary=(summary, "tidy ROI statistics per animal, day, tumour and map"),
+               tumours=(tumours, "per-tumour R2*/T2* and volume"),
+               sessions=(sessions, "animal means per day"),
+               growth_model_fixed=(growth["model"].fixed, "log-volume mixed model: fixed effects"),
+               conclusions=(conclusions, "finding vs paper and truth"))

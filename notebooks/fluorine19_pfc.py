@@ -234,3 +234,12 @@ fig = plots.effect_vs_truth(conclusions)
 # sits (the paper saw it at the tumour periphery for 168FARN and 4T1); it depends on the rim definition
 # and on partial volume at this resolution, so it is descriptive only. The apparent macrophage number
 # scales with the assumed atoms per cell (`f_atoms_per_cell`) and is a relative burden.
+
+# %% [markdown]
+# ## Intermediate results kept for inspection
+# The tables are stored in the experiment's cache, content-addressed, so
+# `studylib show fluorine19_pfc` lists them and `studylib.workbook.load_intermediate("fluorine19_pfc", name)` opens them.
+
+# %%
+ex.keep_tables(study, manifest, cache_dir, animals=(animals, "19F content per animal and tumour line"),
+               conclusions=(conclusions, "finding vs paper and truth"))

@@ -148,3 +148,14 @@ conclusions
 
 # %%
 fig = plots.effect_vs_truth(conclusions)
+
+# %% [markdown]
+# ## Intermediate results kept for inspection
+# The fitted maps are cached (above); the tables are stored beside them, content-addressed, so
+# `studylib show ktrans_hypoxia` lists them and `studylib.workbook.load_intermediate("ktrans_hypoxia", name)` opens them.
+
+# %%
+ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+               roi_summary=(summary, "tidy ROI statistics per animal and ROI"),
+               animals=(animals, "Ktrans vs hypoxic fraction, one row per animal"),
+               conclusions=(conclusions, "finding vs paper and truth"))

@@ -239,3 +239,12 @@ fig = plots.effect_vs_truth(conclusions)
 # separates the lactate pool, but only on ROI-mean spectra: a 0.7 % pool half a ppm from the water line is
 # nearly degenerate with the water line's shape, so per-voxel (or small-ROI, `ci` preset) pool amplitudes
 # are too noisy to resolve a 0.3 % change; the asymmetry is the robust readout, as in the paper.
+
+# %% [markdown]
+# ## Intermediate results kept for inspection
+# The tables are stored in the experiment's cache, content-addressed, so
+# `studylib show lactate_cest` lists them and `studylib.workbook.load_intermediate("lactate_cest", name)` opens them.
+
+# %%
+ex.keep_tables(study, manifest, cache_dir, sessions=(sessions, "tumour MTRasym per animal and session"),
+               conclusions=(conclusions, "finding vs paper and truth"))

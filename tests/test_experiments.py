@@ -230,3 +230,28 @@ def test_demo_effect_covers_truth_in_paper_direction(study, demo_five, tmp_path)
     assert c["direction_matches_paper"].all(), c[["finding", "estimate", "paper_direction"]]
     assert c["ci_covers_truth"].astype(bool).all(), c[["finding", "ci_low", "ci_high", "truth"]]
     assert ex.disagreements(c) == []
+
+
+def test_keep_tables_stores_inspectable_tables_and_never_a_stale_one(tmp_path):
+    """Notebook tables (ROI tables, model fits, conclusions) become cache entries that
+    ``load_intermediate``/``Cache.load`` reopen; a changed table gets a new entry, not the old one."""
+    from studylib.cache import Cache
+
+    manifest = tmp_path / "data_manifest.csv"  # only locates the cache when cache_dir is None
+    fixed = pd.DataFrame({"estimate": [1.5, -0.25], "p": [0.01, 0.4]}, index=["Intercept", "group[T.b]"])
+    mixed = pd.DataFrame({"finding": ["r", "d"], "truth": [0.5, "n/a"]})  # mixed-type column
+    names = ex.keep_tables("toy", manifest, tmp_path / "derived", model_fixed=(fixed, "fixed effects"),
+                           conclusions=mixed)
+    assert names == ["model_fixed", "conclusions"]
+    cache = Cache("toy", tmp_path / "derived")
+    back = cache.load("model_fixed")
+    assert list(back["index"]) == ["Intercept", "group[T.b]"]
+    np.testing.assert_allclose(back["estimate"], fixed["estimate"])
+    assert list(cache.load("conclusions")["truth"]) == ["0.5", "n/a"]
+    first_key = cache.load("model_fixed").attrs["studylib_cache_key"]
+    ex.keep_tables("toy", manifest, tmp_path / "derived", model_fixed=fixed.assign(estimate=[2.0, 0.0]))
+    latest = cache.load("model_fixed")
+    assert latest.attrs["studylib_cache_key"] != first_key
+    np.testing.assert_allclose(latest["estimate"], [2.0, 0.0])
+    with pytest.raises(ex.ExperimentError, match="must be a pandas DataFrame"):
+        ex.keep_tables("toy", manifest, tmp_path / "derived", bad=[1, 2])
