@@ -76,6 +76,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .errors import StudyError
+from .manifest import sha256_file
 
 __all__ = [
     "CACHE_FORMAT",
@@ -222,12 +223,6 @@ def _canon(obj, where: str):
                      f"lists, dicts, arrays or a dataclass of those")
 
 
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fingerprint(obj, where: str):
@@ -254,10 +249,10 @@ def _fingerprint(obj, where: str):
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
         if p.is_file():
-            return ["file", _sha_file(p)]
+            return ["file", sha256_file(p)]
         if p.is_dir():
             files = sorted(q for q in p.rglob("*") if q.is_file())
-            return ["dir", [[q.relative_to(p).as_posix(), _sha_file(q)] for q in files]]
+            return ["dir", [[q.relative_to(p).as_posix(), sha256_file(q)] for q in files]]
         raise CacheError(f"{where}: {os.fspath(obj)!r} is not an existing file or folder; pass parameters "
                          f"(strings, numbers) in params=, not inputs=")
     if isinstance(obj, np.ndarray):

@@ -24,13 +24,13 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_write_bytes
 from .errors import DataFileError, ManifestError, StudyError
 
 __all__ = [
@@ -477,23 +477,6 @@ def verify_manifest(path, check_hashes: bool = True) -> list[str]:
 
 # --------------------------------------------------------------------------- write
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_manifest(df: pd.DataFrame, path) -> Path:
     """Write a manifest deterministically and atomically.
 
@@ -540,5 +523,5 @@ def write_manifest(df: pd.DataFrame, path) -> Path:
     w.writerow(list(typed.columns))
     for r in typed.itertuples(index=False):
         w.writerow(["" if (v is pd.NA or v is None) else str(v) for v in r])
-    _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"), fsync=True)
     return path

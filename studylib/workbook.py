@@ -52,7 +52,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from ._atomic import atomic_write_text
 from .errors import StudyError
+from .manifest import sha256_file
 
 __all__ = [
     "EXPERIMENTS",
@@ -333,12 +335,6 @@ def _ensure_data(preset: str, manifest) -> Path:
 # provenance
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git_info() -> dict:
@@ -729,14 +725,10 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
 </html>
 """
     out = reports / "index.html"
-    _atomic_write(out, doc)
+    atomic_write_text(out, doc)
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # =============================================================================================
@@ -818,7 +810,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports="rep
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir(preset, manifest)
     cache_root = cache_root.resolve()
     base = provenance_base()
-    man_sha = _sha256_file(man)
+    man_sha = sha256_file(man)
     cwd = Path.cwd()
     failed = 0
     with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client:
@@ -859,8 +851,8 @@ def _files_signature(manifest: Path) -> list:
 
 def run_fingerprint(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str) -> str:
     """sha256 of everything a notebook run depends on (see :func:`run`, Notes)."""
-    doc = {"format": REPORT_FORMAT, "notebook": _sha256_file(src), "parameters": _jsonable(parameters),
-           "manifest_sha256": _sha256_file(manifest), "files": _files_signature(manifest),
+    doc = {"format": REPORT_FORMAT, "notebook": sha256_file(src), "parameters": _jsonable(parameters),
+           "manifest_sha256": sha256_file(manifest), "files": _files_signature(manifest),
            "code": base.get("studylib_code_sha256"), "packages": base.get("packages"),
            "python": base.get("python"), "kernel": kernel_name}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -878,7 +870,7 @@ def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
         return None
     rec["reused_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     rec["reuse_count"] = int(rec.get("reuse_count", 0)) + 1
-    _atomic_write(rec_path, json.dumps(rec, indent=1, ensure_ascii=False, allow_nan=False))
+    atomic_write_text(rec_path, json.dumps(rec, indent=1, ensure_ascii=False, allow_nan=False))
     return rec
 
 
@@ -931,7 +923,7 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "parameters": _jsonable(records.get("parameters", {})),
             "manifest": {"path": str(manifest), "sha256": manifest_sha},
             "scheduler": sched_desc,
-            "notebook": {"source": src_rel, "sha256": _sha256_file(src)},
+            "notebook": {"source": src_rel, "sha256": sha256_file(src)},
             "outputs": {"ipynb": f"{name}.ipynb", "html": f"{name}.html", "json": f"{name}.json"},
             "fingerprint": fingerprint,
             **base,
@@ -948,8 +940,8 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
         tmp_nb = reports / f".{name}.ipynb.tmp-{uuid.uuid4().hex}"
         nbformat.write(nb, tmp_nb)
         os.replace(tmp_nb, reports / f"{name}.ipynb")
-        _atomic_write(reports / f"{name}.html", page)
-        _atomic_write(reports / f"{name}.json", json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False))
+        atomic_write_text(reports / f"{name}.html", page)
+        atomic_write_text(reports / f"{name}.json", json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False))
     msg = f"{name}: {status} in {run_s:.1f} s"
     if error:
         msg += f" ({error.get('ename')}: {str(error.get('evalue'))[:200]})"

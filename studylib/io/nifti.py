@@ -13,35 +13,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write_bytes
 from ..errors import DataFileError
 from .sidecar import sidecar_path, validate_sidecar
 
 __all__ = ["write_nifti", "read_header", "read_nifti_lazy", "read_nifti", "NiftiInfo", "to_design_order"]
 
 _INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _choose_scaling(data: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
@@ -151,8 +135,8 @@ def write_nifti(path, data_float, affine, *, dtype=np.int16, sidecar: dict | Non
         raise DataFileError(f"{path}: image file name must end with .nii.gz or .nii")
     if sidecar is not None:
         text = json.dumps(sidecar, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        _atomic_write(sidecar_path(path), text.encode("utf-8"))
-    _atomic_write(path, raw)
+        atomic_write_bytes(sidecar_path(path), text.encode("utf-8"))
+    atomic_write_bytes(path, raw)
     return path
 
 
