@@ -52,16 +52,11 @@ n_boot = 2000
 seed = 0
 
 # %%
-import pandas as pd
-
 import studylib as sl
 from studylib import experiments as ex
 from studylib import plots
 
-pd.set_option("display.precision", 3)
-manifest = ex.resolve_manifest(manifest, preset)
-client = sl.compute.get_client(scheduler)
-print(f"manifest: {manifest}\nscheduler: {sl.compute.describe(scheduler)}")
+manifest, client = ex.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data

@@ -51,16 +51,11 @@ r2_day = None  # day of the R2* comparison; None: day 1 (24 h after ferumoxytol)
 alpha = 0.05
 
 # %%
-import pandas as pd
-
 import studylib as sl
 from studylib import experiments as ex
 from studylib import plots
 
-pd.set_option("display.precision", 3)
-manifest = ex.resolve_manifest(manifest, preset)
-client = sl.compute.get_client(scheduler)
-print(f"manifest: {manifest}\nscheduler: {sl.compute.describe(scheduler)}")
+manifest, client = ex.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data

@@ -70,10 +70,7 @@ from studylib import plots
 from studylib.fit.fluorine import fluorine_quantify
 from studylib.models.fluorine import detection_k
 
-pd.set_option("display.precision", 3)
-manifest = ex.resolve_manifest(manifest, preset)
-client = sl.compute.get_client(scheduler)
-print(f"manifest: {manifest}\nscheduler: {sl.compute.describe(scheduler)}")
+manifest, client = ex.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data

@@ -63,10 +63,7 @@ from studylib import experiments_extra as xx
 from studylib import plots
 from studylib.fit.cest import cest_b0_map, cest_change, corrected_zspectrum, lorentzian_pools, mtr_asym
 
-pd.set_option("display.precision", 3)
-manifest = ex.resolve_manifest(manifest, preset)
-client = sl.compute.get_client(scheduler)
-print(f"manifest: {manifest}\nscheduler: {sl.compute.describe(scheduler)}")
+manifest, client = ex.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data

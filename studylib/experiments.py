@@ -48,6 +48,7 @@ __all__ = [
     "animal_table",
     "repo_root",
     "resolve_manifest",
+    "start",
     "require_verified",
     "pick_groups",
     "design_table",
@@ -390,6 +391,23 @@ ROI_LABELS = {1: "tumour", 2: "muscle", 3: "vessel", 4: "reference_tube", 5: "ba
 def repo_root() -> Path:
     """The folder holding ``studylib/`` (the repository root in a source checkout)."""
     return Path(__file__).resolve().parents[1]
+
+
+def start(manifest=None, preset: str = "demo", scheduler=None):
+    """The first cell of every experiment notebook: resolve the manifest, choose the scheduler.
+
+    Sets pandas' display precision, resolves ``manifest`` (:func:`resolve_manifest`), starts or
+    connects the Dask scheduler (:func:`studylib.compute.get_client`: ``None``/``"threads"``,
+    ``"local"`` or an address) and prints both.  Returns ``(manifest_path, client)``; ``client``
+    is ``None`` under the threads scheduler.
+    """
+    from . import compute
+
+    pd.set_option("display.precision", 3)
+    path = resolve_manifest(manifest, preset)
+    client = compute.get_client(scheduler)
+    print(f"manifest: {path}\nscheduler: {compute.describe(scheduler)}")
+    return path, client
 
 
 def resolve_manifest(manifest=None, preset: str = "demo") -> Path:
