@@ -1,0 +1,99 @@
+"""The experiment catalogue: one frozen record per experiment notebook, in report order.
+
+Every other module (the runner, the report index, the synthesiser, the conclusions rows) reads
+the experiment list, titles and citations from :data:`EXPERIMENTS`.  A lab adds its own experiment
+by adding a record here and a notebook ``notebooks/<name>.py``.
+
+>>> EXPERIMENTS["collagen_adc"].kinds
+('DWI',)
+>>> experiment("nope")
+Traceback (most recent call last):
+...
+studylib.errors.StudyError: unknown experiment 'nope'; known: ampb_ferumoxytol, blz945_femri, ferumoxytol_therapy, collagen_adc, ktrans_hypoxia, fluorine19_pfc, lactate_cest
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import StudyError
+
+__all__ = ["Experiment", "EXPERIMENTS", "experiment", "citation"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the workbook.
+
+    Attributes
+    ----------
+    name : the notebook's name (``notebooks/<name>.py``) and the manifest's ``study`` value.
+    title : a short title for the report index.
+    biomarker : what is measured, for the index.
+    after : the paper it follows, short form (index).
+    citation : the paper, full enough to find it (conclusions tables).
+    finding : the paper's finding in one line.
+    kinds : the image kinds the notebook reads (besides ``roi`` and ``histology``).
+    """
+
+    name: str
+    title: str
+    biomarker: str
+    after: str
+    citation: str
+    finding: str
+    kinds: tuple[str, ...]
+
+
+#: name -> :class:`Experiment`, in the order reports are run and listed
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("ampb_ferumoxytol", "Amphotericin B and ferumoxytol in glioma",
+               "ferumoxytol ΔR2*/T2*, Amp B vs vehicle", "Yang et al., Neuro-Oncology 2017",
+               "Yang et al., Neuro-Oncology 2017;19:364",
+               "Amp B raises tumour R2* after ferumoxytol (more iron-laden macrophages) vs vehicle",
+               ("MEGRE",)),
+    Experiment("blz945_femri", "BLZ945 and endogenous-iron FeMRI",
+               "endogenous-iron R2* (MGE, 16 echoes), BLZ945 vs control", "Leftin et al., Sci Rep 2019",
+               "Leftin et al., Sci Rep 2019;9:857",
+               "BLZ945 lowers endogenous-iron R2* (FeMRI) as it depletes TAMs; R2* tracks histological iron",
+               ("MEGRE",)),
+    Experiment("ferumoxytol_therapy", "Ferumoxytol as tumour therapy",
+               "tumour growth and T2* after ferumoxytol vs control", "Zanganeh et al., Nat Nanotechnol 2016",
+               "Zanganeh et al., Nat Nanotechnol 2016;11:986 (doi:10.1038/nnano.2016.168)",
+               "ferumoxytol suppresses MMTV-PyMT tumour growth and shortens tumour T2*; CD80 up, CD206 down",
+               ("T2w", "MEGRE")),
+    Experiment("collagen_adc", "ADC and collagen I in cervical cancer PDX",
+               "ADC (b 200–1000) vs collagen I fraction", "Hauge et al., cervical cancer PDX",
+               "Hauge et al., cervical carcinoma PDX (Rofstad lab)",
+               "ADC correlates inversely with the collagen I-positive tissue fraction",
+               ("DWI",)),
+    Experiment("ktrans_hypoxia", "DCE-MRI Ktrans and hypoxia",
+               "Ktrans (Tofts / extended Tofts) vs hypoxic fraction", "Hauge et al., J Transl Med 2017",
+               "Hauge et al., J Transl Med 2017;15:225",
+               "Ktrans correlates inversely with the pimonidazole hypoxic fraction",
+               ("VFA", "DCE")),
+    Experiment("fluorine19_pfc", "19F perfluorocarbon imaging of macrophages",
+               "19F PFC signal vs metastatic potential (67NR/168FARN/4T1)", "Makela et al., MRM 2018",
+               "Makela et al., MRM 2018;80:1138 (doi:10.1002/mrm.27081)",
+               "19F (PFC-labelled macrophage) signal rises with metastatic potential: 67NR < 168FARN < 4T1",
+               ("F19", "T2w")),
+    Experiment("lactate_cest", "Lactate CEST (LATEST) after pyruvate",
+               "MTRasym at 0.4 ppm, pre vs post pyruvate", "DeBrosse et al., Sci Rep 2016",
+               "DeBrosse et al., Sci Rep 2016;6:19517 (doi:10.1038/srep19517)",
+               "LATEST (lactate CEST, MTRasym at 0.4 ppm) rises after pyruvate infusion",
+               ("CEST", "WASSR")),
+]}
+
+
+def experiment(name: str) -> Experiment:
+    """The catalogue record of ``name``; :class:`~studylib.errors.StudyError` naming the known ones otherwise."""
+    try:
+        return EXPERIMENTS[name]
+    except (KeyError, TypeError):
+        raise StudyError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}") from None
+
+
+def citation(name: str) -> str:
+    """The citation of a catalogued experiment, or ``""`` for a lab's own, uncatalogued one."""
+    e = EXPERIMENTS.get(name)
+    return e.citation if e is not None else ""
