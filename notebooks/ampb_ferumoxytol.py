@@ -57,17 +57,17 @@ seed = 0
 
 # %%
 import studylib as sl
-from studylib import experiments as ex
 from studylib import plots
+from studylib.experiments import ampb_ferumoxytol as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 # Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load the multi-gradient-echo scans (lazily)
@@ -75,8 +75,8 @@ ex.require_verified(manifest)
 
 # %%
 ds = sl.load_study(manifest, study, "MEGRE")
-control, treated = ex.pick_groups(ds, control, treated)
-design = ex.design_table(ds)
+control, treated = sl.pick_groups(ds, control, treated)
+design = sl.design_table(ds)
 design
 
 # %% [markdown]
@@ -85,7 +85,7 @@ design
 # T2\* — exactly the iron-laden voxels — is not biased upward as a plain log-linear fit would be.
 
 # %%
-maps = ex.fit_relaxation_maps(ds, method=t2star_method, cache_dir=cache_dir, study=study)
+maps = sl.fit_relaxation_maps(ds, method=t2star_method, cache_dir=cache_dir, study=study)
 maps
 
 # %% [markdown]
@@ -94,18 +94,18 @@ maps
 # shown inside the tumour; then the fit-quality map with failed voxels in red.
 
 # %%
-anat = ex.anatomy(ds)
+anat = sl.anatomy(ds)
 fig = plots.representative_maps(maps["r2star"], anat, ds["roi"], title="tumour R2* (ferumoxytol)")
 
 # %%
-fig = plots.fit_quality_maps(maps[ex.quality_variable(maps)], maps["fit_ok"], anat, ds["roi"])
+fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], anat, ds["roi"])
 
 # %% [markdown]
 # ## 5. Tumour table
 # One row per animal and day: mean tumour R2\* and T2\*, tumour volume, plus the muscle reference.
 
 # %%
-summary, sessions = ex.roi_tables(maps, ds, variables=["r2star", "t2star"])
+summary, sessions = sl.roi_tables(maps, ds, variables=["r2star", "t2star"])
 sessions
 
 # %%
@@ -121,10 +121,10 @@ fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumo
 # accumulation per day. Any convergence or singular-fit diagnosis of the model is printed below the table.
 
 # %%
-effect = ex.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
+effect = sl.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
                                 day_model=day_model)
 print(f"difference on day {effect['at_day']:g}")
-print(ex.model_diagnostics(effect))
+print(sl.model_diagnostics(effect))
 effect["model"].fixed
 
 # %% [markdown]
@@ -133,9 +133,9 @@ effect["model"].fixed
 
 # %%
 histology = sl.load_histology(manifest, study)
-animals = ex.animal_table(sessions, histology)
-hist_col = ex.histology_column(histology, ("iba1", "cd68", "macrophage"))
-corr = ex.correlation_effect(animals, "r2star", hist_col, n_boot=n_boot, seed=seed)
+animals = sl.animal_table(sessions, histology)
+hist_col = sl.histology_column(histology, ("iba1", "cd68", "macrophage"))
+corr = sl.correlation_effect(animals, "r2star", hist_col, n_boot=n_boot, seed=seed)
 fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="group", xlabel="tumour R2* (1/s)",
                                 r=corr["estimate"], r_ci=(corr["ci_low"], corr["ci_high"]))
 
@@ -145,11 +145,11 @@ fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="group", xlabel
 # simulator used (does the 95 % CI cover it?).
 
 # %%
-truth = ex.load_truth(manifest, study)
-conclusions = ex.conclusions_ampb(effect, corr, truth, control=control, treated=treated,
+truth = sl.load_truth(manifest, study)
+conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated,
                                     hist_col=hist_col, alpha=alpha)
-ex.record(conclusions, study=study)
-print(ex.summary_lines(conclusions))
+sl.record(conclusions, study=study)
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -161,7 +161,7 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show ampb_ferumoxytol` lists them and `studylib.workbook.load_intermediate("ampb_ferumoxytol", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+sl.keep_tables(study, manifest, cache_dir, upstream=maps,
                roi_summary=(summary, "tidy ROI statistics per animal, day, ROI and map"),
                sessions=(sessions, "tumour means per animal and day"),
                animals=(animals, "imaging vs histology, one row per animal"),

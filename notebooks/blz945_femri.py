@@ -53,31 +53,31 @@ seed = 0
 
 # %%
 import studylib as sl
-from studylib import experiments as ex
 from studylib import plots
+from studylib.experiments import blz945_femri as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load the multi-gradient-echo scans (lazily)
 
 # %%
 ds = sl.load_study(manifest, study, "MEGRE")
-control, treated = ex.pick_groups(ds, control, treated)
-design = ex.design_table(ds)
+control, treated = sl.pick_groups(ds, control, treated)
+design = sl.design_table(ds)
 design
 
 # %% [markdown]
 # ## 3. Fit T2\*/R2\* maps (noise-floor aware, noise SD from the background ROI)
 
 # %%
-maps = ex.fit_relaxation_maps(ds, method=t2star_method, cache_dir=cache_dir, study=study)
+maps = sl.fit_relaxation_maps(ds, method=t2star_method, cache_dir=cache_dir, study=study)
 maps
 
 # %% [markdown]
@@ -86,17 +86,17 @@ maps
 # then the fit quality with failed voxels in red.
 
 # %%
-anat = ex.anatomy(ds)
+anat = sl.anatomy(ds)
 fig = plots.representative_maps(maps["r2star"], anat, ds["roi"], title="tumour R2* (endogenous iron)")
 
 # %%
-fig = plots.fit_quality_maps(maps[ex.quality_variable(maps)], maps["fit_ok"], anat, ds["roi"])
+fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], anat, ds["roi"])
 
 # %% [markdown]
 # ## 5. Tumour table
 
 # %%
-summary, sessions = ex.roi_tables(maps, ds, variables=["r2star", "t2star"])
+summary, sessions = sl.roi_tables(maps, ds, variables=["r2star", "t2star"])
 sessions
 
 # %%
@@ -110,10 +110,10 @@ fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumo
 # Satterthwaite degrees of freedom.
 
 # %%
-effect = ex.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
-                                day_model=day_model, covariates=ex.model_covariates(sessions))
+effect = sl.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
+                                day_model=day_model, covariates=sl.model_covariates(sessions))
 print(f"difference on day {effect['at_day']:g}")
-print(ex.model_diagnostics(effect))
+print(sl.model_diagnostics(effect))
 effect["model"].fixed
 
 # %% [markdown]
@@ -122,9 +122,9 @@ effect["model"].fixed
 
 # %%
 histology = sl.load_histology(manifest, study)
-animals = ex.animal_table(sessions, histology)
-hist_col = ex.histology_column(histology, ("prussian", "iron"))
-corr = ex.correlation_effect(animals, "r2star", hist_col, n_boot=n_boot, seed=seed)
+animals = sl.animal_table(sessions, histology)
+hist_col = sl.histology_column(histology, ("prussian", "iron"))
+corr = sl.correlation_effect(animals, "r2star", hist_col, n_boot=n_boot, seed=seed)
 fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "model" in animals else "group",
                                 xlabel="tumour R2* (1/s)", r=corr["estimate"],
                                 r_ci=(corr["ci_low"], corr["ci_high"]))
@@ -133,11 +133,11 @@ fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "mod
 # ## 8. Conclusions: the paper's finding, and the simulated truth
 
 # %%
-truth = ex.load_truth(manifest, study)
-conclusions = ex.conclusions_blz945(effect, corr, truth, control=control, treated=treated,
+truth = sl.load_truth(manifest, study)
+conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated,
                                     hist_col=hist_col, alpha=alpha)
-ex.record(conclusions, study=study)
-print(ex.summary_lines(conclusions))
+sl.record(conclusions, study=study)
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -149,7 +149,7 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show blz945_femri` lists them and `studylib.workbook.load_intermediate("blz945_femri", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+sl.keep_tables(study, manifest, cache_dir, upstream=maps,
                roi_summary=(summary, "tidy ROI statistics per animal, day, ROI and map"),
                sessions=(sessions, "tumour means per animal and day"),
                animals=(animals, "imaging vs histology, one row per animal"),

@@ -45,31 +45,31 @@ seed = 0
 
 # %%
 import studylib as sl
-from studylib import experiments as ex
 from studylib import plots
+from studylib.experiments import collagen_adc as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 # Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load the diffusion-weighted scans (lazily)
 
 # %%
 ds = sl.load_study(manifest, study, "DWI")
-design = ex.design_table(ds)
+design = sl.design_table(ds)
 design
 
 # %% [markdown]
 # ## 3. Fit ADC maps (b ≥ `b_min`)
 
 # %%
-maps = ex.fit_adc_maps(ds, b_min=b_min, cache_dir=cache_dir, study=study)
+maps = sl.fit_adc_maps(ds, b_min=b_min, cache_dir=cache_dir, study=study)
 maps
 
 # %% [markdown]
@@ -78,20 +78,20 @@ maps
 # with failed voxels in red.
 
 # %%
-anat = ex.anatomy(ds)
+anat = sl.anatomy(ds)
 fig = plots.representative_maps(maps["adc"], anat, ds["roi"], title="tumour ADC", cmap="viridis")
 
 # %%
-fig = plots.fit_quality_maps(maps[ex.quality_variable(maps)], maps["fit_ok"], anat, ds["roi"])
+fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], anat, ds["roi"])
 
 # %% [markdown]
 # ## 5. Tumour table and histology
 
 # %%
-summary, sessions = ex.roi_tables(maps, ds, variables=["adc"])
+summary, sessions = sl.roi_tables(maps, ds, variables=["adc"])
 histology = sl.load_histology(manifest, study)
-animals = ex.animal_table(sessions, histology)
-col = ex.histology_column(histology, ("collagen",))
+animals = sl.animal_table(sessions, histology)
+col = sl.histology_column(histology, ("collagen",))
 animals.groupby("group")[["adc", col]].agg(["mean", "std", "count"])
 
 # %% [markdown]
@@ -100,8 +100,8 @@ animals.groupby("group")[["adc", col]].agg(["mean", "std", "count"])
 # fraction (µm²/ms per unit fraction).
 
 # %%
-corr = ex.correlation_effect(animals, "adc", col, n_boot=n_boot, seed=seed, alpha=alpha)
-slope = ex.regression_slope(animals, col, "adc", x_scale=0.01, alpha=alpha)
+corr = sl.correlation_effect(animals, "adc", col, n_boot=n_boot, seed=seed, alpha=alpha)
+slope = sl.regression_slope(animals, col, "adc", x_scale=0.01, alpha=alpha)
 fig = plots.correlation_scatter(animals, col, "adc", hue="group", xlabel="collagen I area (%)",
                                 ylabel="tumour ADC (µm²/ms)", r=corr["estimate"],
                                 r_ci=(corr["ci_low"], corr["ci_high"]))
@@ -110,10 +110,10 @@ fig = plots.correlation_scatter(animals, col, "adc", hue="group", xlabel="collag
 # ## 7. Conclusions: the paper's finding, and the simulated truth
 
 # %%
-truth = ex.load_truth(manifest, study)
-conclusions = ex.conclusions_collagen(corr, slope, truth, alpha=alpha)
-ex.record(conclusions, study=study)
-print(ex.summary_lines(conclusions))
+truth = sl.load_truth(manifest, study)
+conclusions = exp.conclusions(corr, slope, truth, alpha=alpha)
+sl.record(conclusions, study=study)
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -125,7 +125,7 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show collagen_adc` lists them and `studylib.workbook.load_intermediate("collagen_adc", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+sl.keep_tables(study, manifest, cache_dir, upstream=maps,
                roi_summary=(summary, "tidy ROI statistics per animal and ROI"),
                animals=(animals, "ADC vs collagen I, one row per animal"),
                conclusions=(conclusions, "finding vs paper and truth"))

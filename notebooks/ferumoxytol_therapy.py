@@ -52,17 +52,17 @@ alpha = 0.05
 
 # %%
 import studylib as sl
-from studylib import experiments as ex
 from studylib import plots
+from studylib.experiments import ferumoxytol_therapy as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 # Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load the T2-weighted and multi-gradient-echo scans (lazily)
@@ -70,8 +70,8 @@ ex.require_verified(manifest)
 # %%
 t2w = sl.load_study(manifest, study, "T2w")
 ds = sl.load_study(manifest, study, "MEGRE")
-control, treated = ex.pick_groups(ds, control, treated)
-design = ex.design_table(t2w)
+control, treated = sl.pick_groups(ds, control, treated)
+design = sl.design_table(t2w)
 design
 
 # %% [markdown]
@@ -80,8 +80,8 @@ design
 # noise SD from the background ROI) inside both tumours and the muscle.
 
 # %%
-volumes = ex.tumour_volumes(t2w, ex.FERUMOXYTOL_LABELS)
-maps = ex.fit_relaxation_maps(ds, method=t2star_method, labels=(1, 2, 6), cache_dir=cache_dir, study=study)
+volumes = sl.tumour_volumes(t2w, exp.TUMOUR_LABELS)
+maps = sl.fit_relaxation_maps(ds, method=t2star_method, labels=(1, 2, 6), cache_dir=cache_dir, study=study)
 maps
 
 # %% [markdown]
@@ -94,7 +94,7 @@ fig = plots.representative_maps(maps["r2star"], t2w["signal"], ds["roi"], labels
                                 title="tumour R2* over T2w")
 
 # %%
-fig = plots.fit_quality_maps(maps[ex.quality_variable(maps)], maps["fit_ok"], t2w["signal"], ds["roi"],
+fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], t2w["signal"], ds["roi"],
                              labels=(1, 6))
 
 # %% [markdown]
@@ -102,10 +102,10 @@ fig = plots.fit_quality_maps(maps[ex.quality_variable(maps)], maps["fit_ok"], t2
 # One row per tumour and session, then the animal means (mean log volume, mean R2\*).
 
 # %%
-summary, _ = ex.roi_tables(maps, ds, variables=["r2star", "t2star"], labels=ex.FERUMOXYTOL_LABELS,
+summary, _ = sl.roi_tables(maps, ds, variables=["r2star", "t2star"], labels=exp.TUMOUR_LABELS,
                            roi="tumour_left")
-tumours = ex.per_tumour_table(summary, volumes, variables=["r2star", "t2star"])
-sessions = ex.animal_means(tumours, variables=["r2star", "t2star"])
+tumours = sl.per_tumour_table(summary, volumes, variables=["r2star", "t2star"])
+sessions = sl.animal_means(tumours, variables=["r2star", "t2star"])
 sessions
 
 # %%
@@ -122,8 +122,8 @@ fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumo
 # exp(difference × days) is the treated/control volume ratio.
 
 # %%
-growth = ex.longitudinal_effect(sessions, "log_volume", control=control, treated=treated, slope=True)
-print(ex.model_diagnostics(growth))
+growth = sl.longitudinal_effect(sessions, "log_volume", control=control, treated=treated, slope=True)
+print(sl.model_diagnostics(growth))
 growth["model"].fixed
 
 # %% [markdown]
@@ -131,10 +131,8 @@ growth["model"].fixed
 # of geometric means on each imaging day (`studylib.stats.tumour_growth`, on the animals' mean volume).
 
 # %%
-from IPython.display import display
-
 growth_stats = sl.stats.tumour_growth(sessions, control=control)
-display(growth_stats.rates)
+display(growth_stats.rates)  # noqa: F821 (IPython)
 growth_stats.tc
 
 # %% [markdown]
@@ -143,11 +141,11 @@ growth_stats.tc
 # is imposed); `treated` is the ferumoxytol − control difference on `r2_day`.
 
 # %%
-r2_day = ex.uptake_day(sessions["day"].unique()) if r2_day is None else r2_day
-r2 = ex.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=r2_day,
+r2_day = exp.uptake_day(sessions["day"].unique()) if r2_day is None else r2_day
+r2 = sl.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=r2_day,
                             day_model="categorical")
 print(f"difference on day {r2_day}")
-print(ex.model_diagnostics(r2))
+print(sl.model_diagnostics(r2))
 r2["model"].fixed
 
 # %% [markdown]
@@ -158,19 +156,19 @@ r2["model"].fixed
 # %%
 histology = sl.load_histology(manifest, study)
 hist = histology.groupby(["animal", "group"], as_index=False)[["cd80_pct_of_f480", "cd206_pct_of_f480"]].mean()
-cd80 = ex.group_difference(hist, "cd80_pct_of_f480", control=control, treated=treated, alpha=alpha)
-cd206 = ex.group_difference(hist, "cd206_pct_of_f480", control=control, treated=treated, alpha=alpha)
+cd80 = sl.group_difference(hist, "cd80_pct_of_f480", control=control, treated=treated, alpha=alpha)
+cd206 = sl.group_difference(hist, "cd206_pct_of_f480", control=control, treated=treated, alpha=alpha)
 hist
 
 # %% [markdown]
 # ## 9. Conclusions: the paper's findings, and the simulated truth
 
 # %%
-truth = ex.load_truth(manifest, study)
-conclusions = ex.conclusions_ferumoxytol(growth, r2, cd80, cd206, truth, control=control, treated=treated,
+truth = sl.load_truth(manifest, study)
+conclusions = exp.conclusions(growth, r2, cd80, cd206, truth, control=control, treated=treated,
                                          alpha=alpha)
-ex.record(conclusions, study=study)
-print(ex.summary_lines(conclusions))
+sl.record(conclusions, study=study)
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -182,7 +180,7 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show ferumoxytol_therapy` lists them and `studylib.workbook.load_intermediate("ferumoxytol_therapy", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+sl.keep_tables(study, manifest, cache_dir, upstream=maps,
                roi_summary=(summary, "tidy ROI statistics per animal, day, tumour and map"),
                tumours=(tumours, "per-tumour R2*/T2* and volume"),
                sessions=(sessions, "animal means per day"),

@@ -59,25 +59,18 @@ n_perm = 20000
 seed = 0
 
 # %%
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-
 import studylib as sl
-from studylib import experiments as ex
-from studylib import experiments_extra as xx
 from studylib import plots
-from studylib.fit.fluorine import fluorine_quantify
-from studylib.models.fluorine import detection_k
+from studylib.experiments import fluorine19_pfc as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 # Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load the 19F and 1H scans (lazily)
@@ -85,7 +78,7 @@ ex.require_verified(manifest)
 # %%
 f19 = sl.load_study(manifest, study, "F19")
 h1 = sl.load_study(manifest, study, "T2w")
-design = ex.design_table(f19)
+design = sl.design_table(f19)
 print(f"reference tube: {f19.attrs.get('ReferenceTube_mM')} mM 19F")
 design
 
@@ -95,17 +88,12 @@ design
 # detection (M > k·σ), Rician-corrected 19F concentration and atoms.
 
 # %%
-quant = fluorine_quantify(f19, false_positive_rate=false_positive_rate)
-quant = ex.compute_with_progress(quant, label="19F quantification")
-k = detection_k(false_positive_rate)
+quant = sl.fluorine_quantify(f19, false_positive_rate=false_positive_rate)
+quant = sl.compute_with_progress(quant, label="19F quantification")
+k = sl.detection_k(false_positive_rate)
 print(f"detection threshold k = {k:.2f} sigma (noise-only false-positive rate {false_positive_rate:.1%})")
-qc = pd.DataFrame({"noise_sigma": quant["noise_sigma"].isel(day=0).to_series(),
-                   "reference_signal": quant["reference_signal"].isel(day=0).to_series()})
-qc["reference_SNR"] = qc["reference_signal"] / qc["noise_sigma"]
-# measured false-positive rate where there is certainly no 19F: the background ROI itself
-bg = f19["roi"] == 5
-qc["background_false_positive_rate"] = (quant["detected"].where(bg).sum(("z", "y", "x"))
-                                        / bg.sum(("z", "y", "x"))).isel(day=0).to_series()
+# the measured false-positive rate where there is certainly no 19F: the background ROI itself
+qc = exp.quality_table(quant, f19["roi"])
 qc
 
 # %% [markdown]
@@ -114,29 +102,18 @@ qc
 # 19F (mM of 19F nuclei) in hot colours over the T2-weighted 1H image, tumour outlined in cyan.
 
 # %%
-animals = xx.fluorine_animal_table(quant, f19["roi"], rim_fraction=rim_fraction,
-                                   voxel_size_mm=f19.attrs["voxel_size_mm"],
-                                   histology=sl.load_histology(manifest, study),
-                                   f_atoms_per_cell=f_atoms_per_cell)
-rep = {}
-for line in lines:
-    sub = animals[animals["model"] == line]
-    if len(sub):
-        rep[line] = sub.iloc[(sub["f19_mM"] - sub["f19_mM"].median()).abs().argsort().iloc[0]]["animal"]
-fig = xx.fluorine_overlay_grid(h1["signal"], quant, f19["roi"], animals_by_group=rep,
+animals = exp.fluorine_animal_table(quant, f19["roi"], rim_fraction=rim_fraction,
+                                    voxel_size_mm=f19.attrs["voxel_size_mm"],
+                                    histology=sl.load_histology(manifest, study),
+                                    f_atoms_per_cell=f_atoms_per_cell)
+rep = exp.representative_animals(animals, lines)
+fig = plots.fluorine_overlay_grid(h1["signal"], quant, f19["roi"], animals_by_group=rep,
                                title="detected 19F over 1H T2w, 24 h after PFC")
 
 # %%
-snr = quant["snr"].where(f19["roi"] == 1).values
-fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
-for line in lines:
-    ids = animals.loc[animals["model"] == line, "animal"].tolist()
-    v = quant["snr"].sel(animal=ids).where(f19["roi"].sel(animal=ids) == 1).values.ravel()
-    ax.hist(v[np.isfinite(v)], bins=60, histtype="step", density=True, label=line)
-ax.axvline(k, color="k", ls="--", lw=0.8, label=f"threshold {k:.2f}")
-ax.set_xlabel("tumour voxel 19F SNR (M / sigma)")
-ax.set_ylabel("density")
-ax.legend(fontsize=8)
+fig = plots.snr_histograms(quant["snr"], f19["roi"],
+                           {line: animals.loc[animals["model"] == line, "animal"].tolist() for line in lines},
+                           threshold=k, xlabel="tumour voxel 19F SNR (M / sigma)")
 
 # %% [markdown]
 # ## 5. Tumour table
@@ -154,17 +131,8 @@ animals.groupby("model")[["f19_mM", "f19_atoms", "rim_over_core", "detected_frac
                           "lung_metastases_count"]].agg(["mean", "std", "count"]).reindex(lines)
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
-for ax, col, lab in zip(axes, ["f19_mM", "rim_over_core", "lung_metastases_count"],
-                        ["tumour 19F (mM)", "19F rim / core", "lung metastases (count)"]):
-    for i, line in enumerate(lines):
-        v = animals.loc[animals["model"] == line, col].to_numpy(dtype=float)
-        v = v[np.isfinite(v)]
-        ax.scatter(np.full(v.size, i) + np.linspace(-0.12, 0.12, v.size), v, s=18)
-        if v.size:
-            ax.hlines(v.mean(), i - 0.25, i + 0.25, color="k")
-    ax.set_xticks(range(len(lines)), lines)
-    ax.set_ylabel(lab)
+fig = plots.group_strips(animals, {"f19_mM": "tumour 19F (mM)", "rim_over_core": "19F rim / core",
+                                   "lung_metastases_count": "lung metastases (count)"}, group="model", order=lines)
 
 # %% [markdown]
 # ## 6. Statistics
@@ -175,18 +143,18 @@ for ax, col, lab in zip(axes, ["f19_mM", "rim_over_core", "lung_metastases_count
 # **Metastases.** Lung metastasis counts are tested for the same order, and correlated with tumour 19F.
 
 # %%
-jt = xx.jonckheere_terpstra([animals.loc[animals["model"] == g, "f19_mM"] for g in lines], n_perm=n_perm, seed=seed)
-omni, pairs = xx.kruskal_pairwise(animals, "f19_mM", "model", lines)
-diff = ex.group_difference(animals, "f19_mM", control=lines[0], treated=lines[-1], group_col="model", alpha=alpha)
-jt_mets = xx.jonckheere_terpstra([animals.loc[animals["model"] == g, "lung_metastases_count"] for g in lines],
-                                 n_perm=n_perm, seed=seed)
+jt = sl.stats.jonckheere_terpstra([animals.loc[animals["model"] == g, "f19_mM"] for g in lines], n_perm=n_perm, seed=seed)
+omni, pairs = sl.stats.kruskal_pairwise(animals, "f19_mM", "model", lines)
+diff = sl.group_difference(animals, "f19_mM", control=lines[0], treated=lines[-1], group_col="model", alpha=alpha)
+jt_mets = sl.stats.jonckheere_terpstra([animals.loc[animals["model"] == g, "lung_metastases_count"] for g in lines],
+                                       n_perm=n_perm, seed=seed)
 print(f"tumour 19F: JT J = {jt['statistic']:.0f} (E = {jt['expected']:.0f}), p = {jt['p']:.2g}; "
       f"Kruskal-Wallis H = {omni['H']:.2f}, p = {omni['p']:.2g}")
 print(f"lung metastases: JT J = {jt_mets['statistic']:.0f}, p = {jt_mets['p']:.2g}")
 pairs
 
 # %%
-corr = ex.correlation_effect(animals, "f19_mM", "lung_metastases_count", n_boot=n_boot, seed=seed, alpha=alpha)
+corr = sl.correlation_effect(animals, "f19_mM", "lung_metastases_count", n_boot=n_boot, seed=seed, alpha=alpha)
 fig = plots.correlation_scatter(animals, "f19_mM", "lung_metastases_count", hue="model",
                                 xlabel="tumour 19F (mM)", ylabel="lung metastases (count)",
                                 r=corr["estimate"], r_ci=(corr["ci_low"], corr["ci_high"]))
@@ -198,28 +166,12 @@ fig = plots.correlation_scatter(animals, "f19_mM", "lung_metastases_count", hue=
 # 19F (line means) and the true correlation.
 
 # %%
-truth = ex.load_truth(manifest, study)
-paper = sl.experiments.PAPERS[study]["citation"]
-line_truth = (ex.find_key(truth, "tumour_f19_mM_line_means") or {}).get("sample", {})
-true_diff = (line_truth.get(lines[-1], np.nan) - line_truth.get(lines[0], np.nan)) if line_truth else np.nan
-mets = ex.group_difference(animals, "lung_metastases_count", control=lines[0], treated=lines[-1],
+truth = sl.load_truth(manifest, study)
+mets = sl.group_difference(animals, "lung_metastases_count", control=lines[0], treated=lines[-1],
                            group_col="model", alpha=alpha)
-rows = [
-    ex.check_effect(f"tumour 19F {lines[-1]} - {lines[0]} (ordered trend {' < '.join(lines)})",
-                    estimate=diff["estimate"], ci_low=diff["ci_low"], ci_high=diff["ci_high"], p=jt["p"],
-                    expected_sign=1, truth=true_diff, units="mM", paper=paper,
-                    method=f"Welch CI; p: {jt['method']}", alpha=alpha),
-    ex.check_effect(f"lung metastases {lines[-1]} - {lines[0]} (ordered trend)",
-                    estimate=mets["estimate"], ci_low=mets["ci_low"], ci_high=mets["ci_high"], p=jt_mets["p"],
-                    expected_sign=1, truth=None, units="count", paper=paper,
-                    method=f"Welch CI; p: {jt_mets['method']}", alpha=alpha),
-    ex.check_effect("tumour 19F vs lung metastases (r)", estimate=corr["estimate"], ci_low=corr["ci_low"],
-                    ci_high=corr["ci_high"], p=corr["p"], expected_sign=1,
-                    truth=ex.true_correlation(truth, "tumour_f19_mM_vs_lung_metastases_count"), units="",
-                    paper=paper, method=corr["method"], alpha=alpha),
-]
-conclusions = ex.conclusions_table(rows)
-ex.record(conclusions, study=study, jt_p=jt["p"], kruskal_p=omni["p"])
+conclusions = exp.conclusions(diff, jt, mets, jt_mets, corr, truth, lines=lines, alpha=alpha)
+sl.record(conclusions, study=study, jt_p=jt["p"], kruskal_p=omni["p"])
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -238,5 +190,5 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show fluorine19_pfc` lists them and `studylib.workbook.load_intermediate("fluorine19_pfc", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, animals=(animals, "19F content per animal and tumour line"),
+sl.keep_tables(study, manifest, cache_dir, animals=(animals, "19F content per animal and tumour line"),
                conclusions=(conclusions, "finding vs paper and truth"))

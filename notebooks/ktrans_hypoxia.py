@@ -54,17 +54,17 @@ seed = 0
 
 # %%
 import studylib as sl
-from studylib import experiments as ex
 from studylib import plots
+from studylib.experiments import ktrans_hypoxia as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 # Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load the variable-flip-angle and dynamic scans (lazily)
@@ -72,7 +72,7 @@ ex.require_verified(manifest)
 # %%
 vfa = sl.load_study(manifest, study, "VFA")
 dce = sl.load_study(manifest, study, "DCE")
-design = ex.design_table(dce)
+design = sl.design_table(dce)
 design
 
 # %% [markdown]
@@ -82,7 +82,7 @@ design
 # in every tumour and muscle voxel.
 
 # %%
-maps, aif = ex.fit_dce_maps(vfa, dce, model=dce_model, aif_source=aif_source, n_baseline=n_baseline,
+maps, aif = sl.fit_dce_maps(vfa, dce, model=dce_model, aif_source=aif_source, n_baseline=n_baseline,
                             cache_dir=cache_dir, study=study)
 maps
 
@@ -95,12 +95,12 @@ fig = plots.time_curves(aif, title=f"arterial input function (plasma, {aif_sourc
 # failed voxels in red, and the T1 map.
 
 # %%
-anat = ex.anatomy(dce)
+anat = sl.anatomy(dce)
 fig = plots.representative_maps(maps["ktrans"], anat, dce["roi"], title=f"tumour Ktrans ({dce_model})",
                                 cmap="inferno")
 
 # %%
-fig = plots.fit_quality_maps(maps[ex.quality_variable(maps)], maps["fit_ok"], anat, dce["roi"])
+fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], anat, dce["roi"])
 
 # %%
 fig = plots.representative_maps(maps["t1"], anat, dce["roi"], labels=(1, 2), title="pre-contrast T1",
@@ -111,34 +111,34 @@ fig = plots.representative_maps(maps["t1"], anat, dce["roi"], labels=(1, 2), tit
 
 # %%
 variables = [v for v in ("ktrans", "kep", "ve", "vp", "t1") if v in maps]
-summary, sessions = ex.roi_tables(maps, dce, variables=variables)
+summary, sessions = sl.roi_tables(maps, dce, variables=variables)
 histology = sl.load_histology(manifest, study)
-animals = ex.animal_table(sessions, histology)
-hyp = ex.histology_column(histology, ("hypoxic",))
+animals = sl.animal_table(sessions, histology)
+hyp = sl.histology_column(histology, ("hypoxic",))
 animals.groupby("group")[["ktrans", hyp]].agg(["mean", "std", "count"])
 
 # %% [markdown]
 # ## 6. Ktrans vs hypoxic fraction, and the alternatives (MVD, IFP)
 
 # %%
-corr = ex.correlation_effect(animals, "ktrans", hyp, n_boot=n_boot, seed=seed, alpha=alpha)
-slope = ex.regression_slope(animals, hyp, "ktrans", x_scale=0.01, alpha=alpha)
+corr = sl.correlation_effect(animals, "ktrans", hyp, n_boot=n_boot, seed=seed, alpha=alpha)
+slope = sl.regression_slope(animals, hyp, "ktrans", x_scale=0.01, alpha=alpha)
 fig = plots.correlation_scatter(animals, hyp, "ktrans", hue="group", xlabel="pimonidazole hypoxic fraction (%)",
                                 ylabel="tumour Ktrans (1/min)", r=corr["estimate"],
                                 r_ci=(corr["ci_low"], corr["ci_high"]))
 
 # %%
-others = ex.other_correlations(animals, "ktrans", histology, exclude=(hyp,), n_boot=n_boot, seed=seed)
+others = exp.other_correlations(animals, "ktrans", histology, exclude=(hyp,), n_boot=n_boot, seed=seed)
 others
 
 # %% [markdown]
 # ## 7. Conclusions: the paper's finding, and the simulated truth
 
 # %%
-truth = ex.load_truth(manifest, study)
-conclusions = ex.conclusions_ktrans(corr, slope, truth, hist_col=hyp, alpha=alpha)
-ex.record(conclusions, study=study)
-print(ex.summary_lines(conclusions))
+truth = sl.load_truth(manifest, study)
+conclusions = exp.conclusions(corr, slope, truth, hist_col=hyp, alpha=alpha)
+sl.record(conclusions, study=study)
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -150,7 +150,7 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show ktrans_hypoxia` lists them and `studylib.workbook.load_intermediate("ktrans_hypoxia", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, upstream=maps,
+sl.keep_tables(study, manifest, cache_dir, upstream=maps,
                roi_summary=(summary, "tidy ROI statistics per animal and ROI"),
                animals=(animals, "Ktrans vs hypoxic fraction, one row per animal"),
                conclusions=(conclusions, "finding vs paper and truth"))

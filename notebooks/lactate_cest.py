@@ -53,24 +53,18 @@ alpha = 0.05
 seed = 0
 
 # %%
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-
 import studylib as sl
-from studylib import experiments as ex
-from studylib import experiments_extra as xx
 from studylib import plots
-from studylib.fit.cest import cest_b0_map, cest_change, corrected_zspectrum, lorentzian_pools, mtr_asym
+from studylib.experiments import lactate_cest as exp
 
-manifest, client = ex.start(manifest, preset, scheduler)
+manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
 # Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-ex.require_verified(manifest)
+sl.require_verified(manifest)
 
 # %% [markdown]
 # ## 2. Load CEST and WASSR (lazily), offsets sorted
@@ -84,23 +78,22 @@ signal = cest["signal"].sortby("offset")
 wsignal = wassr["signal"].sortby("offset")
 roi = cest["roi"]
 analysed = roi.isin([1, 2])  # tumour and muscle
-design = ex.design_table(cest)
+design = sl.design_table(cest)
 design
 
 # %% [markdown]
 # ## 3. B0 map from WASSR, then MTRasym with and without correction
 
 # %%
-b0 = cest_b0_map(wsignal, mask=analysed, method=b0_method)
-res = mtr_asym(signal, cest["m0"], b0_ppm=b0["b0_ppm"], deltas_ppm=(delta_ppm,), bands_ppm=[tuple(band_ppm)],
+b0 = sl.cest_b0_map(wsignal, mask=analysed, method=b0_method)
+res = sl.mtr_asym(signal, cest["m0"], b0_ppm=b0["b0_ppm"], deltas_ppm=(delta_ppm,), bands_ppm=[tuple(band_ppm)],
                mask=analysed)
-raw = mtr_asym(signal, cest["m0"], deltas_ppm=(delta_ppm,), mask=analysed)
-b0, res, raw = ex.compute_with_progress((b0, res, raw), label="B0 and MTRasym")
+raw = sl.mtr_asym(signal, cest["m0"], deltas_ppm=(delta_ppm,), mask=analysed)
+b0, res, raw = sl.compute_with_progress((b0, res, raw), label="B0 and MTRasym")
 mtr = res["mtr_asym"].sel(delta=delta_ppm)
 band_name = f"{band_ppm[0]:g}-{band_ppm[1]:g}"
 print(f"B0 fit ok in {float(b0['fit_ok'].where(analysed).sum() / analysed.sum()):.1%} of analysed voxels; "
-      f"|B0| up to {float(np.nanmax(np.abs(b0['b0_ppm'].values))):.2f} ppm "
-      f"({float(np.nanmax(np.abs(b0['b0_hz'].values))):.0f} Hz)")
+      f"|B0| up to {float(abs(b0['b0_ppm']).max()):.2f} ppm ({float(abs(b0['b0_hz']).max()):.0f} Hz)")
 
 # %% [markdown]
 # ## 4. Quality control
@@ -109,30 +102,30 @@ print(f"B0 fit ok in {float(b0['fit_ok'].where(analysed).sum() / analysed.sum())
 
 # %%
 anat = cest["m0"]
-animals_ids = list(np.asarray(cest["animal"].values))
+animals_ids = [str(a) for a in cest["animal"].values]
 days = [d for d in (pre_day, post_day) if d in list(cest["day"].values)]
-fig = xx.cest_map_grid(b0["b0_ppm"], anat, analysed.astype("int16"), animals=animals_ids, days=days, units="ppm",
+fig = plots.cest_map_grid(b0["b0_ppm"], anat, analysed.astype("int16"), animals=animals_ids, days=days, units="ppm",
                        title="WASSR B0 map (tumour and muscle)")
 
 # %%
 tumour = roi == 1
-z_raw, z_cor = ex.compute_with_progress(
-    (corrected_zspectrum(signal.where(tumour), cest["m0"], b0_ppm=None) / 100.0,
-     corrected_zspectrum(signal.where(tumour), cest["m0"], b0_ppm=b0["b0_ppm"]) / 100.0), label="Z-spectra")
+z_raw, z_cor = sl.compute_with_progress(
+    (sl.corrected_zspectrum(signal.where(tumour), cest["m0"], b0_ppm=None) / 100.0,
+     sl.corrected_zspectrum(signal.where(tumour), cest["m0"], b0_ppm=b0["b0_ppm"]) / 100.0), label="Z-spectra")
 offs = signal["offset"].values
 spectra = {}
 for name, zz in (("uncorrected", z_raw), ("B0-corrected", z_cor)):
-    pooled = xx.roi_mean_spectra(zz.sel(day=pre_day).expand_dims(day=[pre_day]), roi.sel(day=[pre_day]), label=1)
-    spectra[f"{name}, day {pre_day}"] = np.concatenate(list(pooled.values()))
+    pooled = exp.roi_mean_spectra(zz.sel(day=pre_day).expand_dims(day=[pre_day]), roi.sel(day=[pre_day]), label=1)
+    spectra[f"{name}, day {pre_day}"] = pooled[f"day {pre_day}"]
 fig = plots.zspectra(offs, spectra, highlight_ppm=delta_ppm, title="tumour Z-spectra (pre), all animals")
 
 # %%
-fig = xx.cest_map_grid(mtr, anat, roi, animals=animals_ids, days=days, units="%",
+fig = plots.cest_map_grid(mtr, anat, roi, animals=animals_ids, days=days, units="%",
                        title=f"tumour MTRasym at {delta_ppm:g} ppm (B0-corrected)")
 
 # %%
-change = cest_change(mtr, pre_day=pre_day, post_day=post_day)
-fig = xx.cest_map_grid(change.expand_dims(day=[post_day]), anat.sel(day=[post_day]), roi.sel(day=[post_day]),
+change = sl.cest_change(mtr, pre_day=pre_day, post_day=post_day)
+fig = plots.cest_map_grid(change.expand_dims(day=[post_day]), anat.sel(day=[post_day]), roi.sel(day=[post_day]),
                        animals=animals_ids, days=[post_day], units="% (post - pre)",
                        title=f"change of MTRasym({delta_ppm:g} ppm), post - pre")
 
@@ -144,15 +137,11 @@ fig = xx.cest_map_grid(change.expand_dims(day=[post_day]), anat.sel(day=[post_da
 # %%
 maps = {"mtr_0p4": mtr, "mtr_0p4_uncorrected": raw["mtr_asym"].sel(delta=delta_ppm),
         f"mtr_band_{band_name}": res["mtr_asym_band"].sel(band=band_name), "b0_ppm": b0["b0_ppm"]}
-sessions = xx.cest_session_table(maps, roi)
+sessions = exp.cest_session_table(maps, roi)
 if fit_pools:
     # per-voxel pool fits are noise-dominated for a 0.7 % pool next to water, so fit the tumour-mean
     # B0-corrected Z-spectrum of each scan (offsets within +-1.6 ppm, where no voxel is shifted out)
-    zt = z_cor.where(tumour).mean(("z", "y", "x")).sel(offset=slice(-1.6, 1.6))
-    pools = lorentzian_pools(zt, normalized=True)
-    pool_tab = pools[["lactate_amplitude", "water_amplitude", "rmse", "fit_ok"]].to_dataframe().reset_index()
-    sessions = sessions.merge(pool_tab.rename(columns={"lactate_amplitude": "lactate_pool_pct"})
-                              [["animal", "day", "lactate_pool_pct"]].assign(roi="tumour"),
+    sessions = sessions.merge(exp.tumour_pool_table(z_cor, roi, offsets_ppm=(-1.6, 1.6)),
                               on=["roi", "animal", "day"], how="left")
 sessions
 
@@ -164,10 +153,10 @@ sessions
 
 # %%
 tum = sessions[sessions["roi"] == "tumour"]
-paired = xx.paired_change(tum, "mtr_0p4", pre=pre_day, post=post_day, alpha=alpha)
-paired_raw = xx.paired_change(tum, "mtr_0p4_uncorrected", pre=pre_day, post=post_day, alpha=alpha)
-paired_muscle = xx.paired_change(sessions[sessions["roi"] == "muscle"], "mtr_0p4", pre=pre_day, post=post_day,
-                                 alpha=alpha)
+paired = sl.stats.paired_change(tum, "mtr_0p4", pre=pre_day, post=post_day, alpha=alpha)
+paired_raw = sl.stats.paired_change(tum, "mtr_0p4_uncorrected", pre=pre_day, post=post_day, alpha=alpha)
+paired_muscle = sl.stats.paired_change(sessions[sessions["roi"] == "muscle"], "mtr_0p4", pre=pre_day,
+                                       post=post_day, alpha=alpha)
 print(f"tumour MTRasym({delta_ppm:g}) post - pre: {paired['estimate']:.2f} % "
       f"[{paired['ci_low']:.2f}, {paired['ci_high']:.2f}], p = {paired['p']:.2g} ({paired['method']}); "
       f"Wilcoxon p = {paired['p_wilcoxon']:.2g}")
@@ -177,13 +166,9 @@ print(f"muscle (control tissue): {paired_muscle['estimate']:.2f} % "
 paired["per_animal"]
 
 # %%
-fig, ax = plt.subplots(figsize=(4.2, 3.4), constrained_layout=True)
 per = paired["per_animal"]
-for a, r in per.iterrows():
-    ax.plot([0, 1], [r["pre"], r["post"]], marker="o", label=str(a))
-ax.set_xticks([0, 1], [f"pre (day {pre_day})", f"post (day {post_day})"])
-ax.set_ylabel(f"tumour MTRasym at {delta_ppm:g} ppm (%)")
-ax.legend(fontsize=8)
+fig = plots.paired_lines(per, xticklabels=[f"pre (day {pre_day})", f"post (day {post_day})"],
+                         ylabel=f"tumour MTRasym at {delta_ppm:g} ppm (%)")
 
 # %%
 histology = sl.load_histology(manifest, study)
@@ -199,29 +184,16 @@ if mrs_col:
 # Truth: the simulated animals' true tumour MTRasym change (and lactate pool change).
 
 # %%
-truth = ex.load_truth(manifest, study)
-paper = sl.experiments.PAPERS[study]["citation"]
-eff = ex.find_key(truth, "tumour_mtrasym_0p4_pct_post_minus_pre") or {}
-true_change = eff.get("sample", np.nan) if isinstance(eff, dict) else np.nan
-rows = [
-    ex.check_effect(f"tumour MTRasym({delta_ppm:g} ppm) post - pre, B0-corrected", estimate=paired["estimate"],
-                    ci_low=paired["ci_low"], ci_high=paired["ci_high"], p=paired["p"], expected_sign=1,
-                    truth=true_change, units="%", paper=paper, method=paired["method"], alpha=alpha),
-    ex.check_effect(f"tumour MTRasym({delta_ppm:g} ppm) post - pre, no B0 correction",
-                    estimate=paired_raw["estimate"], ci_low=paired_raw["ci_low"], ci_high=paired_raw["ci_high"],
-                    p=paired_raw["p"], expected_sign=1, truth=true_change, units="%", paper=paper,
-                    method=paired_raw["method"], alpha=alpha),
-]
+truth = sl.load_truth(manifest, study)
+pool, true_pool = None, float("nan")
 if fit_pools:
-    pp = xx.paired_change(tum, "lactate_pool_pct", pre=pre_day, post=post_day, alpha=alpha)
-    sess_truth = pd.read_csv(ex.find_truth(manifest, study).parent / "sessions.csv")
-    w = sess_truth.pivot_table(index="animal", columns="day", values="tumour_lactate_pool_pct")
-    true_pool = float((w[post_day] - w[pre_day]).mean()) if {pre_day, post_day} <= set(w.columns) else np.nan
-    rows.append(ex.check_effect("tumour lactate pool amplitude post - pre (Lorentzian fit)", estimate=pp["estimate"],
-                                ci_low=pp["ci_low"], ci_high=pp["ci_high"], p=pp["p"], expected_sign=1,
-                                truth=true_pool, units="%", paper=paper, method=pp["method"], alpha=alpha))
-conclusions = ex.conclusions_table(rows)
-ex.record(conclusions, study=study, n_animals=paired["n_animals"])
+    pool = sl.stats.paired_change(tum, "lactate_pool_pct", pre=pre_day, post=post_day, alpha=alpha)
+    true_pool = exp.true_pool_change(sl.load_truth_table(manifest, study, "sessions.csv"), pre_day=pre_day,
+                                     post_day=post_day)
+conclusions = exp.conclusions(paired, paired_raw, truth, delta_ppm=delta_ppm, pool=pool, true_pool=true_pool,
+                              alpha=alpha)
+sl.record(conclusions, study=study, n_animals=paired["n_animals"])
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %%
@@ -243,5 +215,5 @@ fig = plots.effect_vs_truth(conclusions)
 # `studylib show lactate_cest` lists them and `studylib.workbook.load_intermediate("lactate_cest", name)` opens them.
 
 # %%
-ex.keep_tables(study, manifest, cache_dir, sessions=(sessions, "tumour MTRasym per animal and session"),
+sl.keep_tables(study, manifest, cache_dir, sessions=(sessions, "tumour MTRasym per animal and session"),
                conclusions=(conclusions, "finding vs paper and truth"))

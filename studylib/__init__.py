@@ -4,14 +4,17 @@ The curated top level that notebooks import (``import studylib as sl``).  Everyt
 lazily on first use, so ``import studylib`` stays cheap (no xarray/dask/statsmodels/matplotlib
 import until a name that needs them is touched)::
 
-    sl.verify_manifest(path)              # -> list of problems (empty when the manifest is sound)
-    ds = sl.load_study(manifest, study, "MEGRE")
-    maps = sl.fit.t2star(ds.signal, mask=ds.roi > 0)
-    table = sl.roi.summarize(maps, ds.roi, labels={1: "tumour"})
-    fit = sl.stats.mixed_model(table, "r2star ~ group * day", groups="animal")
+    manifest, client = sl.start(None, "demo")     # resolve the manifest, choose the Dask scheduler
+    sl.require_verified(manifest)                 # schema, paths, sha256 — stop on any problem
+    ds = sl.load_study(manifest, study, "MEGRE")  # lazy (animal, day, te, z, y, x)
+    maps = sl.fit_relaxation_maps(ds)             # T2*/R2* inside the ROIs, cached
+    summary, sessions = sl.roi_tables(maps, ds, variables=["r2star"])
+    effect = sl.longitudinal_effect(sessions, "r2star", control="vehicle", treated="ampb")
 
-Subpackages and modules: ``fit``, ``models``, ``io``, ``manifest``, ``roi``, ``stats``, ``plots``,
-``experiments``, ``synth``, ``cache``, ``compute``, ``workbook``, ``errors``, ``testing``.
+The flow and where each step lives: ``docs/architecture.md``.  Subpackages and modules:
+``manifest``, ``io``, ``models``, ``fit``, ``roi``, ``stats``, ``analysis``, ``experiments``,
+``plots``, ``workbook``, ``synth``, ``cache``, ``compute``, ``catalog``, ``conventions``,
+``layout``, ``errors``, ``testing``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import DataFileError, FitInputError, ManifestError, StudyError
+from .errors import DataFileError, ExperimentError, FitInputError, ManifestError, StudyError
 
 __version__ = "0.1.0"
 
 #: lazily imported submodules
-_MODULES = ("fit", "models", "io", "manifest", "roi", "stats", "plots", "experiments", "synth", "cache",
-            "compute", "workbook", "testing", "errors")
+_MODULES = ("fit", "models", "io", "manifest", "roi", "stats", "plots", "analysis", "experiments", "synth",
+            "cache", "compute", "workbook", "testing", "errors", "catalog", "conventions", "layout")
 
-#: lazily imported functions: name -> (module, attribute)
+_ANALYSIS = (
+    "start", "resolve_manifest", "require_verified", "compute_with_progress", "pick_groups", "design_table",
+    "anatomy", "voxel_volume_mm3", "histology_column", "model_covariates",
+    "get_cache", "quality_variable", "background_mask", "fit_relaxation_maps", "fit_adc_maps", "baseline_frames",
+    "fit_dce_maps",
+    "roi_tables", "session_table", "animal_table", "tumour_volumes", "per_tumour_table", "animal_means",
+    "Estimate", "longitudinal_effect", "model_diagnostics", "correlation_effect", "regression_slope",
+    "group_difference",
+    "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "disagreements", "summary_lines", "headline",
+    "effect_row", "correlation_row",
+    "find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation",
+    "record", "keep_tables",
+)
+_FIT = ("t2star", "t2", "t1_vfa", "t1_ir", "t1_sr", "adc", "ivim", "dce", "cest_b0_map", "mtr_asym",
+        "lorentzian_pools", "corrected_zspectrum", "cest_change", "fluorine_quantify", "fluorine_per_roi")
+
+#: lazily imported names: name -> (module, attribute)
 _FUNCTIONS = {
     "verify_manifest": ("studylib.manifest", "verify_manifest"),
     "read_manifest": ("studylib.manifest", "read_manifest"),
@@ -35,10 +54,13 @@ _FUNCTIONS = {
     "load_histology": ("studylib.io", "load_histology"),
     "generate": ("studylib.synth", "generate"),
     "summarize": ("studylib.roi", "summarize"),
+    "tumour_rim_core": ("studylib.roi", "tumour_rim_core"),
     "mixed_model": ("studylib.stats", "mixed_model"),
-    "check_effect": ("studylib.experiments", "check_effect"),
-    "conclusions_table": ("studylib.experiments", "conclusions_table"),
-    "load_truth": ("studylib.experiments", "load_truth"),
+    "detection_k": ("studylib.models.fluorine", "detection_k"),
+    "EXPERIMENTS": ("studylib.catalog", "EXPERIMENTS"),
+    "ROI_LABELS": ("studylib.conventions", "ROI_LABELS"),
+    **{n: ("studylib.analysis", n) for n in _ANALYSIS},
+    **{n: ("studylib.fit", n) for n in _FIT},
 }
 
 __all__ = [
@@ -47,6 +69,7 @@ __all__ = [
     "ManifestError",
     "DataFileError",
     "FitInputError",
+    "ExperimentError",
     *_MODULES,
     *_FUNCTIONS,
 ]

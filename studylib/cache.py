@@ -60,7 +60,6 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import fcntl
-import functools
 import hashlib
 import json
 import math
@@ -75,6 +74,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import recorder
+from ._atomic import atomic_write_text
+from ._codehash import code_hash, code_hash_of
 from .errors import StudyError
 from .manifest import sha256_file
 
@@ -112,22 +114,6 @@ class CacheError(StudyError):
 # key ingredients
 
 
-@functools.lru_cache(maxsize=1)
-def code_hash() -> str:
-    """sha256 over every ``studylib/**/*.py`` file (relative path + bytes), computed once per process."""
-    pkg = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for p in sorted(pkg.rglob("*.py")):
-        if "__pycache__" in p.parts:
-            continue
-        h.update(p.relative_to(pkg).as_posix().encode())
-        h.update(b"\0")
-        h.update(p.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
 def _versions_tuple() -> tuple:
     from importlib import metadata
 
@@ -289,7 +275,8 @@ def make_key(name: str, *, inputs: Iterable = (), params=None, code: str | None 
              versions: dict | None = None) -> str:
     """The sha256 key of an entry: name + input fingerprints + params + code hash + package versions.
 
-    ``code`` and ``versions`` default to :func:`code_hash` and :func:`package_versions`.
+    ``code`` (a hash, see :func:`studylib._codehash.code_hash_of`) and ``versions`` default to the
+    whole package's :func:`code_hash` and :func:`package_versions`.
     """
     if isinstance(inputs, (str, bytes, os.PathLike)) or not isinstance(inputs, Iterable) \
             or _is_single_input(inputs):
@@ -514,15 +501,6 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}{TMP_TAG}{uuid.uuid4().hex}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One complete cache entry (as listed by :meth:`Cache.entries`)."""
@@ -574,12 +552,14 @@ class Cache:
         return f"Cache({self.experiment!r}, root={str(self.root)!r}, hits={len(self.hits)}, misses={len(self.misses)})"
 
     # -- keys ---------------------------------------------------------------------------------
-    def key(self, name: str, *, inputs: Iterable = (), params=None, depends: Iterable[str] = ()) -> str:
-        """The key :meth:`get_or_compute` would use (see :func:`make_key`)."""
+    def key(self, name: str, *, inputs: Iterable = (), params=None, depends: Iterable[str] = (),
+            code: Iterable[str] = ()) -> str:
+        """The key :meth:`get_or_compute` would use (see :func:`make_key`); ``code`` as there."""
         _check_name(name, "name")
         inputs = _as_list(inputs)
         dep = [self._dependency(d, name) for d in depends]
-        return make_key(name, inputs=[*inputs, *dep], params=params)
+        code = tuple(code)
+        return make_key(name, inputs=[*inputs, *dep], params=params, code=code_hash_of(*code) if code else None)
 
     def _dependency(self, dep: str, name: str) -> Entry:
         key = self._session_keys.get(dep)
@@ -600,7 +580,8 @@ class Cache:
 
     # -- main entry point ---------------------------------------------------------------------
     def get_or_compute(self, name: str, fn: Callable[[], Any], *, inputs: Iterable = (), params=None,
-                       depends: Iterable[str] = (), kind: str | None = None, description: str = ""):
+                       depends: Iterable[str] = (), code: Iterable[str] = (), kind: str | None = None,
+                       description: str = ""):
         """Return the cached result for (name, inputs, params, code, versions), computing it if needed.
 
         Parameters
@@ -611,6 +592,9 @@ class Cache:
         inputs : what the result is computed from (see the module docstring); a single object or a list.
         params : JSON-able parameters (dict, dataclass, numbers, strings).
         depends : names of other entries of this experiment the result depends on.
+        code : the modules that compute the result (e.g. ``("studylib.fit.relaxometry", "studylib.io.load")``):
+            the key hashes their source and that of every studylib module they import, so editing a figure
+            or a notebook does not invalidate a map.  Default (empty): the whole package's source.
         kind : ``"zarr"``, ``"parquet"`` or ``"json"`` (default: from the type fn returns).
         description : one line shown by ``studylib show``.
 
@@ -622,7 +606,8 @@ class Cache:
         if kind is not None and kind not in KINDS:
             raise CacheError(f"{name}: kind must be one of {KINDS}, got {kind!r}")
         inputs = _as_list(inputs)
-        key = self.key(name, inputs=inputs, params=params, depends=depends)
+        code = tuple(code)
+        key = self.key(name, inputs=inputs, params=params, depends=depends, code=code)
         self._session_keys[name] = key
         where = f"{self.dir}/{name}"
         folder = self.path(name, key)
@@ -649,11 +634,11 @@ class Cache:
             self._note(name, key, hit=False, seconds=time.perf_counter() - t0)
             return _tag(obj, name, key)
         meta = self._write(name, key, obj, kind, inputs=inputs, params=params, depends=depends,
-                           description=description, t0=t0)
+                           description=description, t0=t0, code=code)
         self._note(name, key, hit=False, seconds=meta["compute_s"])
         return _tag(_read_payload(folder, kind, meta), name, key)
 
-    def _write(self, name, key, obj, kind, *, inputs, params, depends, description, t0) -> dict:
+    def _write(self, name, key, obj, kind, *, inputs, params, depends, description, t0, code=()) -> dict:
         parent = self.dir / name
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f"{key}{TMP_TAG}{uuid.uuid4().hex}"
@@ -667,7 +652,8 @@ class Cache:
                 "nbytes": _dir_bytes(tmp),
                 "params": _canon(params if params is not None else {}, f"{name}: params"),
                 "inputs": [_summary(x) for x in inputs] + [f"cache:{d}" for d in depends],
-                "description": description, "code": code_hash(), "versions": package_versions(), **extra,
+                "description": description, "code": code_hash_of(*code) if code else code_hash(),
+                "code_modules": list(code), "versions": package_versions(), **extra,
             }
             # the completion marker is written last, then the whole folder is renamed into place
             with open(tmp / MARKER, "w", encoding="utf-8") as f:
@@ -780,7 +766,7 @@ class Cache:
                 entries[name] = {"key": key, "kind": meta["kind"], "created": meta.get("created"),
                                  "compute_s": meta.get("compute_s"), "description": meta.get("description", "")}
                 doc = {"format": CACHE_FORMAT, "experiment": self.experiment, "entries": entries}
-                _atomic_write_text(self.dir / INDEX, json.dumps(doc, indent=1, sort_keys=False))
+                atomic_write_text(self.dir / INDEX, json.dumps(doc, indent=1, sort_keys=False), fsync=True)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -790,12 +776,8 @@ class Cache:
             print(msg, flush=True)
 
     def _note(self, name: str, key: str, *, hit: bool, seconds: float) -> None:
-        """Tell the workbook runner (when running under it) about the lookup."""
-        wb = sys.modules.get("studylib.workbook")
-        if wb is None and os.environ.get("STUDYLIB_RECORD"):
-            from . import workbook as wb
-        if wb is not None:
-            wb._record_cache_event(self.experiment, name, key, hit, seconds)
+        """Tell the report runner (when running under it) about the lookup (:mod:`studylib.recorder`)."""
+        recorder.record_cache_event(self.experiment, name, key, hit, seconds)
 
 
 def _as_list(inputs) -> list:

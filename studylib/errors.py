@@ -8,7 +8,7 @@ in seconds, got 'abc'"``.
 
 from __future__ import annotations
 
-__all__ = ["StudyError", "ManifestError", "DataFileError", "FitInputError"]
+__all__ = ["StudyError", "ManifestError", "DataFileError", "FitInputError", "ExperimentError", "WorkbookError"]
 
 
 class StudyError(ValueError):
@@ -25,3 +25,11 @@ class DataFileError(StudyError):
 
 class FitInputError(StudyError):
     """Arguments to a fit are not usable (unsorted echo times, mismatched shapes, all-NaN, ...)."""
+
+
+class ExperimentError(StudyError):
+    """An analysis step got unusable input (missing columns, groups, days, truth keys...)."""
+
+
+class WorkbookError(StudyError):
+    """An experiment, notebook, manifest or reports folder given to the runner is not usable."""

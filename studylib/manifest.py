@@ -283,13 +283,17 @@ def validate_manifest(df: pd.DataFrame, *, source="manifest") -> pd.DataFrame:
     return _typed(sdf)
 
 
-def read_manifest(path) -> pd.DataFrame:
-    """Read and validate ``data_manifest.csv``.
+def read_manifest(path, *, validate: bool = True) -> pd.DataFrame:
+    """Read and validate ``data_manifest.csv``: the one reader of the manifest CSV.
 
     Parameters
     ----------
     path : str or Path
-        The manifest CSV.
+        The manifest CSV (UTF-8, BOM allowed, any line endings, RFC 4180 quoting).
+    validate : bool
+        ``False`` returns the parsed table as text without the schema checks (for tools that only
+        list paths, e.g. the runner checking which files exist); the file must still be a
+        readable CSV with a consistent number of fields.
 
     Returns
     -------
@@ -306,6 +310,9 @@ def read_manifest(path) -> pd.DataFrame:
         inconsistent group/sex/model of one animal.  The message lists every problem.
     """
     df = _read_csv_text(path)
+    if not validate:
+        df.attrs["path"] = str(path)
+        return df
     out = validate_manifest(df, source=str(path))
     out.attrs["path"] = str(path)
     return out

@@ -2,7 +2,7 @@
 
 The functions take xarray objects with the design's dimension names (``animal, day, z, y, x``,
 ``group`` along ``animal``) or tidy pandas tables (one row per animal x day, as
-:func:`studylib.roi.summarize` and :mod:`studylib.experiments` produce), never file paths.
+:func:`studylib.roi.summarize` and :mod:`studylib.analysis` produce), never file paths.
 Nothing here computes a fit or a statistic beyond what a figure shows (means, bootstrap
 CIs drawn by seaborn).  Units are always printed on the colourbar or the axis label.
 
@@ -16,6 +16,11 @@ correlation_scatter   imaging vs histology scatter with OLS line, 95 % CI band a
 zspectra              CEST Z-spectra (and MTR asymmetry) per group/session
 effect_vs_truth       forest plot of estimated effects with CIs, the simulated truth and zero marked
 time_curves           concentration-time curves (e.g. AIFs per animal and their mean)
+fluorine_overlay      19F map (detected voxels) in hot colours over a 1H image; ``_grid``: one per group
+cest_map_grid         a CEST map inside the ROI over anatomy, animals x days
+snr_histograms        per-voxel SNR density inside an ROI per group, threshold marked
+group_strips          one dot per animal and the group mean, per column, groups in a given order
+paired_lines          each animal's value before and after
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ __all__ = [
     "zspectra",
     "effect_vs_truth",
     "time_curves",
+    "fluorine_overlay",
+    "fluorine_overlay_grid",
+    "cest_map_grid",
+    "snr_histograms",
+    "group_strips",
+    "paired_lines",
 ]
 
 
@@ -200,6 +211,33 @@ def _grid_inputs(maps: xr.DataArray, anatomy: xr.DataArray, roi: xr.DataArray | 
     return reps, days, acquired
 
 
+def _panel_grid(plt, reps: dict, days: list, acq: np.ndarray, region: np.ndarray, *, row_height: float):
+    """A figure with one row per representative animal and one column per day.
+
+    Labels every row with its group, animal and slice (the slice with most ``region`` voxels on the
+    animal's last acquired day) and marks panels of sessions not acquired.  Returns
+    ``(fig, axes, panels)`` with ``panels`` the ``(ax, i, j, z)`` of every acquired session.
+    """
+    nr, nc = len(reps), len(days)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.3 * nc + 1.2, row_height * nr + 0.4), squeeze=False,
+                             constrained_layout=True)
+    panels = []
+    for i, (g, animal) in enumerate(reps.items()):
+        acq_days = np.flatnonzero(acq[i])
+        zsl = _best_slice(region[i, acq_days[-1]]) if acq_days.size else region.shape[2] // 2
+        for j in range(nc):
+            ax = axes[i, j]
+            if j == 0:
+                ax.set_ylabel(f"{g}\n{animal} (z={zsl})", fontsize=8)
+            if acq[i, j]:
+                panels.append((ax, i, j, zsl))
+                continue
+            ax.text(0.5, 0.5, "not acquired", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig, axes, panels
+
+
 def representative_maps(maps: xr.DataArray, anatomy: xr.DataArray, roi: xr.DataArray | None = None, *,
                         labels: Sequence[int] = (1,), acquired: xr.DataArray | None = None,
                         days: Sequence | None = None, units: str | None = None, label: str | None = None,
@@ -242,26 +280,13 @@ def representative_maps(maps: xr.DataArray, anatomy: xr.DataArray, roi: xr.DataA
     acq = np.asarray(acquired.sel(animal=sel, day=days).values, dtype=bool)
     shown = m_np[r_np & acq[:, :, None, None, None]]
     vmin, vmax = _robust_limits(shown, vmin, vmax)
-    nr, nc = len(sel), len(days)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.3 * nc + 1.2, 2.2 * nr + 0.4), squeeze=False,
-                             constrained_layout=True)
+    fig, axes, panels = _panel_grid(plt, reps, days, acq, r_np, row_height=2.2)
+    for j, d in enumerate(days):
+        axes[0, j].set_title(f"day {d}", fontsize=9)
     im = None
-    for i, (g, animal) in enumerate(reps.items()):
-        acq_days = np.flatnonzero(acq[i])
-        zsl = _best_slice(r_np[i, acq_days[-1]]) if acq_days.size else m_np.shape[2] // 2
-        for j, d in enumerate(days):
-            ax = axes[i, j]
-            if not acq[i, j]:
-                ax.text(0.5, 0.5, "not acquired", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            else:
-                im = _draw_map(ax, a_np[i, j, zsl], m_np[i, j, zsl], r_np[i, j, zsl], cmap=cmap, vmin=vmin,
-                               vmax=vmax, alpha=0.85)
-            if i == 0:
-                ax.set_title(f"day {d}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"{g}\n{animal} (z={zsl})", fontsize=8)
+    for ax, i, j, zsl in panels:
+        im = _draw_map(ax, a_np[i, j, zsl], m_np[i, j, zsl], r_np[i, j, zsl], cmap=cmap, vmin=vmin, vmax=vmax,
+                       alpha=0.85)
     if im is not None:
         cb = fig.colorbar(im, ax=axes, shrink=0.8)
         cb.set_label(f"{label} ({units})" if units else label)
@@ -308,32 +333,19 @@ def fit_quality_maps(quality: xr.DataArray, fit_ok: xr.DataArray, anatomy: xr.Da
         r = np.ones_like(ok)
     acq = np.asarray(acquired.sel(animal=sel, day=days).values, dtype=bool)
     vmin, vmax = _robust_limits(q[r & ok & acq[:, :, None, None, None]], None, None)
-    nr, nc = len(sel), len(days)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.3 * nc + 1.2, 2.3 * nr + 0.4), squeeze=False,
-                             constrained_layout=True)
+    fig, axes, panels = _panel_grid(plt, reps, days, acq, r, row_height=2.3)
     red = ListedColormap(["red"])
     im = None
-    for i, (g, animal) in enumerate(reps.items()):
-        acq_days = np.flatnonzero(acq[i])
-        zsl = _best_slice(r[i, acq_days[-1]]) if acq_days.size else q.shape[2] // 2
-        for j, d in enumerate(days):
-            ax = axes[i, j]
-            if not acq[i, j]:
-                ax.text(0.5, 0.5, "not acquired", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                continue
-            rr = r[i, j, zsl]
-            im = _draw_map(ax, a[i, j, zsl], q[i, j, zsl], rr & ok[i, j, zsl], cmap=cmap, vmin=vmin, vmax=vmax,
-                           alpha=0.9)
-            bad = rr & ~ok[i, j, zsl]
-            ax.imshow(np.ma.masked_where(~bad, np.ones_like(q[i, j, zsl])), cmap=red, origin="lower",
-                      interpolation="nearest", vmin=0, vmax=1)
-            n_roi = int(r[i, j].sum())
-            frac = float((r[i, j] & ~ok[i, j]).sum()) / n_roi if n_roi else float("nan")
-            ax.set_title(f"day {d}: {100 * frac:.1f}% failed", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(f"{g}\n{animal} (z={zsl})", fontsize=8)
+    for ax, i, j, zsl in panels:
+        rr = r[i, j, zsl]
+        im = _draw_map(ax, a[i, j, zsl], q[i, j, zsl], rr & ok[i, j, zsl], cmap=cmap, vmin=vmin, vmax=vmax,
+                       alpha=0.9)
+        bad = rr & ~ok[i, j, zsl]
+        ax.imshow(np.ma.masked_where(~bad, np.ones_like(q[i, j, zsl])), cmap=red, origin="lower",
+                  interpolation="nearest", vmin=0, vmax=1)
+        n_roi = int(r[i, j].sum())
+        frac = float((r[i, j] & ~ok[i, j]).sum()) / n_roi if n_roi else float("nan")
+        ax.set_title(f"day {days[j]}: {100 * frac:.1f}% failed", fontsize=8)
     if im is not None:
         cb = fig.colorbar(im, ax=axes, shrink=0.8)
         cb.set_label(f"{label} ({units})" if units else label)
@@ -579,4 +591,178 @@ def time_curves(curves: xr.DataArray, *, dim: str = "t", hue: str | None = None,
     ax.set_ylabel(f"{label} ({units})" if units else label)
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+def fluorine_overlay(anatomy_1h, f19, *, detected=None, units: str = "mM", label: str = "19F",
+                     title: str | None = None, vmax: float | None = None, ax=None, extent=None):
+    """19F map in hot colours over the 1H anatomy (grey); only detected voxels are coloured.
+
+    Parameters
+    ----------
+    anatomy_1h : 2-D (y, x) 1H image.
+    f19 : 2-D (y, x) 19F map (e.g. ``fluorine_mM``); may have a coarser matrix than the
+        1H image: both are drawn over the same field of view (``extent``).
+    detected : 2-D bool, same shape as ``f19``: voxels above the detection threshold
+        (default: ``f19 > 0``).
+    extent : (left, right, bottom, top) in mm, default the 1H matrix in pixels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _plt()
+    anat = _as2d(anatomy_1h, "anatomy_1h")
+    f = _as2d(f19, "f19")
+    det = (np.isfinite(f) & (f > 0)) if detected is None else _as2d(detected, "detected").astype(bool)
+    if det.shape != f.shape:
+        raise PlotInputError(f"detected has shape {det.shape} but f19 has {f.shape}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4, 3.6), constrained_layout=True)
+    else:
+        fig = ax.figure
+    ext = extent if extent is not None else (-0.5, anat.shape[1] - 0.5, anat.shape[0] - 0.5, -0.5)
+    lo, hi = np.nanpercentile(anat, [1, 99.5]) if np.isfinite(anat).any() else (0, 1)
+    ax.imshow(anat, cmap="gray", vmin=lo, vmax=hi, extent=ext, interpolation="nearest")
+    shown = np.where(det, f, np.nan)
+    top = vmax if vmax is not None else (np.nanpercentile(shown, 99) if np.isfinite(shown).any() else 1.0)
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap="hot", vmin=0, vmax=top if top > 0 else 1.0, extent=ext,
+                   interpolation="nearest", alpha=0.9)
+    cb = fig.colorbar(im, ax=ax, shrink=0.85)
+    cb.set_label(f"{label} ({units})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def fluorine_overlay_grid(anatomy: xr.DataArray, quant: xr.Dataset, roi: xr.DataArray, *,
+                          animals_by_group: Mapping[str, str], day=None, variable: str = "fluorine_mM",
+                          label: int = 1, title: str | None = None):
+    """One 19F-over-1H overlay per group (columns), at the slice with most ``label`` voxels.
+
+    ``anatomy``, ``quant[variable]`` and ``roi`` have dims ``(animal, day, z, y, x)`` on the
+    same grid; ``animals_by_group`` maps a column title (e.g. the tumour line) to an animal.
+    """
+    plt = _plt()
+    if not animals_by_group:
+        raise PlotInputError("animals_by_group is empty")
+    days = list(np.atleast_1d(quant["day"].values)) if "day" in quant.dims else [None]
+    d = days[-1] if day is None else day
+    fig, axes = plt.subplots(1, len(animals_by_group), figsize=(3.6 * len(animals_by_group), 3.4),
+                             squeeze=False, constrained_layout=True)
+    vals = quant[variable]
+    vmax = float(np.nanpercentile(vals.where(quant["detected"]).values, 99)) if bool(quant["detected"].any()) else 1.0
+    for ax, (name, animal) in zip(axes[0], animals_by_group.items()):
+        sel = {"animal": animal}
+        if d is not None:
+            sel["day"] = d
+        r = np.asarray(roi.sel(sel).values)
+        z = _best_slice(r == label)
+        fluorine_overlay(anatomy.sel(sel).isel(z=z), vals.sel(sel).isel(z=z), detected=quant["detected"].sel(sel)
+                         .isel(z=z), units=vals.attrs.get("units", ""), title=f"{name} ({animal})", vmax=vmax, ax=ax)
+        ax.contour(r[z] == label, levels=[0.5], colors="cyan", linewidths=0.7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def cest_map_grid(maps: xr.DataArray, anatomy: xr.DataArray, roi: xr.DataArray, *, animals: Sequence[str],
+                  days: Sequence, label: int = 1, units: str = "%", title: str | None = None,
+                  vmin: float | None = None, vmax: float | None = None, cmap: str = "RdBu_r"):
+    """MTRasym (or any) map inside the ROI over anatomy: animals in rows, days in columns."""
+    plt = _plt()
+    if not animals or not days:
+        raise PlotInputError("cest_map_grid needs at least one animal and one day")
+    inside = maps.where(roi == label)
+    finite = inside.values[np.isfinite(inside.values)]
+    if vmin is None or vmax is None:
+        lim = float(np.nanpercentile(np.abs(finite), 98)) if finite.size else 1.0
+        vmin, vmax = (-lim, lim) if vmin is None and vmax is None else (vmin, vmax)
+    fig, axes = plt.subplots(len(animals), len(days), figsize=(3.1 * len(days), 2.8 * len(animals)),
+                             squeeze=False, constrained_layout=True)
+    im = None
+    for i, a in enumerate(animals):
+        for j, d in enumerate(days):
+            ax = axes[i, j]
+            sel = {"animal": a, "day": d}
+            r = np.asarray(roi.sel(sel).values)
+            z = _best_slice(r == label)
+            an = np.asarray(anatomy.sel(sel).isel(z=z).values, dtype=float)
+            if np.isfinite(an).any():
+                lo, hi = np.nanpercentile(an, [1, 99.5])
+                ax.imshow(an, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            m = np.asarray(inside.sel(sel).isel(z=z).values, dtype=float)
+            im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{a}, day {d}", fontsize=8)
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes, shrink=0.8)
+        cb.set_label(f"{maps.attrs.get('long_name', maps.name or '')} ({units})")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def snr_histograms(snr: xr.DataArray, roi: xr.DataArray, groups: Mapping[str, Sequence[str]], *,
+                   threshold: float | None = None, label: int = 1, bins: int = 60,
+                   xlabel: str = "tumour voxel SNR (M / sigma)"):
+    """Density histograms of a per-voxel map inside ROI ``label``, one line per group of animals.
+
+    Parameters
+    ----------
+    snr, roi : (animal, day, z, y, x) map and label map on the same grid.
+    groups : group name -> the animals pooled for its histogram.
+    threshold : drawn as a dashed vertical line (e.g. the 19F detection threshold k).
+    """
+    plt = _plt()
+    if not groups:
+        raise PlotInputError("snr_histograms needs at least one group of animals")
+    fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
+    for name, ids in groups.items():
+        ids = list(ids)
+        v = np.asarray(snr.sel(animal=ids).where(roi.sel(animal=ids) == label).values, dtype=float).ravel()
+        ax.hist(v[np.isfinite(v)], bins=bins, histtype="step", density=True, label=str(name))
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=0.8, label=f"threshold {threshold:.2f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def group_strips(data: pd.DataFrame, columns: Mapping[str, str], *, group: str, order: Sequence[str]):
+    """One strip plot per column: each animal a dot, its group's mean a bar, groups in ``order``.
+
+    ``columns`` maps a column of ``data`` to its axis label (with units).
+    """
+    plt = _plt()
+    _need_columns(data, [group, *columns])
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.4), squeeze=False,
+                             constrained_layout=True)
+    for ax, (col, lab) in zip(axes[0], columns.items()):
+        for i, g in enumerate(order):
+            v = data.loc[data[group] == g, col].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            ax.scatter(np.full(v.size, i) + np.linspace(-0.12, 0.12, v.size), v, s=18)
+            if v.size:
+                ax.hlines(v.mean(), i - 0.25, i + 0.25, color="k")
+        ax.set_xticks(range(len(order)), list(order))
+        ax.set_ylabel(lab)
+    return fig
+
+
+def paired_lines(per_animal: pd.DataFrame, *, pre: str = "pre", post: str = "post",
+                 xticklabels: Sequence[str] = ("pre", "post"), ylabel: str = ""):
+    """Each animal's value before and after (columns ``pre`` and ``post``, one row per animal)."""
+    plt = _plt()
+    _need_columns(per_animal, [pre, post], "per_animal")
+    fig, ax = plt.subplots(figsize=(4.2, 3.4), constrained_layout=True)
+    for a, r in per_animal.iterrows():
+        ax.plot([0, 1], [r[pre], r[post]], marker="o", label=str(a))
+    ax.set_xticks([0, 1], list(xticklabels))
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
     return fig

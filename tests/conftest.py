@@ -96,3 +96,34 @@ def demo_manifest(tmp_path_factory) -> Path:
         return committed
     out = tmp_path_factory.mktemp("demo")
     return Path(generate("demo", out=out / "data" / "demo", manifest=out / "data_manifest.csv"))
+
+
+def run_notebooks(manifest: Path, preset: str, out: Path) -> dict[str, dict]:
+    """Execute every experiment notebook on ``manifest`` (papermill, the real runner) into ``out/reports``
+    with its cache in ``out/derived``; return each notebook's record (``reports/<name>.json``)."""
+    import json
+
+    from studylib import workbook as wb
+
+    names = wb.available()
+    assert names, "no experiment notebooks found"
+    reports = out / "reports"
+    rc = wb.run(names, preset=preset, reports=reports, manifest=manifest, cache_dir=out / "derived", progress=False)
+    records = {n: json.loads((reports / f"{n}.json").read_text()) for n in names}
+    failed = {n: r["error"] for n, r in records.items() if r["status"] != "ok"}
+    assert rc == 0 and not failed, f"notebooks failed on the {preset} preset: {failed}"
+    return records
+
+
+@pytest.fixture(scope="session")
+def ci_reports(ci_study, tmp_path_factory) -> dict:
+    """Every notebook executed once on the ``ci`` study: ``{"records": {name: record}, "root": folder}``."""
+    out = tmp_path_factory.mktemp("ci_reports")
+    return {"records": run_notebooks(ci_study, "ci", out), "root": out, "manifest": ci_study}
+
+
+@pytest.fixture(scope="session")
+def demo_reports(demo_manifest, tmp_path_factory) -> dict:
+    """Every notebook executed once on the demo study (the ``make reports`` job, into a temporary folder)."""
+    out = tmp_path_factory.mktemp("demo_reports")
+    return {"records": run_notebooks(demo_manifest, "demo", out), "root": out, "manifest": demo_manifest}

@@ -409,3 +409,40 @@ def test_load_missing_entry_lists_available(tmp_path):
 def test_depends_on_unknown_entry(tmp_path):
     with pytest.raises(CacheError, match="depends on 'maps', which has not been computed"):
         Cache("exp", tmp_path).get_or_compute("t", lambda: {}, depends=["maps"])
+
+
+def test_map_key_depends_on_its_code_not_on_figures_or_docs(tmp_path, monkeypatch):
+    """A map's cache key hashes the source of the modules that compute it and what they import
+    (kernel, adapter, reader), so editing plots or the notebooks keeps the maps; editing the
+    kernel refits them."""
+    import shutil
+
+    from studylib import _codehash
+
+    root = tmp_path / "src"
+    shutil.copytree(Path(_codehash.__file__).resolve().parent, root / "studylib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_codehash, "_ROOT", root)
+
+    def key():
+        _codehash._imports.cache_clear()
+        _codehash.code_hash_of.cache_clear()
+        return _codehash.code_hash_of("studylib.fit.relaxometry", "studylib.io.load")
+
+    closure = _codehash.module_closure("studylib.fit.relaxometry", "studylib.io.load")
+    assert {"studylib.models.relaxometry", "studylib.fit._adapter", "studylib.io.load"} <= set(closure)
+    assert not {"studylib.plots", "studylib.workbook.report", "studylib.analysis.maps"} & set(closure)
+    first = key()
+    with open(root / "studylib" / "plots.py", "a") as f:
+        f.write("\n# a figure tweak\n")
+    with open(root / "studylib" / "workbook" / "report.py", "a") as f:
+        f.write("\n# a report tweak\n")
+    assert key() == first
+    with open(root / "studylib" / "models" / "relaxometry.py", "a") as f:
+        f.write("\n# a kernel change\n")
+    assert key() != first
+    # and the cache uses it: the same entry under an explicit code list is keyed by that code
+    c = Cache("e", tmp_path / "derived", verbose=False)
+    k1 = c.key("m", inputs=[1], params={}, code=("studylib.fit.relaxometry",))
+    k2 = c.key("m", inputs=[1], params={}, code=("studylib.fit.diffusion",))
+    assert k1 != k2

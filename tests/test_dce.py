@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from studylib.errors import FitInputError, StudyError
 from studylib import fit as F
 from studylib.models import dce as M
-from studylib.relaxivity_gd import RelaxivityError, r1_gd
+from studylib.models.relaxivity import RelaxivityError, relaxivity
 
 
 def _ct(values, t, dims=("voxel", "t")):
@@ -387,20 +387,27 @@ def test_bolus_arrival_time():
 # ------------------------------------------------------------------ relaxivity table
 
 def test_relaxivity_table():
-    assert r1_gd("Gd-DTPA", 1.5).r1_per_mM_s == 4.1
-    seven = r1_gd("gadoterate", 7.0)  # Szomolanyi et al. 2019, human plasma at 7 T
+    def r1(agent, field, **kw):
+        return relaxivity(agent, field, **kw)
+
+    assert r1("Gd-DTPA", 1.5).r1_per_mM_s == 4.1 and r1("Gd-DTPA", 1.5).how == "tabulated"
+    seven = r1("gadoterate", 7.0)  # Szomolanyi et al. 2019, human plasma at 7 T
     assert seven.r1_per_mM_s == 2.84 and not seven.extrapolated and "RLI.0000000000000577" in seven.source
-    assert r1_gd("gadobutrol", 7.0).r1_per_mM_s == 3.83 and r1_gd("ProHance", 7.0).r1_per_mM_s == 3.21
+    assert r1("gadobutrol", 7.0).r1_per_mM_s == 3.83 and r1("ProHance", 7.0).r1_per_mM_s == 3.21
     with pytest.raises(RelaxivityError):
-        r1_gd("gadopentetate", 7.0)  # no measured 7 T value in either source
-    assert r1_gd("dotarem", 3.0).r1_per_mM_s == 3.5
-    mid = r1_gd("gadobutrol", 2.25).r1_per_mM_s
-    assert 5.0 < mid < 5.2
-    v = r1_gd("gadoterate", 9.4, beyond_table="hold")
-    assert v.extrapolated and v.r1_per_mM_s == 2.84  # the 7 T value held
-    with pytest.raises(RelaxivityError, match="7.0 T"):
-        r1_gd("gadoterate", 9.4)
+        r1("gadopentetate", 7.0)  # no measured 7 T value in either source
+    assert r1("dotarem", 3.0).r1_per_mM_s == 3.5
+    mid = r1("gadobutrol", 2.25)
+    assert 5.0 < mid.r1_per_mM_s < 5.2 and mid.how == "interpolated" and not mid.extrapolated
+    v = r1("gadoterate", 9.4, beyond_table="hold")
+    assert v.extrapolated and v.how == "held" and v.r1_per_mM_s == 2.84  # the 7 T value held
+    with pytest.raises(RelaxivityError, match="7 T only"):
+        r1("gadoterate", 9.4)
     with pytest.raises(RelaxivityError, match="known agents"):
-        r1_gd("ferumoxytol", 1.5)
+        r1("gadolinium-x", 1.5)
+    with pytest.raises(RelaxivityError, match="no 'r2star'"):
+        r1("gadoterate", 1.5, kind="r2star")
     with pytest.raises(StudyError, match="positive"):
-        r1_gd("gadoterate", -1)
+        r1("gadoterate", -1)
+    with pytest.raises(RelaxivityError, match="r1"):
+        relaxivity("ferumoxytol", 1.5, kind="r2").r1_per_mM_s

@@ -15,7 +15,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from studylib import experiments_extra as xx
+from studylib.stats import jonckheere_terpstra, kruskal_pairwise
 from studylib.errors import FitInputError, StudyError
 from studylib.fit.fluorine import fluorine_per_roi, fluorine_quantify
 from studylib.models import fluorine as mf
@@ -230,7 +230,7 @@ def test_bad_inputs_raise_clear_errors():
         fluorine_quantify(bare, roi_da, voxel_size_mm=VOXEL_MM)
     with pytest.raises(FitInputError, match="voxel size"):
         fluorine_quantify(bare, roi_da, ref_mM=100)
-    with pytest.raises(FitInputError, match="ref_mM must be a positive"):
+    with pytest.raises(FitInputError, match=r"ref_mM \(reference tube concentration, mM\) must be positive"):
         fluorine_quantify(sig, roi_da, ref_mM=-1)
     with pytest.raises(FitInputError, match="voxel_size_mm must be three"):
         fluorine_quantify(sig, roi_da, voxel_size_mm=(0.5, 0.5))
@@ -267,32 +267,32 @@ def test_bad_inputs_raise_clear_errors():
 def test_jonckheere_terpstra_detects_order_and_matches_normal_approximation():
     rng = np.random.default_rng(2)
     g = [rng.normal(m, 1.0, 6) for m in (0.0, 1.0, 2.0)]
-    res = xx.jonckheere_terpstra(g, n_perm=4000, seed=1)
+    res = jonckheere_terpstra(g, n_perm=4000, seed=1)
     assert res["p"] < 0.01 and res["statistic"] > res["expected"]
-    rev = xx.jonckheere_terpstra(g[::-1], n_perm=4000, seed=1)
+    rev = jonckheere_terpstra(g[::-1], n_perm=4000, seed=1)
     assert rev["p"] > 0.95
     # J by hand for a tiny case: G1 = [1, 2], G2 = [2, 3] -> pairs (1<2, 1<3, 2=2 -> 0.5, 2<3) = 3.5
-    small = xx.jonckheere_terpstra([[1, 2], [2, 3]], n_perm=0)
+    small = jonckheere_terpstra([[1, 2], [2, 3]], n_perm=0)
     assert small["statistic"] == 3.5 and small["expected"] == 2.0
 
 
 def test_jonckheere_terpstra_under_null_is_uniformish():
     rng = np.random.default_rng(3)
-    ps = [xx.jonckheere_terpstra([rng.normal(size=5) for _ in range(3)], n_perm=0)["p"] for _ in range(300)]
+    ps = [jonckheere_terpstra([rng.normal(size=5) for _ in range(3)], n_perm=0)["p"] for _ in range(300)]
     assert 0.02 < np.mean(np.asarray(ps) < 0.05) < 0.09
 
 
 def test_trend_helpers_bad_input():
     with pytest.raises(StudyError, match="groups"):
-        xx.jonckheere_terpstra([[1.0, 2.0]])
+        jonckheere_terpstra([[1.0, 2.0]])
     with pytest.raises(StudyError, match="alternative"):
-        xx.jonckheere_terpstra([[1.0], [2.0]], alternative="up")
+        jonckheere_terpstra([[1.0], [2.0]], alternative="up")
     import pandas as pd
 
     t = pd.DataFrame({"model": ["a", "a", "b", "b", "c"], "y": [1, 2, 3, 4, 5.0]})
     with pytest.raises(StudyError, match="at least 2 animals"):
-        xx.kruskal_pairwise(t, "y", "model", ["a", "b", "c"])
-    omni, pairs = xx.kruskal_pairwise(pd.concat([t, t.iloc[[4]]]), "y", "model", ["a", "b", "c"])
+        kruskal_pairwise(t, "y", "model", ["a", "b", "c"])
+    omni, pairs = kruskal_pairwise(pd.concat([t, t.iloc[[4]]]), "y", "model", ["a", "b", "c"])
     assert 0 < omni["p"] < 1 and len(pairs) == 3 and (pairs.p_holm >= pairs.p).all()
 
 

@@ -52,7 +52,7 @@ def contract_problems(path: Path) -> list[str]:
     else:
         tmp = path.with_name(f".{path.stem}.check.ipynb")
         try:
-            nbformat.write(wb._load_notebook(path), tmp)  # as the runner prepares it
+            nbformat.write(wb.run_module._load_notebook(path), tmp)  # as the runner prepares it
             declared = set(pm.inspect_notebook(str(tmp)))
         finally:
             tmp.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from studylib.fit.relaxometry import (delta_r2star, iron_concentration, noise_si
 from studylib.models.noise import add_rician_noise, rician_mean
 from studylib.models.relaxometry import (fit_monoexp, inversion_recovery_signal, monoexp_signal, rician_mean_fast,
                                          saturation_recovery_signal, spgr_signal)
-from studylib.relaxivity import relaxivity
+from studylib.models.relaxivity import relaxivity
 
 TE = 3.0 * np.arange(1, 17)  # 16 echoes, 3 ms spacing (BLZ945 FeMRI protocol)
 S0, SIGMA = 1000.0, 1000.0 / 40  # SNR 40 at S0
@@ -221,11 +221,20 @@ def test_delta_r2star_and_iron():
     assert d.attrs["units"] == "1/s"
     fe = iron_concentration(d, field_T=3.0)
     np.testing.assert_allclose(fe.values, d.values / 55.7)
-    assert fe.attrs["units"] == "mM"
-    assert relaxivity(7.0) == relaxivity(3.0)
-    assert relaxivity(1.5, kind="r1") == 19.0
-    with pytest.raises(StudyError, match="r1"):
-        relaxivity(9.4, kind="r1")
+    assert fe.attrs["units"] == "mM" and fe.attrs["relaxivity_how"] == "tabulated"
+    assert not fe.attrs["relaxivity_extrapolated"]
+    # at a preclinical field the 3 T r2* is held (saturated magnetisation): the maps say so
+    fe94 = iron_concentration(d, field_T=9.4)
+    np.testing.assert_allclose(fe94.values, d.values / 55.7)
+    assert fe94.attrs["relaxivity_extrapolated"] and "held" in fe94.attrs["relaxivity_source"]
+    r7, r3 = relaxivity("ferumoxytol", 7.0, kind="r2star"), relaxivity("ferumoxytol", 3.0, kind="r2star")
+    assert r7.value_per_mM_s == r3.value_per_mM_s and r7.extrapolated and not r3.extrapolated
+    assert relaxivity("ferumoxytol", 1.5, kind="r1").value_per_mM_s == 19.0
+    mid = relaxivity("ferumoxytol", 2.0, kind="r2star")  # between the measured fields: interpolated
+    assert mid.how == "interpolated" and 55.7 < mid.value_per_mM_s < 64.4
+    with pytest.raises(StudyError, match="r1 is tabulated for 1.5-3 T only"):
+        relaxivity("ferumoxytol", 9.4, kind="r1")  # r1 falls with field: never extrapolated silently
+    assert relaxivity("Feraheme", 9.4, kind="r1", beyond_table="hold").how == "held"
     with pytest.raises(FitInputError, match="baseline_day"):
         delta_r2star(r2, baseline_day=0)
     with pytest.raises(FitInputError, match="'day'"):

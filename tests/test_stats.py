@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_h
 from scipy import stats as sps
 
-from studylib import _stats_lmm as core
+from studylib.stats import lmm as core
 from studylib import stats as st
 from studylib.errors import StudyError
 

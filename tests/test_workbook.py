@@ -333,10 +333,10 @@ def test_show_and_load_intermediate(runs, capsys, monkeypatch):
     assert isinstance(table, pd.DataFrame) and len(table) == 2
     with pytest.raises(CacheError, match="available: .*r2star_maps"):
         wb.load_intermediate("toy_ok", "nope", preset="ci", cache_dir=runs["cache"])
-    # the CLI uses the default cache folder data/<preset>/derived under the current folder
+    # the CLI uses the default cache folder data/<preset>/derived under the project folder
     from studylib.cli import main
 
-    monkeypatch.chdir(runs["root"])
+    monkeypatch.setenv("STUDYLIB_PROJECT", str(runs["root"]))
     assert main(["show", "toy_ok", "--preset", "ci"]) == 0
     assert "r2star_maps" in capsys.readouterr().out
     assert main(["show", "no_such_experiment", "--preset", "ci"]) == 1
@@ -437,7 +437,7 @@ def test_missing_preset_data_is_generated_once(tmp_path, monkeypatch):
         return m
 
     monkeypatch.setitem(sys.modules, "studylib.synth", types.SimpleNamespace(generate=fake_generate))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STUDYLIB_PROJECT", str(tmp_path))  # defaults hang off the project folder
     m = wb._ensure_data("ci", None)
     assert calls == ["ci"] and m == (tmp_path / "data" / "ci" / "data_manifest.csv").resolve()
     assert wb._ensure_data("ci", None) == m and calls == ["ci"]  # present: not regenerated
@@ -446,12 +446,18 @@ def test_missing_preset_data_is_generated_once(tmp_path, monkeypatch):
     assert calls == ["ci", "ci"]
 
 
-def test_default_locations():
-    assert wb.default_manifest("demo") == Path("data_manifest.csv")
-    assert wb.default_manifest("ci") == Path("data/ci/data_manifest.csv")
-    assert wb.default_cache_dir("ci") == Path("data/ci/derived")
-    assert wb.default_cache_dir("demo", manifest="data_manifest.csv") == Path("data/demo/derived")
+def test_default_locations(monkeypatch, tmp_path):
+    """Every default hangs off one anchor, the project folder, whatever the working folder is."""
+    root = wb.REPO_DIR
+    assert wb.default_manifest("demo") == root / "data_manifest.csv"
+    assert wb.default_manifest("ci") == root / "data/ci/data_manifest.csv"
+    assert wb.default_cache_dir("ci") == root / "data/ci/derived"
+    assert wb.default_cache_dir("demo", manifest=root / "data_manifest.csv") == root / "data/demo/derived"
     assert wb.default_cache_dir("demo", manifest="/elsewhere/study/m.csv") == Path("/elsewhere/study/derived")
+    monkeypatch.chdir(tmp_path)
+    assert wb.default_manifest("demo") == root / "data_manifest.csv"
+    monkeypatch.setenv("STUDYLIB_PROJECT", str(tmp_path))
+    assert wb.default_cache_dir("ci") == tmp_path / "data/ci/derived"
     assert set(wb.EXPERIMENTS) == {"ampb_ferumoxytol", "blz945_femri", "ferumoxytol_therapy", "collagen_adc",
                                    "ktrans_hypoxia", "fluorine19_pfc", "lactate_cest"}
 
@@ -461,7 +467,9 @@ def test_default_locations():
 def test_record_headline_and_conclusions_write_the_record_file(tmp_path, monkeypatch):
     path = tmp_path / "rec.json"
     monkeypatch.setenv(wb.RECORD_ENV, str(path))
-    monkeypatch.setattr(wb, "_RECORD", {})
+    from studylib import recorder
+
+    monkeypatch.setattr(recorder, "_RECORD", {})
     out = wb.record_headline("  ADC fell <3> ", estimate=np.float32(-0.5), n=np.int64(12), p=None)
     assert out == {"headline": "ADC fell <3>", "numbers": {"estimate": -0.5, "n": 12, "p": None}}
     df = pd.DataFrame({"r": [-0.7]}, index=pd.Index(["collagen"], name="finding"))
@@ -526,6 +534,6 @@ def test_index_escapes_any_user_string(tmp_path, text, status, animal):
 def test_toc_built_from_headings():
     body = ('<h1 id="Title-&lt;x&gt;">Title &lt;x&gt;<a class="anchor-link" href="#Title">¶</a></h1>'
             '<h2 id="Part-1">Part 1</h2><h4 id="deep">deep</h4>')
-    toc = wb._toc_html(body)
+    toc = wb.report._toc_html(body)
     assert 'href="#Title-&lt;x&gt;">Title &lt;x&gt;</a>' in toc and 'href="#Part-1"' in toc and "deep" not in toc
-    assert wb._toc_html("<p>no headings</p>") == ""
+    assert wb.report._toc_html("<p>no headings</p>") == ""

@@ -9,7 +9,7 @@ Typical chain::
 
     t10 = fit.t1_vfa(vfa, method="nonlinear").t1                    # relaxometry, ms
     ct = fit.signal_to_concentration(dce, t10_ms=t10, fa_deg=15, tr_ms=4,
-                                     r1_per_mM_s=r1_gd("gadoterate", 4.7).r1_per_mM_s, baseline=5)
+                                     r1_per_mM_s=relaxivity("gadoterate", 4.7).r1_per_mM_s, baseline=5)
     aif = fit.aif_from_roi(dce, roi == 3, t10_blood_ms=2100, ...)    # or population_aif(...)
     maps = fit.dce(ct, aif, model="extended_tofts")
 
@@ -27,6 +27,7 @@ import xarray as xr
 
 from ..errors import FitInputError
 from ..models import dce as _m
+from .._checks import positive_number
 from ._adapter import Output, apply_kernel, check_axis
 
 __all__ = ["dce", "signal_to_concentration", "aif_from_roi", "population_aif", "resample_aif",
@@ -44,13 +45,7 @@ def _times(da, *, what, source, min_points=2):
 
 
 def _positive(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise FitInputError(f"{name} must be a number, got {value!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise FitInputError(f"{name} must be positive and finite, got {value!r}")
-    return v
+    return positive_number(value, name)
 
 
 def _aif_values(aif, t, *, source="aif", allow_finer=True):
@@ -192,7 +187,7 @@ def signal_to_concentration(signal, *, t10_ms, fa_deg, tr_ms, r1_per_mM_s, basel
     t10_ms : float or DataArray over (a subset of) the voxel dims
         Pre-contrast T1 in ms, e.g. ``fit.t1_vfa(...).t1``.
     fa_deg, tr_ms : flip angle (deg) and repetition time (ms) of the dynamic series.
-    r1_per_mM_s : relaxivity (1/(mM s)), e.g. ``relaxivity_gd.r1_gd(agent, field).r1_per_mM_s``.
+    r1_per_mM_s : relaxivity (1/(mM s)), e.g. ``studylib.models.relaxivity.relaxivity(agent, field).value_per_mM_s``.
     baseline : int, (start, stop) or slice
         Pre-contrast frames whose mean is the baseline signal: ``5`` = frames 0-4;
         ``(1, 5)`` = frames 1-4 (skipping a first frame before steady state, as OSIPI's

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ..errors import FitInputError
 from ..models import fluorine as _m
+from .._checks import positive_number
 from ._adapter import Output, apply_kernel
 
 __all__ = ["fluorine_quantify", "fluorine_per_roi"]
@@ -128,12 +129,7 @@ def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float 
         else:
             raise FitInputError(f"{src}: no reference tube concentration: pass ref_mM or load data whose "
                                 f"sidecars give ReferenceTube_mM")
-    try:
-        ref_mM = float(ref_mM)
-    except (TypeError, ValueError):
-        raise FitInputError(f"{src}: ref_mM must be a number in mM, got {ref_mM!r}") from None
-    if not (np.isfinite(ref_mM) and ref_mM > 0):
-        raise FitInputError(f"{src}: ref_mM must be a positive concentration in mM, got {ref_mM!r}")
+    ref_mM = positive_number(ref_mM, "ref_mM (reference tube concentration, mM)", where=src)
     # voxel volume
     vs = voxel_size_mm if voxel_size_mm is not None else attrs.get("voxel_size_mm")
     if vs is None:

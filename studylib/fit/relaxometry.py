@@ -23,6 +23,7 @@ import xarray as xr
 
 from ..errors import FitInputError
 from ..models import relaxometry as _rx
+from .._checks import positive_number
 from ._adapter import Output, _check_voxel_inputs, apply_kernel, check_axis
 
 __all__ = ["t2star", "t2", "t1_vfa", "t1_ir", "t1_sr", "delta_r2star", "iron_concentration",
@@ -121,13 +122,7 @@ def _resolve_sigma(signal, noise_sigma, background, dim):
             noise_sigma = float(noise_sigma)
         else:
             return None, noise_sigma
-    try:
-        s = float(noise_sigma)
-    except (TypeError, ValueError):
-        raise FitInputError(f"noise_sigma must be a positive number or DataArray, got {noise_sigma!r}") from None
-    if not (np.isfinite(s) and s > 0):
-        raise FitInputError(f"noise_sigma must be positive and finite, got {noise_sigma!r}")
-    return s, None
+    return positive_number(noise_sigma, "noise_sigma (a number or DataArray)"), None
 
 
 def _monoexp_fit(signal, dim, what, method, noise_sigma, background, mask, names, outputs, attrs,
@@ -230,12 +225,7 @@ def t1_vfa(signal, *, tr_ms=None, method="linear", mask=None):
     tr = tr_ms if tr_ms is not None else signal.attrs.get("tr_ms")
     if tr is None:
         raise FitInputError("t1_vfa needs the repetition time: pass tr_ms= or set signal.attrs['tr_ms']")
-    try:
-        tr = float(tr)
-    except (TypeError, ValueError):
-        raise FitInputError(f"tr_ms must be a number in ms, got {tr!r}") from None
-    if not (np.isfinite(tr) and tr > 0):
-        raise FitInputError(f"tr_ms must be positive, got {tr!r}")
+    tr = positive_number(tr, "tr_ms (ms)")
     return apply_kernel(_vfa_kernel, signal, "fa", _t1_outputs(), x=fa, mask=mask,
                         kernel_kwargs={"tr_ms": tr, "method": method},
                         attrs={"fit": "t1_vfa", "method": method, "tr_ms": tr})
@@ -295,28 +285,32 @@ def iron_concentration(delta_r2star, *, field_T=None, agent="ferumoxytol", mediu
                        relaxivity_per_mM_per_s=None):
     """Iron concentration ``[Fe] (mM) = Delta R2* (1/s) / r2* (1/(s mM))``.
 
-    ``r2*`` is looked up in :mod:`studylib.relaxivity` at ``field_T`` (default:
+    ``r2*`` is looked up in :mod:`studylib.models.relaxivity` at ``field_T`` (default:
     ``delta_r2star.attrs["field_T"]``), unless ``relaxivity_per_mM_per_s`` is given.  Assumes the
     linear (fast-exchange/static-dephasing) regime of the in-vitro measurement; intracellular
-    clustering changes r2* in tissue, so treat the result as an iron-equivalent concentration.
+    clustering changes r2* in tissue, so treat the result as an iron-equivalent concentration.  How the
+    relaxivity was obtained (tabulated / extrapolated above 3 T, its source) is kept in the attrs.
     """
-    from .. import relaxivity as _rel
+    from ..models.relaxivity import relaxivity
 
     if not isinstance(delta_r2star, (xr.DataArray, np.ndarray, float, int)):
         raise FitInputError(f"iron_concentration: expected a DataArray of Delta R2* (1/s), got {type(delta_r2star).__name__}")
+    rel = None
     if relaxivity_per_mM_per_s is None:
         if field_T is None and isinstance(delta_r2star, xr.DataArray):
             field_T = delta_r2star.attrs.get("field_T")
         if field_T is None:
             raise FitInputError("iron_concentration needs field_T (tesla) or relaxivity_per_mM_per_s")
-        r = _rel.relaxivity(field_T, agent=agent, medium=medium, kind="r2star")
+        rel = relaxivity(agent, field_T, kind="r2star", medium=medium)
+        r = rel.value_per_mM_s
     else:
-        r = float(relaxivity_per_mM_per_s)
-        if not (np.isfinite(r) and r > 0):
-            raise FitInputError(f"relaxivity_per_mM_per_s must be positive, got {relaxivity_per_mM_per_s!r}")
+        r = positive_number(relaxivity_per_mM_per_s, "relaxivity_per_mM_per_s (1/(s mM))")
     out = delta_r2star / r
     if isinstance(out, xr.DataArray):
         out.attrs = {"units": "mM", "long_name": f"{agent} iron concentration (Delta R2* / r2*)",
-                     "relaxivity_per_mM_per_s": r, "field_T": field_T if field_T is not None else "n/a"}
+                     "relaxivity_per_mM_per_s": r, "field_T": field_T if field_T is not None else "n/a",
+                     "relaxivity_how": rel.how if rel is not None else "given",
+                     "relaxivity_extrapolated": bool(rel is not None and rel.extrapolated),
+                     "relaxivity_source": (rel.source + (f" ({rel.note})" if rel.note else "")) if rel else "given"}
         out = out.rename("iron_mM")
     return out

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .. import conventions
 from ..errors import DataFileError, ManifestError, StudyError
 from ..manifest import AXIS_KINDS, IMAGE_KINDS, manifest_sha256, read_manifest, resolve_path
 from .nifti import NiftiInfo, read_header, read_nifti_lazy
@@ -21,9 +22,8 @@ from .sidecar import AXES, acquisition_axis, read_sidecar
 
 __all__ = ["load_study", "load_histology", "open_manifest", "ROI_LABELS"]
 
-#: Default ROI label names (docs/conventions.md).
-ROI_LABELS: dict[int, str] = {1: "tumour", 2: "muscle", 3: "vessel", 4: "reference_tube", 5: "background",
-                              6: "tumour_rim", 7: "tumour_core"}
+#: Default ROI label names (docs/conventions.md); their one home is :mod:`studylib.conventions`.
+ROI_LABELS = conventions.ROI_LABELS
 
 # sidecar keys handled explicitly (never copied into attrs); the kind's own axis key is added
 _SKIP_KEYS = {"ReferenceVolumes", "Labels"}
@@ -107,7 +107,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
     study : str
         Experiment id (``study`` column).
     kind : str
-        ``MEGRE, MSME, VFA, IR, DWI, DCE, CEST, WASSR, F19, T2w``.
+        ``MEGRE, MSME, VFA, IR, VTR, DWI, DCE, CEST, WASSR, F19, T2w``.
     chunks : ``"scan"`` or dict
         ``"scan"`` (default): one Dask chunk per scan.  A dict is passed to
         :meth:`xarray.Dataset.chunk` afterwards.
@@ -116,7 +116,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
     -------
     xarray.Dataset
         * ``signal(animal, day, <dim>, z, y, x)`` float32 (no ``<dim>`` for F19/T2w), Dask;
-          ``<dim>`` = ``te`` (ms), ``fa`` (deg), ``ti`` (ms), ``b`` (s/mm²), ``t`` (s),
+          ``<dim>`` = ``te`` (ms), ``fa`` (deg), ``ti`` (ms), ``tr`` (ms, VTR), ``b`` (s/mm²), ``t`` (s),
           ``offset`` (ppm) in acquisition order;
         * ``roi(animal, day, z, y, x)`` int16 labels (0 where no ROI file or no scan);
         * ``m0(animal, day, z, y, x)`` float32, mean of the CEST/WASSR reference volumes;

@@ -6,22 +6,26 @@ kernel takes the fitted axis last: ``y`` of shape ``(n_voxels, n)``.  No xarray 
 
 Contents
 --------
-* population AIFs (Parker 2006, McGrath 2009 mouse), blood -> plasma, AIF resampling;
-* the exact piecewise-linear convolution with an exponential (:func:`exp_convolve`) and
-  its derivative with respect to the rate (for analytic Jacobians);
+* population AIFs, blood -> plasma, resampling and the bolus arrival time are
+  :mod:`studylib.models.aif`; the exact convolution with an exponential is
+  :mod:`studylib.models.convolution` (both re-exported here);
 * forward models: standard Tofts, extended Tofts, Patlak;
 * fitting kernels for all three (:func:`dce_kernel`): Murase linear least squares and a
   vectorised nonlinear least-squares fit (variable projection over a shared ``kep`` grid,
   then batched Levenberg-Marquardt with analytic recursive Jacobians and projected
   bounds), optionally with a fitted arterial delay;
 * SPGR signal -> R1 -> concentration (the pre-contrast T1 map comes from the relaxometry
-  VFA fit, :func:`studylib.models.relaxometry.fit_vfa`);
-* bolus arrival time by piecewise-continuous regression.
+  VFA fit, :func:`studylib.models.relaxometry.fit_vfa`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .aif import (MCGRATH_2009_MODEL_B, PARKER_2006, blood_to_plasma, bolus_arrival_kernel, mcgrath_mouse_aif,
+                  parker_aif, resample_curve)
+from ._solve import _nnls2, _parabola_vertex, _solve2, _solve3
+from .convolution import _conv_tables, _cumtrapz, _seg_weights, exp_convolve, exp_convolve_and_derivative
 
 __all__ = [
     "PARKER_2006",
@@ -42,339 +46,12 @@ __all__ = [
     "bolus_arrival_kernel",
 ]
 
-#: Parker et al., MRM 2006;56:993 (doi:10.1002/mrm.21066), Table 1; times in minutes, Cb in mM.
-PARKER_2006 = dict(A1=0.809, sigma1=0.0563, T1=0.17046, A2=0.330, sigma2=0.132, T2=0.365,
-                   alpha=1.050, beta=0.1685, s=38.078, tau=0.483)
-
-#: McGrath et al., MRM 2009;61:1173 (doi:10.1002/mrm.21959), Table 1 model B (mouse):
-#: linear rise to t0, then bi-exponential decay.  A in mM, K in 1/s, t0 in s.
-MCGRATH_2009_MODEL_B = dict(A1=3.4, K1=0.045, A2=1.81, K2=0.0015, t0=7.0)
-
 #: Parameters each model returns, in order (1/min for rates).
 DCE_MODELS = {
     "tofts": ("ktrans", "kep", "ve"),
     "extended_tofts": ("ktrans", "kep", "ve", "vp"),
     "patlak": ("ktrans", "vp"),
 }
-
-
-# --------------------------------------------------------------------------------------
-# Arterial input functions
-# --------------------------------------------------------------------------------------
-
-def parker_aif(t_s, delay_s=0.0, params=PARKER_2006):
-    """Parker population AIF (whole blood, mM).
-
-    Parameters
-    ----------
-    t_s : array_like
-        Times in s.
-    delay_s : float
-        Bolus arrival delay in s; samples before it are 0 (OSIPI convention).
-    params : dict
-        Parker et al. Table 1 parameters (times in minutes).
-
-    Returns
-    -------
-    ndarray
-        Blood concentration in mM, shape of ``t_s``.
-
-    Notes
-    -----
-    ``Cb(t) = sum_n A_n / (sigma_n sqrt(2 pi)) exp(-(t - T_n)^2 / (2 sigma_n^2))
-    + alpha exp(-beta t) / (1 + exp(-s (t - tau)))`` with t in minutes measured from the
-    delay.  Parker et al., MRM 2006;56:993, doi:10.1002/mrm.21066.
-    """
-    t_s = np.asarray(t_s, dtype=float)
-    tm = (t_s - delay_s) / 60.0
-    p = params
-    cb = (p["A1"] / (p["sigma1"] * np.sqrt(2 * np.pi)) * np.exp(-((tm - p["T1"]) ** 2) / (2 * p["sigma1"] ** 2))
-          + p["A2"] / (p["sigma2"] * np.sqrt(2 * np.pi)) * np.exp(-((tm - p["T2"]) ** 2) / (2 * p["sigma2"] ** 2))
-          + p["alpha"] * np.exp(-p["beta"] * tm) / (1.0 + np.exp(-p["s"] * (tm - p["tau"]))))
-    if delay_s:
-        cb = np.where(t_s < delay_s, 0.0, cb)
-    return cb
-
-
-def mcgrath_mouse_aif(t_s, delay_s=0.0, params=MCGRATH_2009_MODEL_B):
-    """McGrath et al. 2009 mouse AIF, model B (whole blood, mM).
-
-    Parameters
-    ----------
-    t_s : array_like
-        Times in s.
-    delay_s : float
-        Bolus arrival delay in s; 0 before it.
-    params : dict
-        ``A1, A2`` (mM), ``K1, K2`` (1/s), ``t0`` (s).
-
-    Returns
-    -------
-    ndarray
-        Blood concentration in mM.
-
-    Notes
-    -----
-    ``Cb = (A1 + A2) t / t0`` for ``0 <= t < t0`` and
-    ``Cb = A1 exp(-K1 (t - t0)) + A2 exp(-K2 (t - t0))`` for ``t >= t0``, with t in s
-    measured from ``delay_s``.  McGrath et al., MRM 2009;61:1173, doi:10.1002/mrm.21959.
-    """
-    p = params
-    t = np.asarray(t_s, dtype=float) - delay_s
-    rise = (p["A1"] + p["A2"]) * t / p["t0"]
-    decay = p["A1"] * np.exp(-p["K1"] * (t - p["t0"])) + p["A2"] * np.exp(-p["K2"] * (t - p["t0"]))
-    return np.where(t < 0, 0.0, np.where(t < p["t0"], rise, decay))
-
-
-def blood_to_plasma(cb, hematocrit=0.45):
-    """Plasma concentration ``Cp = Cb / (1 - Hct)`` (the agent stays out of red cells).
-
-    Parameters
-    ----------
-    cb : array_like
-        Whole-blood concentration (mM).
-    hematocrit : float
-        Large-vessel haematocrit, in [0, 1).
-    """
-    if not 0.0 <= hematocrit < 1.0:
-        raise ValueError(f"hematocrit must be in [0, 1), got {hematocrit}")
-    return np.asarray(cb, dtype=float) / (1.0 - hematocrit)
-
-
-def resample_curve(t_from_s, c, t_to_s, delay_s=0.0):
-    """Linearly resample a curve (last axis) to new times, optionally delayed.
-
-    ``c_new(t) = c(t - delay)`` by linear interpolation of the samples; before the first
-    sample the first (baseline) value is held, after the last sample the last value is
-    held.  This is the interpolation the convolution of
-    :func:`exp_convolve` assumes (piecewise-linear input), so resampling then fitting is
-    consistent.
-
-    Parameters
-    ----------
-    t_from_s : (m,) increasing times of the samples in s.
-    c : (..., m) values.
-    t_to_s : (n,) new times in s.
-    delay_s : float or array (...) of delays in s (positive = later).
-
-    Returns
-    -------
-    ndarray (..., n)
-    """
-    tf = np.asarray(t_from_s, dtype=float)
-    c = np.asarray(c, dtype=float)
-    tt = np.asarray(t_to_s, dtype=float)
-    d = np.asarray(delay_s, dtype=float)
-    if c.ndim == 1 and d.ndim == 0:
-        return np.interp(tt - float(d), tf, c)
-    q = tt - d[..., None]
-    shape = np.broadcast_shapes(q.shape, c.shape[:-1] + (tt.size,))
-    q = np.broadcast_to(q, shape)
-    cb = np.broadcast_to(c, shape[:-1] + (tf.size,))
-    qc = np.clip(q, tf[0], tf[-1])
-    idx = np.clip(np.searchsorted(tf, qc, side="right") - 1, 0, tf.size - 2)
-    t0 = tf[idx]
-    c0 = np.take_along_axis(cb, idx, axis=-1)
-    c1 = np.take_along_axis(cb, idx + 1, axis=-1)
-    w = (qc - t0) / (tf[idx + 1] - t0)
-    return c0 + w * (c1 - c0)
-
-
-# --------------------------------------------------------------------------------------
-# Convolution with an exponential (exact for piecewise-linear input)
-# --------------------------------------------------------------------------------------
-
-def _moments(dt, k, pmax):
-    """``M_p = int_0^dt s^p exp(-k s) ds`` for p = 0..pmax (list of arrays shaped like k).
-
-    Closed form ``p! / k^(p+1) [1 - e^{-z} sum_{j<=p} z^j / j!]`` (``z = k dt``) where
-    ``z >= 0.5``; the series ``dt^(p+1) sum_m (-z)^m / (m! (m + p + 1))`` (14 terms,
-    truncation < 1e-13) below, avoiding cancellation.  ``dM_p/dk = -M_{p+1}``.
-    """
-    k = np.asarray(k, dtype=float)
-    z = k * dt
-    small = z < 0.5
-    zs = np.where(small, z, 0.0)
-    ks = np.where(small, 1.0, k)
-    x = np.exp(-z)
-    out = []
-    fact = 1.0
-    poly = np.zeros_like(z)
-    term = np.ones_like(z)
-    for p in range(pmax + 1):
-        if p > 0:
-            fact *= p
-            term = term * z / p
-        poly = poly + term
-        closed = fact / ks ** (p + 1) * (1.0 - x * poly)
-        ser = np.zeros_like(z)
-        c = np.ones_like(z)
-        for mm in range(14):
-            if mm > 0:
-                c = c * (-zs) / mm
-            ser = ser + c / (mm + p + 1)
-        out.append(np.where(small, dt ** (p + 1) * ser, closed))
-    return out
-
-
-def _seg_weights(dt, k, deriv=False):
-    """Segment weights for ``cp`` linear on a segment of length ``dt`` and rate ``k``.
-
-    Returns ``x = exp(-k dt)``, ``w0, w1`` such that the segment contributes
-    ``c_{i-1} w0 + c_i w1`` with ``w0 = M1 / dt``, ``w1 = M0 - M1 / dt``
-    (``M_p = int_0^dt s^p e^{-k s} ds``, see :func:`_moments`); with ``deriv`` also
-    ``dx/dk = -dt x`` and the k-derivatives ``w0' = -M2 / dt``, ``w1' = -M1 + M2 / dt``.
-    """
-    k = np.asarray(k, dtype=float)
-    x = np.exp(-k * dt)
-    mom = _moments(dt, k, 2 if deriv else 1)
-    w0 = mom[1] / dt
-    w1 = mom[0] - w0
-    if not deriv:
-        return x, w0, w1
-    dw0 = -mom[2] / dt
-    dw1 = -mom[1] - dw0
-    return x, w0, w1, -dt * x, dw0, dw1
-
-
-def _conv_tables(t, cp, kg):
-    """E, dE/dk and d2E/dk2 for shared inputs ``cp`` (n,) or (D, n) and rates ``kg`` (G,).
-
-    Returns three arrays of shape (G, n) (or (D, G, n)).  Differentiating the recursion
-    ``E_i = x E_{i-1} + c_{i-1} w0 + c_i w1`` twice:
-    ``E'_i = x' E_{i-1} + x E'_{i-1} + c_{i-1} w0' + c_i w1'`` and
-    ``E''_i = x'' E_{i-1} + 2 x' E'_{i-1} + x E''_{i-1} + c_{i-1} w0'' + c_i w1''`` with
-    ``x' = -dt x``, ``x'' = dt^2 x``, ``w0'' = M3 / dt``, ``w1'' = M2 - M3 / dt``.
-    """
-    cp = np.asarray(cp, dtype=float)
-    single = cp.ndim == 1
-    cp2 = cp[None, :] if single else cp
-    n = t.size
-    D, G = cp2.shape[0], kg.size
-    e = np.zeros((n, D, G))
-    d1 = np.zeros((n, D, G))
-    d2 = np.zeros((n, D, G))
-    cache = {}
-    for i in range(1, n):
-        dt = t[i] - t[i - 1]
-        wts = cache.get(dt)
-        if wts is None:
-            x = np.exp(-kg * dt)
-            m0, m1, m2, m3 = _moments(dt, kg, 3)
-            wts = (x, m1 / dt, m0 - m1 / dt, -m2 / dt, -m1 + m2 / dt, m3 / dt, m2 - m3 / dt)
-            if len(cache) < 64:
-                cache[dt] = wts
-        x, w0, w1, w0d, w1d, w0dd, w1dd = wts
-        c0, c1 = cp2[:, i - 1, None], cp2[:, i, None]
-        d2[i] = dt * dt * x * e[i - 1] - 2 * dt * x * d1[i - 1] + x * d2[i - 1] + c0 * w0dd + c1 * w1dd
-        d1[i] = -dt * x * e[i - 1] + x * d1[i - 1] + c0 * w0d + c1 * w1d
-        e[i] = x * e[i - 1] + c0 * w0 + c1 * w1
-    out = [np.ascontiguousarray(np.moveaxis(a, 0, -1)) for a in (e, d1, d2)]
-    return tuple(a[0] for a in out) if single else tuple(out)
-
-
-def _recursion(t, cp, k, deriv=False):
-    """Core recursion, time-major: ``k`` (m,), ``cp`` (n,) or (m, n).  Returns (m, n) arrays."""
-    n = t.size
-    m = k.size
-    dt = np.diff(t)
-    shared = cp.ndim == 1
-    cpt = cp if shared else np.ascontiguousarray(cp.T)  # (n, m)
-    out = np.empty((n, m))
-    out[0] = 0.0
-    dout = None
-    if deriv:
-        dout = np.empty((n, m))
-        dout[0] = 0.0
-    uniform = n > 1 and np.allclose(dt, dt[0], rtol=1e-9, atol=0)
-    cache = {}
-    acc = np.zeros(m)
-    dacc = np.zeros(m) if deriv else None
-    for i in range(1, n):
-        key = dt[0] if uniform else dt[i - 1]
-        wts = cache.get(key)
-        if wts is None:
-            wts = _seg_weights(float(key), k, deriv)
-            if uniform or len(cache) < 8:
-                cache[key] = wts
-        c0 = cpt[i - 1]
-        c1 = cpt[i]
-        if deriv:
-            x, w0, w1, dx, dw0, dw1 = wts
-            # derivative first (uses the previous acc)
-            dacc *= x
-            dacc += dx * acc
-            dacc += c0 * dw0
-            dacc += c1 * dw1
-            dout[i] = dacc
-        else:
-            x, w0, w1 = wts
-        acc *= x
-        acc += c0 * w0
-        acc += c1 * w1
-        out[i] = acc
-    return out, dout
-
-
-def exp_convolve(t_s, cp, k_per_s):
-    """``E(t) = integral_0^t cp(u) exp(-k (t - u)) du`` for piecewise-linear ``cp``.
-
-    Exact for ``cp`` linear between samples (any, also non-uniform, sampling), by the
-    recursion of e.g. Flouri et al., MRM 2016;76:998 (doi:10.1002/mrm.25991):
-    ``E_i = E_{i-1} x + c_{i-1} a + (c_i - c_{i-1}) (a - b / dt)`` with
-    ``x = exp(-k dt)``, ``a = (1 - x) / k``, ``b = (1 - x (1 + k dt)) / k^2``; series
-    limits are used where ``k dt`` is tiny (``k = 0`` gives the trapezoidal integral).
-
-    Parameters
-    ----------
-    t_s : array_like, shape (n,)
-        Sample times in s (increasing).
-    cp : array_like, shape (n,) or (..., n)
-        Input concentration at the sample times.
-    k_per_s : array_like, shape (...)
-        Rate constant(s) in 1/s; leading shape broadcast with ``cp``'s.
-
-    Returns
-    -------
-    ndarray, shape (..., n), in concentration x seconds.
-    """
-    e, _ = _conv_dispatch(t_s, cp, k_per_s, deriv=False)
-    return e
-
-
-def exp_convolve_and_derivative(t_s, cp, k_per_s):
-    """:func:`exp_convolve` and its derivative ``dE/dk`` (same shapes; units conc x s^2).
-
-    ``dE/dk = -integral_0^t cp(u) (t - u) exp(-k (t - u)) du``, computed by differentiating
-    the recursion term by term (exact for piecewise-linear ``cp``).
-    """
-    return _conv_dispatch(t_s, cp, k_per_s, deriv=True)
-
-
-def _conv_dispatch(t_s, cp, k_per_s, deriv):
-    t = np.asarray(t_s, dtype=float)
-    cp = np.asarray(cp, dtype=float)
-    k = np.asarray(k_per_s, dtype=float)
-    lead = np.broadcast_shapes(k.shape, cp.shape[:-1])
-    kf = np.broadcast_to(k, lead).reshape(-1)
-    if cp.ndim == 1:
-        cpf = cp
-    else:
-        cpf = np.broadcast_to(cp, lead + (t.size,)).reshape(-1, t.size)
-    e, de = _recursion(t, cpf, np.ascontiguousarray(kf), deriv)
-    e = e.T.reshape(lead + (t.size,))
-    if de is not None:
-        de = de.T.reshape(lead + (t.size,))
-    return e, de
-
-
-def _cumtrapz(t, y):
-    """Cumulative trapezoidal integral along the last axis, starting at 0."""
-    dt = np.diff(t)
-    inc = 0.5 * (y[..., 1:] + y[..., :-1]) * dt
-    out = np.zeros(y.shape)
-    np.cumsum(inc, axis=-1, out=out[..., 1:])
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -418,65 +95,6 @@ def patlak_ct(t_s, cp, ktrans_per_min, vp):
     vp = np.asarray(vp, dtype=float)
     integral = _cumtrapz(np.asarray(t_s, dtype=float), np.asarray(cp, dtype=float))
     return vp[..., None] * np.asarray(cp, dtype=float) + ktrans[..., None] * integral
-
-
-# --------------------------------------------------------------------------------------
-# Small batched linear algebra (explicit, vectorised over voxels)
-# --------------------------------------------------------------------------------------
-
-def _solve2(a11, a12, a22, b1, b2):
-    det = a11 * a22 - a12 * a12
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x1 = (a22 * b1 - a12 * b2) / det
-        x2 = (a11 * b2 - a12 * b1) / det
-    return x1, x2
-
-
-def _solve3(a11, a12, a13, a22, a23, a33, b1, b2, b3):
-    """Symmetric 3x3 systems by Cramer's rule (cofactors), vectorised."""
-    c11 = a22 * a33 - a23 * a23
-    c12 = a13 * a23 - a12 * a33
-    c13 = a12 * a23 - a13 * a22
-    c22 = a11 * a33 - a13 * a13
-    c23 = a12 * a13 - a11 * a23
-    c33 = a11 * a22 - a12 * a12
-    det = a11 * c11 + a12 * c12 + a13 * c13
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / det
-        x1 = (c11 * b1 + c12 * b2 + c13 * b3) * inv
-        x2 = (c12 * b1 + c22 * b2 + c23 * b3) * inv
-        x3 = (c13 * b1 + c23 * b2 + c33 * b3) * inv
-    return x1, x2, x3
-
-
-def _nnls2(g11, g12, g22, b1, b2):
-    """min ||y - p1 f1 - p2 f2||^2 with p >= 0 from the Gram entries; returns p1, p2, gain.
-
-    ``gain = 2 p.b - p^T G p`` so that ``SSR = y.y - gain``.  Broadcasts.
-    """
-    p1, p2 = _solve2(g11, g12, g22, b1, b2)
-    ok = (p1 >= 0) & (p2 >= 0) & np.isfinite(p1) & np.isfinite(p2)
-    gain = np.where(ok, p1 * b1 + p2 * b2, -np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q1 = np.maximum(b1, 0.0) / g11  # p2 = 0
-        q2 = np.maximum(b2, 0.0) / g22  # p1 = 0
-    gq1 = np.where(np.isfinite(q1), q1 * b1, 0.0)
-    gq2 = np.where(np.isfinite(q2), q2 * b2, 0.0)
-    use1 = ~ok & (gq1 >= gq2)
-    use2 = ~ok & ~use1
-    p1 = np.where(ok, p1, np.where(use1, np.nan_to_num(q1), 0.0))
-    p2 = np.where(ok, p2, np.where(use2, np.nan_to_num(q2), 0.0))
-    gain = np.where(ok, gain, np.where(use1, gq1, gq2))
-    return p1, p2, gain
-
-
-def _parabola_vertex(f0, f1, f2):
-    """Offset (in steps, within [-1, 1]) of the vertex of the parabola through (-1, f0), (0, f1), (1, f2)."""
-    den = f0 - 2.0 * f1 + f2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = 0.5 * (f0 - f2) / den
-    off = np.where((den > 0) & np.isfinite(off), off, 0.0)
-    return np.clip(off, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -1098,7 +716,7 @@ def spgr_concentration(s, s_baseline, fa_deg, tr_ms, t10_ms, r1_per_mM_s):
     """Contrast-agent concentration (mM) from SPGR signal: ``C = (R1 - R10) / r1``.
 
     Parameters as :func:`spgr_r1_from_signal`; ``r1_per_mM_s`` is the agent's relaxivity
-    in 1/(mM s) (see :mod:`studylib.relaxivity_gd`).  Fast-exchange, linear relaxivity
+    in 1/(mM s) (see :mod:`studylib.models.relaxivity`).  Fast-exchange, linear relaxivity
     model: ``R1 = R10 + r1 C`` (e.g. Tofts, JMRI 1997;7:91, doi:10.1002/jmri.1880070113).
     """
     r1 = spgr_r1_from_signal(s, s_baseline, fa_deg, tr_ms, t10_ms)
@@ -1106,62 +724,3 @@ def spgr_concentration(s, s_baseline, fa_deg, tr_ms, t10_ms, r1_per_mM_s):
     return (r1 - r10) / float(r1_per_mM_s)
 
 
-# --------------------------------------------------------------------------------------
-# Bolus arrival time
-# --------------------------------------------------------------------------------------
-
-def bolus_arrival_kernel(y, t_s, *, substeps=10):
-    """Bolus arrival time by piecewise-continuous regression (constant then quadratic).
-
-    For every candidate arrival time ``tau`` on a grid (``substeps`` per frame interval)
-    the curve up to its maximum is fitted by least squares with
-    ``y = b`` for ``t < tau`` and ``y = b + a1 (t - tau) + a2 (t - tau)^2`` after;
-    the ``tau`` with the smallest sum of squares is returned.  Vectorised over voxels and
-    candidates (one matrix product per design column pair).
-
-    Returns
-    -------
-    dict: ``bat_s`` (s), ``fit_ok``.
-
-    Notes
-    -----
-    After Cheong, Koh & Hou, Phys Med Biol 2003;48:N83 (doi:10.1088/0031-9155/48/5/403),
-    linear-quadratic model, with a flat (constant) baseline.
-    """
-    y = np.asarray(y, dtype=float)
-    t = np.asarray(t_s, dtype=float)
-    m, n = y.shape
-    out = {"bat_s": np.full(m, np.nan), "fit_ok": np.zeros(m, dtype=bool)}
-    good = np.all(np.isfinite(y), axis=1)
-    yg = y[good]
-    if yg.shape[0] == 0:
-        return out
-    ip = np.argmax(yg, axis=1)
-    w = (np.arange(n)[None, :] <= ip[:, None]).astype(float)  # fit window up to the peak
-    taus = np.concatenate([np.linspace(t[i], t[i + 1], substeps, endpoint=False) for i in range(n - 1)] + [t[-1:]])
-    u = np.maximum(t[None, :] - taus[:, None], 0.0)  # (T, n)
-    cols = [np.ones_like(u), u, u * u]
-    # Gram entries per voxel & candidate: sum_t w * ci * cj
-    A = {}
-    for i in range(3):
-        for j in range(i, 3):
-            A[i, j] = w @ (cols[i] * cols[j]).T  # (m, T)
-    wy = w * yg
-    b = [wy @ c.T for c in cols]
-    x1, x2, x3 = _solve3(A[0, 0], A[0, 1], A[0, 2], A[1, 1], A[1, 2], A[2, 2], b[0], b[1], b[2])
-    yy = np.einsum("ij,ij->i", wy, yg)
-    ssr = yy[:, None] - (x1 * b[0] + x2 * b[1] + x3 * b[2])
-    # a candidate needs >= 1 baseline frame, >= 2 frames after it in the window, rising fit
-    nb = w @ (u == 0).T
-    na = w @ (u > 0).T
-    up = np.maximum(t[ip][:, None] - taus[None, :], 0.0)  # (m, T) time from tau to the peak
-    with np.errstate(invalid="ignore"):
-        rise = x2 * up + x3 * up * up
-    valid = (nb >= 1) & (na >= 2) & np.isfinite(ssr) & (rise > 0)
-    ssr = np.where(valid, ssr, np.inf)
-    j = np.argmin(ssr, axis=1)
-    ok = np.isfinite(ssr[np.arange(yg.shape[0]), j])
-    bat = np.where(ok, taus[j], np.nan)
-    out["bat_s"][good] = bat
-    out["fit_ok"][good] = ok
-    return out

@@ -7,7 +7,10 @@ from typing import Iterable
 
 import numpy as np
 
+from .. import layout
+from ..catalog import EXPERIMENTS
 from ..errors import StudyError
+from ..manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from ..models.noise import add_rician_noise
 from ._common import DEFAULT_SEED, PRESETS, Context, StudyPlan
 from ._iron import plan_ampb, plan_blz945, plan_ferumoxytol_therapy
@@ -33,18 +36,12 @@ STUDIES = {
     "lactate_cest": plan_cest,
 }
 
-#: study id -> the image kinds written per session (besides ``roi``)
-STUDY_KINDS = {
-    "ampb_ferumoxytol": ("MEGRE",),
-    "blz945_femri": ("MEGRE",),
-    "ferumoxytol_therapy": ("T2w", "MEGRE"),
-    "collagen_adc": ("DWI",),
-    "ktrans_hypoxia": ("VFA", "DCE"),
-    "fluorine19_pfc": ("F19", "T2w"),
-    "lactate_cest": ("CEST", "WASSR"),
-}
+#: study id -> the image kinds written per session (besides ``roi``): the catalogue's
+STUDY_KINDS = {name: e.kinds for name, e in EXPERIMENTS.items()}
+if list(STUDIES) != list(EXPERIMENTS):  # pragma: no cover - a planner per catalogued experiment, same order
+    raise ImportError(f"synth planners {list(STUDIES)} differ from the catalogue {list(EXPERIMENTS)}")
 
-MANIFEST_COLUMNS = ["study", "animal", "group", "day", "kind", "path", "sha256", "sex", "model", "notes"]
+MANIFEST_COLUMNS = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
 
 
 def _check_seed(seed) -> int:
@@ -148,15 +145,16 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
         ``demo`` 64 x 64 x 6, 3-8 animals per group, all days (~200 MB); ``large``
         128 x 128 x 12 with twice the animals (several GB).
     out : path, optional
-        Folder for ``raw/`` and ``truth/`` (default ``data/<preset>``).
+        Folder for ``raw/`` and ``truth/`` (default :func:`studylib.layout.preset_data_dir`,
+        ``<project>/data/<preset>``).
     seed : int, optional
         Master seed (default :data:`DEFAULT_SEED`).  Every random draw uses
         ``numpy.random.default_rng([seed, crc32(study), stream, ids...])``, so each
         (study, animal, day) has its own deterministic stream.
     manifest : path, optional
-        Manifest to write (default ``./data_manifest.csv`` for ``demo``, else
-        ``<out>/data_manifest.csv``); it must be in a folder containing ``out``, since
-        manifest paths are relative to its folder.
+        Manifest to write (default: with ``out`` given, ``<out>/data_manifest.csv``; without,
+        :func:`studylib.layout.default_manifest` of the preset); it must be in a folder containing
+        ``out``, since manifest paths are relative to its folder.
     studies : iterable of str, optional
         Only these studies (default: all seven).
     noise : bool
@@ -174,9 +172,9 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
     """
     preset = _check_preset(preset)
     seed = _check_seed(seed)
-    out = Path("data") / preset if out is None else Path(out)
-    if manifest is None:
-        manifest = Path("data_manifest.csv") if preset == "demo" else out / "data_manifest.csv"
+    if manifest is None:  # the preset's default manifest for its default folder, else one inside ``out``
+        manifest = layout.default_manifest(preset) if out is None else Path(out) / "data_manifest.csv"
+    out = layout.preset_data_dir(preset) if out is None else Path(out)
     manifest = Path(manifest)
     if manifest.suffix.lower() != ".csv":
         raise SynthError(f"manifest {manifest}: must be a .csv path")

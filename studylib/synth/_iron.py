@@ -12,7 +12,7 @@ ampb_ferumoxytol        9.4 T MGE, TE 2.5 + 3k ms (12 echoes), TR 0.8 s, 30 deg;
                         vehicle vs ampb, days 0/3/7/10 (ferumoxytol 10 mg Fe/kg 24 h    19:364 (DOI
                         before each scan); macrophages M0 = 150 /mm2 x LN(0.25), rising  10.1093/neuonc/now237)
                         by 10 % (vehicle) or 150 % (Amp B) by day 10; tumour iron
-                        0.8 uM per macrophage/mm2; r2* = 55.7 /s/mM (studylib.relaxivity);
+                        0.8 uM per macrophage/mm2; r2* = 55.7 /s/mM (studylib.models.relaxivity);
                         R2*0 tumour 38 +- 2.5 /s, brain 30, muscle 45 /s.  One vehicle
                         animal dies before day 10.  Histology: Iba1, CD68, Prussian blue.
 blz945_femri            7 T MGE, TE 3..48 ms (16), TR 1.2 s, 60 deg; control vs blz945  Leftin 2019 Sci Rep
@@ -27,7 +27,7 @@ ferumoxytol_therapy     7 T; T2w RARE (TE 33 ms, TR 2.5 s) + MGE TE 2.5 + 3k ms 
                         days 0/1/7/14/21; V0 = 20 mm3 x LN(0.25), growth 0.060 /day
                         (control) vs 0.035 /day (ferumoxytol) +- 0.006; tumour iron
                         170 uM x LN(0.3) at day 1, then x exp(-(d-1)/10 d); r2* = 55.7
-                        /s/mM (studylib.relaxivity); R2*0 40 +- 3 /s.  Tumours > 125 mm3 reach the humane
+                        /s/mM (studylib.models.relaxivity); R2*0 40 +- 3 /s.  Tumours > 125 mm3 reach the humane
                         endpoint; the control animal with the largest day-21 tumour
                         leaves after day 14.  Histology per tumour: CD80 %, CD206 %.
 =====================  ==========================================================  =========================
@@ -38,16 +38,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.relaxometry import monoexp_signal
-from ..relaxivity import relaxivity
+from ..models.relaxivity import relaxivity
 from ._common import (Animal, Context, Scan, Session, StudyPlan, drop_last_day, group_means, make_animals, pearson,
                       roi_mean)
 from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
 
 FE_MG_PER_MMOL = 55.845
 
-#: ferumoxytol r2* (1/s/mM Fe) from studylib.relaxivity (3 T plasma value, field independent above 3 T)
-R2STAR_9P4 = relaxivity(9.4, kind="r2star")
-R2STAR_7 = relaxivity(7.0, kind="r2star")
+#: ferumoxytol r2* (1/s/mM Fe) from studylib.models.relaxivity (3 T plasma value, field independent above 3 T)
+R2STAR_9P4 = relaxivity("ferumoxytol", 9.4, kind="r2star").value_per_mM_s
+R2STAR_7 = relaxivity("ferumoxytol", 7.0, kind="r2star").value_per_mM_s
 
 AMPB = dict(field_T=9.4, te_ms=2.5 + 3.0 * np.arange(12), tr_s=0.8, flip_deg=30.0, days=[0, 3, 7, 10],
             dose_mgFe_per_kg=10.0, r2star_per_s_per_mM=R2STAR_9P4,

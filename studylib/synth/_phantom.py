@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..conventions import ROI_LABELS
+
 __all__ = [
     "LABELS",
     "Grid",
@@ -28,9 +30,8 @@ __all__ = [
     "lognormal_mean1",
 ]
 
-#: ROI label values (docs/conventions.md)
-LABELS = {1: "tumour", 2: "muscle", 3: "vessel", 4: "reference_tube", 5: "background", 6: "tumour_rim",
-          7: "tumour_core"}
+#: ROI label values (docs/conventions.md): :data:`studylib.conventions.ROI_LABELS`
+LABELS = ROI_LABELS
 
 #: tumour ellipsoid aspect (x : y : z) -- flank tumours are flattened against the body
 TUMOUR_ASPECT = (1.2, 1.0, 0.75)

@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..conventions import ROI_LABELS
 from ..errors import StudyError
 from ..models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_mouse_aif
 from ..models.noise import add_rician_noise
@@ -358,8 +359,7 @@ def lazy_study(n_animals=40, n_days=6, shape=(20, 128, 128), kind="MEGRE", seed=
     ds = xr.Dataset(coords=coords)
     ds["signal"] = xr.DataArray(signal, dims=("animal", "day", dim, "z", "y", "x"),
                                 attrs={"long_name": f"{kind} signal", "units": "a.u."})
-    labels = {1: "tumour", 2: "muscle", 3: "vessel", 5: "background"} if kind == "DCE" else \
-        {1: "tumour", 2: "muscle", 5: "background"}
+    labels = {k: ROI_LABELS[k] for k in ((1, 2, 3, 5) if kind == "DCE" else (1, 2, 5))}
     ds["roi"] = xr.DataArray(roi, dims=("animal", "day", "z", "y", "x"),
                              attrs={"long_name": "ROI labels", "flag_values": sorted(labels),
                                     "flag_meanings": " ".join(labels[k] for k in sorted(labels))})

@@ -1,9 +1,7 @@
-"""studylib.experiments: the effect check, the tables, and every analysis end to end.
+"""studylib.analysis: the effect check, the conclusions table, the table builders, truth lookup,
+the frozen Estimate and keeping tables in the cache.
 
-* unit tests of :func:`check_effect`, :func:`conclusions_table`, the table builders (hypothesis too);
-* on the ``ci`` preset, each analysis produces the expected tables and conclusions columns;
-* on the ``demo`` preset, each experiment's estimated effect has a 95 % CI that covers the simulated
-  truth and its direction matches the paper's (issue 6, "Must show").
+The notebooks themselves (each the single copy of its recipe) run end to end in tests/test_notebooks.py.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from studylib import experiments as ex
+from studylib import analysis as ex
 from studylib.errors import StudyError
 
 
@@ -131,7 +129,9 @@ def test_find_truth_and_errors(tmp_path):
     (root / "truth" / "s1").mkdir(parents=True)
     (root / "truth" / "s1" / "truth.json").write_text(json.dumps({"effect": 1.5}))
     m = root / "data_manifest.csv"
-    pd.DataFrame(dict(study=["s1", "s2"], path=["raw/s1/m01/day00/MEGRE.nii.gz", "raw/s2/h.csv"])).to_csv(m, index=False)
+    pd.DataFrame(dict(study=["s1", "s2"], animal=["m01", ""], group=["g", ""], day=["0", ""],
+                      kind=["MEGRE", "histology"], path=["raw/s1/m01/day00/MEGRE.nii.gz", "raw/s2/h.csv"],
+                      sha256=["0" * 64] * 2)).to_csv(m, index=False)
     assert ex.find_truth(m, "s1") == root / "truth" / "s1" / "truth.json"
     assert ex.load_truth(m, "s1") == {"effect": 1.5}
     with pytest.raises(StudyError, match="no simulated truth"):
@@ -144,92 +144,30 @@ def test_find_truth_and_errors(tmp_path):
         ex.truth_value({"a": {"c": 1}}, "a", "b")
 
 
-# ------------------------------------------------------------------------------------ end to end
+# ------------------------------------------------------------------------------------ Estimate
 
-FIVE = ["ampb_ferumoxytol", "blz945_femri", "ferumoxytol_therapy", "collagen_adc", "ktrans_hypoxia"]
-
-#: experiment -> (analysis function, keyword arguments): the same steps and defaults as the notebooks
-ANALYSES = {
-    "ampb_ferumoxytol": (ex.analyse_iron_study, dict(day_model="categorical", hist_keywords=("iba1",))),
-    "blz945_femri": (ex.analyse_iron_study, dict(day_model="categorical", hist_keywords=("prussian", "iron"))),
-    "ferumoxytol_therapy": (ex.analyse_ferumoxytol_therapy, {}),
-    "collagen_adc": (ex.analyse_collagen_adc, {}),
-    "ktrans_hypoxia": (ex.analyse_ktrans_hypoxia, {}),
-}
-
-SESSION_COLUMNS = {
-    "ampb_ferumoxytol": {"animal", "group", "day", "r2star", "t2star", "volume_mm3"},
-    "blz945_femri": {"animal", "group", "day", "model", "r2star", "t2star"},
-    "ferumoxytol_therapy": {"animal", "group", "day", "r2star", "t2star", "volume_mm3", "log_volume"},
-    "collagen_adc": {"animal", "group", "day", "adc"},
-    "ktrans_hypoxia": {"animal", "group", "day", "ktrans", "ve", "vp", "t1"},
-}
+def test_estimate_is_frozen_and_reads_as_mapping_and_attributes():
+    e = ex.Estimate(1.0, 0.5, 1.5, 0.01, "t-test", details={"df": 9.0, "at_day": 7.0})
+    assert e["estimate"] == e.estimate == 1.0 and e["at_day"] == e.at_day == 7.0
+    assert dict(e) == dict(estimate=1.0, ci_low=0.5, ci_high=1.5, p=0.01, method="t-test", df=9.0, at_day=7.0)
+    assert e.get("nope") is None and "df" in e and len(e) == 7
+    with pytest.raises(Exception):
+        e.estimate = 2.0
+    with pytest.raises(TypeError):
+        e.details["df"] = 1.0
+    with pytest.raises(AttributeError, match="has no 'nope'"):
+        e.nope
 
 
-def _run(study, manifest, cache_dir):
-    fn, params = ANALYSES[study]
-    return fn(manifest, study, cache_dir=cache_dir, verify=False, **params)
-
-
-def _notebook_defaults(study):
-    """The analysis defaults the test uses are the notebook's parameters (no drift between them)."""
-    import jupytext
-
-    nb = jupytext.read(Path(ex.repo_root()) / "notebooks" / f"{study}.py")
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    ns: dict = {}
-    exec(cell.source, ns)  # noqa: S102 - the notebook's own parameters cell
-    return ns
-
-
-@pytest.mark.parametrize("study", FIVE)
-def test_analysis_tables_on_ci(study, ci_study, tmp_path):
-    """On the ci preset every analysis gives its per-session table and a full conclusions table."""
-    res = _run(study, ci_study, tmp_path / "derived")
-    assert SESSION_COLUMNS[study] <= set(res.sessions.columns), list(res.sessions.columns)
-    assert res.sessions["animal"].nunique() >= 6
-    c = res.conclusions
-    assert list(c.columns) == ex.CONCLUSION_COLUMNS and len(c) >= 2
-    assert c[["estimate", "ci_low", "ci_high", "p"]].notna().all().all()
-    assert (c["ci_low"] <= c["estimate"]).all() and (c["estimate"] <= c["ci_high"]).all()
-    assert c["truth"].notna().all(), "every finding must have a simulated truth to compare with"
-    assert ex.headline(c).startswith(c["finding"].iloc[0])
-    # the test's settings are the notebook's parameters
-    params = _notebook_defaults(study)
-    fn, kw = ANALYSES[study]
-    if "day_model" in kw:
-        assert params["day_model"] == kw["day_model"]
-    assert params["study"] == study
-
-
-def test_rerun_reads_cached_maps(ci_study, tmp_path):
-    """A second run of an analysis reads its maps from the cache instead of refitting."""
-    from studylib.cache import Cache
-
-    first = _run("collagen_adc", ci_study, tmp_path / "derived")
-    cache = Cache("collagen_adc", tmp_path / "derived")
-    assert [e.name for e in cache.entries()] == ["adc_maps"]
-    second = _run("collagen_adc", ci_study, tmp_path / "derived")
-    pd.testing.assert_frame_equal(first.conclusions, second.conclusions)
-
-
-@pytest.fixture(scope="session")
-def demo_five(demo_manifest):
-    """The demo study (see ``demo_manifest`` in conftest.py): the five experiments are in it."""
-    return demo_manifest
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("study", FIVE)
-def test_demo_effect_covers_truth_in_paper_direction(study, demo_five, tmp_path):
-    """Issue 6: on the demo data every finding's 95 % CI covers the simulated truth, its direction is the
-    paper's, and it is significant -- checked by the same function the notebook prints."""
-    res = _run(study, demo_five, tmp_path / "derived")
-    c = res.conclusions
-    assert c["truth"].notna().all()
-    assert c["direction_matches_paper"].all(), c[["finding", "estimate", "paper_direction"]]
-    assert c["ci_covers_truth"].astype(bool).all(), c[["finding", "ci_low", "ci_high", "truth"]]
-    assert ex.disagreements(c) == []
+def test_group_difference_and_regression_are_estimates():
+    t = pd.DataFrame({"group": ["a"] * 4 + ["b"] * 4, "y": [1.0, 2, 3, 4, 3, 4, 5, 6.5]})
+    d = ex.group_difference(t, "y", control="a", treated="b")
+    assert isinstance(d, ex.Estimate) and d.ci_low < d.estimate < d.ci_high and d["n_animals"] == 8
+    assert d.estimate == pytest.approx(t.y[4:].mean() - t.y[:4].mean())
+    r = ex.regression_slope(t.assign(x=np.arange(8.0)), "x", "y")
+    assert r.estimate == pytest.approx(np.polyfit(np.arange(8.0), t.y, 1)[0])
+    with pytest.raises(StudyError, match="at least 2 animals"):
+        ex.group_difference(t.iloc[:5], "y", control="a", treated="b")
 
 
 def test_keep_tables_stores_inspectable_tables_and_never_a_stale_one(tmp_path):
@@ -253,5 +191,5 @@ def test_keep_tables_stores_inspectable_tables_and_never_a_stale_one(tmp_path):
     latest = cache.load("model_fixed")
     assert latest.attrs["studylib_cache_key"] != first_key
     np.testing.assert_allclose(latest["estimate"], [2.0, 0.0])
-    with pytest.raises(ex.ExperimentError, match="must be a pandas DataFrame"):
+    with pytest.raises(StudyError, match="must be a pandas DataFrame"):
         ex.keep_tables("toy", manifest, tmp_path / "derived", bad=[1, 2])

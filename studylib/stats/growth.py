@@ -1,20 +1,4 @@
-"""Statistics for preclinical imaging studies: mixed models, growth, correlations, group tests, power.
-
-The animal is the unit of analysis.  Public functions:
-
-* :func:`mixed_model` -- linear mixed model (statsmodels ``MixedLM`` + several optimisers,
-  best REML/ML optimum kept) with Satterthwaite (default), Kenward–Roger or z inference,
-  singular-fit and convergence diagnostics, contrasts and estimated marginal means.
-* :func:`tumour_growth` -- log-volume mixed model, growth rate per group, T/C ratios.
-* :func:`correlation`, :func:`rm_correlation`, :func:`regression` -- imaging vs histology.
-* :func:`group_compare` (Welch / Mann–Whitney, Holm across biomarkers), :func:`holm`,
-  :func:`per_animal_slopes`, :func:`slope_ttest`.
-* :func:`simulate_rejection`, :func:`power_simulation` -- type I error and power by
-  simulation from a (fitted) mixed model.
-
-Errors are :class:`StatsInputError` (a :class:`studylib.errors.StudyError`); singular or
-non-converged fits give a :class:`StatsFitWarning` and are recorded in the result.
-"""
+"""Tumour growth: log-volume mixed model, growth rate per group with doubling time, and T/C ratios."""
 
 from __future__ import annotations
 
@@ -25,18 +9,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._stats_common import StatsFitWarning, StatsInputError, holm, numeric_column, require_columns
-from ._stats_corr import (CorrelationResult, RegressionResult, RmCorrResult, correlation, group_compare,
-                          per_animal_slopes, regression, rm_correlation, slope_ttest)
-from ._stats_mixed import DEFAULT_OPTIMIZERS, MixedModelResult, mixed_model
-from ._stats_power import PowerResult, SimulationResult, power_simulation, simulate_rejection, wilson_interval
+from .common import StatsInputError, numeric_column, require_columns
+from .mixed import DEFAULT_OPTIMIZERS, MixedModelResult, mixed_model
 
-__all__ = [
-    "StatsInputError", "StatsFitWarning", "mixed_model", "MixedModelResult", "DEFAULT_OPTIMIZERS",
-    "tumour_growth", "GrowthResult", "correlation", "CorrelationResult", "rm_correlation", "RmCorrResult",
-    "regression", "RegressionResult", "group_compare", "holm", "per_animal_slopes", "slope_ttest",
-    "simulate_rejection", "SimulationResult", "power_simulation", "PowerResult", "wilson_interval",
-]
+__all__ = ["GrowthResult", "tumour_growth"]
 
 
 @dataclass

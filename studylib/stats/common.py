@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .errors import StudyError
+from ..errors import StudyError
 
 __all__ = ["StatsInputError", "StatsFitWarning", "formula_variables", "require_columns", "numeric_column", "holm"]
 

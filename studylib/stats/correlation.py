@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._stats_common import StatsInputError, holm, numeric_column, require_columns
+from .common import StatsInputError, holm, numeric_column, require_columns
 
 __all__ = ["CorrelationResult", "correlation", "RmCorrResult", "rm_correlation", "RegressionResult", "regression",
            "group_compare", "per_animal_slopes", "slope_ttest"]

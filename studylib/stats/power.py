@@ -18,9 +18,9 @@ import pandas as pd
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from . import _stats_lmm as core
-from ._stats_common import StatsInputError, formula_variables, require_columns
-from ._stats_mixed import MixedModelResult, _categories, normalize_ddf
+from . import lmm as core
+from .common import StatsInputError, formula_variables, require_columns
+from .mixed import MixedModelResult, _categories, normalize_ddf
 
 __all__ = ["SimulationResult", "simulate_rejection", "PowerResult", "power_simulation", "wilson_interval"]
 

@@ -1,4 +1,4 @@
-"""Linear mixed models with small-sample inference: the formula layer over :mod:`._stats_lmm`.
+"""Linear mixed models with small-sample inference: the formula layer over :mod:`.lmm`.
 
 ``mixed_model`` builds the design with patsy (statsmodels' own formula engine, so term names
 are statsmodels'), fits it with several statsmodels ``MixedLM`` optimisers plus a bounded
@@ -21,8 +21,8 @@ import pandas as pd
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from . import _stats_lmm as core
-from ._stats_common import StatsFitWarning, StatsInputError, formula_variables, holm, require_columns
+from . import lmm as core
+from .common import StatsFitWarning, StatsInputError, formula_variables, holm, require_columns
 
 __all__ = ["mixed_model", "MixedModelResult", "DEFAULT_OPTIMIZERS", "normalize_ddf"]
 
@@ -575,7 +575,7 @@ def mixed_model(data: pd.DataFrame, formula: str, groups: str = "animal", re_for
     *Kenward–Roger* (Kenward & Roger 1997, doi:10.2307/2533558; pbkrtest): adjusted
     covariance ``Phi_A = Phi + 2 Phi [sum W_rs (Q_rs - P_r Phi P_s)] Phi`` with
     ``W`` the inverse expected REML information, and the scaled F / df of their eqs 6–10
-    (see :func:`studylib._stats_lmm.kenward_roger`).
+    (see :func:`studylib.stats.lmm.kenward_roger`).
 
     Diagnostics: a fit is *singular* when a diagonal of the relative Cholesky factor
     ``Lambda`` (random-effect SD relative to the residual SD, per unit of its covariate)

@@ -1,0 +1,276 @@
+"""Step 3 of the flow: fitted maps of a loaded study — computed with Dask, kept in the experiment's cache.
+
+Each ``fit_*_maps`` wraps one :mod:`studylib.fit` function: it fits the scans inside the ROI labels
+(noise SD from the background ROI), shows progress, and stores the maps content-addressed
+(:class:`studylib.cache.Cache`; key: the manifest rows read, the parameters, and the source of the fit,
+its kernels and the reader, not of figures or notebooks), so a rerun reads them back.  :func:`get_cache` is the experiment's cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import xarray as xr
+
+from .. import layout
+from ..conventions import BACKGROUND_LABEL, QUALITY_NAMES
+from ..errors import ExperimentError
+from .design import compute_with_progress
+
+__all__ = ["get_cache", "quality_variable", "background_mask", "fit_relaxation_maps", "fit_adc_maps",
+           "baseline_frames", "fit_dce_maps"]
+
+def get_cache(study: str, manifest, cache_dir=None):
+    """The :class:`studylib.cache.Cache` of an experiment.
+
+    Its folder is ``cache_dir`` when given, else :func:`studylib.layout.default_cache_dir` of the
+    manifest: ``data/<preset>/derived`` for a preset's own manifest, ``<manifest folder>/derived``
+    otherwise.
+    """
+    from ..cache import Cache
+
+    if cache_dir is None:
+        cache_dir = _default_cache_dir(manifest)
+    return Cache(study, cache_dir)
+
+
+def _default_cache_dir(manifest) -> Path:
+    m = Path(manifest).expanduser().resolve()
+    for preset in ("demo", "ci", "large"):
+        if m == layout.default_manifest(preset):
+            return layout.default_cache_dir(preset, m)
+    return layout.default_cache_dir("demo", m)
+
+
+def quality_variable(maps: xr.Dataset) -> str:
+    """Name of the goodness-of-fit map in a fit result."""
+    for n in QUALITY_NAMES:
+        if n in maps.data_vars:
+            return n
+    for n in maps.data_vars:
+        if any(w in n.lower() for w in ("rmse", "residual", "quality", "chi")):
+            return n
+    raise ExperimentError(f"fit result has no goodness-of-fit map (variables: {list(maps.data_vars)})")
+
+
+def background_mask(ds: xr.Dataset, *, label: int = BACKGROUND_LABEL) -> xr.DataArray:
+    """The signal-free background ROI (label 5) used for the Rayleigh noise estimate."""
+    bg = ds["roi"] == label
+    return bg
+
+
+def _bare(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` without its non-index coordinates (group, sex, model, acquired).
+
+    Fits run on the bare arrays and :func:`_with_design` puts the design coordinates back on the
+    maps: ``DataArray.chunk`` also chunks non-index coordinates (xarray >= 2025), which an earlier
+    version of the shared fit adapter could not handle; this keeps the maps independent of that.
+    """
+    return ds.reset_coords(drop=True)
+
+
+def _with_design(maps: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
+    coords = {c: ds.coords[c] for c in ("group", "sex", "model", "acquired") if c in ds.coords}
+    return maps.assign_coords(coords)
+
+
+def _manifest_of(ds: xr.Dataset):
+    m = ds.attrs.get("manifest")
+    if m is None:
+        raise ExperimentError("dataset attrs lack 'manifest' (load it with studylib.load_study)")
+    return m
+
+
+def fit_relaxation_maps(ds: xr.Dataset, *, method: str = "auto", labels: Sequence[int] = (1, 2, 6, 7),
+                        noise_label: int = BACKGROUND_LABEL, cache_dir=None, study: str | None = None) -> xr.Dataset:
+    """T2*/R2* maps of every scan inside the ROI labels, fitted with Dask and cached.
+
+    :func:`studylib.fit.relaxometry.t2star` with the noise SD estimated per scan from the background
+    ROI (label 5, Rayleigh mean), computed with a progress bar; stored in the experiment's cache (key: the
+    manifest rows read, ``method``, ``labels``, the code and package versions), so a rerun
+    reads the maps back instead of refitting.
+
+    Returns
+    -------
+    Dataset (animal, day, z, y, x): ``t2star`` (ms), ``r2star`` (1/s), ``s0``, the fit quality
+    and ``fit_ok``, loaded in memory.
+    """
+    from ..cache import manifest_rows
+    from ..fit.relaxometry import t2star
+
+    study = study or ds.attrs.get("study")
+    manifest = _manifest_of(ds)
+
+    def compute():
+        bare = _bare(ds)
+        bg = background_mask(bare, label=noise_label) if noise_label is not None else None
+        maps = t2star(bare["signal"], method=method, background=bg, mask=bare["roi"].isin(list(labels)))
+        return compute_with_progress(maps, label=f"fitting T2* ({method}) on {int(ds['acquired'].sum())} scans")
+
+    cache = get_cache(study, manifest, cache_dir)
+    maps = cache.get_or_compute(
+        "t2star_maps", compute, inputs=[manifest_rows(manifest, study=study, kinds=[ds.attrs.get("kind", "MEGRE"),
+                                                                                   "roi"])],
+        params=dict(method=method, labels=list(labels), noise_label=noise_label),
+        code=("studylib.fit.relaxometry", "studylib.io.load"),
+        description="T2*/R2* maps (fit.t2star) inside the ROIs")
+    return _with_design(maps.load(), ds)
+
+
+def fit_adc_maps(ds: xr.Dataset, *, b_min: float = 200.0, method: str = "auto", labels: Sequence[int] = (1, 2),
+                 noise_label: int | None = BACKGROUND_LABEL, cache_dir=None, study: str | None = None) -> xr.Dataset:
+    """ADC maps from the b-values ``>= b_min`` (s/mm^2) inside the ROI labels, with Dask and cached.
+
+    Leaving out b < 200 s/mm^2 removes the perfusion (IVIM pseudo-diffusion) contribution, so the ADC
+    reflects tissue water diffusion (Le Bihan et al., Radiology 1988;168:497,
+    doi:10.1148/radiology.168.2.3393671).  ``method="auto"`` with the background ROI gives the
+    noise-floor-corrected fit of :func:`studylib.fit.diffusion.adc`.
+    """
+    from ..cache import manifest_rows
+    from ..fit.diffusion import adc
+
+    study = study or ds.attrs.get("study")
+    manifest = _manifest_of(ds)
+    b = ds["b"].values
+    keep = b[b >= b_min]
+    if keep.size < 2:
+        raise ExperimentError(f"only {keep.size} b-value(s) >= {b_min} s/mm² in {b.tolist()}; need 2")
+
+    def compute():
+        bare = _bare(ds)
+        bg = background_mask(bare, label=noise_label) if noise_label is not None else None
+        maps = adc(bare["signal"].sel(b=keep), method=method, background=bg, mask=bare["roi"].isin(list(labels)))
+        return compute_with_progress(maps, label=f"fitting ADC (b = {keep.tolist()}) on {int(ds['acquired'].sum())} scans")
+
+    cache = get_cache(study, manifest, cache_dir)
+    maps = cache.get_or_compute("adc_maps", compute, inputs=[manifest_rows(manifest, study=study, kinds=["DWI", "roi"])],
+                                params=dict(b=keep.tolist(), method=method, labels=list(labels),
+                                            noise_label=noise_label),
+                                code=("studylib.fit.diffusion", "studylib.io.load"),
+                                description="ADC maps (fit.adc, b >= b_min) inside the ROIs")
+    return _with_design(maps.load(), ds)
+
+
+def _attr(ds: xr.Dataset, value, key: str, what: str):
+    if value is not None:
+        return value
+    if key in ds.attrs:
+        return ds.attrs[key]
+    raise ExperimentError(f"{what}: not given and the sidecars have no common '{key}'; pass it explicitly")
+
+
+def baseline_frames(dce: xr.Dataset, n_baseline: int | None = None) -> int:
+    """Number of pre-contrast frames: given, or every frame before the sidecar's ``BolusArrivalTime_s``."""
+    t = np.asarray(dce["t"].values, dtype=float)
+    if n_baseline is None:
+        bat = _attr(dce, None, "BolusArrivalTime_s", "n_baseline (pre-contrast frames)")
+        n_baseline = int(np.sum(t < float(bat)))
+    n_baseline = int(n_baseline)
+    if not 1 <= n_baseline < t.size:
+        raise ExperimentError(f"n_baseline must be between 1 and {t.size - 1} frames, got {n_baseline}")
+    return n_baseline
+
+
+def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tofts", aif_source: str = "cohort",
+                 n_baseline: int | None = None, t1_method: str = "nonlinear", labels: Sequence[int] = (1, 2),
+                 vessel_label: int = 3, r1_per_mM_s: float | None = None, hematocrit: float | None = None,
+                 cache_dir=None, study: str | None = None) -> tuple[xr.Dataset, xr.DataArray]:
+    """Pre-contrast T1, concentration, measured AIF and tracer-kinetic maps, with Dask and cached.
+
+    1. T10 from the VFA series (:func:`studylib.fit.relaxometry.t1_vfa`, DESPOT1) in tumour, muscle
+       and vessel voxels;
+    2. SPGR signal -> concentration, ``C = (R1 - R10) / r1`` (:func:`studylib.fit.dce.signal_to_concentration`,
+       baseline = the frames before the bolus arrives);
+    3. each animal's AIF from its vessel ROI (label 3), with the blood T10 = median VFA T1 there and the
+       haematocrit (:func:`studylib.fit.dce.aif_from_roi`); ``aif_source="cohort"`` fits every animal
+       with the mean of those AIFs (less noise when vessel ROIs are a few voxels), ``"animal"`` with
+       its own;
+    4. :func:`studylib.fit.dce.dce` (``model``) in the ROI ``labels``.
+
+    r1 and haematocrit default to the sidecars' ``Relaxivity_per_mM_per_s`` and ``Hematocrit``.
+
+    Returns
+    -------
+    (maps, aif): maps (animal, day, z, y, x) with ``ktrans`` (1/min), ``kep``, ``ve``, ``vp``, ``t1``
+    (ms), fit quality and ``fit_ok``; ``aif(animal, t)`` the measured plasma AIFs (mM) of the animals
+    with a usable vessel ROI (their mean over ``animal`` is the cohort AIF).
+    """
+    from ..cache import manifest_rows
+    from ..fit.dce import aif_from_roi, dce as dce_fit, signal_to_concentration
+    from ..fit.relaxometry import t1_vfa
+
+    if aif_source not in ("cohort", "animal"):
+        raise ExperimentError(f"aif_source must be 'cohort' or 'animal', got {aif_source!r}")
+    study = study or dce.attrs.get("study")
+    manifest = _manifest_of(dce)
+    for c in ("animal", "day"):
+        if not np.array_equal(np.asarray(vfa[c].values), np.asarray(dce[c].values)):
+            raise ExperimentError(f"VFA and DCE scans differ in '{c}': {vfa[c].values.tolist()} vs "
+                                  f"{dce[c].values.tolist()}")
+    fa = float(_attr(dce, None, "FlipAngle", "DCE flip angle"))
+    tr = float(_attr(dce, None, "tr_ms", "DCE repetition time"))
+    r1 = float(_attr(dce, r1_per_mM_s, "Relaxivity_per_mM_per_s", "r1_per_mM_s (agent relaxivity)"))
+    hct = float(_attr(dce, hematocrit, "Hematocrit", "hematocrit"))
+    nb = baseline_frames(dce, n_baseline)
+    params = dict(model=model, aif_source=aif_source, n_baseline=nb, t1_method=t1_method, labels=list(labels),
+                  vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr)
+
+    def compute():
+        v, d = _bare(vfa), _bare(dce)
+        t1 = t1_vfa(v["signal"], tr_ms=vfa.attrs.get("tr_ms"), method=t1_method,
+                    mask=v["roi"].isin([*labels, vessel_label]))
+        t1 = compute_with_progress(t1, label=f"T1 (VFA, {t1_method}) on {int(vfa['acquired'].sum())} scans")
+        vessel = d["roi"] == vessel_label
+        aifs, names = [], []
+        for a in d["animal"].values:
+            for day in d["day"].values:
+                if not bool(dce["acquired"].sel(animal=a, day=day)):
+                    continue
+                ves = vessel.sel(animal=a, day=day).compute()
+                if int(ves.sum()) == 0:
+                    continue
+                t1b = float(t1["t1"].sel(animal=a, day=day).where(ves & t1["fit_ok"].sel(animal=a, day=day))
+                            .median(skipna=True))
+                if not np.isfinite(t1b):
+                    continue
+                aifs.append(aif_from_roi(d["signal"].sel(animal=a, day=day), ves, t10_blood_ms=t1b, fa_deg=fa,
+                                         tr_ms=tr, r1_per_mM_s=r1, hematocrit=hct, baseline=nb))
+                names.append(str(a))
+        if not aifs:
+            raise ExperimentError(f"no animal has a usable vessel ROI (label {vessel_label}): cannot measure the AIF")
+        aif = compute_with_progress(xr.concat(aifs, dim=xr.DataArray(names, dims="animal", name="animal")),
+                                    label=f"AIFs from {len(names)} vessel ROIs")
+        aif = aif.transpose("animal", "t")
+        cohort = aif.mean("animal")
+        ct = signal_to_concentration(d["signal"], t10_ms=t1["t1"].where(t1["fit_ok"]), fa_deg=fa, tr_ms=tr,
+                                     r1_per_mM_s=r1, baseline=nb)
+        mask = d["roi"].isin(list(labels))
+        if aif_source == "cohort":
+            maps = dce_fit(ct, cohort.reset_coords(drop=True), model=model, mask=mask)
+        else:
+            parts = []
+            for a in d["animal"].values:
+                use = aif.sel(animal=str(a)) if str(a) in names else cohort
+                parts.append(dce_fit(ct.sel(animal=[a]), use.reset_coords(drop=True), model=model,
+                                     mask=mask.sel(animal=[a])))
+            maps = xr.concat(parts, dim="animal")
+        maps = compute_with_progress(maps, label=f"fitting {model} on {int(dce['acquired'].sum())} scans")
+        maps["t1"] = t1["t1"].where(mask)
+        maps["aif"] = aif.rename(animal="aif_animal")
+        maps["aif_cohort"] = cohort
+        return maps
+
+    cache = get_cache(study, manifest, cache_dir)
+    out = cache.get_or_compute("dce_maps", compute,
+                               inputs=[manifest_rows(manifest, study=study, kinds=["VFA", "DCE", "roi"])],
+                               params=params, code=("studylib.fit.dce", "studylib.fit.relaxometry", "studylib.io.load"),
+                               description=f"T1, AIFs and {model} maps")
+    out = out.load()
+    aif = out["aif"].rename(aif_animal="animal")
+    aif.attrs = {"units": "mM", "long_name": "plasma AIF (vessel ROI)", "hematocrit": hct,
+                 "used": "cohort mean" if aif_source == "cohort" else "each animal's own"}
+    maps = _with_design(out.drop_vars(["aif", "aif_cohort", "aif_animal", "t"], errors="ignore"), dce)
+    return maps, aif
+

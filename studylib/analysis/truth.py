@@ -1,0 +1,120 @@
+"""Simulated truth: where a synthetic study keeps it and how a notebook reads one number from it.
+
+``studylib synth`` writes ``DIR/truth/<study>/truth.json`` beside ``DIR/raw/<study>/``; real data has
+no truth, and every reader here says so instead of failing (:func:`load_truth` with
+``missing="empty"`` returns ``{}``, and :func:`true_effect` / :func:`true_correlation` give NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from ..errors import ExperimentError
+from ..manifest import read_manifest
+
+__all__ = ["find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation"]
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def find_truth(manifest, study: str) -> Path:
+    """Locate ``truth/<study>/truth.json`` beside the study's ``raw/`` folder.
+
+    The synthetic-study layout (docs/conventions.md) is ``DIR/raw/<study>/...`` and
+    ``DIR/truth/<study>/...``, with manifest paths relative to the manifest's folder; the truth
+    is found from the first manifest path of ``study`` that contains ``raw/<study>/``.
+
+    Raises
+    ------
+    ExperimentError
+        the manifest is missing, has no rows for ``study``, or no truth file exists there.
+    """
+    mpath = Path(manifest)
+    if not mpath.is_file():
+        raise ExperimentError(f"{mpath}: manifest not found")
+    df = read_manifest(mpath)
+    rows = df.loc[df["study"] == study, "path"]
+    if rows.empty:
+        raise ExperimentError(f"{mpath}: no rows for study '{study}'")
+    for rel in rows:
+        parts = PurePosixPath(rel).parts
+        for i in range(len(parts) - 1):
+            if parts[i] == "raw" and parts[i + 1] == study:
+                cand = mpath.parent.joinpath(*parts[:i], "truth", study, "truth.json")
+                if cand.is_file():
+                    return cand
+                raise ExperimentError(f"{cand}: no simulated truth for study '{study}' (real data has none)")
+    raise ExperimentError(f"{mpath}: paths of study '{study}' are not under raw/{study}/, cannot locate truth/")
+
+
+def load_truth(manifest, study: str) -> dict:
+    """Read the simulated truth of ``study`` (see :func:`find_truth`) as a dict."""
+    path = find_truth(manifest, study)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExperimentError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_truth_table(manifest, study: str, name: str):
+    """A CSV table the simulator wrote beside ``truth.json`` (e.g. ``sessions.csv``), as a DataFrame."""
+    import pandas as pd
+
+    path = find_truth(manifest, study).parent / name
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such truth table for study '{study}'")
+    return pd.read_csv(path)
+
+
+def truth_value(truth: Mapping, *keys: str):
+    """``truth[k1][k2]...``, raising :class:`ExperimentError` naming the missing key path."""
+    cur: Any = truth
+    for i, k in enumerate(keys):
+        if not isinstance(cur, Mapping) or k not in cur:
+            have = list(cur.keys()) if isinstance(cur, Mapping) else type(cur).__name__
+            raise ExperimentError(f"truth.json has no key {'/'.join(keys[: i + 1])!r} (has {have})")
+        cur = cur[k]
+    return cur
+
+
+def find_key(truth: Mapping, key: str):
+    """The value stored under ``key`` anywhere in the nested truth dict (depth-first), or None."""
+    if isinstance(truth, Mapping):
+        if key in truth:
+            return truth[key]
+        for v in truth.values():
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def true_effect(truth: Mapping, key: str, *, day: float | None = None, which: str = "population") -> float:
+    """A true effect from ``truth.json``: ``effects/<key>/<which>`` (NaN when absent or for another day).
+
+    ``which="population"`` is the generating parameter (what a CI for a population effect should
+    cover); ``"sample"`` the same contrast computed on the simulated animals' noise-free ROI means.
+    """
+    e = find_key(truth, key)
+    if not isinstance(e, Mapping):
+        return float("nan")
+    if day is not None and "day" in e and float(e["day"]) != float(day):
+        return float("nan")
+    v = e.get(which)
+    return float(v) if _finite(v) else float("nan")
+
+
+def true_correlation(truth: Mapping, key: str) -> float:
+    """A true correlation from ``truth.json`` (``correlations/<key>``; a number or ``{"r": ...}``)."""
+    v = find_key(truth, key)
+    if isinstance(v, Mapping):
+        v = v.get("r", v.get("population", v.get("sample")))
+    return float(v) if _finite(v) else float("nan")
+

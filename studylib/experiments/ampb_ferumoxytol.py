@@ -1,0 +1,24 @@
+"""Amp B and ferumoxytol in glioma (Yang et al., Neuro-Oncology 2017): the notebook's conclusions.
+
+Everything else the notebook does is a generic step of :mod:`studylib.analysis`."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+
+from ..analysis import treatment_and_histology
+
+__all__ = ["STUDY", "conclusions"]
+
+#: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
+STUDY = "ampb_ferumoxytol"
+
+
+def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str, treated: str,
+                hist_col: str = "iba1_cells_per_mm2", alpha: float = 0.05) -> pd.DataFrame:
+    """Conclusions of ``ampb_ferumoxytol``: Amp B raises tumour R2* (more iron-laden macrophages); tumour R2* tracks ``hist_col`` at the endpoint."""
+    return treatment_and_histology(STUDY, effect, corr, truth, biomarker="R2*", variable="r2star", units="1/s",
+                                   control=control, treated=treated, hist_col=hist_col, effect_sign=+1,
+                                   corr_sign=+1, note="", alpha=alpha)

@@ -1,0 +1,152 @@
+"""The in-kernel recorder: what a notebook hands to the report runner.
+
+A notebook calls :func:`record_headline` and :func:`record_conclusions` (usually through
+:func:`studylib.analysis.record`); :class:`studylib.cache.Cache` calls :func:`record_cache_event`
+for each lookup.  Under the runner (``studylib run``) the environment variable ``STUDYLIB_RECORD``
+names a JSON file the records are written to (atomically, after each call); the records are also
+attached to the displayed output as metadata, so they survive in the executed notebook.
+
+This module sits below both :mod:`studylib.cache` and :mod:`studylib.workbook`, so neither imports
+the other.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ._atomic import atomic_write_text
+from .errors import WorkbookError
+
+__all__ = ["RECORD_ENV", "record_headline", "record_conclusions", "record_cache_event", "jsonable"]
+
+RECORD_ENV = "STUDYLIB_RECORD"
+
+_RECORD: dict[str, Any] = {}
+
+def _record_path() -> Path | None:
+    p = os.environ.get(RECORD_ENV)
+    return Path(p) if p else None
+
+
+def _jsonable(v):
+    """Numbers/strings/None for JSON; NaN/Inf become None, numpy scalars become Python."""
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, np.ndarray):
+            return [_jsonable(x) for x in v.tolist()]
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (_dt.date, _dt.datetime)):
+        return v.isoformat()
+    return str(v)
+
+
+def _flush_record() -> None:
+    path = _record_path()
+    if path is None:
+        return
+    atomic_write_text(path, json.dumps(_RECORD, indent=1, allow_nan=False))
+
+
+def _display(html_text: str, meta: dict) -> None:
+    """Show HTML in a notebook (with studylib metadata on the output); print outside IPython."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+    except ImportError:  # pragma: no cover
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(HTML(html_text), metadata={"studylib": meta})
+    else:
+        print(re.sub(r"<[^>]+>", "", html_text))
+
+
+def record_headline(text: str, **numbers) -> dict:
+    """Record the experiment's headline result (shown in the report header and the index).
+
+    Parameters
+    ----------
+    text : one sentence, e.g. ``"R2* fell 38 % with BLZ945 (p = 0.004)"``; plain text (it is
+        HTML-escaped wherever shown).
+    **numbers : the key numbers behind it, e.g. ``effect_per_s=-12.1, ci_low=-18.0, p=0.004``
+        (numbers, strings or None; NaN is stored as null).
+
+    Returns
+    -------
+    dict with ``headline`` and ``numbers`` (as recorded).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise WorkbookError(f"record_headline: text must be a non-empty string, got {text!r}")
+    nums = {}
+    for k, v in numbers.items():
+        j = _jsonable(v)
+        if not (j is None or isinstance(j, (bool, int, float, str))):
+            raise WorkbookError(f"record_headline: number {k!r} must be a scalar (number/string), got "
+                                f"{type(v).__name__}")
+        nums[k] = j
+    _RECORD["headline"] = text.strip()
+    _RECORD["numbers"] = nums
+    _flush_record()
+    parts = ", ".join(f"{html.escape(k)} = {html.escape(_fmt(v))}" for k, v in nums.items())
+    _display(f'<div class="sl-record"><b>Headline:</b> {html.escape(text.strip())}'
+             + (f'<br><span style="font-size:0.9em">{parts}</span>' if parts else "") + "</div>",
+             {"headline": text.strip(), "numbers": nums})
+    return {"headline": _RECORD["headline"], "numbers": nums}
+
+
+def record_conclusions(df):
+    """Record the conclusions table (result vs the paper's finding); returns ``df`` for display.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame, one row per finding (e.g. columns ``finding, paper, estimate, ci_low,
+        ci_high, p, direction_matches``); stored in the provenance JSON as ``{"columns": [...],
+        "data": [[...], ...]}``.
+    """
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise WorkbookError(f"record_conclusions: expected a pandas DataFrame, got {type(df).__name__}")
+    flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
+    _RECORD["conclusions"] = {"columns": [str(c) for c in flat.columns],
+                              "data": [[_jsonable(v) for v in row] for row in flat.itertuples(index=False)]}
+    _flush_record()
+    return df
+
+
+def record_cache_event(experiment: str, name: str, key: str, hit: bool, seconds: float) -> None:
+    """Called by :class:`studylib.cache.Cache` for each lookup (counted in the provenance record)."""
+    ev = _RECORD.setdefault("cache", {"hits": 0, "misses": 0, "events": []})
+    ev["hits" if hit else "misses"] += 1
+    ev["events"].append({"experiment": experiment, "name": name, "key": key[:16], "hit": bool(hit),
+                         "seconds": round(float(seconds), 3)})
+    _flush_record()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+
+#: public name of the JSON conversion the runner also uses for parameters
+jsonable = _jsonable

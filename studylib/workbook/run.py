@@ -1,0 +1,441 @@
+"""Run the experiment notebooks into HTML reports, with provenance and cached intermediates.
+
+``studylib run`` (:func:`run`) executes every ``notebooks/<experiment>.py`` (jupytext percent
+format) with papermill and writes, per experiment,
+
+* ``reports/<experiment>.ipynb``: the executed notebook; its ``metadata["studylib"]`` holds
+  the provenance record,
+* ``reports/<experiment>.html``: nbconvert HTML (:mod:`.report`),
+* ``reports/<experiment>.json``: the provenance record (git commit + dirty flag, studylib
+  and package versions, python, manifest sha256, parameters, run time, status, error,
+  headline, conclusions, cache hits/misses),
+
+then ``reports/index.html`` listing every experiment.  A notebook that fails still gets a
+report showing the failing cell and its error; the index marks it failed, the other
+notebooks still run, and :func:`run` returns a non-zero exit code.
+
+A notebook whose last run succeeded and whose inputs (notebook source, parameters, manifest
+and the files it lists, studylib code, package versions) are unchanged is not executed again
+(``--force`` overrides); inside an executed notebook, :class:`studylib.cache.Cache` skips
+every unchanged computation.  The notebook side of the protocol is :mod:`studylib.recorder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .._atomic import atomic_write_text
+from ..catalog import EXPERIMENTS
+from ..errors import StudyError, WorkbookError
+from ..layout import check_preset, default_cache_dir, default_manifest, project_root
+from ..layout import notebooks_dir as notebooks_dir_default
+from ..manifest import read_manifest, sha256_file
+from ..recorder import RECORD_ENV, jsonable as _jsonable
+from .provenance import provenance_base
+from .report import REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
+
+__all__ = ["available", "run", "run_fingerprint"]
+
+def _check_preset(preset) -> None:
+    try:
+        check_preset(preset)
+    except StudyError as err:
+        raise WorkbookError(str(err)) from None
+
+
+def _notebooks_dir(notebooks_dir=None) -> Path:
+    if notebooks_dir is not None:
+        p = Path(notebooks_dir)
+        if not p.is_dir():
+            raise WorkbookError(f"notebooks_dir {str(p)!r} is not a folder")
+        return p
+    return notebooks_dir_default()
+
+
+def _notebook_file(name: str, nbdir: Path) -> Path | None:
+    for ext in (".py", ".ipynb"):
+        p = nbdir / f"{name}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def available(notebooks_dir=None) -> list[str]:
+    """The registered experiments whose notebook exists (``notebooks/<name>.py`` or ``.ipynb``)."""
+    nbdir = _notebooks_dir(notebooks_dir)
+    return [n for n in EXPERIMENTS if _notebook_file(n, nbdir) is not None]
+
+
+def _manifest_missing_files(manifest: Path) -> list[str]:
+    try:
+        rows = read_manifest(manifest, validate=False)
+    except StudyError as err:
+        raise WorkbookError(str(err)) from None
+    if "path" not in rows.columns:
+        raise WorkbookError(f"{manifest}: manifest has no 'path' column")
+    base = manifest.parent
+    return [p for p in rows["path"] if p and not (base / p).is_file()]
+
+
+def _ensure_data(preset: str, manifest) -> Path:
+    """The manifest to use (absolute); generates the preset's synthetic study when it is missing."""
+    if manifest is not None:
+        m = Path(manifest)
+        if not m.is_file():
+            raise WorkbookError(f"manifest {str(m)!r} not found")
+        missing = _manifest_missing_files(m)
+        if missing:
+            raise WorkbookError(f"{m}: {len(missing)} file(s) listed in the manifest are missing, e.g. "
+                                f"{missing[0]!r}")
+        return m.resolve()
+    m = default_manifest(preset)
+    if not m.is_file() or _manifest_missing_files(m):
+        try:
+            from ..synth import generate
+        except ImportError as err:
+            raise WorkbookError(f"{m}: the {preset!r} study is missing and studylib.synth cannot generate it "
+                                f"({err})") from None
+        print(f"generating the {preset!r} study (studylib.synth.generate) ...", file=sys.stderr, flush=True)
+        out = generate(preset)
+        m = Path(out) if out is not None else m
+        if not m.is_file():
+            raise WorkbookError(f"{m}: studylib.synth.generate({preset!r}) did not write the manifest")
+    return m.resolve()
+
+
+def _load_notebook(src: Path):
+    import jupytext
+    import nbformat
+
+    try:
+        nb = jupytext.read(src) if src.suffix == ".py" else nbformat.read(src, as_version=4)
+    except Exception as err:
+        raise WorkbookError(f"{src}: cannot read the notebook ({type(err).__name__}: {err})") from None
+    ks = nb.metadata.get("kernelspec") or {}
+    if not ks.get("name"):
+        # a text notebook without a kernelspec makes papermill fail with "No language found"
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    return nb
+
+
+def _error_from_notebook(nb) -> dict | None:
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return {"ename": out.get("ename"), "evalue": out.get("evalue"), "cell_index": i,
+                        "execution_count": cell.get("execution_count")}
+    return None
+
+
+def _records_from_outputs(nb) -> dict:
+    """Fallback: headline/conclusions recorded as output metadata (when the record file is missing)."""
+    rec = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            meta = (out.get("metadata") or {}).get("studylib") or {}
+            if "headline" in meta:
+                rec["headline"] = meta["headline"]
+                rec["numbers"] = meta.get("numbers", {})
+    return rec
+
+
+def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tuple[dict, dict], *, cwd: Path,
+             kernel_name: str, timeout_s, progress: bool) -> tuple[str, dict | None, dict]:
+    """Execute one notebook with papermill; returns (status, error, records)."""
+    import nbformat
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    nb = _load_notebook(src)
+    inp = workdir / f"{name}.input.ipynb"
+    nbformat.write(nb, inp)
+    parameters = _select_parameters(inp, parameters)
+    record = workdir / f"{name}.record.json"
+    env_overrides = {RECORD_ENV: str(record), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                     "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    saved = {k: os.environ.get(k) for k in env_overrides}
+    status, error = "ok", None
+    try:
+        os.environ.update(env_overrides)
+        pm.execute_notebook(str(inp), str(out_nb), parameters=parameters, kernel_name=kernel_name,
+                            progress_bar=({"desc": name, "leave": False, "position": 1, "file": sys.stderr}
+                                          if progress else False),
+                            request_save_on_cell_execute=True, cwd=str(cwd), log_output=False,
+                            execution_timeout=timeout_s)
+    except PapermillExecutionError as err:
+        status = "failed"
+        error = {"ename": err.ename, "evalue": err.evalue, "cell_index": err.cell_index,
+                 "execution_count": err.exec_count, "type": "cell"}
+    except Exception as err:  # kernel died, timeout, kernel not found, bad parameters ...
+        status = "failed"
+        error = {"ename": type(err).__name__, "evalue": str(err)[:2000], "cell_index": None,
+                 "execution_count": None, "type": "runner"}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if not out_nb.is_file():  # nothing executed (e.g. no kernel): report on the unexecuted notebook
+        nbformat.write(nb, out_nb)
+    records = {}
+    if record.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            records = json.loads(record.read_text(encoding="utf-8"))
+    if "headline" not in records:
+        with contextlib.suppress(Exception):
+            records.update(_records_from_outputs(nbformat.read(out_nb, as_version=4)))
+    if status == "failed" and error:
+        # papermill's cell_index counts cells before it inserted its error banners: take the saved notebook's
+        with contextlib.suppress(Exception):
+            found = _error_from_notebook(nbformat.read(out_nb, as_version=4))
+            if found:
+                error.update({k: v for k, v in found.items() if v is not None and k != "ename"
+                              and k != "evalue"} if error.get("type") == "cell" else
+                             {k: v for k, v in found.items() if v is not None})
+    records["parameters"] = parameters
+    return status, error, records
+
+
+def _select_parameters(inp: Path, parameters: dict) -> dict:
+    """The runner's standard parameters the notebook declares, plus every user-given one.
+
+    A notebook without a ``parameters`` cell gets them all (papermill injects them at the top).
+    """
+    import papermill as pm
+
+    standard, user = parameters
+    try:
+        declared = pm.inspect_notebook(str(inp))
+    except Exception:  # pragma: no cover - unparsable parameters cell: papermill will complain itself
+        declared = {}
+    chosen = {k: v for k, v in standard.items() if not declared or k in declared}
+    chosen.update(user)
+    return chosen
+
+
+def _resolve_experiments(experiments, nbdir: Path) -> list[str]:
+    if experiments is None or (isinstance(experiments, (list, tuple)) and len(experiments) == 0):
+        names = available(nbdir)
+        if not names:
+            raise WorkbookError(f"{nbdir}: no experiment notebooks found (expected e.g. "
+                                f"{nbdir / 'ampb_ferumoxytol.py'})")
+        return names
+    if isinstance(experiments, str):
+        experiments = [experiments]
+    names = []
+    for n in experiments:
+        if not isinstance(n, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", n):
+            raise WorkbookError(f"experiment name {n!r} is not valid")
+        if _notebook_file(n, nbdir) is None:
+            if n in EXPERIMENTS:
+                raise WorkbookError(f"experiment {n!r}: notebook {nbdir / (n + '.py')} does not exist (yet)")
+            raise WorkbookError(f"unknown experiment {n!r}; known: {', '.join(EXPERIMENTS)}")
+        if n not in names:
+            names.append(n)
+    return names
+
+
+def run(experiments: list[str] | None = None, preset: str = "demo", reports="reports", scheduler=None,
+        manifest=None, *, notebooks_dir=None, cache_dir=None, parameters: dict | None = None,
+        timeout_s: float | None = None, progress: bool = True, kernel_name: str = "python3",
+        force: bool = False) -> int:
+    """Execute experiment notebooks into reports; return the exit code (0 all ok, 1 any failed).
+
+    Parameters
+    ----------
+    experiments : names (default: every registered experiment whose notebook exists).
+    preset : synthetic study preset (``demo``, ``ci``, ``large``); its data is generated when
+        the default manifest or any file it lists is missing.
+    reports : output folder for ``<exp>.ipynb/.html/.json`` and ``index.html``.
+    scheduler : ``None``/``"threads"``, ``"local"`` (one LocalCluster shared by all notebooks) or a
+        scheduler address; passed to each notebook as the ``scheduler`` parameter.
+    manifest : a data manifest to use instead of the preset's (must exist with all its files).
+    notebooks_dir : folder of the notebooks (default ``notebooks/`` of the repository).
+    cache_dir : cache root (default :func:`default_cache_dir`).
+    parameters : extra papermill parameters for every notebook (override the defaults).
+    timeout_s : per-cell execution timeout (None: no limit).
+    progress : tqdm progress over experiments and cells (stderr).
+    kernel_name : Jupyter kernel (the Makefile installs ``python3`` into the venv).
+    force : execute even notebooks whose previous successful report is still current.
+
+    Notes
+    -----
+    A notebook whose last run succeeded is not executed again when nothing it depends on has
+    changed: its *run fingerprint* (sha256 of the notebook source, the parameters, the manifest's
+    sha256, size and mtime of every file the manifest lists, the studylib code hash, the python and
+    package versions and the kernel) equals the one stored in ``reports/<exp>.json``.  The report is
+    then kept and its record gets ``reused_at``; ``force=True`` (``studylib run --force``) executes
+    anyway, and then the intermediate-result cache still skips unchanged computations inside it.
+
+    Each notebook gets the parameters ``manifest``, ``study`` (= experiment), ``preset``,
+    ``cache_dir``, ``scheduler`` and ``reports_dir`` (absolute paths), and runs with the
+    current folder as working directory.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import compute
+
+    _check_preset(preset)
+    nbdir = _notebooks_dir(notebooks_dir)
+    names = _resolve_experiments(experiments, nbdir)
+    choice = compute.resolve_scheduler(scheduler)
+    reports = Path(reports)
+    try:
+        reports.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WorkbookError(f"reports folder {str(reports)!r} cannot be created ({err})") from None
+    man = _ensure_data(preset, manifest)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir(preset, manifest)
+    cache_root = cache_root.resolve()
+    base = provenance_base()
+    man_sha = sha256_file(man)
+    cwd = Path.cwd()
+    failed = 0
+    with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client:
+        sched_param = client.scheduler.address if client is not None else choice
+        sched_desc = {"choice": choice, "address": sched_param if client is not None or "://" in choice else None}
+        bar = tqdm(names, desc="experiments", unit="notebook", position=0, file=sys.stderr, disable=not progress)
+        for name in bar:
+            bar.set_postfix_str(name)
+            ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=man, manifest_sha=man_sha,
+                          cache_root=cache_root, scheduler=sched_param, sched_desc=sched_desc,
+                          parameters=parameters, base=base, cwd=cwd, timeout_s=timeout_s, progress=progress,
+                          kernel_name=kernel_name, force=force)
+            failed += not ok
+        bar.close()
+    index = write_index(reports)
+    print(f"{len(names) - failed}/{len(names)} notebook(s) ok; index: {index}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _files_signature(manifest: Path) -> list:
+    """(path, size, mtime_ns) of every file the manifest lists: a cheap check that none was touched."""
+    base = manifest.parent
+    out = []
+    for p in read_manifest(manifest, validate=False)["path"]:
+        if not p:
+            continue
+        try:
+            st = (base / p).stat()
+            out.append([p, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([p, None, None])
+    return sorted(out)
+
+
+def run_fingerprint(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str) -> str:
+    """sha256 of everything a notebook run depends on (see :func:`run`, Notes)."""
+    doc = {"format": REPORT_FORMAT, "notebook": sha256_file(src), "parameters": _jsonable(parameters),
+           "manifest_sha256": sha256_file(manifest), "files": _files_signature(manifest),
+           "code": base.get("studylib_code_sha256"), "packages": base.get("packages"),
+           "python": base.get("python"), "kernel": kernel_name}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
+    """The previous record when its run succeeded with the same fingerprint and its files exist."""
+    rec_path = reports / f"{name}.json"
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(rec, dict) and rec.get("status") == "ok" and rec.get("fingerprint") == fingerprint
+            and (reports / f"{name}.html").is_file() and (reports / f"{name}.ipynb").is_file()):
+        return None
+    rec["reused_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rec["reuse_count"] = int(rec.get("reuse_count", 0)) + 1
+    atomic_write_text(rec_path, json.dumps(rec, indent=1, ensure_ascii=False, allow_nan=False))
+    return rec
+
+
+def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
+             parameters, base, cwd, timeout_s, progress, kernel_name, force=False) -> bool:
+    import nbformat
+    from tqdm.auto import tqdm
+
+    src = _notebook_file(name, nbdir)
+    exp = EXPERIMENTS.get(name)
+    standard = {"manifest": str(manifest), "study": name, "preset": preset, "cache_dir": str(cache_root),
+                "scheduler": scheduler, "reports_dir": str(reports.resolve())}
+    # the scheduler is left out: results do not depend on it (a LocalCluster's address changes every run)
+    fingerprint = run_fingerprint(src, {**{k: v for k, v in standard.items() if k != "scheduler"},
+                                        **(parameters or {})}, manifest, base, kernel_name)
+    if not force:
+        prev = _reuse(name, reports, fingerprint)
+        if prev is not None:
+            tqdm.write(f"{name}: unchanged since {prev.get('started')}: report reused (--force to rerun)",
+                       file=sys.stderr)
+            return True
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"studylib-run-{name}-") as tmp:
+        work = Path(tmp)
+        out_nb = work / f"{name}.ipynb"
+        status, error, records = _execute(name, src, work, out_nb, (standard, dict(parameters or {})), cwd=cwd, kernel_name=kernel_name,
+                                          timeout_s=timeout_s, progress=progress)
+        run_s = time.perf_counter() - t0
+        try:
+            src_rel = src.resolve().relative_to(project_root()).as_posix()
+        except ValueError:
+            src_rel = str(src)
+        prov = {
+            "studylib_report": REPORT_FORMAT,
+            "experiment": name,
+            "title": exp.title if exp else name,
+            "after": exp.after if exp else "",
+            "biomarker": exp.biomarker if exp else "",
+            "status": status,
+            "error": error,
+            "headline": records.get("headline"),
+            "numbers": records.get("numbers", {}),
+            "conclusions": records.get("conclusions"),
+            "cache": records.get("cache", {"hits": 0, "misses": 0, "events": []}),
+            "started": started.isoformat(timespec="seconds"),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_s": round(run_s, 3),
+            "preset": preset,
+            "parameters": _jsonable(records.get("parameters", {})),
+            "manifest": {"path": str(manifest), "sha256": manifest_sha},
+            "scheduler": sched_desc,
+            "notebook": {"source": src_rel, "sha256": sha256_file(src)},
+            "outputs": {"ipynb": f"{name}.ipynb", "html": f"{name}.html", "json": f"{name}.json"},
+            "fingerprint": fingerprint,
+            **base,
+        }
+        nb = nbformat.read(out_nb, as_version=4)
+        nb.metadata["studylib"] = prov
+        try:
+            page = render_report(nb, prov)
+        except Exception as err:  # never lose the run because the HTML could not be rendered
+            prov["render_error"] = f"{type(err).__name__}: {err}"
+            page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(name)}</title></head><body>"
+                    f"{_header_html(prov)}<p>HTML rendering failed: {_e(prov['render_error'])}</p>"
+                    f"{_footer_html(prov)}</body></html>")
+        atomic_write_text(reports / f"{name}.ipynb", nbformat.writes(nb))
+        atomic_write_text(reports / f"{name}.html", page)
+        atomic_write_text(reports / f"{name}.json", json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False))
+    msg = f"{name}: {status} in {run_s:.1f} s"
+    if error:
+        msg += f" ({error.get('ename')}: {str(error.get('evalue'))[:200]})"
+    if records.get("headline"):
+        msg += f" | {records['headline']}"
+    tqdm.write(msg, file=sys.stderr)
+    return status == "ok"
+

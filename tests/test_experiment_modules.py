@@ -1,0 +1,268 @@
+"""What only one notebook needs, now in the library with its own tests: the 19F and CEST tables,
+the tumour rim/core split, the conclusions builders of every experiment, and the figures the 19F
+and CEST notebooks used to draw inline.
+
+The notebooks that call these run end to end in tests/test_notebooks.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+matplotlib.use("Agg")
+
+from studylib import plots  # noqa: E402
+from studylib.analysis import CONCLUSION_COLUMNS, Estimate  # noqa: E402
+from studylib.errors import StudyError  # noqa: E402
+from studylib.experiments import (ampb_ferumoxytol, blz945_femri, collagen_adc, ferumoxytol_therapy,  # noqa: E402
+                                  fluorine19_pfc, ktrans_hypoxia, lactate_cest)
+from studylib.roi import tumour_rim_core  # noqa: E402
+
+
+def _est(estimate, lo, hi, p=0.01, **details):
+    return Estimate(estimate, lo, hi, p, "test", details=details)
+
+
+# ------------------------------------------------------------------------------------ rim / core
+
+def _sphere_roi(n=21, radius=8.0, shape_zyx=None):
+    z, y, x = np.mgrid[:n, :n, :n] - n // 2
+    lab = (np.sqrt(x ** 2 + y ** 2 + z ** 2) <= radius).astype("int16")
+    return xr.DataArray(lab[None, None], dims=("animal", "day", "z", "y", "x"),
+                        coords={"animal": ["m1"], "day": [0]})
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
+def test_rim_core_partition_the_tumour_and_rim_is_the_outer_shell(fraction):
+    roi = _sphere_roi()
+    rim, core = tumour_rim_core(roi, rim_fraction=fraction, voxel_size_mm=(0.1, 0.1, 0.1))
+    tumour = (roi == 1).values
+    assert not (rim.values & core.values).any() and ((rim.values | core.values) == tumour).all()
+    # every boundary voxel (a tumour voxel with a non-tumour 6-neighbour) is rim
+    t = tumour[0, 0]
+    pad = np.pad(t, 1)
+    inner = np.ones_like(t)
+    for ax in range(3):
+        for s in (1, -1):
+            inner &= np.roll(pad, s, axis=ax)[1:-1, 1:-1, 1:-1]
+    assert rim.values[0, 0][t & ~inner].all()
+    # the rim is a shell: its voxels are farther from the centre than every core voxel, up to one voxel
+    c = np.array(t.shape) // 2
+    dist = np.sqrt(((np.argwhere(t) - c) ** 2).sum(axis=1))
+    r_rim = dist[rim.values[0, 0][t]]
+    r_core = dist[core.values[0, 0][t]]
+    assert r_core.size and r_rim.min() >= r_core.max() - 1.5
+
+
+def test_rim_grows_with_fraction_and_honours_anisotropic_voxels():
+    roi = _sphere_roi()
+    sizes = [int(tumour_rim_core(roi, rim_fraction=f, voxel_size_mm=(0.1, 0.1, 0.1))[0].sum())
+             for f in (0.1, 0.3, 0.6)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    # thick slices (z) make depth along z count more, so a different voxel set is rim
+    iso = tumour_rim_core(roi, voxel_size_mm=(0.1, 0.1, 0.1))[0].values
+    aniso = tumour_rim_core(roi, voxel_size_mm=(0.1, 0.1, 1.0))[0].values
+    assert (iso != aniso).any()
+    with pytest.raises(StudyError, match="rim_fraction"):
+        tumour_rim_core(roi, rim_fraction=1.5)
+
+
+# ------------------------------------------------------------------------------------ 19F
+
+@pytest.fixture(scope="module")
+def fluorine_ci(ci_study):
+    import studylib as sl
+
+    f19 = sl.load_study(ci_study, "fluorine19_pfc", "F19")
+    quant = sl.fluorine_quantify(f19, false_positive_rate=0.005).compute()
+    return f19, quant, sl.load_histology(ci_study, "fluorine19_pfc")
+
+
+def test_fluorine_animal_table_is_consistent_with_the_voxels(fluorine_ci):
+    f19, quant, hist = fluorine_ci
+    t = fluorine19_pfc.fluorine_animal_table(quant, f19["roi"], voxel_size_mm=f19.attrs["voxel_size_mm"],
+                                             histology=hist)
+    assert t["animal"].is_unique and len(t) == int(f19["acquired"].sum())
+    assert {"lung_metastases_count", "model"} <= set(t.columns)
+    vol = float(quant.attrs["voxel_volume_mm3"])
+    for _, r in t.iterrows():
+        sel = dict(animal=r["animal"], day=r["day"])
+        tum = (f19["roi"].sel(sel) == 1).values
+        assert r["tumour_volume_mm3"] == pytest.approx(tum.sum() * vol)
+        # the tumour mean is the voxel-count-weighted mean of rim and core
+        rim, core = tumour_rim_core(f19["roi"].sel(animal=[r["animal"]], day=[r["day"]]),
+                                    voxel_size_mm=f19.attrs["voxel_size_mm"])
+        n_rim, n_core = int(rim.sum()), int(core.sum())
+        parts = [(r["f19_mM_rim"], n_rim), (r["f19_mM_core"], n_core)]
+        pooled = sum(m * n for m, n in parts if n) / (n_rim + n_core)  # a small tumour may have no core
+        assert pooled == pytest.approx(r["f19_mM"], rel=1e-6)
+        # and it is the mean voxel concentration of the (unthresholded) tumour voxels
+        atoms = quant["fluorine_atoms_all"].sel(sel).values[tum]
+        mM = atoms.sum() / (tum.sum() * vol * 1e-9 * 6.02214076e23)
+        assert r["f19_mM"] == pytest.approx(mM, rel=1e-6)
+
+
+def test_fluorine_quality_table_and_representatives(fluorine_ci):
+    f19, quant, _ = fluorine_ci
+    qc = fluorine19_pfc.quality_table(quant, f19["roi"])
+    assert list(qc.columns) == ["noise_sigma", "reference_signal", "reference_SNR", "background_false_positive_rate"]
+    np.testing.assert_allclose(qc["reference_SNR"], qc["reference_signal"] / qc["noise_sigma"])
+    assert ((qc["background_false_positive_rate"] >= 0) & (qc["background_false_positive_rate"] < 0.05)).all()
+    animals = pd.DataFrame({"animal": list("abcde"), "model": ["x", "x", "x", "y", "y"],
+                            "f19_mM": [1.0, 5.0, 2.0, 10.0, 11.0]})
+    assert fluorine19_pfc.representative_animals(animals, ["x", "y", "z"]) == {"x": "c", "y": "d"}
+
+
+def test_fluorine_conclusions_rows_truth_and_no_truth():
+    truth = {"effects": {"tumour_f19_mM_line_means": {"sample": {"67NR": 2.0, "4T1": 9.0}}},
+             "correlations": {"tumour_f19_mM_vs_lung_metastases_count": 0.8}}
+    lines = ["67NR", "168FARN", "4T1"]
+    args = (_est(7.5, 5.0, 10.0), {"p": 0.001, "method": "JT"}, _est(20.0, 10.0, 30.0), {"p": 0.01, "method": "JT"},
+            _est(0.7, 0.4, 0.9))
+    c = fluorine19_pfc.conclusions(*args, truth, lines=lines)
+    assert list(c.columns) == CONCLUSION_COLUMNS and len(c) == 3
+    assert c["truth"].iloc[0] == 7.0 and c["ci_covers_truth"].iloc[0]
+    assert math.isnan(c["truth"].iloc[1]) and c["ci_covers_truth"].iloc[1] is None
+    assert c["truth"].iloc[2] == 0.8 and c["p"].iloc[0] == 0.001  # the ordered test's p, the Welch CI
+    bare = fluorine19_pfc.conclusions(*args, {}, lines=lines)  # real data: no truth anywhere
+    assert bare["truth"].isna().all() and bare["ci_covers_truth"].isna().all()
+
+
+# ------------------------------------------------------------------------------------ CEST
+
+def _cest_maps():
+    rng = np.random.default_rng(0)
+    dims = ("animal", "day", "z", "y", "x")
+    coords = {"animal": ["a", "b"], "day": [0, 1]}
+    roi = np.zeros((2, 2, 1, 4, 4), "int16")
+    roi[..., :2, :2] = 1
+    roi[..., 3, 3] = 2
+    v = rng.normal(size=roi.shape)
+    return (xr.DataArray(v, dims=dims, coords=coords), xr.DataArray(roi, dims=dims, coords=coords))
+
+
+def test_cest_session_table_roi_means():
+    v, roi = _cest_maps()
+    t = lactate_cest.cest_session_table({"m": v, "m2": 2 * v}, roi)
+    assert set(t["roi"]) == {"tumour", "muscle"} and len(t) == 8
+    r = t[(t.roi == "tumour") & (t.animal == "b") & (t.day == 1)].iloc[0]
+    assert r["m"] == pytest.approx(v.sel(animal="b", day=1).values[0, :2, :2].mean())
+    assert r["m2"] == pytest.approx(2 * r["m"]) and r["n_voxels"] == 4
+    with pytest.raises(StudyError, match="must be a DataArray"):
+        lactate_cest.cest_session_table({"m": v.values}, roi)
+
+
+def test_roi_mean_spectra_drops_empty_voxels():
+    off = np.linspace(-2, 2, 9)
+    z = xr.DataArray(np.ones((1, 2, 1, 2, 2, 9)), dims=("animal", "day", "z", "y", "x", "offset"),
+                     coords={"animal": ["a"], "day": [0, 1], "offset": off})
+    z[0, 0, 0, 0, 0, :] = np.nan  # a voxel shifted fully out of range
+    roi = xr.DataArray(np.ones((1, 2, 1, 2, 2), "int16"), dims=("animal", "day", "z", "y", "x"),
+                       coords={"animal": ["a"], "day": [0, 1]})
+    out = lactate_cest.roi_mean_spectra(z, roi)
+    assert out["day 0"].shape == (3, 9) and out["day 1"].shape == (4, 9)
+
+
+def test_tumour_pool_table_recovers_a_lactate_pool():
+    """Noise-free three-pool Z-spectra (fraction of S0) with lactate 0.7 % and 1.4 %: the fit of the tumour
+    mean recovers each amplitude (in % of S0)."""
+    from studylib.models.cest import zspectrum
+
+    off = np.round(np.arange(-1.6, 1.61, 0.1), 2)
+    amps_pct = {"a": 0.7, "b": 1.4}
+    spectra = [zspectrum(off, [0.8, a / 100.0, 0.1], [0.0, 0.4, -1.0], [1.0, 0.4, 20.0]) for a in amps_pct.values()]
+    z = xr.DataArray(np.stack(spectra)[:, None, None, None, None, :] * np.ones((1, 1, 1, 2, 2, 1)),
+                     dims=("animal", "day", "z", "y", "x", "offset"),
+                     coords={"animal": list(amps_pct), "day": [0], "offset": off})
+    roi = xr.DataArray(np.ones((2, 1, 1, 2, 2), "int16"), dims=("animal", "day", "z", "y", "x"),
+                       coords={"animal": list(amps_pct), "day": [0]})
+    t = lactate_cest.tumour_pool_table(z, roi)
+    assert list(t.columns) == ["animal", "day", "lactate_pool_pct", "roi"] and (t["roi"] == "tumour").all()
+    got = t.set_index("animal")["lactate_pool_pct"]
+    for a, pct in amps_pct.items():
+        assert got[a] == pytest.approx(pct, rel=0.1)
+
+
+def test_lactate_truth_and_conclusions():
+    ts = pd.DataFrame({"animal": ["a", "a", "b", "b"], "day": [0, 1, 0, 1],
+                       "tumour_lactate_pool_pct": [0.7, 1.0, 0.6, 1.1]})
+    assert lactate_cest.true_pool_change(ts, pre_day=0, post_day=1) == pytest.approx(0.4)
+    assert math.isnan(lactate_cest.true_pool_change(None, pre_day=0, post_day=1))
+    assert math.isnan(lactate_cest.true_pool_change(ts, pre_day=0, post_day=7))
+    truth = {"effects": {"tumour_mtrasym_0p4_pct_post_minus_pre": {"sample": 0.27}}}
+    c = lactate_cest.conclusions(_est(0.28, 0.26, 0.31), _est(2.9, -1.0, 6.0, p=0.2), truth)
+    assert len(c) == 2 and (c["truth"] == 0.27).all() and c["ci_covers_truth"].iloc[0]
+    c3 = lactate_cest.conclusions(_est(0.28, 0.26, 0.31), _est(2.9, -1.0, 6.0, p=0.2), truth,
+                                  pool=_est(0.3, 0.1, 0.5), true_pool=0.4)
+    assert len(c3) == 3 and c3["truth"].iloc[2] == 0.4
+
+
+# ------------------------------------------------------------------------------------ the other five
+
+def test_iron_and_correlation_conclusions_read_their_truth_keys():
+    truth = {"effects": {"tumour_r2star_per_s_ampb_minus_vehicle_last_day": {"population": 9.0, "day": 10},
+                         "tumour_r2star_per_s_blz_minus_ctl_last_day": {"population": -12.0, "day": 7}},
+             "correlations": {"endpoint_tumour_r2star_vs_iba1": 0.8, "endpoint_tumour_r2star_vs_iron": 0.7}}
+    a = ampb_ferumoxytol.conclusions(_est(10.0, 5.0, 15.0, at_day=10.0), _est(0.8, 0.6, 0.9, n=14), truth,
+                                     control="vehicle", treated="ampb", hist_col="iba1")
+    assert a["truth"].tolist() == [9.0, 0.8] and a["ci_covers_truth"].all()
+    a7 = ampb_ferumoxytol.conclusions(_est(10.0, 5.0, 15.0, at_day=7.0), _est(0.8, 0.6, 0.9, n=14), truth,
+                                      control="vehicle", treated="ampb", hist_col="iba1")
+    assert math.isnan(a7["truth"].iloc[0])  # the truth is for day 10, not another day
+    b = blz945_femri.conclusions(_est(-10.0, -14.0, -6.0, at_day=7.0), _est(0.7, 0.5, 0.9, n=12), truth,
+                                 control="ctl", treated="blz", hist_col="iron")
+    assert b["truth"].tolist() == [-12.0, 0.7] and b["agrees_with_paper"].all()
+
+
+def test_collagen_ktrans_and_ferumoxytol_conclusions_without_truth_are_nan():
+    for c in (collagen_adc.conclusions(_est(-0.9, -0.97, -0.8, n=20), _est(-1.0, -1.5, -0.5), {}),
+              ktrans_hypoxia.conclusions(_est(-0.9, -0.97, -0.8, n=20), _est(-1.0, -1.5, -0.5), {})):
+        assert len(c) == 2 and c["truth"].isna().all() and c["agrees_with_paper"].all()
+    f = ferumoxytol_therapy.conclusions(_est(-0.03, -0.04, -0.02), _est(8.0, 4.0, 12.0, at_day=1.0),
+                                        _est(5.0, 2.0, 8.0), _est(-5.0, -8.0, -2.0), {}, control="c", treated="f")
+    assert len(f) == 4 and f["agrees_with_paper"].all()
+    assert ferumoxytol_therapy.uptake_day([0, 1, 7]) == 1 and ferumoxytol_therapy.uptake_day([0, 3]) == 3
+    with pytest.raises(StudyError, match="no imaging day after"):
+        ferumoxytol_therapy.uptake_day([0])
+
+
+def test_other_correlations_lists_every_other_numeric_endpoint():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=12)
+    animals = pd.DataFrame({"animal": [f"m{i}" for i in range(12)], "ktrans": x, "mvd": x + rng.normal(size=12),
+                            "ifp": rng.normal(size=12), "hyp": -x})
+    hist = animals[["animal", "mvd", "ifp", "hyp"]].assign(group="g")
+    t = ktrans_hypoxia.other_correlations(animals, "ktrans", hist, exclude=("hyp",), n_boot=200)
+    assert list(t["endpoint"]) == ["mvd", "ifp"] and (t["n"] == 12).all()
+    assert t.set_index("endpoint").loc["mvd", "r"] == pytest.approx(np.corrcoef(x, animals["mvd"])[0, 1])
+
+
+# ------------------------------------------------------------------------------------ figures
+
+def test_new_figures_draw_and_check_input():
+    v, roi = _cest_maps()
+    fig = plots.cest_map_grid(v, v, roi, animals=["a", "b"], days=[0, 1])
+    assert len(fig.axes) == 4 + 1  # 2 x 2 maps and a colourbar
+    with pytest.raises(StudyError, match="at least one animal"):
+        plots.cest_map_grid(v, v, roi, animals=[], days=[0])
+    fig = plots.snr_histograms(v, roi, {"g1": ["a"], "g2": ["b"]}, threshold=3.0)
+    assert len(fig.axes[0].patches) == 2
+    t = pd.DataFrame({"g": ["x", "x", "y"], "v": [1.0, 2.0, 3.0], "w": [0.0, 1.0, 2.0]})
+    fig = plots.group_strips(t, {"v": "v (mM)", "w": "w"}, group="g", order=["x", "y"])
+    assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "v (mM)"
+    with pytest.raises(StudyError, match="lacks"):
+        plots.group_strips(t, {"nope": "n"}, group="g", order=["x"])
+    fig = plots.paired_lines(pd.DataFrame({"pre": [1.0, 2.0], "post": [2.0, 3.0]}, index=["a", "b"]))
+    assert len(fig.axes[0].lines) == 2
+    quant = xr.Dataset({"fluorine_mM": v.where(v > 0, 0.0), "detected": v > 0})
+    fig = plots.fluorine_overlay_grid(v, quant, roi, animals_by_group={"line": "a"})
+    assert len(fig.axes) == 2
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
