@@ -1,5 +1,5 @@
 # The two commands: `make reports` (the main job) and `make test`.
-# Both bootstrap .venv: create it and `pip install -e '.[dev,bruker]'` when it is
+# Both bootstrap .venv: create it and `pip install -e '.[dev]'` when it is
 # missing or when pyproject.toml is newer than the last install.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bruker]'
+	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (studylib)" >/dev/null
 	@touch $(STAMP)
 

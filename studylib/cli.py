@@ -1,4 +1,4 @@
-"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``show``.
+"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``import``, ``show``.
 
 Each subcommand is a thin shell over a library function, so everything the CLI does
 is importable and tested.  Input errors (:class:`studylib.errors.StudyError`) print one
@@ -47,6 +47,24 @@ def _cmd_show(args) -> int:
     return show(args.experiment, preset=args.preset)
 
 
+def _cmd_import(args) -> int:
+    from .io.importer import format_plan, import_scans
+
+    res = import_scans(args.src, out=args.out, manifest=args.manifest, study=args.study, animal=args.animal,
+                       group=args.group, day=args.day, scans=args.scans, kind=args.kind, dry_run=args.dry_run)
+    for line in format_plan(res.plan):
+        print(line)
+    if args.dry_run:
+        print(f"{args.src}: {len(res.imported)} scan(s) would be imported, {len(res.refused)} not (dry run: "
+              "nothing written)")
+        return 0
+    for f in res.files:
+        print(f"wrote {f}")
+    print(f"{res.manifest}: {res.new_rows} new row(s) for {len(res.imported)} scan(s); "
+          f"{len(res.refused)} scan(s) not imported")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studylib", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="execute notebooks even when their last successful report is still current")
     r.set_defaults(func=_cmd_run)
+
+    im = sub.add_parser("import", help="convert ParaVision or DICOM scans to NIfTI + sidecars and manifest rows")
+    im.add_argument("src", help="ParaVision study or scan folder, or a folder of DICOM files")
+    im.add_argument("--out", default=None, help="data folder (files go to OUT/raw/<study>/<animal>/day<NN>/)")
+    im.add_argument("--manifest", default=None, help="manifest to append to (default OUT/data_manifest.csv)")
+    im.add_argument("--study", default=None)
+    im.add_argument("--animal", default=None)
+    im.add_argument("--group", default=None)
+    im.add_argument("--day", default=None, help="days from first treatment (integer, may be negative)")
+    im.add_argument("--scans", default=None, help="scan numbers to import, e.g. 4,5 (4/2: reconstruction 2)")
+    im.add_argument("--kind", default=None, help="manifest kind for every scan instead of the recognised one")
+    im.add_argument("--dry-run", action="store_true", help="list every scan and what it would become; write nothing")
+    im.set_defaults(func=_cmd_import)
 
     w = sub.add_parser("show", help="list an experiment's cached intermediate results")
     w.add_argument("experiment")

@@ -40,12 +40,12 @@ __all__ = [
 ]
 
 #: Known values of the ``kind`` column.
-KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "DWI", "DCE", "CEST", "WASSR", "F19", "T2w",
+KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "VTR", "DWI", "DCE", "CEST", "WASSR", "F19", "T2w",
                           "roi", "histology")
 #: Kinds stored as NIfTI images (everything except ``histology``).
 IMAGE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "histology")
 #: Kinds whose images carry an acquisition axis described by the sidecar.
-AXIS_KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "DWI", "DCE", "CEST", "WASSR")
+AXIS_KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "VTR", "DWI", "DCE", "CEST", "WASSR")
 REQUIRED_COLUMNS: tuple[str, ...] = ("study", "animal", "group", "day", "kind", "path", "sha256")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("sex", "model", "notes")
 

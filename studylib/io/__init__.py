@@ -1,7 +1,8 @@
 """Readers and writers of raw study files, and :func:`load_study`.
 
-NIfTI + JSON sidecar (nibabel) is the studylib on-disk format; DICOM (pydicom) and
-Bruker ParaVision (brkraw) converters write that format.
+NIfTI + JSON sidecar (nibabel) is the studylib on-disk format; the DICOM (pydicom) and Bruker
+ParaVision (own JCAMP-DX parameter reader, :mod:`studylib.io.bruker`) converters write that format, and
+:mod:`studylib.io.importer` is ``studylib import``.
 """
 
 from .load import load_histology, load_study

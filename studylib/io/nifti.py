@@ -56,7 +56,8 @@ def to_design_order(arr: np.ndarray) -> np.ndarray:
 
 
 def write_nifti(path, data_float, affine, *, dtype=np.int16, sidecar: dict | None = None,
-                design_order: bool = False, xyz_units: str = "mm") -> Path:
+                design_order: bool = False, xyz_units: str = "mm",
+                scaling: tuple[float, float] | None = None) -> Path:
     """Write a scanner-style NIfTI-1 (integer data + scaling), byte-reproducibly.
 
     Parameters
@@ -76,6 +77,11 @@ def write_nifti(path, data_float, affine, *, dtype=np.int16, sidecar: dict | Non
         trailing ``\\n``).
     design_order : bool
         ``data_float`` is in the design's order ``([n,] z, y, x)`` and is transposed.
+    scaling : (slope, inter), optional
+        Store ``round((v - inter) / slope)`` with this slope and intercept instead of choosing
+        them: for data that already are scanner integers times the scanner's slope (ParaVision
+        ``VisuCoreDataSlope``, DICOM ``RescaleSlope``), so the stored words are the scanner's own.
+        The header keeps ``slope`` as float32.
 
     Returns
     -------
@@ -117,7 +123,16 @@ def write_nifti(path, data_float, affine, *, dtype=np.int16, sidecar: dict | Non
         raise DataFileError(f"{path}: affine is singular")
     if sidecar is not None:
         validate_sidecar(sidecar, source=f"{sidecar_path(path)} (sidecar argument)")
-    slope, inter = _choose_scaling(data, dt)
+    if scaling is None:
+        slope, inter = _choose_scaling(data, dt)
+    else:
+        slope, inter = (float(v) for v in scaling)
+        if not (np.isfinite(slope) and np.isfinite(inter) and slope > 0):
+            raise DataFileError(f"{path}: scaling must be a finite positive slope and a finite intercept, "
+                                f"got {scaling}")
+        if data.size and ((data.min() - inter) / slope < lo - 0.5 or (data.max() - inter) / slope > hi + 0.5):
+            raise DataFileError(f"{path}: data range [{data.min():g}, {data.max():g}] does not fit {dt} with "
+                                f"slope {slope:g} and intercept {inter:g}")
     ints = np.clip(np.rint((data - inter) / slope), lo, hi).astype(dt)
 
     hdr = nib.Nifti1Header()

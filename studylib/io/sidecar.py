@@ -79,6 +79,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "EchoTime": _list(lambda x: 0 < x <= 1.0, "positive numbers in seconds (<= 1 s; milliseconds?)", scalar_ok=True),
     "RepetitionTime": _num(lambda x: 0 < x <= 100.0, "positive number in seconds (<= 100 s)"),
     "FlipAngle": _list(lambda x: 0 < x <= 180, "numbers in degrees (0, 180]", scalar_ok=True),
+    "RepetitionTimes": _list(lambda x: 0 < x <= 100.0, "positive numbers in seconds (<= 100 s)"),
     "InversionTime": _list(lambda x: 0 <= x <= 100.0, "non-negative numbers in seconds (<= 100 s)", scalar_ok=True),
     "MagneticFieldStrength": _num(lambda x: 0 < x <= 30, "positive number in tesla (<= 30 T)"),
     "bValue": _list(_nonneg, "non-negative numbers in s/mm²", scalar_ok=True),
@@ -181,6 +182,7 @@ AXES: dict[str, tuple[str, str, float, str, str]] = {
     "MSME": ("te", "EchoTime", 1000.0, "ms", "echo time"),
     "VFA": ("fa", "FlipAngle", 1.0, "deg", "flip angle"),
     "IR": ("ti", "InversionTime", 1000.0, "ms", "inversion time"),
+    "VTR": ("tr", "RepetitionTimes", 1000.0, "ms", "repetition time (saturation recovery)"),
     "DWI": ("b", "bValue", 1.0, "s/mm^2", "diffusion weighting b"),
     "DCE": ("t", "FrameTimes", 1.0, "s", "frame time"),
     "CEST": ("offset", "SaturationOffsets_ppm", 1.0, "ppm", "saturation frequency offset"),
@@ -195,7 +197,7 @@ def acquisition_axis(kind: str, sidecar: dict, *, n_volumes: int | None = None,
     Parameters
     ----------
     kind : str
-        Manifest kind (``MEGRE``, ``MSME``, ``VFA``, ``IR``, ``DWI``, ``DCE``, ``CEST``,
+        Manifest kind (``MEGRE``, ``MSME``, ``VFA``, ``IR``, ``VTR``, ``DWI``, ``DCE``, ``CEST``,
         ``WASSR``; ``F19``/``T2w``/``roi`` have no axis).
     sidecar : dict
         A sidecar as returned by :func:`read_sidecar`.
@@ -208,8 +210,8 @@ def acquisition_axis(kind: str, sidecar: dict, *, n_volumes: int | None = None,
     Returns
     -------
     (dim, values, attrs)
-        ``dim`` (``te``, ``fa``, ``ti``, ``b``, ``t``, ``offset``; ``None`` if the kind has
-        no axis), ``values`` float64 in design units (te/ti ms = s × 1000, b s/mm², t s,
+        ``dim`` (``te``, ``fa``, ``ti``, ``tr``, ``b``, ``t``, ``offset``; ``None`` if the kind has
+        no axis), ``values`` float64 in design units (te/ti/tr ms = s × 1000, b s/mm², t s,
         fa deg, offset ppm) and ``attrs`` with ``units`` and ``long_name``.  For CEST/WASSR
         ``attrs["volumes"]`` lists the indices of the saturated volumes (the ``offset``
         values) and ``attrs["reference_volumes"]`` the unsaturated reference volume(s).
