@@ -47,7 +47,9 @@ scheduler = None  # None/"threads", "local" or a dask scheduler address
 reports_dir = None  # set by `studylib run`; unused here
 dce_model = "extended_tofts"  # "tofts", "extended_tofts" or "patlak"
 aif_source = "cohort"  # "cohort": mean of the measured vessel AIFs; "animal": each animal's own
-n_baseline = None  # pre-contrast frames; None: every frame before the bolus arrival time in the sidecar
+n_baseline = None  # pre-contrast frames; None: before the bolus arrival (sidecar, else measured in the vessel ROI)
+r1_per_mM_s = None  # agent r1 (1/(s mM)); None: the sidecars' value, else the tabulated r1 of their Agent at the field
+hematocrit = None  # None: the sidecars' value, else 0.45 (mouse)
 alpha = 0.05
 n_boot = 2000
 seed = 0
@@ -83,6 +85,7 @@ design
 
 # %%
 maps, aif = sl.fit_dce_maps(vfa, dce, model=dce_model, aif_source=aif_source, n_baseline=n_baseline,
+                            r1_per_mM_s=r1_per_mM_s, hematocrit=hematocrit,
                             cache_dir=cache_dir, study=study)
 maps
 

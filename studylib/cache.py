@@ -8,7 +8,10 @@ An entry is identified by a key, the sha256 of
   other cache entries (their keys: results returned by the cache carry
   ``attrs["studylib_cache_key"]``; or name them in ``depends=``),
 * its ``params`` (any JSON-able mapping; dataclasses are expanded),
-* the studylib source code (sha256 of every ``studylib/**/*.py``) and
+* the studylib source code that computes it: the modules named in ``code=`` (default: the compute
+  function's own module, or for a notebook's function the studylib modules its code refers to) and
+  every studylib module they import (:func:`studylib._codehash.code_hash_of`; figures, the report
+  runner and the notebooks are not part of it), and
 * the versions of the numerical packages (numpy, scipy, pandas, xarray, dask, zarr, ...).
 
 So a rerun with nothing changed finds every entry, and changing a parameter or one input
@@ -76,9 +79,9 @@ import numpy as np
 
 from . import recorder
 from ._atomic import atomic_write_text
-from ._codehash import code_hash, code_hash_of
-from .errors import StudyError
-from .manifest import sha256_file
+from ._codehash import code_hash, code_hash_of, code_modules
+from .errors import CacheError, StudyError
+from .manifest import read_manifest, sha256_file
 
 __all__ = [
     "CACHE_FORMAT",
@@ -87,6 +90,7 @@ __all__ = [
     "Entry",
     "KEY_ATTR",
     "code_hash",
+    "code_hash_of",
     "make_key",
     "manifest_rows",
     "package_versions",
@@ -104,10 +108,6 @@ PACKAGES = ("numpy", "scipy", "pandas", "xarray", "dask", "distributed", "zarr",
             "statsmodels", "nibabel", "pydicom")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DATA = {"zarr": "data.zarr", "parquet": "data.parquet", "json": "data.json"}
-
-
-class CacheError(StudyError):
-    """A cache entry cannot be keyed, written or read (bad name, unhashable input, missing entry...)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,9 +160,9 @@ def manifest_rows(manifest, *, study: str | None = None, kinds: Iterable[str] | 
         if not path.is_file():
             raise CacheError(f"{path}: manifest not found")
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except Exception as err:  # pandas raises several types for bad CSV
-            raise CacheError(f"{path}: cannot read the manifest as CSV ({err})") from None
+            df = read_manifest(path, validate=False)
+        except StudyError as err:  # unreadable, not UTF-8, not CSV: the message names the file
+            raise CacheError(str(err)) from None
     for col in ("path", "sha256"):
         if col not in df.columns:
             raise CacheError(f"{where}: manifest has no '{col}' column (columns: {list(df.columns)})")
@@ -207,8 +207,6 @@ def _canon(obj, where: str):
         return sorted((_canon(v, where) for v in obj), key=repr)
     raise CacheError(f"{where}: cannot use a {type(obj).__name__} in a cache key; use numbers, strings, "
                      f"lists, dicts, arrays or a dataclass of those")
-
-
 
 
 def _fingerprint(obj, where: str):
@@ -275,8 +273,8 @@ def make_key(name: str, *, inputs: Iterable = (), params=None, code: str | None 
              versions: dict | None = None) -> str:
     """The sha256 key of an entry: name + input fingerprints + params + code hash + package versions.
 
-    ``code`` (a hash, see :func:`studylib._codehash.code_hash_of`) and ``versions`` default to the
-    whole package's :func:`code_hash` and :func:`package_versions`.
+    ``code`` (a hash, see :func:`code_hash_of`) and ``versions`` default to the whole package's
+    :func:`code_hash` and :func:`package_versions`.
     """
     if isinstance(inputs, (str, bytes, os.PathLike)) or not isinstance(inputs, Iterable) \
             or _is_single_input(inputs):
@@ -553,13 +551,14 @@ class Cache:
 
     # -- keys ---------------------------------------------------------------------------------
     def key(self, name: str, *, inputs: Iterable = (), params=None, depends: Iterable[str] = (),
-            code: Iterable[str] = ()) -> str:
-        """The key :meth:`get_or_compute` would use (see :func:`make_key`); ``code`` as there."""
+            code: Iterable[str] | str | None = None, fn: Callable | None = None) -> str:
+        """The key :meth:`get_or_compute` would use for ``fn`` and ``code`` (neither: the whole package's code)."""
         _check_name(name, "name")
         inputs = _as_list(inputs)
         dep = [self._dependency(d, name) for d in depends]
-        code = tuple(code)
-        return make_key(name, inputs=[*inputs, *dep], params=params, code=code_hash_of(*code) if code else None)
+        modules = code_modules(code, fn)
+        return make_key(name, inputs=[*inputs, *dep], params=params,
+                        code=code_hash_of(*modules) if modules is not None else None)
 
     def _dependency(self, dep: str, name: str) -> Entry:
         key = self._session_keys.get(dep)
@@ -580,8 +579,8 @@ class Cache:
 
     # -- main entry point ---------------------------------------------------------------------
     def get_or_compute(self, name: str, fn: Callable[[], Any], *, inputs: Iterable = (), params=None,
-                       depends: Iterable[str] = (), code: Iterable[str] = (), kind: str | None = None,
-                       description: str = ""):
+                       depends: Iterable[str] = (), code: Iterable[str] | str | None = None,
+                       kind: str | None = None, description: str = ""):
         """Return the cached result for (name, inputs, params, code, versions), computing it if needed.
 
         Parameters
@@ -592,9 +591,9 @@ class Cache:
         inputs : what the result is computed from (see the module docstring); a single object or a list.
         params : JSON-able parameters (dict, dataclass, numbers, strings).
         depends : names of other entries of this experiment the result depends on.
-        code : the modules that compute the result (e.g. ``("studylib.fit.relaxometry", "studylib.io.load")``):
-            the key hashes their source and that of every studylib module they import, so editing a figure
-            or a notebook does not invalidate a map.  Default (empty): the whole package's source.
+        code : the studylib modules computing the result, e.g. ``("studylib.fit.relaxometry", "studylib.io.load")``:
+            the key hashes their source and every studylib module they import (not figures, the runner or
+            notebooks).  Default: :func:`studylib._codehash.modules_of` ``fn``; ``()``: no studylib code.
         kind : ``"zarr"``, ``"parquet"`` or ``"json"`` (default: from the type fn returns).
         description : one line shown by ``studylib show``.
 
@@ -606,7 +605,7 @@ class Cache:
         if kind is not None and kind not in KINDS:
             raise CacheError(f"{name}: kind must be one of {KINDS}, got {kind!r}")
         inputs = _as_list(inputs)
-        code = tuple(code)
+        code = code_modules(code, fn)
         key = self.key(name, inputs=inputs, params=params, depends=depends, code=code)
         self._session_keys[name] = key
         where = f"{self.dir}/{name}"
@@ -638,7 +637,7 @@ class Cache:
         self._note(name, key, hit=False, seconds=meta["compute_s"])
         return _tag(_read_payload(folder, kind, meta), name, key)
 
-    def _write(self, name, key, obj, kind, *, inputs, params, depends, description, t0, code=()) -> dict:
+    def _write(self, name, key, obj, kind, *, inputs, params, depends, description, t0, code=None) -> dict:
         parent = self.dir / name
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f"{key}{TMP_TAG}{uuid.uuid4().hex}"
@@ -652,8 +651,9 @@ class Cache:
                 "nbytes": _dir_bytes(tmp),
                 "params": _canon(params if params is not None else {}, f"{name}: params"),
                 "inputs": [_summary(x) for x in inputs] + [f"cache:{d}" for d in depends],
-                "description": description, "code": code_hash_of(*code) if code else code_hash(),
-                "code_modules": list(code), "versions": package_versions(), **extra,
+                "description": description, "code": code_hash_of(*code) if code is not None else code_hash(),
+                "code_modules": list(code) if code is not None else ["studylib"],
+                "versions": package_versions(), **extra,
             }
             # the completion marker is written last, then the whole folder is renamed into place
             with open(tmp / MARKER, "w", encoding="utf-8") as f:

@@ -14,15 +14,17 @@ from .errors import StudyError
 
 
 def _cmd_verify(args) -> int:
+    from .layout import resolve_manifest
     from .manifest import verify_manifest
 
-    problems = verify_manifest(args.manifest, check_hashes=not args.no_hash)
+    manifest = args.manifest if args.manifest is not None else resolve_manifest(None, args.preset, must_exist=False)
+    problems = verify_manifest(manifest, check_hashes=not args.no_hash)
     for p in problems:
         print(p)
     if problems:
-        print(f"{args.manifest}: {len(problems)} problem(s)", file=sys.stderr)
+        print(f"{manifest}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{args.manifest}: OK")
+    print(f"{manifest}: OK")
     return 0
 
 
@@ -70,22 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("verify", help="check the data manifest: schema, paths, sha256")
-    v.add_argument("--manifest", default="data_manifest.csv")
+    v.add_argument("--manifest", default=None,
+                   help="manifest to check (default: the preset's, <project>/data_manifest.csv for demo)")
+    v.add_argument("--preset", default="demo", help="whose default manifest to check (demo, ci, large)")
     v.add_argument("--no-hash", action="store_true", help="skip the sha256 check (schema and paths only)")
     v.set_defaults(func=_cmd_verify)
 
     s = sub.add_parser("synth", help="write a synthetic study with known truth")
     s.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
-    s.add_argument("--out", default=None, help="folder for raw/ and truth/ (default data/<preset>)")
+    s.add_argument("--out", default=None, help="folder for raw/ and truth/ (default <project>/data/<preset>)")
     s.add_argument("--manifest", default=None,
-                   help="manifest to write (default: ./data_manifest.csv for demo, OUT/data_manifest.csv otherwise)")
+                   help="manifest to write (default: OUT/data_manifest.csv with --out; without, the preset's "
+                        "default: <project>/data_manifest.csv for demo, <project>/data/<preset>/data_manifest.csv "
+                        "otherwise)")
     s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=_cmd_synth)
 
     r = sub.add_parser("run", help="execute experiment notebooks into HTML reports")
     r.add_argument("experiments", nargs="*")
     r.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
-    r.add_argument("--reports", default="reports")
+    r.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
     r.add_argument("--manifest", default=None)
     r.add_argument("--scheduler", default=None,
                    help="threads (default), local, or a scheduler address tcp://host:port (env STUDYLIB_SCHEDULER)")

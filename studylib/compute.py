@@ -58,7 +58,7 @@ from typing import Any, Iterator
 
 import dask
 
-from .errors import StudyError
+from .errors import SchedulerError
 
 __all__ = [
     "SCHEDULER_ENV",
@@ -80,10 +80,6 @@ _ADDRESS = re.compile(r"^(tcp|tls|ws|wss|inproc|ucx)://\S+$")
 
 # scheduler string -> (client, cluster-or-None) started by get_client(); closed by shutdown()
 _STARTED: dict[str, tuple[Any, Any]] = {}
-
-
-class SchedulerError(StudyError):
-    """The requested Dask scheduler is not a known name/address, or cannot be reached."""
 
 
 def resolve_scheduler(scheduler: str | None = None) -> str:

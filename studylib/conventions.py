@@ -25,8 +25,10 @@ TUMOUR_LABEL = 1
 #: the label of the signal-free background ROI (noise estimate)
 BACKGROUND_LABEL = 5
 
-#: a group whose name contains one of these words (case-insensitive) is a control group
-CONTROL_WORDS: tuple[str, ...] = ("vehicle", "control", "untreated", "sham", "placebo", "saline")
+#: a group whose name contains one of these words (case-insensitive) is a control group (English and
+#: German lab usage: PBS/saline vehicles, Kontrolle, Vehikel, mock/naive animals)
+CONTROL_WORDS: tuple[str, ...] = ("vehicle", "control", "untreated", "sham", "placebo", "saline", "pbs",
+                                  "vehikel", "kontroll", "mock", "naive")
 
 #: map variable -> units, for every map a fit in :mod:`studylib.fit` returns
 MAP_UNITS: dict[str, str] = {

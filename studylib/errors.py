@@ -1,14 +1,32 @@
-"""The one family of exceptions studylib raises for bad input.
+"""The one family of exceptions studylib raises for bad input, and its warnings: all defined here.
 
 Every error subclasses :class:`StudyError`, itself a :class:`ValueError`, so callers
-can catch one type.  Messages always name the file (or the argument) and say what
+can catch one type; each module re-exports the ones it raises (``studylib.roi.RoiError``).  Messages always name the file (or the argument) and say what
 is wrong, e.g. ``"data/raw/m01_d0_megre.json: EchoTime must be a list of numbers
 in seconds, got 'abc'"``.
 """
 
 from __future__ import annotations
 
-__all__ = ["StudyError", "ManifestError", "DataFileError", "FitInputError", "ExperimentError", "WorkbookError"]
+__all__ = [
+    "StudyError",
+    "ManifestError",
+    "DataFileError",
+    "FitInputError",
+    "ExperimentError",
+    "WorkbookError",
+    "CacheError",
+    "SchedulerError",
+    "StatsInputError",
+    "StatsFitWarning",
+    "RoiError",
+    "RoiWarning",
+    "PlotInputError",
+    "RelaxivityError",
+    "SynthError",
+    "LargeStudyError",
+    "ScanRefused",
+]
 
 
 class StudyError(ValueError):
@@ -33,3 +51,47 @@ class ExperimentError(StudyError):
 
 class WorkbookError(StudyError):
     """An experiment, notebook, manifest or reports folder given to the runner is not usable."""
+
+
+class CacheError(StudyError):
+    """A cache entry cannot be keyed, written or read (bad name, unhashable input, missing entry...)."""
+
+
+class SchedulerError(StudyError):
+    """The requested Dask scheduler is not a known name/address, or cannot be reached."""
+
+
+class StatsInputError(StudyError):
+    """Data or arguments given to a statistics function are not usable (missing column, one animal, ...)."""
+
+
+class StatsFitWarning(UserWarning):
+    """A model fit is singular (on the boundary) or did not converge; the result says which and how."""
+
+
+class RoiError(StudyError):
+    """ROI masks or maps are not usable (mismatched grids, empty labels when asked to raise, ...)."""
+
+
+class RoiWarning(UserWarning):
+    """An ROI label is empty (or fully excluded) in an acquired scan; its statistics are NaN."""
+
+
+class PlotInputError(StudyError):
+    """Arguments to a plotting function are not usable (missing dims/columns, empty data)."""
+
+
+class RelaxivityError(StudyError):
+    """An agent, medium, kind or field for which no relaxivity is tabulated."""
+
+
+class SynthError(StudyError):
+    """Arguments to the study synthesiser are not usable (unknown preset/study, bad seed or paths)."""
+
+
+class LargeStudyError(StudyError):
+    """Bad arguments to :func:`lazy_study`."""
+
+
+class ScanRefused(DataFileError):
+    """A scanner folder that is readable but not an image studylib imports (the message says why)."""

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import StudyError
+from .errors import PlotInputError
 
 __all__ = [
     "PlotInputError",
@@ -51,10 +51,6 @@ __all__ = [
     "group_strips",
     "paired_lines",
 ]
-
-
-class PlotInputError(StudyError):
-    """Arguments to a plotting function are not usable (missing dims/columns, empty data)."""
 
 
 def _plt():

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import StudyError
+from .errors import RoiError, RoiWarning
 
 __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
            "DEFAULT_LABELS", "tumour_rim_core"]
@@ -32,14 +32,6 @@ __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_
 #: ROI label values of the data contract (docs/conventions.md)
 DEFAULT_LABELS = {1: "tumour"}
 _ID_DIMS = ("animal", "day")
-
-
-class RoiError(StudyError):
-    """ROI masks or maps are not usable (mismatched grids, empty labels when asked to raise, ...)."""
-
-
-class RoiWarning(UserWarning):
-    """An ROI label is empty (or fully excluded) in an acquired scan; its statistics are NaN."""
 
 
 # ---------------------------------------------------------------------- numpy kernels

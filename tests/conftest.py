@@ -127,3 +127,30 @@ def demo_reports(demo_manifest, tmp_path_factory) -> dict:
     """Every notebook executed once on the demo study (the ``make reports`` job, into a temporary folder)."""
     out = tmp_path_factory.mktemp("demo_reports")
     return {"records": run_notebooks(demo_manifest, "demo", out), "root": out, "manifest": demo_manifest}
+
+
+@pytest.fixture(scope="session")
+def ci_reports_no_truth(ci_study, tmp_path_factory) -> dict:
+    """Every notebook executed on a copy of the ci study with its ``truth/`` folder deleted (real data has
+    none) and the DCE sidecars stripped of the simulator-only keys (bolus arrival, r1, haematocrit)."""
+    import json
+    import shutil
+
+    from studylib.manifest import read_manifest, sha256_file, write_manifest
+
+    out = tmp_path_factory.mktemp("no_truth")
+    src = Path(ci_study).parent
+    data = out / "study"
+    shutil.copytree(src, data, ignore=shutil.ignore_patterns("derived"))
+    shutil.rmtree(data / "truth")
+    man = read_manifest(data / Path(ci_study).name)
+    for i, rel in enumerate(man["path"]):
+        if rel.endswith("DCE.json"):
+            p = data / rel
+            side = json.loads(p.read_text())
+            for k in ("BolusArrivalTime_s", "Relaxivity_per_mM_per_s", "Hematocrit"):
+                side.pop(k, None)
+            p.write_text(json.dumps(side))
+            man.loc[i, "sha256"] = sha256_file(p)
+    manifest = write_manifest(man, data / Path(ci_study).name)
+    return {"records": run_notebooks(manifest, "ci", out), "root": out, "manifest": manifest}

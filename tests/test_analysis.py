@@ -193,3 +193,52 @@ def test_keep_tables_stores_inspectable_tables_and_never_a_stale_one(tmp_path):
     np.testing.assert_allclose(latest["estimate"], [2.0, 0.0])
     with pytest.raises(StudyError, match="must be a pandas DataFrame"):
         ex.keep_tables("toy", manifest, tmp_path / "derived", bad=[1, 2])
+
+
+@pytest.mark.parametrize("groups, control", [
+    (["PBS", "drug"], "PBS"), (["Vehikel", "Wirkstoff"], "Vehikel"), (["Kontrolle", "BLZ945"], "Kontrolle"),
+    (["saline", "ampb"], "saline"), (["mock", "virus"], "mock"),
+])
+def test_pick_groups_recognises_control_names(groups, control):
+    import xarray as xr
+
+    ds = xr.Dataset(coords={"animal": ["a", "b"], "group": ("animal", groups)})
+    c, t = ex.pick_groups(ds)
+    assert c == control and t == [g for g in groups if g != control][0]
+
+
+def test_pick_groups_needs_help_when_no_name_says_control():
+    import xarray as xr
+
+    ds = xr.Dataset(coords={"animal": ["a", "b"], "group": ("animal", ["low", "high"])})
+    with pytest.raises(StudyError, match="pass control="):
+        ex.pick_groups(ds)
+    assert ex.pick_groups(ds, control="low") == ("low", "high")
+
+
+def test_baseline_frames_measured_from_the_vessel_roi_without_the_sidecar_key(ci_study):
+    """Without the simulator's BolusArrivalTime_s the pre-contrast frames are measured in the data and agree
+    with the true arrival to within one frame."""
+    import studylib as sl
+
+    dce = sl.load_study(ci_study, "ktrans_hypoxia", "DCE")
+    true_n = ex.baseline_frames(dce)  # from the sidecar (the simulator's truth)
+    bare = dce.copy()
+    bare.attrs = {k: v for k, v in dce.attrs.items() if k != "BolusArrivalTime_s"}
+    assert abs(ex.baseline_frames(bare) - true_n) <= 1
+    assert ex.baseline_frames(bare, 3) == 3
+    no_vessel = bare.assign(roi=bare["roi"].where(bare["roi"] != 3, 0))
+    with pytest.raises(StudyError, match="pass n_baseline="):
+        ex.baseline_frames(no_vessel)
+
+
+def test_load_truth_on_real_data_is_empty_unless_required(tmp_path, capsys):
+    m = tmp_path / "data_manifest.csv"
+    pd.DataFrame(dict(study=["s1"], animal=["m01"], group=["g"], day=["0"], kind=["MEGRE"],
+                      path=["raw/s1/m01/day00/MEGRE.nii.gz"], sha256=["0" * 64])).to_csv(m, index=False)
+    assert ex.load_truth(m, "s1") == {} and "no simulated truth" in capsys.readouterr().out
+    assert ex.load_truth_table(m, "s1", "sessions.csv") is None
+    with pytest.raises(StudyError, match="no simulated truth"):
+        ex.load_truth(m, "s1", required=True)
+    with pytest.raises(StudyError, match="no rows for study"):
+        ex.load_truth(m, "zz")

@@ -174,3 +174,9 @@ def _definitions(pattern: str) -> list[str]:
 ])
 def test_each_fact_has_one_home(what, pattern, home):
     assert _definitions(pattern) == [home], f"{what}: defined in {_definitions(pattern)}, should be only in {home}"
+
+
+def test_every_exception_and_warning_class_is_defined_in_errors():
+    rx = re.compile(r"^class \w+\((\w*Error|\w*Warning|ValueError|UserWarning)\):", re.M)
+    elsewhere = [str(p.relative_to(ROOT)) for p in SOURCES if p.name != "errors.py" and rx.search(p.read_text())]
+    assert not elsewhere, f"exception classes defined outside studylib/errors.py: {elsewhere}"

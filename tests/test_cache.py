@@ -70,7 +70,7 @@ def test_dataset_round_trip_is_zarr_v3_unconsolidated_one_chunk_per_scan(tmp_pat
     assert out.r2star.chunks == ((1, 1, 1), (1, 1), (2,), (4,), (5,))  # one chunk per (animal, day) scan
     assert out.animal.dtype == object and out.group.dtype == object
     assert out.r2star.attrs["units"] == "1/s" and out.attrs[cm.KEY_ATTR] == c.key(
-        "t2star_maps", params={"method": "auto"})
+        "t2star_maps", params={"method": "auto"}, code=())  # the lambda uses no studylib code
     store = next((tmp_path / "ampb_ferumoxytol" / "t2star_maps").iterdir()) / "data.zarr"
     root_meta = json.loads((store / "zarr.json").read_text())
     assert root_meta["zarr_format"] == 3
@@ -275,7 +275,7 @@ def test_process_killed_mid_write_leaves_no_readable_entry_and_rerun_completes(t
     assert any((p / "data.zarr").exists() for p in leftovers)  # it really was interrupted mid-write
 
     c = Cache("exp", tmp_path / "derived", verbose=False)
-    key = c.key("maps", params={"p": 1})
+    key = c.key("maps", params={"p": 1}, code=())
     assert not c.has("maps", key) and c.entries() == []
     with pytest.raises(CacheError, match="no cached intermediate 'maps'"):
         c.load("maps")
@@ -291,7 +291,7 @@ def test_process_killed_mid_write_leaves_no_readable_entry_and_rerun_completes(t
 
 def test_tmp_and_incomplete_folders_are_never_read(tmp_path):
     c = Cache("exp", tmp_path, verbose=False)
-    key = c.key("t", params={})
+    key = c.key("t", params={}, code=())
     parent = tmp_path / "exp" / "t"
     (parent / f"{key}{cm.TMP_TAG}dead").mkdir(parents=True)
     (parent / f"{key}{cm.TMP_TAG}dead" / "data.json").write_text('{"stale": true}')
@@ -305,7 +305,7 @@ def test_tmp_and_incomplete_folders_are_never_read(tmp_path):
 def test_damaged_entry_is_recomputed_not_fatal(tmp_path):
     c = Cache("exp", tmp_path, verbose=False)
     c.get_or_compute("tab", lambda: pd.DataFrame({"a": [1, 2]}))
-    key = c.key("tab")
+    key = c.key("tab", code=())
     (tmp_path / "exp" / "tab" / key / "data.parquet").write_bytes(b"not parquet")
     c2 = Cache("exp", tmp_path, verbose=False)
     out = c2.get_or_compute("tab", lambda: pd.DataFrame({"a": [1, 2]}))
@@ -315,7 +315,7 @@ def test_damaged_entry_is_recomputed_not_fatal(tmp_path):
 def test_concurrent_writer_of_the_same_key_is_harmless(tmp_path):
     c = Cache("exp", tmp_path, verbose=False)
     c.get_or_compute("j", lambda: {"v": 1})
-    key = c.key("j")
+    key = c.key("j", code=())
     # a second process finishing the same entry later: its rename fails, its tmp is removed
     meta = c._write("j", key, {"v": 1}, "json", inputs=[], params=None, depends=(), description="",
                     t0=time.perf_counter())
@@ -339,10 +339,10 @@ def test_entries_index_and_prune_keep_latest(tmp_path):
     ents = {e.name: e for e in c.entries()}
     assert set(ents) == {"tab", "doc"} and ents["tab"].params == {"v": 2} and ents["tab"].description == "second"
     assert c.load("tab")["a"].tolist() == [2]
-    assert c.load("tab", key=c.key("tab", params={"v": 1}))["a"].tolist() == [1]
+    assert c.load("tab", key=c.key("tab", params={"v": 1}, code=()))["a"].tolist() == [1]
     assert c.prune() == 1  # the older 'tab'
     with pytest.raises(CacheError, match="no complete cache entry"):
-        c.load("tab", key=c.key("tab", params={"v": 1}))
+        c.load("tab", key=c.key("tab", params={"v": 1}, code=()))
 
 
 # --------------------------------------------------------------------------------- bad input
@@ -446,3 +446,53 @@ def test_map_key_depends_on_its_code_not_on_figures_or_docs(tmp_path, monkeypatc
     k1 = c.key("m", inputs=[1], params={}, code=("studylib.fit.relaxometry",))
     k2 = c.key("m", inputs=[1], params={}, code=("studylib.fit.diffusion",))
     assert k1 != k2
+
+
+def test_default_code_is_what_the_compute_function_refers_to(tmp_path):
+    """Without ``code=``, a studylib function is keyed by its own module (and its imports); a notebook's
+    function by the studylib modules its code refers to, so a lambda over plain numpy depends on no
+    studylib code and a figure edit never refits a notebook's map."""
+    from studylib import _codehash
+    from studylib.models.noise import add_rician_noise
+
+    assert _codehash.modules_of(add_rician_noise) == ("studylib.models.noise",)
+    ns = {"__name__": "__main__"}
+    exec(textwrap.dedent("""
+        import functools
+        import numpy as np
+        import studylib
+        from studylib.fit import relaxometry
+        from studylib.cache import Cache
+
+        def helper(x):
+            return relaxometry.t2star(x)
+
+        uses_kernel = lambda: helper(np.ones(3))
+        scale = 3.0
+        plain = lambda: float(np.ones(3).sum() * scale)
+        closure = (lambda c: (lambda: c.experiment))(Cache("x", "."))
+        partial = functools.partial(relaxometry.t2star, np.ones(3))
+        facade = lambda: studylib.read_manifest
+        """), ns)
+    assert _codehash.modules_of(ns["uses_kernel"]) == ("studylib.fit.relaxometry",)
+    assert _codehash.modules_of(ns["plain"]) == ()
+    assert _codehash.modules_of(ns["closure"]) == ("studylib.cache",)
+    assert _codehash.modules_of(ns["partial"]) == ("studylib.fit.relaxometry",)
+    assert _codehash.modules_of(ns["facade"]) == ("studylib",)  # the whole package
+    assert "studylib.plots" in _codehash.module_closure("studylib")
+    # a step in a higher layer follows what it imports, except figures, the runner and the CLI
+    maps = set(_codehash.module_closure("studylib.analysis.maps"))
+    assert {"studylib.analysis.maps", "studylib.fit.relaxometry", "studylib.models.relaxometry"} <= maps
+    assert not any(m.startswith(("studylib.plots", "studylib.workbook", "studylib.cli")) for m in maps)
+
+    c = Cache("e", tmp_path, verbose=False)
+    assert c.key("m", inputs=[1], fn=ns["uses_kernel"]) == c.key("m", inputs=[1], code="studylib.fit.relaxometry")
+    assert c.key("m", inputs=[1], fn=ns["plain"]) == c.key("m", inputs=[1], code=())
+    assert c.key("m", inputs=[1], fn=ns["plain"]) != c.key("m", inputs=[1])  # no fn, no code: whole package
+    assert c.get_or_compute("m", ns["plain"], inputs=[1]) == 9.0
+    meta = json.loads(next((tmp_path / "e" / "m").glob("*/_entry.json")).read_text())
+    assert meta["code_modules"] == [] and meta["code"] == _codehash.code_hash_of()
+    with pytest.raises(CacheError, match="not a studylib module"):
+        c.key("m", inputs=[1], code=("studylib.no_such_module",))
+    with pytest.raises(CacheError, match="not a studylib module"):
+        c.get_or_compute("m", ns["plain"], code="numpy")

@@ -20,7 +20,7 @@ from ..errors import ExperimentError
 from .design import compute_with_progress
 
 __all__ = ["get_cache", "quality_variable", "background_mask", "fit_relaxation_maps", "fit_adc_maps",
-           "baseline_frames", "fit_dce_maps"]
+           "baseline_frames", "default_relaxivity", "DEFAULT_HEMATOCRIT", "fit_dce_maps"]
 
 def get_cache(study: str, manifest, cache_dir=None):
     """The :class:`studylib.cache.Cache` of an experiment.
@@ -114,7 +114,7 @@ def fit_relaxation_maps(ds: xr.Dataset, *, method: str = "auto", labels: Sequenc
         "t2star_maps", compute, inputs=[manifest_rows(manifest, study=study, kinds=[ds.attrs.get("kind", "MEGRE"),
                                                                                    "roi"])],
         params=dict(method=method, labels=list(labels), noise_label=noise_label),
-        code=("studylib.fit.relaxometry", "studylib.io.load"),
+        code=("studylib.analysis.maps", "studylib.fit.relaxometry", "studylib.io.load"),
         description="T2*/R2* maps (fit.t2star) inside the ROIs")
     return _with_design(maps.load(), ds)
 
@@ -148,7 +148,7 @@ def fit_adc_maps(ds: xr.Dataset, *, b_min: float = 200.0, method: str = "auto", 
     maps = cache.get_or_compute("adc_maps", compute, inputs=[manifest_rows(manifest, study=study, kinds=["DWI", "roi"])],
                                 params=dict(b=keep.tolist(), method=method, labels=list(labels),
                                             noise_label=noise_label),
-                                code=("studylib.fit.diffusion", "studylib.io.load"),
+                                code=("studylib.analysis.maps", "studylib.fit.diffusion", "studylib.io.load"),
                                 description="ADC maps (fit.adc, b >= b_min) inside the ROIs")
     return _with_design(maps.load(), ds)
 
@@ -161,16 +161,70 @@ def _attr(ds: xr.Dataset, value, key: str, what: str):
     raise ExperimentError(f"{what}: not given and the sidecars have no common '{key}'; pass it explicitly")
 
 
-def baseline_frames(dce: xr.Dataset, n_baseline: int | None = None) -> int:
-    """Number of pre-contrast frames: given, or every frame before the sidecar's ``BolusArrivalTime_s``."""
+def baseline_frames(dce: xr.Dataset, n_baseline: int | None = None, *, vessel_label: int = 3) -> int:
+    """Number of pre-contrast frames.
+
+    ``n_baseline`` when given; else every frame before the sidecars' common ``BolusArrivalTime_s`` when
+    they record one; else measured from the data: the earliest bolus arrival (piecewise constant-quadratic
+    regression, :func:`studylib.fit.dce.bolus_arrival_time`) of the vessel-ROI mean signal over the scans.
+    """
     t = np.asarray(dce["t"].values, dtype=float)
     if n_baseline is None:
-        bat = _attr(dce, None, "BolusArrivalTime_s", "n_baseline (pre-contrast frames)")
-        n_baseline = int(np.sum(t < float(bat)))
+        if "BolusArrivalTime_s" in dce.attrs:
+            bat = float(dce.attrs["BolusArrivalTime_s"])
+        else:
+            bat = _measured_arrival_s(dce, vessel_label)
+            print(f"bolus arrival measured from the vessel ROI (label {vessel_label}): {bat:.1f} s "
+                  f"(pass n_baseline= to set the pre-contrast frames yourself)")
+        n_baseline = int(np.sum(t < bat))
     n_baseline = int(n_baseline)
     if not 1 <= n_baseline < t.size:
         raise ExperimentError(f"n_baseline must be between 1 and {t.size - 1} frames, got {n_baseline}")
     return n_baseline
+
+
+def _measured_arrival_s(dce: xr.Dataset, vessel_label: int) -> float:
+    from ..fit.dce import bolus_arrival_time
+
+    vessel = dce["roi"] == vessel_label
+    n_vox = vessel.sum(("z", "y", "x"))
+    curves = dce["signal"].where(vessel).mean(("z", "y", "x")).where(n_vox > 0)
+    if "acquired" in dce.coords:
+        curves = curves.where(dce["acquired"])
+    bat = compute_with_progress(bolus_arrival_time(curves.reset_coords(drop=True)), label="bolus arrival")
+    ok = np.asarray(bat["bat_s"].where(bat["fit_ok"]).values, dtype=float)
+    if not np.isfinite(ok).any():
+        raise ExperimentError(f"n_baseline: the sidecars give no BolusArrivalTime_s and no scan has a vessel ROI "
+                              f"(label {vessel_label}) whose bolus arrival can be measured; pass n_baseline=")
+    return float(np.nanmin(ok))
+
+
+def default_relaxivity(dce: xr.Dataset, r1_per_mM_s: float | None = None) -> float:
+    """The agent's r1 (1/(s mM)) for the concentration: given; else the sidecars' ``Relaxivity_per_mM_per_s``;
+    else :func:`studylib.models.relaxivity.relaxivity` of the sidecars' ``Agent`` at their field (the nearest
+    measured field held beyond the table, with a warning saying so)."""
+    import warnings
+
+    from ..models.relaxivity import relaxivity
+
+    if r1_per_mM_s is not None or "Relaxivity_per_mM_per_s" in dce.attrs:
+        return float(_attr(dce, r1_per_mM_s, "Relaxivity_per_mM_per_s", "r1_per_mM_s"))
+    agent, field = dce.attrs.get("agent"), dce.attrs.get("field_T")
+    if agent is None or field is None:
+        raise ExperimentError("r1_per_mM_s: not given, and the sidecars name no Agent and MagneticFieldStrength "
+                              "to look it up; pass r1_per_mM_s= (1/(s mM))")
+    rel = relaxivity(agent, field, kind="r1", beyond_table="hold")
+    msg = (f"r1 of {rel.agent} at {rel.field_T:g} T: {rel.value_per_mM_s:g} /(s mM) ({rel.how}"
+           f"{'; ' + rel.note if rel.note else ''}; {rel.source.split('.')[0]}); pass r1_per_mM_s= for a measured value")
+    print(msg)
+    if rel.extrapolated:
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return rel.value_per_mM_s
+
+
+#: haematocrit used when neither the call nor the sidecars give one: mouse whole blood ~0.40-0.45
+#: (e.g. Everds, in The Mouse in Biomedical Research, 2nd ed., 2007); pass hematocrit= to change it
+DEFAULT_HEMATOCRIT = 0.45
 
 
 def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tofts", aif_source: str = "cohort",
@@ -189,7 +243,9 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
        its own;
     4. :func:`studylib.fit.dce.dce` (``model``) in the ROI ``labels``.
 
-    r1 and haematocrit default to the sidecars' ``Relaxivity_per_mM_per_s`` and ``Hematocrit``.
+    r1 and haematocrit default to the sidecars' ``Relaxivity_per_mM_per_s`` and ``Hematocrit``, else to
+    :func:`default_relaxivity` (the agent's tabulated r1 at the field) and :data:`DEFAULT_HEMATOCRIT`; the
+    pre-contrast frames to :func:`baseline_frames`.
 
     Returns
     -------
@@ -211,9 +267,12 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                                   f"{dce[c].values.tolist()}")
     fa = float(_attr(dce, None, "FlipAngle", "DCE flip angle"))
     tr = float(_attr(dce, None, "tr_ms", "DCE repetition time"))
-    r1 = float(_attr(dce, r1_per_mM_s, "Relaxivity_per_mM_per_s", "r1_per_mM_s (agent relaxivity)"))
+    r1 = default_relaxivity(dce, r1_per_mM_s)
+    if hematocrit is None and "Hematocrit" not in dce.attrs:
+        print(f"haematocrit not in the sidecars: {DEFAULT_HEMATOCRIT} (mouse); pass hematocrit= to change it")
+        hematocrit = DEFAULT_HEMATOCRIT
     hct = float(_attr(dce, hematocrit, "Hematocrit", "hematocrit"))
-    nb = baseline_frames(dce, n_baseline)
+    nb = baseline_frames(dce, n_baseline, vessel_label=vessel_label)
     params = dict(model=model, aif_source=aif_source, n_baseline=nb, t1_method=t1_method, labels=list(labels),
                   vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr)
 
@@ -265,7 +324,9 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
     cache = get_cache(study, manifest, cache_dir)
     out = cache.get_or_compute("dce_maps", compute,
                                inputs=[manifest_rows(manifest, study=study, kinds=["VFA", "DCE", "roi"])],
-                               params=params, code=("studylib.fit.dce", "studylib.fit.relaxometry", "studylib.io.load"),
+                               params=params,
+                               code=("studylib.analysis.maps", "studylib.fit.dce", "studylib.fit.relaxometry",
+                                     "studylib.io.load"),
                                description=f"T1, AIFs and {model} maps")
     out = out.load()
     aif = out["aif"].rename(aif_animal="animal")

@@ -54,20 +54,36 @@ def find_truth(manifest, study: str) -> Path:
     raise ExperimentError(f"{mpath}: paths of study '{study}' are not under raw/{study}/, cannot locate truth/")
 
 
-def load_truth(manifest, study: str) -> dict:
-    """Read the simulated truth of ``study`` (see :func:`find_truth`) as a dict."""
-    path = find_truth(manifest, study)
+def load_truth(manifest, study: str, *, required: bool = False) -> dict:
+    """Read the simulated truth of ``study`` (see :func:`find_truth`) as a dict.
+
+    Real data has no truth: unless ``required``, a study without ``truth/<study>/truth.json`` gives ``{}``
+    (and a printed note), so every finding's ``truth`` is NaN and its ``ci_covers_truth`` None.
+    """
+    try:
+        path = find_truth(manifest, study)
+    except ExperimentError as err:
+        if required or "manifest not found" in str(err) or "no rows for study" in str(err):
+            raise
+        print(f"no simulated truth for '{study}' ({err}); the conclusions compare with the paper only")
+        return {}
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ExperimentError(f"{path}: not valid JSON ({err})") from None
 
 
-def load_truth_table(manifest, study: str, name: str):
-    """A CSV table the simulator wrote beside ``truth.json`` (e.g. ``sessions.csv``), as a DataFrame."""
+def load_truth_table(manifest, study: str, name: str, *, required: bool = False):
+    """A CSV table the simulator wrote beside ``truth.json`` (e.g. ``sessions.csv``), as a DataFrame;
+    None when the study has no truth (real data) unless ``required``."""
     import pandas as pd
 
-    path = find_truth(manifest, study).parent / name
+    try:
+        path = find_truth(manifest, study).parent / name
+    except ExperimentError:
+        if required:
+            raise
+        return None
     if not path.is_file():
         raise ExperimentError(f"{path}: no such truth table for study '{study}'")
     return pd.read_csv(path)

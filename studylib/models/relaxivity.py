@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import positive_number
-from ..errors import StudyError
+from ..errors import RelaxivityError
 
 __all__ = ["Relaxivity", "RelaxivityError", "relaxivity", "TABLE", "AGENT_ALIASES", "SOURCES"]
 
@@ -53,10 +53,6 @@ SOURCES = {
     "knobloch2018": "Knobloch G, et al. Relaxivity of Ferumoxytol at 1.5 T and 3.0 T. Invest Radiol "
                     "2018;53:257-263. doi:10.1097/RLI.0000000000000434",
 }
-
-
-class RelaxivityError(StudyError):
-    """An agent, medium, kind or field for which no relaxivity is tabulated."""
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..errors import StudyError
+from ..errors import StatsFitWarning, StatsInputError
 
 __all__ = ["StatsInputError", "StatsFitWarning", "formula_variables", "require_columns", "numeric_column", "holm"]
-
-
-class StatsInputError(StudyError):
-    """Data or arguments given to a statistics function are not usable (missing column, one animal, ...)."""
-
-
-class StatsFitWarning(UserWarning):
-    """A model fit is singular (on the boundary) or did not converge; the result says which and how."""
 
 
 # names that may appear in a patsy formula without being data columns

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import layout
 from ..catalog import EXPERIMENTS
-from ..errors import StudyError
+from ..errors import SynthError
 from ..manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from ..models.noise import add_rician_noise
 from ._common import DEFAULT_SEED, PRESETS, Context, StudyPlan
@@ -19,10 +19,6 @@ from ._perfusion import plan_collagen, plan_ktrans
 from ._write import _jsonable, atomic_write_bytes, csv_bytes, json_bytes, write_npz
 
 __all__ = ["SynthError", "STUDIES", "STUDY_KINDS", "MANIFEST_COLUMNS", "generate", "plan"]
-
-
-class SynthError(StudyError):
-    """Arguments to the study synthesiser are not usable (unknown preset/study, bad seed or paths)."""
 
 
 #: study id -> planner, in the order they are written

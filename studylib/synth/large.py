@@ -72,7 +72,7 @@ import pandas as pd
 import xarray as xr
 
 from ..conventions import ROI_LABELS
-from ..errors import StudyError
+from ..errors import LargeStudyError
 from ..models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_mouse_aif
 from ..models.noise import add_rician_noise
 from ..models.relaxometry import monoexp_signal, spgr_signal
@@ -99,10 +99,6 @@ DCE = dict(field_T=7.0, tr_ms=4.0, flip_deg=15.0, dt_s=4.0, n_frames=75, bolus_a
 _FOV_XY_MM = 16.0
 _SLICE_MM = 0.5
 _GROUPS = ("control", "treated")
-
-
-class LargeStudyError(StudyError):
-    """Bad arguments to :func:`lazy_study`."""
 
 
 def _check_args(n_animals, n_days, shape, kind, seed, scale) -> tuple[int, int, tuple[int, int, int], str, int, int]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from .._atomic import atomic_write_text
 from ..catalog import EXPERIMENTS
 from ..errors import StudyError, WorkbookError
-from ..layout import check_preset, default_cache_dir, default_manifest, project_root
+from ..layout import check_preset, default_cache_dir, default_manifest, project_root, reports_dir
 from ..layout import notebooks_dir as notebooks_dir_default
 from ..manifest import read_manifest, sha256_file
 from ..recorder import RECORD_ENV, jsonable as _jsonable
@@ -252,7 +252,7 @@ def _resolve_experiments(experiments, nbdir: Path) -> list[str]:
     return names
 
 
-def run(experiments: list[str] | None = None, preset: str = "demo", reports="reports", scheduler=None,
+def run(experiments: list[str] | None = None, preset: str = "demo", reports=None, scheduler=None,
         manifest=None, *, notebooks_dir=None, cache_dir=None, parameters: dict | None = None,
         timeout_s: float | None = None, progress: bool = True, kernel_name: str = "python3",
         force: bool = False) -> int:
@@ -263,12 +263,13 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports="rep
     experiments : names (default: every registered experiment whose notebook exists).
     preset : synthetic study preset (``demo``, ``ci``, ``large``); its data is generated when
         the default manifest or any file it lists is missing.
-    reports : output folder for ``<exp>.ipynb/.html/.json`` and ``index.html``.
+    reports : output folder for ``<exp>.ipynb/.html/.json`` and ``index.html`` (default
+        :func:`studylib.layout.reports_dir`, ``<project>/reports``).
     scheduler : ``None``/``"threads"``, ``"local"`` (one LocalCluster shared by all notebooks) or a
         scheduler address; passed to each notebook as the ``scheduler`` parameter.
     manifest : a data manifest to use instead of the preset's (must exist with all its files).
-    notebooks_dir : folder of the notebooks (default ``notebooks/`` of the repository).
-    cache_dir : cache root (default :func:`default_cache_dir`).
+    notebooks_dir : folder of the notebooks (default :func:`studylib.layout.notebooks_dir`, ``<project>/notebooks``).
+    cache_dir : cache root (default :func:`studylib.layout.default_cache_dir` of ``preset`` and ``manifest``).
     parameters : extra papermill parameters for every notebook (override the defaults).
     timeout_s : per-cell execution timeout (None: no limit).
     progress : tqdm progress over experiments and cells (stderr).
@@ -296,7 +297,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports="rep
     nbdir = _notebooks_dir(notebooks_dir)
     names = _resolve_experiments(experiments, nbdir)
     choice = compute.resolve_scheduler(scheduler)
-    reports = Path(reports)
+    reports = Path(reports) if reports is not None else reports_dir()
     try:
         reports.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import DataFileError
+from ...errors import DataFileError, ScanRefused
 from .jcamp import JcampParams, read_jcamp
 
 __all__ = ["ParaVisionScan", "ScanRefused", "FrameGroup", "open_scan", "refusal", "layout", "read_image",
@@ -44,10 +44,6 @@ _WORD = {"_16BIT_SGN_INT": "i2", "_32BIT_SGN_INT": "i4", "_8BIT_UNSGN_INT": "u1"
          "_16BIT_UNSGN_INT": "u2"}
 #: frame groups whose frames are scanner-computed maps, not acquired images
 _DERIVED_GROUPS = ("FG_ISA", "FG_DTI", "FG_CONTRAST_MAP")
-
-
-class ScanRefused(DataFileError):
-    """A scan that is readable but not an image studylib imports (the message says why)."""
 
 
 @dataclass(frozen=True)
