@@ -12,12 +12,17 @@ True
 from __future__ import annotations
 
 __all__ = ["ROI_LABELS", "BACKGROUND_LABEL", "TUMOUR_LABEL", "CONTROL_WORDS", "MAP_UNITS", "QUALITY_NAMES",
-           "is_control_name"]
+           "LABEL_SYNONYMS", "is_control_name", "label_mapping", "relabel"]
 
 #: ROI label value -> meaning (0 is nothing).  ROI sidecars may restate or rename them
 #: (``{"Labels": {"1": "tumour"}}``).
 ROI_LABELS: dict[int, str] = {1: "tumour", 2: "muscle", 3: "vessel", 4: "reference_tube", 5: "background",
                               6: "tumour_rim", 7: "tumour_core"}
+
+#: other names a lab writes for the conventional regions (lower case, spaces as underscores)
+LABEL_SYNONYMS: dict[str, str] = {"tumor": "tumour", "noise": "background", "air": "background",
+                                  "reference": "reference_tube", "tube": "reference_tube", "artery": "vessel",
+                                  "aif": "vessel", "tumor_rim": "tumour_rim", "tumor_core": "tumour_core"}
 
 #: the label of the tumour ROI
 TUMOUR_LABEL = 1
@@ -46,3 +51,44 @@ def is_control_name(group: str) -> bool:
     """Whether ``group`` names a control group (contains one of :data:`CONTROL_WORDS`)."""
     g = str(group).lower()
     return any(w in g for w in CONTROL_WORDS)
+
+
+def label_mapping(labels: dict, *, source: str = "ROI sidecar") -> tuple[dict[int, int], dict[int, str]]:
+    """Map an ROI file's label values to the conventional ones by what they mean.
+
+    ``labels`` is a sidecar's ``{"value": "name"}``.  A name of a conventional region (or a synonym,
+    :data:`LABEL_SYNONYMS`) gets that region's value in :data:`ROI_LABELS`; any other name (a study's own
+    region, e.g. ``tumour_left``) keeps its value.  Returns ``(lut, meanings)``: ``lut`` the file values that
+    change (file value -> conventional value) and ``meanings`` the final value -> name.
+
+    >>> label_mapping({"1": "muscle", "2": "Tumor"})
+    ({1: 2, 2: 1}, {2: 'muscle', 1: 'tumour'})
+
+    Raises
+    ------
+    StudyError
+        two file values that mean the same region.
+    """
+    from .errors import DataFileError
+
+    by_name = {name: value for value, name in ROI_LABELS.items()}
+    lut, meanings = {}, {}
+    for key, name in labels.items():
+        v = int(key)
+        norm = str(name).strip().lower().replace(" ", "_").replace("-", "_")
+        norm = LABEL_SYNONYMS.get(norm, norm)
+        final = by_name.get(norm, v)
+        if final in meanings:
+            raise DataFileError(f"{source}: labels {key!r} and another both mean {meanings[final]!r}")
+        meanings[final] = norm if norm in by_name else str(name)
+        if final != v:
+            lut[v] = final
+    return lut, meanings
+
+
+def relabel(block, *, lut: dict[int, int]):
+    """``block`` (an integer label array) with every value ``v`` in ``lut`` replaced by ``lut[v]`` at once."""
+    out = block.copy()
+    for old, new in lut.items():
+        out[block == old] = new
+    return out

@@ -625,3 +625,62 @@ def test_fuzzed_sidecar_values_in_a_real_study(fuzz_study, key, value):
             assert ds.signal.dtype == np.float32
     finally:
         side.write_bytes(original)
+
+
+# ------------------------------------------------------------------ ROI label meanings and grids (issue 16)
+
+def _rewrite_roi(root: Path, rel: str, *, swap: bool = False, affine=None) -> None:
+    import nibabel as nib
+
+    from studylib.io.nifti import write_nifti
+
+    p = root / rel
+    img = nib.load(p)
+    lab = np.asarray(img.dataobj).astype(np.int16)
+    if swap:
+        lab = np.where(lab == 1, 2, np.where(lab == 2, 1, lab))
+    write_nifti(p, lab, img.affine if affine is None else affine)
+
+
+def test_roi_label_meanings_in_the_sidecar_are_honoured(study):
+    """A lab's ROI file with 1 = muscle, 2 = tumour: the loader maps its values by meaning, so the tumour
+    table is the tumour's (it used to analyse muscle as tumour, status ok)."""
+    root = study.parent
+    reference = load_all(study).roi.values.copy()  # lazy arrays re-read their files: keep the values
+    rel = "raw/tiny/m01/day07/roi"
+    _rewrite_roi(root, rel + ".nii.gz", swap=True)
+    edit_sidecar(root, rel + ".json", Labels={"1": "muscle", "2": "Tumor"})
+    reseal(study)
+    ds = load_all(study)
+    np.testing.assert_array_equal(ds.roi.values, reference)
+    assert "tumour" in ds.roi.attrs["flag_meanings"] and "muscle" in ds.roi.attrs["flag_meanings"]
+
+
+def test_two_values_meaning_one_region_or_one_value_two_meanings_are_refused(study):
+    root = study.parent
+    edit_sidecar(root, "raw/tiny/m01/day07/roi.json", Labels={"1": "tumour", "2": "tumor"})
+    reseal(study)
+    with pytest.raises(StudyError, match="roi.json: labels '2' and another both mean 'tumour'"):
+        load_all(study)
+    edit_sidecar(root, "raw/tiny/m01/day07/roi.json", Labels={"1": "tumour", "2": "necrosis"})
+    reseal(study)
+    with pytest.raises(StudyError, match="label 2 means 'necrosis' here but 'muscle' in .*roi.json: one study, one meaning"):
+        load_all(study)
+
+
+@pytest.mark.parametrize("flip", ["x", "shift"])
+def test_roi_with_the_scan_shape_but_another_affine_is_refused(study, flip):
+    """Same matrix, mirrored (or shifted) affine: the regions would land on the wrong tissue (issue 16)."""
+    import nibabel as nib
+
+    root = study.parent
+    rel = "raw/tiny/m03/day07/roi.nii.gz"
+    aff = nib.load(root / rel).affine.copy()
+    if flip == "x":
+        aff[0, 0] *= -1
+    else:
+        aff[1, 3] += 0.5
+    _rewrite_roi(root, rel, affine=aff)
+    reseal(study)
+    with pytest.raises(StudyError, match=r"roi.nii.gz has the matrix of scan .*MEGRE.nii.gz but a different affine"):
+        load_all(study)

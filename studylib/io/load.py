@@ -20,7 +20,7 @@ from ..manifest import AXIS_KINDS, IMAGE_KINDS, manifest_sha256, read_manifest, 
 from .nifti import NiftiInfo, read_header, read_nifti_lazy
 from .sidecar import AXES, acquisition_axis, read_sidecar
 
-__all__ = ["load_study", "load_histology", "open_manifest", "ROI_LABELS"]
+__all__ = ["load_study", "load_histology", "open_manifest", "check_same_grid", "ROI_LABELS"]
 
 #: Default ROI label names (docs/conventions.md); their one home is :mod:`studylib.conventions`.
 ROI_LABELS = conventions.ROI_LABELS
@@ -38,6 +38,21 @@ def _stem(p: str) -> str:
         if p.endswith(ext):
             return p[: -len(ext)]
     return p
+
+
+def check_same_grid(a: NiftiInfo, b: NiftiInfo, *, what: str, other: str, tol_mm: float = 1e-3) -> None:
+    """``a`` and ``b`` share the voxel grid: same matrix and the same affine within ``tol_mm``.
+
+    A label map with the scan's shape but a mirrored, flipped or shifted affine would put every region
+    on the wrong tissue; it is refused.
+    """
+    if tuple(a.shape[:3]) != tuple(b.shape[:3]):
+        raise DataFileError(f"{what} has matrix {a.shape[:3]} but {other} has {b.shape[:3]} (x, y, z): not the "
+                            f"same grid")
+    diff = float(np.max(np.abs(np.asarray(a.affine, float) - np.asarray(b.affine, float))))
+    if not diff <= tol_mm:
+        raise DataFileError(f"{what} has the matrix of {other} but a different affine (largest difference "
+                            f"{diff:.4g} mm): mirrored, flipped or shifted? It must be on the scan's grid")
 
 
 def open_manifest(manifest, study: str | None = None) -> tuple[pd.DataFrame, Path]:
@@ -214,7 +229,8 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
     # ---- ROIs
     rois: dict[tuple[str, int], dict] = {}
     roi_rows = sdf[(sdf["kind"] == "roi") & sdf["path"].map(_is_image)]
-    labels = dict(ROI_LABELS)
+    labels: dict[int, str] = {}  # the meanings the ROI sidecars give (conventional values)
+    label_source: dict[int, tuple[str, str]] = {}
     for r in roi_rows.itertuples(index=False):
         key = (r.animal, int(r.day))
         if key not in scans:
@@ -228,12 +244,22 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
         if info.shape[:3] != scan["info"].shape[:3] or (len(info.shape) == 4 and info.shape[3] != 1):
             raise DataFileError(f"ROI {p} has shape {info.shape} but scan {scan['path']} has matrix "
                                 f"{scan['info'].shape[:3]} (x, y, z): the ROI must be on the scan's grid")
-        rois[key] = dict(path=p, sha=r.sha256, shape=info.design_shape)
+        check_same_grid(info, scan["info"], what=f"ROI {p}", other=f"scan {scan['path']}")
+        lut: dict[int, int] = {}
         side_rel = _stem(r.path) + ".json"
         if side_rel in listed:
             rs = read_sidecar(resolve_path(base, side_rel))
             if "Labels" in rs:
-                labels = {int(k): v for k, v in rs["Labels"].items()}
+                lut, meanings = conventions.label_mapping(rs["Labels"], source=str(resolve_path(base, side_rel)))
+                for v, name in meanings.items():
+                    if label_source.get(v, (name,))[0] != name:
+                        raise DataFileError(f"{resolve_path(base, side_rel)}: label {v} means {name!r} here but "
+                                            f"{label_source[v][0]!r} in {label_source[v][1]}: one study, one meaning")
+                    label_source[v] = (name, str(resolve_path(base, side_rel)))
+                    labels[v] = name
+        rois[key] = dict(path=p, sha=r.sha256, shape=info.design_shape, lut=lut)
+
+    labels = labels or dict(ROI_LABELS)  # no ROI sidecar says: the conventions
 
     # ---- lazy arrays, one chunk per scan
     sig_shape = ((n,) if dim else ()) + spatial
@@ -270,7 +296,10 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
             if (a, d) in rois:
                 r = rois[(a, d)]
                 roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"])
-                rrow.append(roi[0] if len(r["shape"]) == 4 else roi)
+                roi = roi[0] if len(r["shape"]) == 4 else roi
+                if r["lut"]:  # the file's label values -> the conventional ones, by their meaning
+                    roi = roi.map_blocks(conventions.relabel, lut=r["lut"], dtype=np.int16)
+                rrow.append(roi)
             else:
                 rrow.append(zero_roi)
         sig_rows.append(da.stack(srow))
@@ -298,7 +327,9 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
     ds["signal"] = xr.DataArray(signal, dims=sig_dims,
                                 attrs={"long_name": f"{kind} signal", "units": "a.u."})
     ds["roi"] = xr.DataArray(roi_arr, dims=("animal", "day", "z", "y", "x"),
-                             attrs={"long_name": "ROI labels", "flag_values": sorted(labels),
+                             attrs={"long_name": "ROI labels (values as in studylib.conventions, remapped by the "
+                                                 "meanings in each ROI sidecar)",
+                                    "flag_values": sorted(labels),
                                     "flag_meanings": " ".join(labels[k] for k in sorted(labels))})
     if sat is not None and refvols:
         ds["m0"] = xr.DataArray(da.stack(m0_rows), dims=("animal", "day", "z", "y", "x"),
