@@ -479,7 +479,53 @@ def verify_manifest(path, check_hashes: bool = True) -> list[str]:
                 elif k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and not bad_hash and not content:
                     row_probs += _check_axis(p, base, _stem(rel) + ".json", k)
         problems += [f"row {i + 1}: {fname}: {m}" for m in row_probs]
+    if not problems and len(sdf) == 0:
+        problems.append(f"{path}: the manifest lists no files (a header only)")
+    if not problems:
+        problems += _study_checks(sdf, base)
     return problems
+
+
+def _study_checks(sdf: pd.DataFrame, base: Path) -> list[str]:
+    """Checks across rows: each ROI on its session's scan grid with integer labels, one field per study."""
+    from .io.nifti import check_same_grid, read_header, read_nifti
+    from .io.sidecar import read_sidecar
+
+    probs: list[str] = []
+    if not {"study", "animal", "day", "kind"} <= set(sdf.columns):
+        return probs
+    paths = sdf["path"].astype(str)
+    images = sdf[paths.str.endswith((".nii", ".nii.gz"))]
+    for (study, animal, day), g in images.groupby(["study", "animal", "day"], sort=False):
+        scans = g[g["kind"] != "roi"]
+        for i, r in g[g["kind"] == "roi"].iterrows():
+            try:
+                roi_p = resolve_path(base, r["path"])
+                info = read_header(roi_p)
+                data = np.asarray(read_nifti(roi_p))
+                if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+                    probs.append(f"row {i + 1}: {r['path']}: ROI labels are not whole numbers (an interpolated or "
+                                 f"resampled label map?): re-save it with nearest-neighbour labels")
+                for _, sc in scans.iterrows():
+                    check_same_grid(info, read_header(resolve_path(base, sc["path"])), what=r["path"],
+                                    other=f"scan {sc['path']}")
+            except StudyError as err:
+                probs.append(f"row {i + 1}: {err}")
+    side = sdf[paths.str.endswith(".json") & (sdf["kind"] != "roi")]
+    for study, g in side.groupby("study", sort=False):
+        fields: dict[float, str] = {}
+        for rel in g["path"]:
+            try:
+                b0 = read_sidecar(resolve_path(base, rel)).get("MagneticFieldStrength")
+            except StudyError:
+                continue
+            if b0 is not None:
+                fields.setdefault(round(float(b0), 1), rel)
+        if len(fields) > 1:
+            shown = ", ".join(f"{f:g} T ({rel})" for f, rel in sorted(fields.items()))
+            probs.append(f"study {study}: scans at different field strengths: {shown}; relaxation rates and "
+                         f"relaxivities differ with field: analyse them as separate studies")
+    return probs
 
 
 # --------------------------------------------------------------------------- write

@@ -684,3 +684,82 @@ def test_roi_with_the_scan_shape_but_another_affine_is_refused(study, flip):
     reseal(study)
     with pytest.raises(StudyError, match=r"roi.nii.gz has the matrix of scan .*MEGRE.nii.gz but a different affine"):
         load_all(study)
+
+
+# ------------------------------------------------------------------ units and ranges a fit will assume (issue 16)
+
+@pytest.mark.parametrize("kind, sidecar, what", [
+    ("VFA", {"FlipAngle": [2, 10, 20], "RepetitionTime": 15}, "RepetitionTime 15 s is implausible .*milliseconds"),
+    ("VFA", {"FlipAngle": [2, 10, 20]}, "VFA sidecar has no RepetitionTime"),
+    ("VFA", {"FlipAngle": [0.035, 0.17, 0.35], "RepetitionTime": 0.015}, "FlipAngle .* radians"),
+    ("DCE", {"FrameTimes": [float(k) for k in range(0, 40)], "RepetitionTime": 0.004, "FlipAngle": 15},
+     "FrameTimes span 39 s over 40 frames: minutes"),
+    ("DCE", {"FrameTimes": [k * 5000.0 for k in range(60)], "RepetitionTime": 0.004, "FlipAngle": 15},
+     "FrameTimes span .* milliseconds"),
+    ("DCE", {"FrameTimes": [0.0, 5.0, 4.0], "RepetitionTime": 0.004, "FlipAngle": 15}, "FrameTimes must increase"),
+    ("DWI", {"bValue": [0, 5e8, 1e9]}, "s/m² written as s/mm²"),
+    ("DWI", {"bValue": [0, 0.5, 1.0]}, "ms/µm²"),
+    ("DWI", {"bValue": [800, 800]}, "two distinct b-values"),
+    ("MEGRE", {"EchoTime": [0.004]}, "EchoTime has 1 value"),
+    ("MEGRE", {"EchoTime": [0.004, 0.002, 0.006]}, "EchoTime must be in increasing"),
+    ("MEGRE", {"EchoTime": [0.002, 0.002, 0.004]}, "EchoTime has repeated values"),
+    ("IR", {"InversionTime": [0.1, 0.05]}, "InversionTime must be in increasing"),
+])
+def test_implausible_acquisition_parameters_are_refused_with_the_unit_hint(kind, sidecar, what):
+    from studylib.io.sidecar import acquisition_axis
+
+    with pytest.raises(DataFileError, match=what) as err:
+        acquisition_axis(kind, sidecar, source="x.json")
+    assert str(err.value).startswith("x.json: ")  # the file is named
+
+
+def test_unsorted_echo_times_fail_verify_and_load_naming_the_sidecar(study):
+    root = study.parent
+    rel = "raw/tiny/m02/day00/MEGRE.json"
+    edit_sidecar(root, rel, EchoTime=[0.004, 0.002, 0.006, 0.008])
+    reseal(study)
+    problems = verify_manifest(study)
+    assert any(rel in p and "EchoTime must be in increasing" in p for p in problems), problems
+    with pytest.raises(DataFileError, match="MEGRE.json: EchoTime must be in increasing"):
+        load_all(study)
+
+
+def test_a_study_mixing_field_strengths_is_refused_not_pooled(study):
+    root = study.parent
+    edit_sidecar(root, "raw/tiny/m02/day00/MEGRE.json", MagneticFieldStrength=7.0)
+    reseal(study)
+    problems = verify_manifest(study)
+    assert any("study tiny: scans at different field strengths: 7 T" in p and "9.4 T" in p for p in problems), problems
+    with pytest.raises(DataFileError, match="different field strengths"):
+        load_all(study)
+
+
+def test_interpolated_roi_labels_fail_verify(study):
+    """A label map resampled with linear interpolation (1.5 between tumour and muscle) used to be rounded
+    silently (168 tumour voxels instead of 124)."""
+    import nibabel as nib
+
+    from studylib.io.nifti import write_nifti
+
+    root = study.parent
+    p = root / "raw/tiny/m01/day00/roi.nii.gz"
+    img = nib.load(p)
+    lab = np.asarray(img.dataobj, dtype=float)
+    lab[2, 2, 1] = 1.5
+    write_nifti(p, lab, img.affine)
+    reseal(study)
+    problems = verify_manifest(study)
+    assert any("m01/day00/roi.nii.gz: ROI labels are not whole numbers" in p for p in problems), problems
+
+
+def test_verify_refuses_an_roi_on_a_mirrored_grid(study):
+    import nibabel as nib
+
+    root = study.parent
+    rel = "raw/tiny/m01/day00/roi.nii.gz"
+    aff = nib.load(root / rel).affine.copy()
+    aff[0, 0] *= -1
+    _rewrite_roi(root, rel, affine=aff)
+    reseal(study)
+    problems = verify_manifest(study)
+    assert any(rel in p and "different affine" in p for p in problems), problems

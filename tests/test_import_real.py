@@ -421,8 +421,8 @@ _TR = [100.0 * (k + 1) for k in range(24)]
     ("FG_ECHO", "MGE", {"VisuAcqEchoTime": "( 24 )\n" + " ".join(map(repr, _TE))}, "MEGRE", "EchoTime",
      [t / 1000 for t in _TE]),
     ("FG_DIFFUSION", "DtiEpi", {"PVM_DwEffBval": "( 24 )\n" + " ".join(map(repr, _B))}, "DWI", "bValue", _B),
-    ("FG_CYCLE", "FLASH", {"PVM_NRepetitions": "24", "PVM_ScanTime": "48000"}, "DCE", "FrameTimes",
-     [2.0 * k for k in range(24)]),
+    ("FG_CYCLE", "FLASH", {"PVM_NRepetitions": "24", "PVM_ScanTime": "480000", "VisuAcqRepetitionTime": "( 1 )\n4.5"},
+     "DCE", "FrameTimes", [20.0 * k for k in range(24)]),  # an 8-min DCE: 24 frames of 20 s, FLASH TR 4.5 ms
     ("FG_CYCLE", "RAREVTR", {"MultiRepTime": "( 24 )\n" + " ".join(map(repr, _TR))}, "VTR", "RepetitionTimes",
      [t / 1000 for t in _TR]),
 ])

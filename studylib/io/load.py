@@ -17,7 +17,7 @@ import xarray as xr
 from .. import conventions
 from ..errors import DataFileError, ManifestError, StudyError
 from ..manifest import AXIS_KINDS, IMAGE_KINDS, manifest_sha256, read_manifest, resolve_path
-from .nifti import NiftiInfo, read_header, read_nifti_lazy
+from .nifti import NiftiInfo, check_same_grid, read_header, read_nifti_lazy
 from .sidecar import AXES, acquisition_axis, read_sidecar
 
 __all__ = ["load_study", "load_histology", "open_manifest", "check_same_grid", "ROI_LABELS"]
@@ -38,21 +38,6 @@ def _stem(p: str) -> str:
         if p.endswith(ext):
             return p[: -len(ext)]
     return p
-
-
-def check_same_grid(a: NiftiInfo, b: NiftiInfo, *, what: str, other: str, tol_mm: float = 1e-3) -> None:
-    """``a`` and ``b`` share the voxel grid: same matrix and the same affine within ``tol_mm``.
-
-    A label map with the scan's shape but a mirrored, flipped or shifted affine would put every region
-    on the wrong tissue; it is refused.
-    """
-    if tuple(a.shape[:3]) != tuple(b.shape[:3]):
-        raise DataFileError(f"{what} has matrix {a.shape[:3]} but {other} has {b.shape[:3]} (x, y, z): not the "
-                            f"same grid")
-    diff = float(np.max(np.abs(np.asarray(a.affine, float) - np.asarray(b.affine, float))))
-    if not diff <= tol_mm:
-        raise DataFileError(f"{what} has the matrix of {other} but a different affine (largest difference "
-                            f"{diff:.4g} mm): mirrored, flipped or shifted? It must be on the scan's grid")
 
 
 def open_manifest(manifest, study: str | None = None) -> tuple[pd.DataFrame, Path]:
@@ -337,6 +322,12 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
                                        "units": "a.u.", "reference_volumes": list(refvols)})
 
     sidecars = [s["sidecar"] for s in scans.values()]
+    fields = {round(float(s["sidecar"]["MagneticFieldStrength"]), 1): s["path"] for s in scans.values()
+              if "MagneticFieldStrength" in s["sidecar"]}
+    if len(fields) > 1:
+        raise DataFileError(f"study {study!r} {kind}: scans at different field strengths ("
+                            + ", ".join(f"{f:g} T: {p}" for f, p in sorted(fields.items()))
+                            + "): relaxation and relaxivity depend on the field; analyse them as separate studies")
     skip = _SKIP_KEYS | ({AXES[kind][1]} if kind in AXES else set())
     common = _common_sidecar_attrs(sidecars, skip)
     attrs = {"study": study, "kind": kind,

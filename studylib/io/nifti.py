@@ -23,7 +23,7 @@ from .._atomic import atomic_write_bytes
 from ..errors import DataFileError
 from .sidecar import sidecar_path, validate_sidecar
 
-__all__ = ["write_nifti", "read_header", "read_nifti_lazy", "read_nifti", "NiftiInfo", "to_design_order"]
+__all__ = ["check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti", "NiftiInfo", "to_design_order"]
 
 _INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
 
@@ -335,3 +335,18 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None):
     delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape,
                                                   dask_key_name=name)
     return da.from_delayed(delayed, shape=shape, dtype=np.dtype(dtype), name=name + "-arr")
+
+
+def check_same_grid(a: NiftiInfo, b: NiftiInfo, *, what: str, other: str, tol_mm: float = 1e-3) -> None:
+    """``a`` and ``b`` share the voxel grid: same matrix and the same affine within ``tol_mm``.
+
+    A label map with the scan's shape but a mirrored, flipped or shifted affine would put every region
+    on the wrong tissue; it is refused.
+    """
+    if tuple(a.shape[:3]) != tuple(b.shape[:3]):
+        raise DataFileError(f"{what} has matrix {a.shape[:3]} but {other} has {b.shape[:3]} (x, y, z): not the "
+                            f"same grid")
+    diff = float(np.max(np.abs(np.asarray(a.affine, float) - np.asarray(b.affine, float))))
+    if not diff <= tol_mm:
+        raise DataFileError(f"{what} has the matrix of {other} but a different affine (largest difference "
+                            f"{diff:.4g} mm): mirrored, flipped or shifted? It must be on the scan's grid")

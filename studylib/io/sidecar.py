@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataFileError
 
-__all__ = ["read_sidecar", "validate_sidecar", "acquisition_axis", "AXES", "sidecar_path"]
+__all__ = ["read_sidecar", "validate_sidecar", "acquisition_axis", "check_plausible", "AXES", "sidecar_path"]
 
 
 def _is_num(v) -> bool:
@@ -254,4 +254,67 @@ def acquisition_axis(kind: str, sidecar: dict, *, n_volumes: int | None = None,
         return dim, vals, attrs
     if n_volumes is not None and vals.size != n_volumes:
         raise DataFileError(f"{source}: {key} has {vals.size} value(s) but the image has {n_volumes} volume(s)")
+    check_plausible(kind, sidecar, vals, source=source)
     return dim, vals, attrs
+
+
+#: kinds whose fit needs the (readout) repetition time, and its plausible maximum in seconds: spoiled
+#: gradient-echo VFA/DCE readouts use TR of a few ms to ~100 ms; 0.5 s leaves room and catches ms typed as s
+_TR_MAX_S = {"VFA": 0.5, "DCE": 0.5}
+
+
+def check_plausible(kind: str, sidecar: dict, values: np.ndarray, *, source: str = "sidecar") -> None:
+    """What the fit of ``kind`` will assume about its acquisition axis and parameters, checked first.
+
+    ``values`` is the axis in design units (:func:`acquisition_axis`).  Refuses, naming the file and key and
+    the unit mistake a value suggests: echo/inversion times, flip angles, repetition times that are not
+    distinct and increasing or too few for the fit; VFA/DCE without ``RepetitionTime`` or with one above
+    0.5 s (milliseconds?); flip angles all below 2 deg (radians?); b-values above 10^5 s/mm^2 (s/m^2?) or
+    all at most 10 (ms/µm^2?); DCE frame times spanning less than a minute over 10+ frames (minutes?) or
+    more than 6 h (milliseconds?).
+
+    Raises
+    ------
+    DataFileError
+    """
+    key = AXES[kind][1] if kind in AXES else ""
+    v = np.asarray(values, dtype=float)
+    if kind in ("MEGRE", "MSME", "IR", "VTR", "VFA"):
+        need = 2
+        if v.size < need:
+            raise DataFileError(f"{source}: {key} has {v.size} value(s); a {kind} fit needs at least {need}")
+        if np.unique(v).size != v.size:
+            raise DataFileError(f"{source}: {key} has repeated values {v.tolist()}; they must be distinct")
+        if kind != "VFA" and np.any(np.diff(v) <= 0):
+            raise DataFileError(f"{source}: {key} must be in increasing (acquisition) order, got "
+                                f"{np.round(v / AXES[kind][2], 6).tolist()}")
+    if kind in _TR_MAX_S:
+        tr = sidecar.get("RepetitionTime")
+        if tr is None:
+            raise DataFileError(f"{source}: {kind} sidecar has no RepetitionTime (s): the {kind} signal model needs it")
+        if float(tr) > _TR_MAX_S[kind]:
+            raise DataFileError(f"{source}: RepetitionTime {tr} s is implausible for a {kind} spoiled gradient echo "
+                                f"(<= {_TR_MAX_S[kind]} s): milliseconds written as seconds?")
+    if kind in ("VFA", "DCE"):
+        fa = np.atleast_1d(np.asarray(sidecar.get("FlipAngle", v if kind == "VFA" else []), dtype=float))
+        if fa.size and float(np.max(fa)) < 2.0:
+            raise DataFileError(f"{source}: FlipAngle {fa.tolist()} (degrees) is implausibly small: radians "
+                                f"written as degrees?")
+    if kind == "DWI":
+        if np.unique(v).size < 2:
+            raise DataFileError(f"{source}: bValue {v.tolist()}: a diffusion fit needs at least two distinct b-values")
+        if float(v.max()) > 1e5:
+            raise DataFileError(f"{source}: bValue up to {v.max():.4g} s/mm² is implausible: s/m² written as s/mm²?")
+        if 0 < float(v.max()) <= 10:
+            raise DataFileError(f"{source}: bValue up to {v.max():g} s/mm² is implausibly small: ms/µm² "
+                                f"(1 ms/µm² = 1000 s/mm²) written as s/mm²?")
+    if kind == "DCE":
+        if v.size >= 2 and np.any(np.diff(v) <= 0):
+            raise DataFileError(f"{source}: FrameTimes must increase, got {v[:8].tolist()}...")
+        span = float(v[-1] - v[0]) if v.size else 0.0
+        if v.size >= 10 and span < 60:
+            raise DataFileError(f"{source}: FrameTimes span {span:g} s over {v.size} frames: minutes written as "
+                                f"seconds? (FrameTimes are in seconds)")
+        if span > 6 * 3600:
+            raise DataFileError(f"{source}: FrameTimes span {span:g} s (> 6 h): milliseconds written as seconds?")
+
