@@ -241,3 +241,20 @@ def test_delta_r2star_and_iron():
         delta_r2star(r2.isel(day=0))
     with pytest.raises(FitInputError, match="field_T"):
         iron_concentration(d)
+
+
+def test_noise_sigma_ignores_an_inf_background_voxel_and_says_so():
+    """One Inf voxel in the background used to make sigma infinite and drop the whole session (issue 16)."""
+    rng = np.random.default_rng(0)
+    sig = np.abs(rng.normal(0, 10.0, size=(2, 3, 8, 8)) + 1j * rng.normal(0, 10.0, size=(2, 3, 8, 8)))
+    da = xr.DataArray(sig, dims=("animal", "te", "y", "x"))
+    bg = xr.DataArray(np.ones((8, 8), bool), dims=("y", "x"))
+    clean = noise_sigma_from_background(da, bg)
+    da2 = da.copy()
+    da2[0, 1, 3, 3] = np.inf
+    dirty = noise_sigma_from_background(da2, bg)
+    assert np.isfinite(dirty.values).all()
+    np.testing.assert_allclose(dirty.values[1], clean.values[1])
+    np.testing.assert_allclose(dirty.values[0], clean.values[0], rtol=0.02)
+    assert dirty["background_nonfinite_values"].values.tolist() == [1, 0]
+    np.testing.assert_allclose(clean.values, 10.0, rtol=0.1)  # Rayleigh: sigma of each channel

@@ -54,7 +54,9 @@ def noise_sigma_from_background(signal_or_image, background_mask, *, dims=None):
 
     Returns
     -------
-    DataArray (``units`` as the signal, ``long_name`` "noise SD") or float.
+    DataArray (``units`` as the signal, ``long_name`` "noise SD") or float.  Non-finite background
+    values (a corrupt voxel, an Inf) are left out; the DataArray says how many per channel in the
+    coordinate ``background_nonfinite_values``.
     """
     if isinstance(signal_or_image, xr.DataArray):
         sig = signal_or_image
@@ -75,12 +77,17 @@ def noise_sigma_from_background(signal_or_image, background_mask, *, dims=None):
         mask = mask.astype(bool)
         if dims is None:
             dims = [d for d in sig.dims if d in _SPATIAL or d in _AXES]
-        vals = abs(sig).where(mask)
+        mag = abs(sig)
+        finite = np.isfinite(mag)
+        vals = mag.where(mask & finite)  # an Inf/NaN voxel in the background is left out, not averaged in
         out = vals.mean(dim=dims, skipna=True) / np.sqrt(np.pi / 2.0)
         if out.chunks is None and out.size and not np.any(np.isfinite(out.values)):
             raise FitInputError("background_mask selects no finite signal; cannot estimate the noise SD")
+        left_out = (mask & ~finite).sum(dim=[d for d in dims if d in (mask & ~finite).dims])
         out.attrs = {"units": sig.attrs.get("units", ""), "long_name": "noise SD per channel (Rayleigh background)"}
-        return out.rename("noise_sigma")
+        out = out.rename("noise_sigma")
+        return out.assign_coords(background_nonfinite_values=left_out.rename(None).assign_attrs(
+            long_name="non-finite background values left out of the noise estimate"))
     img = np.abs(np.asarray(signal_or_image, dtype=float))
     m = np.asarray(background_mask, dtype=bool)
     if m.shape != img.shape:
