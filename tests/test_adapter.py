@@ -331,3 +331,18 @@ def test_row_mean_kernel_equals_signal_mean(case):
     out = ds.compute()
     assert out.avg.dims == tuple(vdims) and out.fit_ok.dtype == bool and out.fit_ok.values.all()
     xr.testing.assert_allclose(out.avg, sig.mean("t").compute().transpose(*vdims), rtol=1e-12, atol=1e-12)
+
+
+def test_axis_units_are_honoured_or_refused():
+    """te with units "s" used to be fitted as if in ms (issue 16): a known unit is converted, an unknown one
+    is an error naming it."""
+    from studylib.fit import t2star
+    from studylib.testing import synthetic_megre
+
+    sig, truth = synthetic_megre((4, 4), t2star_ms=25.0, snr=None, te_ms=[2, 5, 10, 20], seed=0)
+    ref = t2star(sig, method="loglinear")
+    in_s = sig.assign_coords(te=("te", sig["te"].values / 1000.0, {"units": "s"}))
+    np.testing.assert_allclose(t2star(in_s, method="loglinear")["t2star"], ref["t2star"], rtol=1e-12)
+    furlongs = sig.assign_coords(te=("te", sig["te"].values, {"units": "fortnights"}))
+    with pytest.raises(FitInputError, match="units 'fortnights'.*cannot convert to 'ms'"):
+        t2star(furlongs)

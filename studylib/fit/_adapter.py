@@ -37,11 +37,40 @@ class Output:
     dtype: type = np.float64
 
 
+#: fitted-axis dim -> (the unit the kernels take, {other unit spelling: factor to it})
+AXIS_UNITS: dict[str, tuple[str, dict[str, float]]] = {
+    "te": ("ms", {"ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}),
+    "ti": ("ms", {"ms": 1.0, "s": 1e3}),
+    "tr": ("ms", {"ms": 1.0, "s": 1e3}),
+    "b": ("s/mm^2", {"s/mm^2": 1.0, "s/mm²": 1.0, "s mm-2": 1.0, "s/mm2": 1.0, "ms/um^2": 1e3, "ms/µm²": 1e3,
+                     "ms/µm^2": 1e3, "s/m^2": 1e-6, "s/m²": 1e-6}),
+    "fa": ("deg", {"deg": 1.0, "degree": 1.0, "degrees": 1.0, "°": 1.0, "rad": 180.0 / np.pi, "radian": 180.0 / np.pi,
+                   "radians": 180.0 / np.pi}),
+    "t": ("s", {"s": 1.0, "ms": 1e-3, "min": 60.0}),
+    "offset": ("ppm", {"ppm": 1.0}),
+}
+
+
+def _unit_factor(units, dim: str, what: str, where: str) -> float:
+    """The factor taking the coordinate's ``units`` attribute to the unit the kernels take (1 when absent)."""
+    if units is None or dim not in AXIS_UNITS or str(units).strip() == "":
+        return 1.0
+    want, table = AXIS_UNITS[dim]
+    key = str(units).strip()
+    if key not in table:
+        raise FitInputError(f"{where}{what} ('{dim}') have units {units!r}, which the fit cannot convert to "
+                            f"{want!r} (known: {sorted(table)})")
+    return table[key]
+
+
 def check_axis(signal: xr.DataArray, dim: str, *, what: str, allow_zero: bool = True, min_points: int = 2,
                source: str | None = None) -> np.ndarray:
     """Validate the fitted-axis coordinate: present, finite, non-negative, strictly increasing.
 
-    Returns the coordinate as float64.  ``source`` names the file or variable for messages.
+    Returns the coordinate as float64 in the unit the kernels take (:data:`AXIS_UNITS`: te/ti/tr in ms,
+    b in s/mm², fa in degrees, t in s, offset in ppm): a coordinate whose ``units`` attribute says another
+    known unit (``te`` in ``"s"``) is converted, an unknown unit is an error.  ``source`` names the file or
+    variable for messages.
     """
     where = f"{source}: " if source else ""
     if not isinstance(signal, xr.DataArray):
@@ -54,6 +83,7 @@ def check_axis(signal: xr.DataArray, dim: str, *, what: str, allow_zero: bool = 
         x = np.asarray(signal[dim].values, dtype=float)
     except (TypeError, ValueError) as err:
         raise FitInputError(f"{where}{what} ('{dim}') are not numbers: {err}") from None
+    x = x * _unit_factor(signal[dim].attrs.get("units"), dim, what, where)
     if x.size < min_points:
         raise FitInputError(f"{where}need at least {min_points} {what} ('{dim}'), got {x.size}")
     if not np.all(np.isfinite(x)):
