@@ -30,7 +30,7 @@ from ..nifti import write_nifti
 from .jcamp import JcampParams, format_jcamp, parse_jcamp, read_jcamp
 from .mapping import (GAMMA_MHZ_PER_T, REFERENCE_MIN_PPM, check_kind, detect_kind, nucleus, paravision_sidecar,
                       spectrometer_mhz)
-from .scan import FrameGroup, ParaVisionScan, ScanRefused, layout, open_scan, read_image, refusal
+from .scan import FrameGroup, ParaVisionScan, ScanRefused, layout, open_scan, read_image, refusal, require_scan_folder
 
 __all__ = ["paravision_scan_to_nifti", "check_paravision_scan", "describe_scan", "ScanDescription",
            "study_scans", "reconstructions", "summarize_sidecar", "is_scan_folder", "is_study_folder",
@@ -73,12 +73,7 @@ def check_paravision_scan(scan_dir, reco_id: int = 1) -> Path:
     Raises :class:`DataFileError` naming the folder and the missing files (``method``,
     ``pdata/<P>/visu_pars``, ``pdata/<P>/2dseq``; ``acqp`` and ``reco`` are optional).
     """
-    scan_dir = Path(scan_dir)
-    if not scan_dir.is_dir():
-        raise DataFileError(f"{scan_dir}: ParaVision scan folder not found")
-    if not scan_dir.name.isdigit():
-        raise DataFileError(f"{scan_dir}: not a ParaVision scan folder (its name must be the scan number, "
-                            f"e.g. '<study>/5')")
+    scan_dir = require_scan_folder(scan_dir)
     need = ["method", f"pdata/{reco_id}/visu_pars", f"pdata/{reco_id}/2dseq"]
     missing = [n for n in need if not (scan_dir / n).is_file()]
     if missing:

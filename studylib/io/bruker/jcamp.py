@@ -82,45 +82,9 @@ def _unescape(s: str) -> str:
     return "".join(out)
 
 
-def _tokens(s: str, source: str, name: str) -> list:
-    """Split at top-level whitespace: ``<strings>`` and ``(structs)`` stay whole."""
-    toks, buf, depth, in_str, i = [], [], 0, False, 0
-    while i < len(s):
-        ch = s[i]
-        if in_str:
-            buf.append(ch)
-            if ch == "\\" and i + 1 < len(s):
-                buf.append(s[i + 1])
-                i += 1
-            elif ch == ">":
-                in_str = False
-        elif ch == "<":
-            in_str = True
-            buf.append(ch)
-        elif ch == "(":
-            depth += 1
-            buf.append(ch)
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise DataFileError(f"{source}: parameter {name}: unbalanced ')' in {s[:60]!r}")
-            buf.append(ch)
-        elif ch.isspace() and depth == 0:
-            if buf:
-                toks.append("".join(buf))
-                buf = []
-        else:
-            buf.append(ch)
-        i += 1
-    if in_str or depth:
-        raise DataFileError(f"{source}: parameter {name}: unterminated {'string' if in_str else '('} "
-                            f"in {s[:60]!r}")
-    if buf:
-        toks.append("".join(buf))
-    return toks
-
-
-def _split_commas(s: str) -> list[str]:
+def _split_top_level(s: str, source: str, name: str, *, at_comma: bool) -> list[str]:
+    """Split ``s`` at top-level whitespace (``at_comma=False``) or commas (``True``): ``<strings>`` (with
+    ``\\`` escapes) and ``(structs)`` stay whole; unbalanced parentheses or an open string are errors."""
     parts, buf, depth, in_str, i = [], [], 0, False, 0
     while i < len(s):
         ch = s[i]
@@ -136,15 +100,34 @@ def _split_commas(s: str) -> list[str]:
             buf.append(ch)
         elif ch in "()":
             depth += 1 if ch == "(" else -1
+            if depth < 0:
+                raise DataFileError(f"{source}: parameter {name}: unbalanced ')' in {s[:60]!r}")
             buf.append(ch)
-        elif ch == "," and depth == 0:
-            parts.append("".join(buf).strip())
+        elif depth == 0 and (ch == "," if at_comma else ch.isspace()):
+            if at_comma or buf:
+                parts.append("".join(buf).strip() if at_comma else "".join(buf))
             buf = []
         else:
             buf.append(ch)
         i += 1
-    parts.append("".join(buf).strip())
+    if in_str or depth:
+        raise DataFileError(f"{source}: parameter {name}: unterminated {'string' if in_str else '('} "
+                            f"in {s[:60]!r}")
+    if at_comma:
+        parts.append("".join(buf).strip())
+    elif buf:
+        parts.append("".join(buf))
     return parts
+
+
+def _tokens(s: str, source: str, name: str) -> list:
+    """Split at top-level whitespace: ``<strings>`` and ``(structs)`` stay whole."""
+    return _split_top_level(s, source, name, at_comma=False)
+
+
+def _split_commas(s: str, source: str = "", name: str = "") -> list[str]:
+    """Split a struct's inside at top-level commas."""
+    return _split_top_level(s, source, name, at_comma=True)
 
 
 def _element(s: str, source: str, name: str):
@@ -168,7 +151,7 @@ def _struct(s: str, source: str, name: str) -> tuple:
     inner = s[1:-1]
     if not inner.strip():
         return ()
-    return tuple(_element(p, source, name) for p in _split_commas(inner))
+    return tuple(_element(p, source, name) for p in _split_commas(inner, source, name))
 
 
 def _expand_repeats(toks: list[str]) -> list[str]:

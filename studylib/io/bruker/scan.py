@@ -152,6 +152,17 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def require_scan_folder(scan_dir) -> Path:
+    """``scan_dir`` as a Path if it is a folder named by a scan number; DataFileError naming it otherwise."""
+    scan_dir = Path(scan_dir)
+    if not scan_dir.is_dir():
+        raise DataFileError(f"{scan_dir}: ParaVision scan folder not found")
+    if not scan_dir.name.isdigit():
+        raise DataFileError(f"{scan_dir}: not a ParaVision scan folder (its name must be the scan number, "
+                            f"e.g. '<study>/5')")
+    return scan_dir
+
+
 def open_scan(scan_dir, reco: int = 1) -> ParaVisionScan:
     """Read the parameter files of ``scan_dir`` (``<study>/<E>``) and its reconstruction ``reco``.
 
@@ -161,12 +172,7 @@ def open_scan(scan_dir, reco: int = 1) -> ParaVisionScan:
         Not a scan folder (name not a number), ``pdata/<reco>/visu_pars`` or ``method``
         missing, or a parameter file that is not JCAMP-DX; the message names the file.
     """
-    scan_dir = Path(scan_dir)
-    if not scan_dir.is_dir():
-        raise DataFileError(f"{scan_dir}: ParaVision scan folder not found")
-    if not scan_dir.name.isdigit():
-        raise DataFileError(f"{scan_dir}: not a ParaVision scan folder (its name must be the scan number, "
-                            f"e.g. '<study>/5')")
+    scan_dir = require_scan_folder(scan_dir)
     pdata = scan_dir / "pdata" / str(reco)
     visu = read_jcamp(_need(pdata / "visu_pars", f"visu_pars of reconstruction {reco} (not reconstructed?)"))
     method = read_jcamp(_need(scan_dir / "method", "method file (not a ParaVision scan folder?)"))
