@@ -31,7 +31,7 @@ def _cmd_verify(args) -> int:
 def _cmd_synth(args) -> int:
     from .synth import generate
 
-    manifest = generate(args.preset, out=args.out, seed=args.seed, manifest=args.manifest)
+    manifest = generate(args.preset, out=args.out, seed=args.seed, manifest=args.manifest, force=args.force)
     print(f"wrote {manifest}")
     return 0
 
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: <project>/data_manifest.csv for demo, <project>/data/<preset>/data_manifest.csv "
                         "otherwise)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out or over a --manifest that no earlier synth run wrote")
     s.set_defaults(func=_cmd_synth)
 
     r = sub.add_parser("run", help="execute experiment notebooks into HTML reports")

@@ -493,3 +493,27 @@ def test_regenerated_demo_matches_the_committed_manifest(demo_manifest):
     committed = REPO / "data_manifest.csv"
     assert demo_manifest.read_bytes() == committed.read_bytes()
     assert verify_manifest(demo_manifest) == []
+
+
+def test_synth_never_overwrites_a_lab_study_without_force(tmp_path):
+    """`studylib synth --out <existing study>` used to overwrite the lab's manifest and edited sidecars
+    (issue 16): a non-empty folder synth did not write, or a manifest it did not write, is refused."""
+    from studylib.cli import main
+
+    lab = tmp_path / "lab"
+    (lab / "raw").mkdir(parents=True)
+    (lab / "raw" / "my_roi.json").write_text('{"Labels": {"1": "tumour"}}')
+    (lab / "data_manifest.csv").write_text("study,animal,group,day,kind,path,sha256\n")
+    before = {p: p.read_bytes() for p in lab.rglob("*") if p.is_file()}
+    with pytest.raises(SynthError, match="not empty and not a studylib synthetic study .*pass --force"):
+        generate("ci", out=lab, studies=["collagen_adc"])
+    assert main(["synth", "--preset", "ci", "--out", str(lab)]) == 1
+    assert {p: p.read_bytes() for p in lab.rglob("*") if p.is_file()} == before
+    with pytest.raises(SynthError, match="manifest .*exists and belongs to no synthetic study"):
+        generate("ci", out=lab / "synth", manifest=lab / "data_manifest.csv", studies=["collagen_adc"])
+    other = tmp_path / "fresh"
+    # a folder synth wrote itself may be regenerated; --force writes anyway
+    m = generate("ci", out=other, studies=["collagen_adc"])
+    assert generate("ci", out=other, studies=["collagen_adc"]) == m
+    generate("ci", out=lab, studies=["collagen_adc"], force=True)
+    assert (lab / "raw" / "my_roi.json").is_file()  # force writes synth's files, it deletes nothing

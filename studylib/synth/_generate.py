@@ -32,12 +32,17 @@ STUDIES = {
     "lactate_cest": plan_cest,
 }
 
-#: study id -> the image kinds written per session (besides ``roi``): the catalogue's
-STUDY_KINDS = {name: e.kinds for name, e in EXPERIMENTS.items()}
-if list(STUDIES) != list(EXPERIMENTS):  # pragma: no cover - a planner per catalogued experiment, same order
-    raise ImportError(f"synth planners {list(STUDIES)} differ from the catalogue {list(EXPERIMENTS)}")
+#: study id -> the image kinds written per session (besides ``roi``): the catalogue's synthetic experiments
+#: (a real-data experiment, ``data="real"``, has no planner: its scans are committed under data/real/)
+STUDY_KINDS = {name: e.kinds for name, e in EXPERIMENTS.items() if e.data == "synthetic"}
+if list(STUDIES) != list(STUDY_KINDS):  # pragma: no cover - a planner per synthetic experiment, same order
+    raise ImportError(f"synth planners {list(STUDIES)} differ from the catalogue's synthetic experiments "
+                      f"{list(STUDY_KINDS)}")
 
 MANIFEST_COLUMNS = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
+
+#: a file ``generate`` leaves in ``out``: the folder holds a synthetic study it may regenerate
+SYNTH_MARKER = ".studylib-synth"
 
 
 def _check_seed(seed) -> int:
@@ -131,7 +136,7 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
 
 
 def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
-             studies: Iterable[str] | None = None, noise: bool = True) -> Path:
+             studies: Iterable[str] | None = None, noise: bool = True, force: bool = False) -> Path:
     """Write a synthetic multi-study dataset with known truth and its manifest.
 
     Parameters
@@ -155,6 +160,11 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
         Only these studies (default: all seven).
     noise : bool
         ``False`` writes noise-free signals (for testing the physics).
+    force : bool
+        Write into a non-empty ``out`` that is not an earlier synthetic study (no ``.studylib-synth``
+        marker), or over a manifest that is not one.  Without it such a target is refused: a lab's own
+        study (its manifest, edited sidecars, ROIs) is never overwritten by accident.  The preset's own
+        default folder and manifest (no ``out``, no ``manifest``) are studylib's and always rewritten.
 
     Returns
     -------
@@ -168,6 +178,8 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
     """
     preset = _check_preset(preset)
     seed = _check_seed(seed)
+    own_target = out is None and manifest is None  # the preset's own folder and manifest: studylib's to rewrite
+    force = force or own_target
     if manifest is None:  # the preset's default manifest for its default folder, else one inside ``out``
         manifest = layout.default_manifest(preset) if out is None else Path(out) / "data_manifest.csv"
     out = layout.preset_data_dir(preset) if out is None else Path(out)
@@ -183,6 +195,16 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
                          f"relative to it and may not contain '..')") from None
     if out_abs.exists() and not out_abs.is_dir():
         raise SynthError(f"out {out}: exists and is not a folder")
+    marker = out_abs / SYNTH_MARKER
+    if not force and out_abs.is_dir() and not marker.is_file():
+        other = sorted(p.name for p in out_abs.iterdir())
+        if other:
+            raise SynthError(f"out {out}: not empty and not a studylib synthetic study (holds {', '.join(other[:4])}"
+                             f"{', ...' if len(other) > 4 else ''}); refusing to overwrite it: choose an empty folder "
+                             f"or pass --force")
+    if not force and manifest.is_file() and not marker.is_file():
+        raise SynthError(f"manifest {manifest}: exists and belongs to no synthetic study written here; refusing to "
+                         f"overwrite it: choose another --manifest or pass --force")
     names = list(STUDIES) if studies is None else list(studies)
     bad = [s for s in names if s not in STUDIES]
     if bad or not names:
@@ -195,6 +217,7 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
         rows += _write_study(pl, out_abs, root, seed, preset, noise)
     rows.sort(key=lambda r: r["path"])
     _write_manifest(rows, manifest)
+    atomic_write_bytes(marker, json_bytes({"GeneratedBy": "studylib.synth", "preset": preset, "seed": seed}))
     return manifest.resolve()
 
 
