@@ -663,37 +663,60 @@ def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK):
 
 
 def fit_inversion_recovery(y, ti_ms, *, magnitude=True, n_iter=25, block=_BLOCK):
-    """T1 from inversion recovery, ``S = |M0 (1 - k exp(-TI / T1))|`` (``k`` ~ 2, fitted).
+    """T1 from inversion recovery, ``S = M0 (1 - k exp(-TI / T1))`` (``k`` ~ 2, fitted).
 
-    Three-parameter fit (M0, k, T1; Barral et al., MRM 2010;64:1057, doi:10.1002/mrm.22497) by
-    batched Levenberg-Marquardt.  For magnitude data the model keeps the absolute value
-    (derivative ``sign(s) ds/dtheta``), started at ``T1 = TI_null / ln 2`` where ``TI_null`` is the
-    inversion time of the smallest ``|S|``, ``k = 2``, ``M0 = max |S|``; ``magnitude=False`` fits
-    phase-corrected (signed) data with the same model without ``|.|``.
+    Three-parameter fit (M0, k, T1) by batched Levenberg-Marquardt with analytic derivatives.
+    ``magnitude=False`` fits phase-corrected (signed) data directly.  Magnitude data ``|S|`` are fitted
+    by *polarity restoration* (Barral et al., MRM 2010;64:1057, doi:10.1002/mrm.22497): the signal
+    changes sign once, between the samples around the smallest ``|S|``; both candidate sign patterns
+    (the smallest sample negative, or positive) are restored, the signed model is fitted to each, started
+    at ``T1 = TI_null / ln 2`` from that pattern's zero crossing, ``k = 2``, ``M0 = max |S|``, and the
+    pattern with the smaller residual is kept.  (Fitting ``|model|`` through the absolute value instead
+    puts the model's null on the sampled minimum and converges to T1 too short by ~40 % in white and
+    grey matter when the minimum sample is near the true null.)
     Returns dict ``t1`` (ms), ``m0``, ``efficiency`` (k), ``rmse``, ``fit_ok``.
     """
     ti = np.asarray(ti_ms, dtype=float)
     tic = ti[:, None]
+    lo_t1, hi_t1 = ti[0] / 5 + 1e-3, ti[-1] * 5
+
+    def evaluate(th):
+        e = np.exp(-tic / th[2][None, :])
+        s = th[0][None, :] * (1.0 - th[1][None, :] * e)
+        j0 = 1.0 - th[1][None, :] * e
+        j1 = -th[0][None, :] * e
+        j2 = -th[0][None, :] * th[1][None, :] * e * tic / (th[2] * th[2])[None, :]
+        return s, [j0, j1, j2]
+
+    def signed_fit(ys, t1_start, m0):
+        k = np.full_like(m0, 2.0)
+        t1 = np.clip(t1_start, lo_t1, hi_t1)
+        return _lm(ys, [m0, k, t1], evaluate, n_iter, lower=[0.0, 0.0, 1e-3], upper=[None, 2.5, None])
 
     def fn(yT):
         n = yT.shape[0]
         ay = np.abs(yT)
-        i_null = np.argmin(ay, axis=0)
-        t1 = np.clip(ti[i_null] / np.log(2.0), ti[0] / 5 + 1e-3, ti[-1] * 5)
         m0 = ay.max(axis=0)
-        k = np.full_like(m0, 2.0)
-
-        def evaluate(th):
-            e = np.exp(-tic / th[2][None, :])
-            s = th[0][None, :] * (1.0 - th[1][None, :] * e)
-            j0 = 1.0 - th[1][None, :] * e
-            j1 = -th[0][None, :] * e
-            j2 = -th[0][None, :] * th[1][None, :] * e * tic / (th[2] * th[2])[None, :]
-            if magnitude:
-                sg = np.where(s < 0, -1.0, 1.0)
-                return np.abs(s), [sg * j0, sg * j1, sg * j2]
-            return s, [j0, j1, j2]
-        th, cost = _lm(yT, [m0, k, t1], evaluate, n_iter, lower=[0.0, 0.0, 1e-3], upper=[None, 2.5, None])
+        if not magnitude:
+            i_null = np.argmin(ay, axis=0)
+            th, cost = signed_fit(yT, ti[i_null] / np.log(2.0), m0)
+            return th[2], th[0], th[1], np.sqrt(cost / n)
+        i_null = np.argmin(ay, axis=0)
+        idx = np.arange(n)[:, None]
+        best = None
+        for first_positive in (i_null, i_null + 1):  # the smallest sample positive, or still negative
+            ys = np.where(idx < first_positive[None, :], -ay, ay)
+            lo = ti[np.clip(first_positive - 1, 0, n - 1)]
+            hi = ti[np.clip(first_positive, 0, n - 1)]
+            t_null = np.where(first_positive == 0, ti[0] / 2, np.where(first_positive >= n, ti[-1] * 1.5,
+                                                                        0.5 * (lo + hi)))
+            th, cost = signed_fit(ys, t_null / np.log(2.0), m0)
+            if best is None:
+                best = (th, cost)
+            else:
+                better = cost < best[1]
+                best = ([np.where(better, a, b) for a, b in zip(th, best[0])], np.where(better, cost, best[1]))
+        th, cost = best
         return th[2], th[0], th[1], np.sqrt(cost / n)
 
     out = _run_blocks(y, fn, ("t1", "m0", "efficiency", "rmse"), block)
