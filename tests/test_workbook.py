@@ -305,7 +305,15 @@ def test_run_fingerprint_tracks_what_a_run_depends_on(tmp_path):
     assert fp != wb.run_fingerprint(src, {"scale": 1}, man, dict(base, studylib_code_sha256="d"), "python3")
     assert fp != wb.run_fingerprint(src, {"scale": 1}, man, dict(base, packages={"numpy": "3"}), "python3")
     raw = tmp_path / "data" / "toy" / "raw" / "scan.txt"
-    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # a data file touched
+    st = raw.stat()
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, content unchanged: still reusable
+    assert fp == wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
+    # one byte changed, size and modification time kept (bit rot, cp -p of another file): not reusable
+    data = bytearray(raw.read_bytes())
+    data[0] ^= 0x01
+    raw.write_bytes(bytes(data))
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert raw.stat().st_size == st.st_size
     assert fp != wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
     fp2 = wb.run_fingerprint(src, {"scale": 1}, man, base, "python3")
     src.write_text(src.read_text() + "\n# %%\nprint(1)\n")  # the notebook edited
@@ -460,7 +468,7 @@ def test_default_locations(monkeypatch, tmp_path):
     monkeypatch.setenv("STUDYLIB_PROJECT", str(tmp_path))
     assert wb.default_cache_dir("ci") == tmp_path / "data/ci/derived"
     assert set(wb.EXPERIMENTS) == {"ampb_ferumoxytol", "blz945_femri", "ferumoxytol_therapy", "collagen_adc",
-                                   "ktrans_hypoxia", "fluorine19_pfc", "lactate_cest"}
+                                   "ktrans_hypoxia", "fluorine19_pfc", "lactate_cest", "acidocest_b16"}
 
 
 # ---------------------------------------------------------------------------- the recording protocol

@@ -280,7 +280,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     -----
     A notebook whose last run succeeded is not executed again when nothing it depends on has
     changed: its *run fingerprint* (sha256 of the notebook source, the parameters, the manifest's
-    sha256, size and mtime of every file the manifest lists, the studylib code hash, the python and
+    sha256, the sha256 of every file the manifest lists for the experiment, the studylib code hash, the python and
     package versions and the kernel) equals the one stored in ``reports/<exp>.json``.  The report is
     then kept and its record gets ``reused_at``; ``force=True`` (``studylib run --force``) executes
     anyway, and then the intermediate-result cache still skips unchanged computations inside it.
@@ -326,25 +326,31 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     return 1 if failed else 0
 
 
-def _files_signature(manifest: Path) -> list:
-    """(path, size, mtime_ns) of every file the manifest lists: a cheap check that none was touched."""
+def _files_signature(manifest: Path, study: str | None = None) -> list:
+    """(path, sha256 of the bytes now on disk) of every file the manifest lists for ``study`` (all rows when
+    the study has none): a run is reused only when the content is unchanged, whatever the sizes and
+    modification times say (a copy with ``cp -p``, bit rot)."""
     base = manifest.parent
+    rows = read_manifest(manifest, validate=False)
+    if study is not None and "study" in rows.columns and (rows["study"] == study).any():
+        rows = rows[rows["study"] == study]
     out = []
-    for p in read_manifest(manifest, validate=False)["path"]:
+    for p in rows["path"]:
         if not p:
             continue
         try:
-            st = (base / p).stat()
-            out.append([p, st.st_size, st.st_mtime_ns])
-        except OSError:
-            out.append([p, None, None])
+            out.append([p, sha256_file(base / p)])
+        except (OSError, StudyError):
+            out.append([p, None])
     return sorted(out)
 
 
-def run_fingerprint(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str) -> str:
-    """sha256 of everything a notebook run depends on (see :func:`run`, Notes)."""
+def run_fingerprint(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str,
+                    study: str | None = None) -> str:
+    """sha256 of everything a notebook run depends on (see :func:`run`, Notes): the notebook, its parameters,
+    the manifest and the *content* (sha256) of the files it lists for ``study``, the code, the packages."""
     doc = {"format": REPORT_FORMAT, "notebook": sha256_file(src), "parameters": _jsonable(parameters),
-           "manifest_sha256": sha256_file(manifest), "files": _files_signature(manifest),
+           "manifest_sha256": sha256_file(manifest), "files": _files_signature(manifest, study),
            "code": base.get("studylib_code_sha256"), "packages": base.get("packages"),
            "python": base.get("python"), "kernel": kernel_name}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -377,7 +383,7 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
                 "scheduler": scheduler, "reports_dir": str(reports.resolve())}
     # the scheduler is left out: results do not depend on it (a LocalCluster's address changes every run)
     fingerprint = run_fingerprint(src, {**{k: v for k, v in standard.items() if k != "scheduler"},
-                                        **(parameters or {})}, manifest, base, kernel_name)
+                                        **(parameters or {})}, manifest, base, kernel_name, study=name)
     if not force:
         prev = _reuse(name, reports, fingerprint)
         if prev is not None:
