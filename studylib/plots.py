@@ -60,6 +60,13 @@ def _plt():
     return plt
 
 
+def _figure_and_axes(plt, ax, figsize):
+    """``(ax.figure, ax)`` for a given axes, else a new figure of ``figsize`` inches with one axes."""
+    if ax is None:
+        return plt.subplots(figsize=figsize, constrained_layout=True)
+    return ax.figure, ax
+
+
 def _as2d(a, name: str) -> np.ndarray:
     arr = np.asarray(a.values if isinstance(a, xr.DataArray) else a, dtype=float)
     arr = np.squeeze(arr)
@@ -137,10 +144,7 @@ def map_over_anatomy(anatomy, overlay, *, mask=None, units: str | None = None, l
         m = _as2d(mask, "mask").astype(bool)
         if m.shape != ov.shape:
             raise PlotInputError(f"mask shape {m.shape} differs from overlay shape {ov.shape}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4, 3.6), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(plt, ax, (4, 3.6))
     vmin, vmax = _robust_limits(ov if m is None else ov[m], vmin, vmax)
     im = _draw_map(ax, anat, ov, m, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
     cb = fig.colorbar(im, ax=ax, shrink=0.85)
@@ -613,10 +617,7 @@ def fluorine_overlay(anatomy_1h, f19, *, detected=None, units: str = "mM", label
     det = (np.isfinite(f) & (f > 0)) if detected is None else _as2d(detected, "detected").astype(bool)
     if det.shape != f.shape:
         raise PlotInputError(f"detected has shape {det.shape} but f19 has {f.shape}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4, 3.6), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(plt, ax, (4, 3.6))
     ext = extent if extent is not None else (-0.5, anat.shape[1] - 0.5, anat.shape[0] - 0.5, -0.5)
     lo, hi = np.nanpercentile(anat, [1, 99.5]) if np.isfinite(anat).any() else (0, 1)
     ax.imshow(anat, cmap="gray", vmin=lo, vmax=hi, extent=ext, interpolation="nearest")

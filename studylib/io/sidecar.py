@@ -126,6 +126,18 @@ def _reject_constant(c):
     raise ValueError(f"non-standard JSON constant {c}")
 
 
+def read_bytes(path, what: str) -> bytes:
+    """The bytes of a small text file; :class:`DataFileError` naming it and ``what`` it is when missing or
+    unreadable."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read the {what}: {err.strerror or err}") from None
+
+
 def read_sidecar(path) -> dict:
     """Read and validate a JSON sidecar.
 
@@ -147,12 +159,7 @@ def read_sidecar(path) -> dict:
         ``EchoTime`` must be positive numbers in seconds).
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataFileError(f"{path}: sidecar file not found") from None
-    except OSError as err:
-        raise DataFileError(f"{path}: cannot read sidecar: {err.strerror or err}") from None
+    raw = read_bytes(path, "sidecar file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataFileError
+from ..sidecar import read_bytes
 
 __all__ = ["parse_jcamp", "read_jcamp", "format_jcamp", "JcampParams"]
 
@@ -288,12 +289,7 @@ def parse_jcamp(text: str, *, source: str = "parameter file") -> JcampParams:
 def read_jcamp(path) -> JcampParams:
     """Read and parse one parameter file (UTF-8, else Latin-1); :class:`DataFileError` naming it if unreadable."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataFileError(f"{path}: ParaVision parameter file not found") from None
-    except OSError as err:
-        raise DataFileError(f"{path}: cannot read: {err.strerror or err}") from None
+    raw = read_bytes(path, "ParaVision parameter file")
     try:
         text = raw.decode("utf-8")  # ParaVision 360 writes UTF-8 (σ, χ² in labels)
     except UnicodeDecodeError:
