@@ -44,7 +44,8 @@ _ANALYSIS = (
     "record", "keep_tables",
 )
 _FIT = ("t2star", "t2", "t1_vfa", "t1_ir", "t1_sr", "adc", "ivim", "dce", "cest_b0_map", "mtr_asym",
-        "lorentzian_pools", "corrected_zspectrum", "cest_change", "fluorine_quantify", "fluorine_per_roi")
+        "lorentzian_pools", "corrected_zspectrum", "cest_change", "average_repetitions", "median_filter_map",
+        "fluorine_quantify", "fluorine_per_roi")
 
 #: lazily imported names: name -> (module, attribute)
 _FUNCTIONS = {

@@ -9,7 +9,9 @@ by adding a record here and a notebook ``notebooks/<name>.py``.
 >>> experiment("nope")
 Traceback (most recent call last):
 ...
-studylib.errors.StudyError: unknown experiment 'nope'; known: ampb_ferumoxytol, blz945_femri, ferumoxytol_therapy, collagen_adc, ktrans_hypoxia, fluorine19_pfc, lactate_cest
+studylib.errors.StudyError: unknown experiment 'nope'; known: ampb_ferumoxytol, blz945_femri, ferumoxytol_therapy, collagen_adc, ktrans_hypoxia, fluorine19_pfc, lactate_cest, acidocest_b16
+>>> [e.name for e in EXPERIMENTS.values() if e.data == "real"]
+['acidocest_b16']
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from dataclasses import dataclass
 
 from .errors import StudyError
 
-__all__ = ["Experiment", "EXPERIMENTS", "experiment", "citation"]
+__all__ = ["Experiment", "EXPERIMENTS", "DATA_KINDS", "experiment", "citation"]
+
+#: where an experiment's data come from: ``studylib synth`` (a simulated study with known truth) or a
+#: real scanner study committed with the repository (its own manifest; no truth)
+DATA_KINDS = ("synthetic", "real")
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,13 @@ class Experiment:
     citation : the paper, full enough to find it (conclusions tables).
     finding : the paper's finding in one line.
     kinds : the image kinds the notebook reads (besides ``roi`` and ``histology``).
+    data : ``"synthetic"`` (default: the study is written by :mod:`studylib.synth`, which has one
+        planner per synthetic experiment) or ``"real"`` (scanner data committed under ``data/real/``).
+    manifest : for real data, the experiment's own manifest, relative to the project folder
+        (:func:`studylib.layout.project_root`); ``studylib run <name>`` uses it unless it is given a
+        manifest that lists the study.  Empty for synthetic experiments.
+    source : for real data, the vendored scanner folder the manifest's images are imported from
+        (relative to the project folder), with its ``LICENSE`` and ``SOURCE.txt``.
     """
 
     name: str
@@ -43,6 +56,15 @@ class Experiment:
     citation: str
     finding: str
     kinds: tuple[str, ...]
+    data: str = "synthetic"
+    manifest: str = ""
+    source: str = ""
+
+    def __post_init__(self):
+        if self.data not in DATA_KINDS:
+            raise StudyError(f"experiment {self.name!r}: data must be one of {DATA_KINDS}, got {self.data!r}")
+        if (self.data == "real") != bool(self.manifest):
+            raise StudyError(f"experiment {self.name!r}: a real-data experiment needs its manifest (and only it)")
 
 
 #: name -> :class:`Experiment`, in the order reports are run and listed
@@ -82,6 +104,14 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                "DeBrosse et al., Sci Rep 2016;6:19517 (doi:10.1038/srep19517)",
                "LATEST (lactate CEST, MTRasym at 0.4 ppm) rises after pyruvate infusion",
                ("CEST", "WASSR")),
+    Experiment("acidocest_b16", "acidoCEST tumour pHe in one B16F10 mouse (real scanner data)",
+               "extracellular pH from the iopamidol CEST ratio 4.2/5.5 ppm, tumour pixels",
+               "Chen et al., MRM 2014 (method); real data: 1 mouse, PV 6.0.1, 7 T",
+               "Chen LQ, Howison CM, Jeffery JJ, Robey IF, Kuo PH, Pagel MD. Evaluations of extracellular pH "
+               "within in vivo tumors using acidoCEST MRI. Magn Reson Med 2014;72:1408-1417",
+               "acidoCEST measures an acidic tumour extracellular pH (about 6.5-7.0; normal tissue ~7.4)",
+               ("CEST", "T2w"), data="real", manifest="data/real/acidocest_b16/data_manifest.csv",
+               source="data/real/bruker_pv601_mouse_cest"),
 ]}
 
 

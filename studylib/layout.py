@@ -6,6 +6,7 @@ current working folder or on where simulated truth happens to be:
 
 ===========================  ===============================================================
 default manifest             ``<project>/data_manifest.csv`` (demo), ``<project>/data/<preset>/data_manifest.csv``
+real-data experiment         ``<project>/<its catalogue manifest>`` (``data/real/<name>/data_manifest.csv``)
 data folder of a preset      ``<project>/data/<preset>`` (``raw/``, ``truth/`` written by ``studylib synth``)
 derived cache                ``<project>/data/<preset>/derived`` for a preset's own manifest,
                              ``<manifest folder>/derived`` for any other manifest
@@ -26,7 +27,8 @@ from pathlib import Path
 from .errors import StudyError
 
 __all__ = ["PACKAGE_DIR", "project_root", "check_preset", "default_manifest", "preset_data_dir",
-           "default_cache_dir", "resolve_manifest", "reports_dir", "notebooks_dir", "PROJECT_ENV"]
+           "default_cache_dir", "resolve_manifest", "reports_dir", "notebooks_dir", "PROJECT_ENV",
+           "experiment_manifest"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: environment variable that moves the project folder (default: the folder holding studylib/)
@@ -57,6 +59,22 @@ def default_manifest(preset: str = "demo") -> Path:
     if check_preset(preset) == "demo":
         return project_root() / "data_manifest.csv"
     return preset_data_dir(preset) / "data_manifest.csv"
+
+
+def experiment_manifest(name: str) -> Path:
+    """The committed manifest of a real-data experiment (catalogue ``data="real"``): ``<project>/<its manifest>``.
+
+    Raises
+    ------
+    StudyError
+        ``name`` is not catalogued or is a synthetic experiment (whose data come from a preset).
+    """
+    from .catalog import experiment
+
+    exp = experiment(name)
+    if exp.data != "real":
+        raise StudyError(f"experiment {name!r} has synthetic data: its manifest is a preset's (default_manifest)")
+    return project_root() / exp.manifest
 
 
 def resolve_manifest(manifest=None, preset: str = "demo", *, must_exist: bool = True) -> Path:

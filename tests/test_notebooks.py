@@ -32,7 +32,13 @@ KEPT_TABLE = {
     "ktrans_hypoxia": ("animals", {"animal", "group", "day", "ktrans", "ve", "vp", "t1", "hypoxic_fraction_pct"}),
     "fluorine19_pfc": ("animals", {"animal", "model", "f19_mM", "f19_mM_rim", "f19_mM_core", "lung_metastases_count"}),
     "lactate_cest": ("sessions", {"roi", "animal", "day", "mtr_0p4", "mtr_0p4_uncorrected", "b0_ppm"}),
+    "acidocest_b16": ("pixels", {"x", "y", "effect_42", "effect_55", "ph", "status"}),
 }
+
+
+def synthetic(name: str) -> bool:
+    """A demonstration on simulated data (with truth and several animals), not a real-data experiment."""
+    return wb.EXPERIMENTS[name].data == "synthetic"
 
 def conclusions_of(record: dict) -> pd.DataFrame:
     c = record["conclusions"]
@@ -50,13 +56,17 @@ def test_every_notebook_runs_on_ci_and_records_full_conclusions(ci_reports):
         assert rec["headline"], f"{name}: no headline recorded"
         c = conclusions_of(rec)
         assert list(c.columns) == CONCLUSION_COLUMNS and len(c) >= 2, name
-        assert c[["estimate", "ci_low", "ci_high", "p"]].notna().all().all(), name
+        assert c[["estimate", "ci_low", "ci_high"]].notna().all().all(), name
         assert ((c["ci_low"] <= c["estimate"]) & (c["estimate"] <= c["ci_high"])).all(), name
+        assert (c["paper"] == wb.EXPERIMENTS[name].citation).all(), name
+        if not synthetic(name):  # real data: no simulated truth to compare with, said so
+            assert c["truth"].isna().all() and c["ci_covers_truth"].isna().all(), name
+            continue
+        assert c["p"].notna().all(), name
         has_truth = c["truth"].notna()
         assert (has_truth | c["finding"].map(lambda f: _is(f, NO_TRUTH))).all(), \
             f"{name}: a finding without simulated truth: {c.loc[~has_truth, 'finding'].tolist()}"
         assert rec["headline"].startswith(c["finding"].iloc[0]), name
-        assert (c["paper"] == wb.EXPERIMENTS[name].citation).all(), name
 
 
 def test_notebooks_keep_their_tables_in_the_cache(ci_reports):
@@ -73,7 +83,8 @@ def test_notebooks_keep_their_tables_in_the_cache(ci_reports):
         table, columns = KEPT_TABLE[name]
         kept_table = cache.load(table)
         assert columns <= set(kept_table.columns), (name, sorted(columns - set(kept_table.columns)))
-        assert kept_table["animal"].nunique() >= 3, name
+        if synthetic(name):
+            assert kept_table["animal"].nunique() >= 3, name
 
 
 def test_forced_rerun_reads_the_fitted_maps_from_the_cache(ci_reports, tmp_path):
@@ -92,6 +103,8 @@ def test_demo_findings_agree_with_paper_and_cover_truth(demo_reports):
     """On the demo study every finding is in the paper's direction and significant, and its 95 % CI
     covers the simulated truth (issue 6), read from what each executed notebook recorded."""
     for name, rec in demo_reports["records"].items():
+        if not synthetic(name):  # a real study's findings are what they are: no truth, one animal
+            continue
         c = conclusions_of(rec)
         checked = c[~c["finding"].map(lambda f: _is(f, DELIBERATELY_WRONG))]
         assert len(checked) >= 2, name

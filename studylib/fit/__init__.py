@@ -7,7 +7,8 @@ adapter is :func:`apply_kernel`.
 """
 
 from ._adapter import Output, apply_kernel, check_axis
-from .cest import cest_b0_map, cest_change, corrected_zspectrum, lorentzian_pools, mtr_asym
+from .cest import (average_repetitions, cest_b0_map, cest_change, corrected_zspectrum, lorentzian_pools,
+                   median_filter_map, mtr_asym)
 from .dce import aif_from_roi, bolus_arrival_time, dce, population_aif, resample_aif, signal_to_concentration
 from .diffusion import adc, ivim
 from .fluorine import fluorine_per_roi, fluorine_quantify
@@ -23,7 +24,8 @@ __all__ = [
     # DCE
     "dce", "signal_to_concentration", "aif_from_roi", "population_aif", "resample_aif", "bolus_arrival_time",
     # CEST
-    "cest_b0_map", "mtr_asym", "lorentzian_pools", "corrected_zspectrum", "cest_change",
+    "cest_b0_map", "mtr_asym", "lorentzian_pools", "corrected_zspectrum", "cest_change", "average_repetitions",
+    "median_filter_map",
     # 19F
     "fluorine_quantify", "fluorine_per_roi",
 ]

@@ -28,7 +28,8 @@ from ..errors import FitInputError
 from ..models import cest as _m
 from ._adapter import Output, _check_voxel_inputs, _chunk_like, apply_kernel
 
-__all__ = ["cest_b0_map", "mtr_asym", "lorentzian_pools", "corrected_zspectrum", "cest_change"]
+__all__ = ["cest_b0_map", "mtr_asym", "lorentzian_pools", "corrected_zspectrum", "cest_change", "average_repetitions",
+           "median_filter_map"]
 
 GAMMA_1H_MHZ_PER_T = 42.577478  # MHz/T: 1 ppm at B0 [T] is 42.577 * B0 Hz
 
@@ -349,3 +350,101 @@ def cest_change(values: xr.DataArray | xr.Dataset, *, pre_day, post_day, dim: st
                      "long_name": f"change {post_day} minus {pre_day} of {values.attrs.get('long_name', values.name)}"}
         out.name = f"delta_{values.name}" if values.name else None
     return out
+
+
+def average_repetitions(signal: xr.DataArray, *, dim: str = "offset") -> xr.Dataset:
+    """Average the repeated acquisitions of each saturation offset; offsets ascending.
+
+    A CEST scan that loops over its offset list several times (ParaVision ``Number_CESTrepetitions``:
+    the sidecar's ``SaturationOffsets_ppm`` repeats, so :func:`studylib.io.load_study` gives an
+    ``offset`` axis with repeated values) is averaged here, lazily for Dask input, before B0 maps,
+    MTRasym or pool fits (which need each offset once).
+
+    Parameters
+    ----------
+    signal : DataArray with ``dim`` (ppm) holding every offset the same number of times ``R``, in any
+        order, and any voxel dims (``animal, day, z, y, x``...).
+    dim : the offset dimension.
+
+    Returns
+    -------
+    Dataset
+        ``signal`` (mean over the repetitions, one value per offset, ascending; units kept) and ``sem``
+        (per voxel, the standard error of that mean, pooled over offsets:
+        ``sqrt(mean_offsets(var_reps, ddof=1) / R)``; NaN when ``R == 1``), attrs ``repetitions`` = R.
+        ``sem`` measures the repetition-to-repetition scatter (thermal noise plus physiological
+        fluctuation and drift within the scan), so it is an honest per-voxel noise level of the
+        averaged spectrum for detection thresholds.
+
+    Raises
+    ------
+    FitInputError
+        ``dim`` missing, or the offsets are not all repeated the same number of times.
+    """
+    if not isinstance(signal, xr.DataArray) or dim not in signal.dims or dim not in signal.coords:
+        raise FitInputError(f"average_repetitions: expected a DataArray with an '{dim}' dimension and coordinate")
+    vals, counts = np.unique(np.asarray(signal[dim].values, dtype=float), return_counts=True)
+    if not np.all(np.isfinite(vals)) or counts.min() != counts.max():
+        raise FitInputError(f"average_repetitions: every '{dim}' value must occur equally often; counts "
+                            f"{dict(zip(vals.tolist(), counts.tolist()))}")
+    reps = int(counts[0])
+    bare, extra = _strip(signal)
+    grouped = bare.groupby(dim)
+    mean = grouped.mean(dim).sortby(dim)
+    if mean.chunks is not None:  # groupby leaves one chunk per offset; the fits want the spectrum in one chunk
+        mean = mean.chunk({dim: -1})
+    mean.attrs = dict(signal.attrs)
+    if reps > 1:
+        sem = np.sqrt(grouped.var(dim, ddof=1).mean(dim) / reps)
+    else:
+        sem = xr.full_like(mean.isel({dim: 0}, drop=True), np.nan)
+    sem.attrs = {"units": signal.attrs.get("units", ""), "long_name": f"standard error of the mean over {reps} "
+                 "repetitions, pooled over offsets"}
+    mean[dim].attrs = dict(signal[dim].attrs)
+    out = xr.Dataset({"signal": mean, "sem": sem}, attrs={"repetitions": reps})
+    return _restore(out, extra)
+
+
+def median_filter_map(values: xr.DataArray, mask: xr.DataArray | None = None, *, size: int = 3) -> xr.DataArray:
+    """``size x size`` median filter of a map in ``(y, x)``, ignoring NaN and pixels outside ``mask``.
+
+    For maps that vary smoothly in space but are noisy per pixel, e.g. a B0 map from the water minimum
+    of CEST spectra sampled every 0.5 ppm near water.  Each slice and leading index is filtered on its
+    own; pixels outside ``mask`` (and pixels whose whole neighbourhood is NaN) are NaN.  Computes the
+    input (maps are small).
+
+    Parameters
+    ----------
+    values : DataArray with ``y`` and ``x`` dims (any leading dims).
+    mask : optional boolean DataArray broadcastable to ``values`` (e.g. the body).
+    size : odd window width in pixels.
+
+    Returns
+    -------
+    DataArray like ``values`` (attrs kept, ``long_name`` noting the filter).
+    """
+    from scipy import ndimage as ndi
+
+    if not isinstance(values, xr.DataArray) or not {"y", "x"} <= set(values.dims):
+        raise FitInputError("median_filter_map: values must be a DataArray with 'y' and 'x' dims")
+    if int(size) != size or size < 1 or size % 2 == 0:
+        raise FitInputError(f"median_filter_map: size must be an odd positive integer, got {size!r}")
+    v = values.where(mask) if mask is not None else values
+
+    def _filt(a):
+        if not np.isfinite(a).any():
+            return np.full(a.shape, np.nan)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows give NaN
+                return ndi.generic_filter(a, np.nanmedian, size=int(size), mode="constant", cval=np.nan)
+
+    out = xr.apply_ufunc(_filt, v.compute(), input_core_dims=[["y", "x"]], output_core_dims=[["y", "x"]],
+                         vectorize=True).transpose(*values.dims)
+    if mask is not None:
+        out = out.where(mask)
+    out.attrs = {**values.attrs, "long_name": f"{values.attrs.get('long_name', values.name or 'map')} "
+                 f"({size}x{size} median filter)"}
+    return out.rename(values.name)

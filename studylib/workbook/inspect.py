@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..catalog import EXPERIMENTS
 from ..errors import WorkbookError
-from ..layout import default_cache_dir
+from ..layout import default_cache_dir, experiment_manifest
 
 __all__ = ["load_intermediate", "show"]
 
@@ -18,6 +18,9 @@ def _cache_for(experiment: str, preset: str, cache_dir, manifest):
 
     if not isinstance(experiment, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", experiment):
         raise WorkbookError(f"experiment name {experiment!r} is not valid")
+    exp = EXPERIMENTS.get(experiment)
+    if manifest is None and exp is not None and exp.data == "real":  # its cache sits beside its own manifest
+        manifest = experiment_manifest(experiment)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir(preset, manifest)
     if experiment not in EXPERIMENTS and not (root / experiment).is_dir():
         raise WorkbookError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")

@@ -36,7 +36,7 @@ from pathlib import Path
 from .._atomic import atomic_write_text
 from ..catalog import EXPERIMENTS
 from ..errors import StudyError, WorkbookError
-from ..layout import check_preset, default_cache_dir, default_manifest, project_root, reports_dir
+from ..layout import check_preset, default_cache_dir, default_manifest, experiment_manifest, project_root, reports_dir
 from ..layout import notebooks_dir as notebooks_dir_default
 from ..manifest import read_manifest, sha256_file
 from ..recorder import RECORD_ENV, jsonable as _jsonable
@@ -109,6 +109,28 @@ def _ensure_data(preset: str, manifest) -> Path:
         m = Path(out) if out is not None else m
         if not m.is_file():
             raise WorkbookError(f"{m}: studylib.synth.generate({preset!r}) did not write the manifest")
+    return m.resolve()
+
+
+def _real_manifest(name: str, given) -> Path | None:
+    """The manifest a real-data experiment (catalogue ``data="real"``) runs on; None for a synthetic one.
+
+    ``given`` (``--manifest``) when it lists the study, otherwise the experiment's own committed manifest
+    (:attr:`studylib.catalog.Experiment.manifest`, relative to the project folder): a preset's synthetic
+    study never holds real scans, so ``studylib run <name>`` needs no other argument.
+    """
+    exp = EXPERIMENTS.get(name)
+    if exp is None or exp.data != "real":
+        return None
+    if given is not None:
+        if not Path(given).is_file():
+            raise WorkbookError(f"manifest {str(given)!r} not found")
+        with contextlib.suppress(StudyError, KeyError):
+            if name in set(read_manifest(Path(given), validate=False)["study"]):
+                return Path(given).resolve()
+    m = experiment_manifest(name)
+    if not m.is_file():
+        raise WorkbookError(f"{name}: its real-data manifest {m} is missing (it is committed with the repository)")
     return m.resolve()
 
 
@@ -302,11 +324,11 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
         reports.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise WorkbookError(f"reports folder {str(reports)!r} cannot be created ({err})") from None
-    man = _ensure_data(preset, manifest)
+    real = {n: _real_manifest(n, manifest) for n in names}  # real-data experiments run on their own manifest
+    man = _ensure_data(preset, manifest) if any(m is None for m in real.values()) else None
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir(preset, manifest)
     cache_root = cache_root.resolve()
     base = provenance_base()
-    man_sha = sha256_file(man)
     cwd = Path.cwd()
     failed = 0
     with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client:
@@ -315,8 +337,10 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
         bar = tqdm(names, desc="experiments", unit="notebook", position=0, file=sys.stderr, disable=not progress)
         for name in bar:
             bar.set_postfix_str(name)
-            ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=man, manifest_sha=man_sha,
-                          cache_root=cache_root, scheduler=sched_param, sched_desc=sched_desc,
+            m = real[name] or man
+            croot = cache_root if real[name] is None or cache_dir is not None else default_cache_dir(preset, m)
+            ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m, manifest_sha=sha256_file(m),
+                          cache_root=croot.resolve(), scheduler=sched_param, sched_desc=sched_desc,
                           parameters=parameters, base=base, cwd=cwd, timeout_s=timeout_s, progress=progress,
                           kernel_name=kernel_name, force=force)
             failed += not ok
@@ -408,6 +432,7 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "title": exp.title if exp else name,
             "after": exp.after if exp else "",
             "biomarker": exp.biomarker if exp else "",
+            "data": exp.data if exp else "synthetic",
             "status": status,
             "error": error,
             "headline": records.get("headline"),
