@@ -241,22 +241,29 @@ def apply_kernel(
 
     def _block(y, *extra):
         lead = y.shape[:-1]
-        flat = np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1])
+        n_vox = int(np.prod(lead, dtype=np.int64))
         m = extra[0] if has_mask else None
-        sel = np.ones(flat.shape[0], dtype=bool) if m is None else np.broadcast_to(m, lead).reshape(-1).astype(bool)
+        sel = np.ones(n_vox, dtype=bool) if m is None else np.broadcast_to(m, lead).reshape(-1).astype(bool)
+        every = bool(sel.all())
         res = {}
         if sel.any():
             vkw = {}
             for name, v in zip(vnames, extra[int(has_mask):]):
                 v = np.broadcast_to(np.asarray(v), lead).reshape(-1)
-                vkw[name] = np.ascontiguousarray(v) if sel.all() else v[sel]
-            res = kernel(flat[sel] if not sel.all() else flat, x, **kw, **vkw)
+                vkw[name] = np.ascontiguousarray(v) if every else v[sel]
+            if every:
+                rows = np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1])
+            else:
+                # gather the masked voxels from the chunk as it is (float32, fitted axis strided) and widen
+                # only those to float64: the same rows in the same order as widening the whole chunk first
+                rows = np.asarray(y)[sel.reshape(lead)].astype(np.float64)
+            res = kernel(rows, x, **kw, **vkw)
         outs = []
         for o in outputs:
             if o.dtype is bool or o.dtype is np.bool_:
-                full = np.zeros(flat.shape[0], dtype=bool)
+                full = np.zeros(n_vox, dtype=bool)
             else:
-                full = np.full(flat.shape[0], np.nan, dtype=o.dtype)
+                full = np.full(n_vox, np.nan, dtype=o.dtype)
             if sel.any():
                 full[sel] = res[o.name]
             outs.append(full.reshape(lead))
