@@ -26,10 +26,11 @@ Layout under ``root`` (by default ``data/<preset>/derived``)::
     <root>/<experiment>/<name>/<key>/data.json      small JSON results
     <root>/<experiment>/<name>/<key>/_entry.json    completion marker + metadata, written last
 
-An entry is written into ``<key>.tmp-<uuid>/`` and renamed into place with
+An entry is written into ``<key>.tmp-p<pid>@<host>-<uuid>/`` and renamed into place with
 :func:`os.replace` once complete (marker last), so a reader never sees a half-written
-entry: a process killed mid-write leaves only a ``.tmp-`` folder, which readers ignore
-and :meth:`Cache.prune` removes.
+entry: a process killed mid-write leaves only a ``.tmp-`` folder, which readers ignore,
+:meth:`Cache.remove_abandoned` deletes once its writer is gone (``studylib run`` does it at the
+start) and :meth:`Cache.prune` removes.
 
 Examples
 --------
@@ -78,7 +79,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import recorder
-from ._atomic import atomic_write_text
+from ._atomic import atomic_write_text, owner_tag, remove_abandoned
 from ._codehash import code_hash, code_hash_of, code_modules
 from .errors import CacheError, StudyError
 from .manifest import read_manifest, sha256_file
@@ -640,7 +641,7 @@ class Cache:
     def _write(self, name, key, obj, kind, *, inputs, params, depends, description, t0, code=None) -> dict:
         parent = self.dir / name
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f"{key}{TMP_TAG}{uuid.uuid4().hex}"
+        tmp = parent / f"{key}{TMP_TAG}{owner_tag()}-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
             extra = _write_payload(obj, kind, tmp, self.scan_dims)
@@ -679,7 +680,7 @@ class Cache:
         return meta
 
     def _discard(self, folder: Path) -> None:
-        trash = folder.with_name(f"{folder.name}{TMP_TAG}{uuid.uuid4().hex}")
+        trash = folder.with_name(f"{folder.name}{TMP_TAG}{owner_tag()}-{uuid.uuid4().hex}")
         with contextlib.suppress(OSError):
             os.replace(folder, trash)  # atomically hide it first, then delete
             shutil.rmtree(trash, ignore_errors=True)
@@ -722,6 +723,18 @@ class Cache:
                              float(meta.get("compute_s", 0.0)), int(meta.get("nbytes", 0)), meta.get("params"),
                              tuple(meta.get("inputs", ())), meta.get("description", "")))
         return out
+
+    def remove_abandoned(self) -> int:
+        """Delete ``.tmp-`` folders (and half-written index files) whose writing process is gone
+        (:func:`studylib._atomic.owner_gone`); never one a running process is still writing.  Returns
+        how many were removed."""
+        if not self.dir.is_dir():
+            return 0
+        n = len(remove_abandoned(self.dir, f".{INDEX}.*.tmp"))
+        for parent in self.dir.iterdir():
+            if parent.is_dir() and TMP_TAG not in parent.name:
+                n += len(remove_abandoned(parent, f"*{TMP_TAG}*"))
+        return n
 
     def prune(self, *, older_than_s: float = 3600.0, keep: str = "latest") -> int:
         """Delete abandoned ``.tmp-`` folders older than ``older_than_s`` and, with ``keep="latest"``,

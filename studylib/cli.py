@@ -40,13 +40,14 @@ def _cmd_run(args) -> int:
     from .workbook import run
 
     return run(args.experiments or None, preset=args.preset, reports=args.reports,
-               scheduler=args.scheduler, manifest=args.manifest, force=args.force)
+               scheduler=args.scheduler, manifest=args.manifest, force=args.force, cache_dir=args.cache,
+               jobs=args.jobs)
 
 
 def _cmd_show(args) -> int:
     from .workbook import show
 
-    return show(args.experiment, preset=args.preset)
+    return show(args.experiment, preset=args.preset, manifest=args.manifest, cache_dir=args.cache)
 
 
 def _cmd_import(args) -> int:
@@ -65,6 +66,10 @@ def _cmd_import(args) -> int:
     print(f"{res.manifest}: {res.new_rows} new row(s) for {len(res.imported)} scan(s); "
           f"{len(res.refused)} scan(s) not imported")
     return 0
+
+
+_CACHE_HELP = ("folder of the derived cache (default: env STUDYLIB_CACHE, else beside the data: "
+               "data/<preset>/derived or <manifest folder>/derived); use it when the data are read-only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads (default), local, or a scheduler address tcp://host:port (env STUDYLIB_SCHEDULER)")
     r.add_argument("--force", action="store_true",
                    help="execute notebooks even when their last successful report is still current")
+    r.add_argument("--cache", default=None, help=_CACHE_HELP)
+    r.add_argument("--jobs", "-j", type=int, default=None,
+                   help="notebooks executed at the same time, each in its own kernel (default: the CPU cores)")
     r.set_defaults(func=_cmd_run)
 
     im = sub.add_parser("import", help="convert ParaVision or DICOM scans to NIfTI + sidecars and manifest rows")
@@ -117,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("show", help="list an experiment's cached intermediate results")
     w.add_argument("experiment")
     w.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    w.add_argument("--manifest", default=None, help="the manifest the experiment was run on (as given to run)")
+    w.add_argument("--cache", default=None, help=_CACHE_HELP)
     w.set_defaults(func=_cmd_show)
     return p
 

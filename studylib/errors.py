@@ -18,6 +18,8 @@ __all__ = [
     "CacheError",
     "SchedulerError",
     "StatsInputError",
+    "StudyWarning",
+    "DataWarning",
     "StatsFitWarning",
     "RoiError",
     "RoiWarning",
@@ -65,7 +67,17 @@ class StatsInputError(StudyError):
     """Data or arguments given to a statistics function are not usable (missing column, one animal, ...)."""
 
 
-class StatsFitWarning(UserWarning):
+class StudyWarning(UserWarning):
+    """Base class of every studylib warning.  Under ``studylib run`` each one is recorded and listed in the
+    report's "data warnings" box, and the report's status becomes "ok with warnings"."""
+
+
+class DataWarning(StudyWarning):
+    """The data were analysed but something in them needs a look: dropped sessions, excluded or failed
+    voxels, values held beyond a table.  The message names the scan or session and the count."""
+
+
+class StatsFitWarning(StudyWarning):
     """A model fit is singular (on the boundary) or did not converge; the result says which and how."""
 
 
@@ -73,7 +85,7 @@ class RoiError(StudyError):
     """ROI masks or maps are not usable (mismatched grids, empty labels when asked to raise, ...)."""
 
 
-class RoiWarning(UserWarning):
+class RoiWarning(DataWarning):
     """An ROI label is empty (or fully excluded) in an acquired scan; its statistics are NaN."""
 
 

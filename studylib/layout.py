@@ -8,7 +8,8 @@ current working folder or on where simulated truth happens to be:
 default manifest             ``<project>/data_manifest.csv`` (demo), ``<project>/data/<preset>/data_manifest.csv``
 real-data experiment         ``<project>/<its catalogue manifest>`` (``data/real/<name>/data_manifest.csv``)
 data folder of a preset      ``<project>/data/<preset>`` (``raw/``, ``truth/`` written by ``studylib synth``)
-derived cache                ``<project>/data/<preset>/derived`` for a preset's own manifest,
+derived cache                ``$STUDYLIB_CACHE`` when set (read-only data, a faster disk); otherwise
+                             ``<project>/data/<preset>/derived`` for a preset's own manifest,
                              ``<manifest folder>/derived`` for any other manifest
 reports                      ``<project>/reports``
 notebooks                    ``<project>/notebooks``
@@ -28,11 +29,13 @@ from .errors import StudyError
 
 __all__ = ["PACKAGE_DIR", "project_root", "check_preset", "default_manifest", "preset_data_dir",
            "default_cache_dir", "resolve_manifest", "reports_dir", "notebooks_dir", "PROJECT_ENV",
-           "experiment_manifest"]
+           "experiment_manifest", "CACHE_ENV"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: environment variable that moves the project folder (default: the folder holding studylib/)
 PROJECT_ENV = "STUDYLIB_PROJECT"
+#: environment variable that moves the derived cache (default: beside the data, see :func:`default_cache_dir`)
+CACHE_ENV = "STUDYLIB_CACHE"
 _PRESET = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -95,10 +98,15 @@ def resolve_manifest(manifest=None, preset: str = "demo", *, must_exist: bool = 
 def default_cache_dir(preset: str = "demo", manifest=None) -> Path:
     """Where intermediate results are cached.
 
-    ``<project>/data/<preset>/derived`` when ``manifest`` is None or is the preset's default manifest;
-    ``<manifest folder>/derived`` for any other manifest.
+    ``$STUDYLIB_CACHE`` when set (one folder for every study: entries are keyed by their inputs' content,
+    so studies never collide); else ``<project>/data/<preset>/derived`` when ``manifest`` is None or is the
+    preset's default manifest, and ``<manifest folder>/derived`` for any other manifest.  ``studylib run``
+    and ``studylib show`` take ``--cache DIR`` to choose it per command (for data on a read-only share).
     """
     check_preset(preset)
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
     if manifest is None or Path(manifest).expanduser().resolve() == default_manifest(preset):
         return preset_data_dir(preset) / "derived"
     return Path(manifest).expanduser().resolve().parent / "derived"

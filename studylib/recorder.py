@@ -6,6 +6,11 @@ for each lookup.  Under the runner (``studylib run``) the environment variable `
 names a JSON file the records are written to (atomically, after each call); the records are also
 attached to the displayed output as metadata, so they survive in the executed notebook.
 
+Every :class:`studylib.errors.StudyWarning` shown in the kernel (a dropped session, failed voxels,
+an empty ROI, a singular model fit, a relaxivity held beyond its table) is recorded too
+(:func:`capture_warnings`, installed when this module is imported under the runner), so the report can
+list it in its "data warnings" box instead of leaving it in a cell's stderr.
+
 This module sits below both :mod:`studylib.cache` and :mod:`studylib.workbook`, so neither imports
 the other.
 """
@@ -18,13 +23,15 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_write_text
-from .errors import WorkbookError
+from .errors import StudyWarning, WorkbookError
 
-__all__ = ["RECORD_ENV", "record_headline", "record_conclusions", "record_cache_event", "jsonable"]
+__all__ = ["RECORD_ENV", "record_headline", "record_conclusions", "record_cache_event", "record_warning",
+           "capture_warnings", "jsonable"]
 
 RECORD_ENV = "STUDYLIB_RECORD"
 
@@ -141,6 +148,55 @@ def record_cache_event(experiment: str, name: str, key: str, hit: bool, seconds:
     _flush_record()
 
 
+#: at most this many distinct warnings are kept (the count of the rest is kept too)
+MAX_WARNINGS = 200
+
+
+def record_warning(message: str, category: str = "DataWarning") -> None:
+    """Record one warning for the report's "data warnings" box (duplicates are counted, not repeated).
+
+    Parameters
+    ----------
+    message : what is wrong and where (plain text; HTML-escaped wherever shown).
+    category : the warning class's name (``DataWarning``, ``RoiWarning``, ``StatsFitWarning`` ...).
+    """
+    text = " ".join(str(message).split())[:1000]
+    items = _RECORD.setdefault("warnings", [])
+    for w in items:
+        if w["message"] == text and w["category"] == category:
+            w["count"] += 1
+            _flush_record()
+            return
+    if len(items) >= MAX_WARNINGS:
+        _RECORD["warnings_not_listed"] = int(_RECORD.get("warnings_not_listed", 0)) + 1
+    else:
+        items.append({"category": str(category), "message": text, "count": 1})
+    _flush_record()
+
+
+_HOOKED = False
+
+
+def capture_warnings() -> None:
+    """Record every :class:`~studylib.errors.StudyWarning` that is shown from now on (it is still shown).
+
+    Wraps :func:`warnings.showwarning`, so warnings the warnings filters suppress (``ignore``, or a
+    ``catch_warnings(record=True)`` block that handles them) are not recorded.  Idempotent.
+    """
+    global _HOOKED
+    if _HOOKED:
+        return
+    shown = warnings.showwarning
+
+    def _showwarning(message, category, filename, lineno, file=None, line=None):
+        if isinstance(category, type) and issubclass(category, StudyWarning):
+            record_warning(str(message), category.__name__)
+        return shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = _showwarning
+    _HOOKED = True
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -150,3 +206,6 @@ def _fmt(v) -> str:
 
 #: public name of the JSON conversion the runner also uses for parameters
 jsonable = _jsonable
+
+if _record_path() is not None:  # under the runner: every studylib warning reaches the report
+    capture_warnings()

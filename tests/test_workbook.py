@@ -151,6 +151,27 @@ TOY_SLOW = NB_HEADER + textwrap.dedent('''
     ''')
 
 
+TOY_WARN = NB_HEADER + textwrap.dedent('''
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_warn"
+
+    # %%
+    import warnings
+    from studylib import workbook
+    from studylib.errors import DataWarning, RoiWarning
+
+    warnings.warn("m01 day 3: 12 % of tumour voxels failed <b>", DataWarning)
+    for day in (0, 0, 7):  # the same warning twice is counted, not repeated
+        warnings.warn_explicit(f"m02 day {day}: tumour label empty", RoiWarning, "roi.py", 1)
+    warnings.warn("a plain user warning is not a data warning", UserWarning)
+    with warnings.catch_warnings(record=True):  # handled by the code: not a data warning either
+        warnings.simplefilter("always")
+        warnings.warn("handled inside", DataWarning)
+    workbook.record_headline("done")
+    ''')
+
+
 def make_toy_study(root: Path, notebooks: dict[str, str], animal: str = "m<01>") -> dict:
     """A one-file study + manifest and a notebooks folder with the given toy notebooks."""
     root.mkdir(parents=True, exist_ok=True)
@@ -267,7 +288,7 @@ def test_index_lists_every_experiment_with_status_and_escapes(runs):
         assert f'href="{name}.html"' in page and f'href="{name}.json"' in page and f'href="{name}.ipynb"' in page
     assert 'sl-status failed">failed' in page and 'sl-status ok">ok' in page
     assert html.escape(EVIL) in page and "ValueError: bad &lt;voxel&gt; &amp; co" in page
-    assert "1 ok, 1 failed" in page
+    assert "1 ok, 0 ok with warnings, 1 failed" in page
     assert runs["second"]["git"]["commit"] is None or runs["second"]["git"]["commit"][:12] in page
 
 
@@ -293,6 +314,31 @@ def test_unchanged_successful_run_is_reused_without_executing(runs):
     nb = nbformat.read(runs["reports"] / "toy_ok.ipynb", as_version=4)
     assert nb.metadata["studylib"]["started"] == second["started"]  # the executed notebook is kept
     assert "reused" in (runs["reports"] / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_studylib_warnings_reach_the_report_box_index_and_status(tmp_path):
+    env = make_toy_study(tmp_path, {"toy_warn": TOY_WARN, "toy_ok": TOY_OK})
+    rc = wb.run(["toy_warn"], preset="ci", reports=env["reports"], manifest=env["manifest"],
+                notebooks_dir=env["notebooks"], cache_dir=env["cache"], progress=False)
+    assert rc == 0  # completed: warnings are not failures
+    rec = json.loads((env["reports"] / "toy_warn.json").read_text())
+    assert rec["status"] == "ok with warnings"
+    got = {(w["category"], w["message"], w["count"]) for w in rec["warnings"]}
+    assert got == {("DataWarning", "m01 day 3: 12 % of tumour voxels failed <b>", 1),
+                   ("RoiWarning", "m02 day 0: tumour label empty", 2),
+                   ("RoiWarning", "m02 day 7: tumour label empty", 1)}
+    page = (env["reports"] / "toy_warn.html").read_text()
+    box = re.search(r'<div class="sl-warnings" id="studylib-warnings".*?</div>', page, re.S).group(0)
+    assert "Data warnings (3)" in box and "failed &lt;b&gt;" in box and "(&times;2)" in box
+    assert "plain user warning" not in box and "handled inside" not in box
+    assert 'class="sl-status warn">ok with warnings<' in page
+    index = (env["reports"] / "index.html").read_text()
+    assert "1 ok with warnings" in index and 'href="toy_warn.html#studylib-warnings">3 data warning(s)' in index
+    # a run with warnings is still reused when nothing changed
+    assert wb.run(["toy_warn"], preset="ci", reports=env["reports"], manifest=env["manifest"],
+                  notebooks_dir=env["notebooks"], cache_dir=env["cache"], progress=False) == 0
+    assert json.loads((env["reports"] / "toy_warn.json").read_text()).get("reused_at")
 
 
 def test_run_fingerprint_tracks_what_a_run_depends_on(tmp_path):
@@ -389,6 +435,11 @@ def test_run_killed_mid_cache_write_leaves_nothing_partial_and_rerun_completes(t
     with pytest.raises(CacheError):
         wb.load_intermediate("toy_slow", "maps", preset="ci", cache_dir=env["cache"])
     assert not (env["reports"] / "toy_slow.html").exists() and not (env["reports"] / "toy_slow.json").exists()
+    import tempfile
+
+    left_run = list(Path(tempfile.gettempdir()).glob(f"studylib-run-p{proc.pid}@*"))
+    assert len(left_run) == 1  # the killed run's work folder is left behind ...
+    partial = list(parent.iterdir())
 
     rc = wb.run(["toy_slow"], preset="ci", reports=env["reports"], manifest=env["manifest"],
                 notebooks_dir=env["notebooks"], cache_dir=env["cache"],
@@ -397,6 +448,79 @@ def test_run_killed_mid_cache_write_leaves_nothing_partial_and_rerun_completes(t
     rec = json.loads((env["reports"] / "toy_slow.json").read_text())
     assert rec["status"] == "ok" and rec["cache"]["misses"] == 1
     assert float(wb.load_intermediate("toy_slow", "maps", preset="ci", cache_dir=env["cache"]).v.sum()) == 384
+    # ... and the next run removed it and the killed writer's partial cache entry
+    assert not left_run[0].exists() and not any(p.exists() for p in partial)
+    assert [p.name for p in parent.iterdir() if ".tmp-" in p.name] == []
+
+
+@pytest.mark.slow
+def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_previous_report(tmp_path):
+    """The write fails for real (the kernel's file-size limit, RLIMIT_FSIZE: EFBIG, as a full disk gives
+    ENOSPC): one line naming the file, exit 1, the previous report untouched, no temporary file left."""
+    env = make_toy_study(tmp_path, {"toy_warn": TOY_WARN})
+    args = ["run", "toy_warn", "--preset", "ci", "--reports", str(env["reports"]), "--manifest", str(env["manifest"]),
+            "--cache", str(env["cache"])]
+    code = textwrap.dedent("""
+        import resource, signal, sys
+        from studylib.cli import main
+        limit = int(sys.argv[1])
+        if limit:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        sys.exit(main(sys.argv[2:]))
+    """)
+    envvars = {**os.environ, "STUDYLIB_PROJECT": str(env["root"])}
+    first = subprocess.run([sys.executable, "-c", code, "0", *args], cwd=tmp_path, env=envvars,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in env["reports"].iterdir()}
+    small, big = (env["reports"] / "toy_warn.ipynb").stat().st_size, (env["reports"] / "toy_warn.html").stat().st_size
+    assert small < big
+    limit = (small + big) // 2  # the notebook fits, the HTML does not
+    failed = subprocess.run([sys.executable, "-c", code, str(limit), *args, "--force"], cwd=tmp_path, env=envvars,
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert failed.stderr.count("error:") == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert f"error: {env['reports'] / 'toy_warn.html'}: cannot write the report (File too large)" in failed.stderr
+    after = {p.name: p.read_bytes() for p in env["reports"].iterdir()}
+    assert after == before  # nothing changed: no partial report, no temporary file
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_reports_of_a_serial_run(tmp_path):
+    notebooks = {f"toy_{i}": TOY_WARN.replace('study = "toy_warn"', f'study = "toy_{i}"') for i in range(3)}
+    env = make_toy_study(tmp_path, notebooks)
+    kw = dict(preset="ci", manifest=env["manifest"], notebooks_dir=env["notebooks"], cache_dir=env["cache"],
+              progress=False)
+    assert wb.run(sorted(notebooks), reports=tmp_path / "serial", jobs=1, **kw) == 0
+    assert wb.run(sorted(notebooks), reports=tmp_path / "parallel", jobs=3, **kw) == 0
+    for name in notebooks:
+        a = json.loads((tmp_path / "serial" / f"{name}.json").read_text())
+        b = json.loads((tmp_path / "parallel" / f"{name}.json").read_text())
+        assert a["status"] == b["status"] == "ok with warnings"
+        assert a["warnings"] == b["warnings"] and a["headline"] == b["headline"]  # each kernel its own record
+        assert {k: v for k, v in a["parameters"].items() if k != "reports_dir"} == \
+            {k: v for k, v in b["parameters"].items() if k != "reports_dir"}
+    with pytest.raises(StudyError, match="jobs must be a whole number"):
+        wb.run(sorted(notebooks), reports=tmp_path / "x", jobs=0, **kw)
+
+
+def test_cache_folder_from_the_environment_or_the_command_line(tmp_path, monkeypatch, capsys):
+    from studylib.cli import main
+    from studylib.layout import default_cache_dir
+
+    monkeypatch.delenv("STUDYLIB_CACHE", raising=False)
+    man = tmp_path / "study" / "data_manifest.csv"
+    assert default_cache_dir("ci", man) == (tmp_path / "study" / "derived").resolve()
+    monkeypatch.setenv("STUDYLIB_CACHE", str(tmp_path / "elsewhere"))
+    assert default_cache_dir("ci", man) == (tmp_path / "elsewhere").resolve()
+    assert default_cache_dir("demo") == (tmp_path / "elsewhere").resolve()
+    # show --manifest/--cache finds what run wrote there
+    from studylib.cache import Cache
+
+    Cache("collagen_adc", tmp_path / "c2", verbose=False).get_or_compute("t", lambda: {"a": 1}, kind="json")
+    assert main(["show", "collagen_adc", "--preset", "ci", "--manifest", str(man), "--cache", str(tmp_path / "c2")]) == 0
+    assert "1 cached intermediate" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- bad input (no kernel)

@@ -7,6 +7,7 @@ problem; :func:`pick_groups`, :func:`design_table`, :func:`histology_column` and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,8 +30,10 @@ def start(manifest=None, preset: str = "demo", scheduler=None):
     ``"local"`` or an address) and prints both.  Returns ``(manifest_path, client)``; ``client``
     is ``None`` under the threads scheduler.
     """
-    from .. import compute
+    from .. import compute, recorder
 
+    if os.environ.get(recorder.RECORD_ENV):  # under the runner: every studylib warning reaches the report
+        recorder.capture_warnings()
     pd.set_option("display.precision", 3)
     path = resolve_manifest(manifest, preset)
     client = compute.get_client(scheduler)

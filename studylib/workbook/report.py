@@ -21,6 +21,29 @@ __all__ = ["REPORT_FORMAT", "render_report", "write_index"]
 #: version of the report record format (``reports/<experiment>.json``)
 REPORT_FORMAT = 1
 
+#: statuses of a run that completed: "ok with warnings" when the notebook raised any
+#: :class:`studylib.errors.StudyWarning` (listed in the report's data warnings box)
+OK_STATUSES = ("ok", "ok with warnings")
+
+
+def _status_class(status) -> str:
+    return {"ok": "ok", "ok with warnings": "warn"}.get(status, "failed")
+
+
+def _warnings_html(prov: dict) -> str:
+    """The "data warnings" box: every studylib warning the run raised, with its count (empty when none)."""
+    items = prov.get("warnings") or []
+    if not items:
+        return ""
+    rows = "".join(f'<li><span class="sl-muted">{_e(w.get("category"))}</span> {_e(w.get("message"))}'
+                   + (f' <span class="sl-muted">(&times;{int(w.get("count", 1))})</span>' if w.get("count", 1) > 1 else "")
+                   + "</li>" for w in items)
+    more = int(prov.get("warnings_not_listed") or 0)
+    if more:
+        rows += f'<li class="sl-muted">{more} more not listed</li>'
+    return (f'<div class="sl-warnings" id="studylib-warnings" role="note"><b>Data warnings ({len(items) + more})</b>'
+            f' — the results below were computed, but check these first:<ul>{rows}</ul></div>')
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "report_template"
 
 def _css() -> str:
@@ -69,12 +92,13 @@ def _header_html(prov: dict) -> str:
              f'<a href="{_e(exp)}.ipynb">executed notebook (.ipynb)</a>'
              f'<a href="{_e(exp)}.json">provenance (.json)</a><a href="#studylib-provenance">provenance</a></div>',
              f'<h1>{_e(prov.get("title") or exp)}</h1>',
-             f'<div><span class="sl-status {"ok" if status == "ok" else "failed"}">{_e(status)}</span> '
+             f'<div><span class="sl-status {_status_class(status)}">{_e(status)}</span> '
              f'<span class="sl-muted">{_e(exp)} · {_e(prov.get("after", ""))} · preset {_e(prov.get("preset"))}'
              f' · {prov.get("run_s", 0):.1f} s</span></div>']
     if prov.get("headline"):
         parts.append(f'<p class="sl-headline"><b>Headline:</b> {_e(prov["headline"])}</p>')
-    if status != "ok":
+    parts.append(_warnings_html(prov))
+    if status not in OK_STATUSES:
         err = prov.get("error") or {}
         where = (f'in cell <a href="#papermill-error-cell">In [{_e(err.get("execution_count"))}]</a>'
                  if err.get("execution_count") is not None else "")
@@ -161,7 +185,7 @@ def _copy_nb(nb):
 
 
 def _status_badge(status: str) -> str:
-    return f'<span class="sl-status {"ok" if status == "ok" else "failed"}">{_e(status)}</span>'
+    return f'<span class="sl-status {_status_class(status)}">{_e(status)}</span>'
 
 
 def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
@@ -186,6 +210,7 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
     order = {n: i for i, n in enumerate(EXPERIMENTS)}
     recs.sort(key=lambda r: (order.get(r.get("experiment"), len(order)), str(r.get("experiment"))))
     n_ok = sum(r.get("status") == "ok" for r in recs)
+    n_warn = sum(r.get("status") == "ok with warnings" for r in recs)
     base = provenance_base() if not recs else recs[0]
     git = base.get("git") or {}
     rows = []
@@ -195,7 +220,12 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
         nums_s = ", ".join(f"{k} = {_fmt(v)}" for k, v in nums.items())
         err = r.get("error") or {}
         head = _e(r.get("headline") or "") or '<span class="sl-muted">no headline recorded</span>'
-        if r.get("status") != "ok":
+        n_w = len(r.get("warnings") or []) + int(r.get("warnings_not_listed") or 0)
+        if n_w:
+            first = (r.get("warnings") or [{}])[0].get("message", "")
+            head += (f'<br><a class="sl-warn-link" href="{_e(exp)}.html#studylib-warnings">{n_w} data warning(s)</a>'
+                     f' <span class="sl-muted">{_e(first[:160])}{"…" if n_w > 1 or len(first) > 160 else ""}</span>')
+        if r.get("status") not in OK_STATUSES:
             head += f'<br><span class="sl-muted">{_e(err.get("ename"))}: {_e(str(err.get("evalue"))[:300])}</span>'
         man = r.get("manifest") or {}
         rgit = r.get("git") or {}
@@ -230,7 +260,7 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
 <body class="studylib-index">
 <main>
 <h1>studylib workbook</h1>
-<p>{len(recs)} experiment(s): {n_ok} ok, {len(recs) - n_ok} failed.
+<p>{len(recs)} experiment(s): {n_ok} ok, {n_warn} ok with warnings, {len(recs) - n_ok - n_warn} failed.
 <span class="sl-muted">Index written {_e(now)} · git {_e(_short(git.get("commit")))}{" (dirty)" if git.get("dirty") else ""}
 · studylib {_e(base.get("studylib_version"))} · python {_e(base.get("python"))}</span></p>
 <table class="sl-table" id="experiments">

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_text, owner_tag, remove_abandoned
 from ..catalog import EXPERIMENTS
 from ..errors import StudyError, WorkbookError
 from ..layout import check_preset, default_cache_dir, default_manifest, experiment_manifest, project_root, reports_dir
@@ -41,7 +41,7 @@ from ..layout import notebooks_dir as notebooks_dir_default
 from ..manifest import read_manifest, sha256_file
 from ..recorder import RECORD_ENV, jsonable as _jsonable
 from .provenance import provenance_base
-from .report import REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
+from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
 
 __all__ = ["available", "run", "run_fingerprint"]
 
@@ -191,15 +191,15 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
     record = workdir / f"{name}.record.json"
     env_overrides = {RECORD_ENV: str(record), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
                      "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    saved = {k: os.environ.get(k) for k in env_overrides}
     status, error = "ok", None
     try:
-        os.environ.update(env_overrides)
+        # the kernel's environment is given to its kernel manager, not set in os.environ: notebooks run in
+        # parallel threads (``jobs``) each with its own record file
         pm.execute_notebook(str(inp), str(out_nb), parameters=parameters, kernel_name=kernel_name,
                             progress_bar=({"desc": name, "leave": False, "position": 1, "file": sys.stderr}
                                           if progress else False),
                             request_save_on_cell_execute=True, cwd=str(cwd), log_output=False,
-                            execution_timeout=timeout_s)
+                            execution_timeout=timeout_s, kernel_manager_class=_kernel_manager_with(env_overrides))
     except PapermillExecutionError as err:
         status = "failed"
         error = {"ename": err.ename, "evalue": err.evalue, "cell_index": err.cell_index,
@@ -208,12 +208,6 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
         status = "failed"
         error = {"ename": type(err).__name__, "evalue": str(err)[:2000], "cell_index": None,
                  "execution_count": None, "type": "runner"}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if not out_nb.is_file():  # nothing executed (e.g. no kernel): report on the unexecuted notebook
         nbformat.write(nb, out_nb)
     records = {}
@@ -233,6 +227,21 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
                              {k: v for k, v in found.items() if v is not None})
     records["parameters"] = parameters
     return status, error, records
+
+
+def _kernel_manager_with(env_overrides: dict[str, str]):
+    """A Jupyter kernel manager class whose kernels start with ``os.environ`` updated by ``env_overrides``."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    extra = dict(env_overrides)
+
+    class _KernelManagerWithEnv(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            env = dict(kw.pop("env", None) or os.environ)
+            env.update(extra)
+            return await super().start_kernel(env=env, **kw)
+
+    return _KernelManagerWithEnv
 
 
 def _select_parameters(inp: Path, parameters: dict) -> dict:
@@ -277,7 +286,7 @@ def _resolve_experiments(experiments, nbdir: Path) -> list[str]:
 def run(experiments: list[str] | None = None, preset: str = "demo", reports=None, scheduler=None,
         manifest=None, *, notebooks_dir=None, cache_dir=None, parameters: dict | None = None,
         timeout_s: float | None = None, progress: bool = True, kernel_name: str = "python3",
-        force: bool = False) -> int:
+        force: bool = False, jobs: int | None = None) -> int:
     """Execute experiment notebooks into reports; return the exit code (0 all ok, 1 any failed).
 
     Parameters
@@ -297,6 +306,9 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     progress : tqdm progress over experiments and cells (stderr).
     kernel_name : Jupyter kernel (the Makefile installs ``python3`` into the venv).
     force : execute even notebooks whose previous successful report is still current.
+    jobs : notebooks executed at the same time, each in its own kernel (default: the number of CPU cores
+        available to this process, at most the number of notebooks).  The reports, records and exit code
+        are those of a serial run; only the order of the progress lines differs.
 
     Notes
     -----
@@ -328,26 +340,62 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     man = _ensure_data(preset, manifest) if any(m is None for m in real.values()) else None
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir(preset, manifest)
     cache_root = cache_root.resolve()
+    where = {}
+    for name in names:
+        m = real[name] or man
+        croot = cache_root if real[name] is None or cache_dir is not None else default_cache_dir(preset, m)
+        where[name] = (m, croot.resolve())
+    clean_leftovers(reports, [(croot, name) for name, (_, croot) in where.items()])
+    n_jobs = _n_jobs(jobs, len(names))
     base = provenance_base()
     cwd = Path.cwd()
-    failed = 0
     with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client:
         sched_param = client.scheduler.address if client is not None else choice
         sched_desc = {"choice": choice, "address": sched_param if client is not None or "://" in choice else None}
-        bar = tqdm(names, desc="experiments", unit="notebook", position=0, file=sys.stderr, disable=not progress)
-        for name in bar:
-            bar.set_postfix_str(name)
-            m = real[name] or man
-            croot = cache_root if real[name] is None or cache_dir is not None else default_cache_dir(preset, m)
+        bar = tqdm(total=len(names), desc="experiments", unit="notebook", position=0, file=sys.stderr,
+                   disable=not progress)
+
+        def one(name: str) -> bool:
+            m, croot = where[name]
             ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m, manifest_sha=sha256_file(m),
-                          cache_root=croot.resolve(), scheduler=sched_param, sched_desc=sched_desc,
-                          parameters=parameters, base=base, cwd=cwd, timeout_s=timeout_s, progress=progress,
-                          kernel_name=kernel_name, force=force)
-            failed += not ok
+                          cache_root=croot, scheduler=sched_param, sched_desc=sched_desc,
+                          parameters=parameters, base=base, cwd=cwd, timeout_s=timeout_s,
+                          progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force)
+            bar.update(1)
+            return ok
+
+        if n_jobs == 1:
+            results = [one(name) for name in names]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="studylib-run") as pool:
+                results = list(pool.map(one, names))
         bar.close()
-    index = write_index(reports)
-    print(f"{len(names) - failed}/{len(names)} notebook(s) ok; index: {index}", file=sys.stderr, flush=True)
+    failed = sum(not ok for ok in results)
+    try:
+        index = write_index(reports)
+    except OSError as err:
+        raise WorkbookError(f"{err.filename or reports}: cannot write the index of the reports "
+                            f"({err.strerror or err})") from None
+    print(f"{len(names) - failed}/{len(names)} notebook(s) completed; index: {index}", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+#: prefix of a notebook run's temporary work folder (followed by its owner tag)
+RUN_TMP_PREFIX = "studylib-run-"
+
+
+def _n_jobs(jobs, n_notebooks: int) -> int:
+    """How many notebooks run at once: ``jobs`` or the CPU cores this process may use, at most ``n_notebooks``."""
+    if jobs is None:
+        try:
+            jobs = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            jobs = os.cpu_count() or 1
+    elif isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise WorkbookError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    return max(1, min(int(jobs), n_notebooks))
 
 
 def _files_signature(manifest: Path, study: str | None = None) -> list:
@@ -387,13 +435,57 @@ def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not (isinstance(rec, dict) and rec.get("status") == "ok" and rec.get("fingerprint") == fingerprint
+    if not (isinstance(rec, dict) and rec.get("status") in OK_STATUSES and rec.get("fingerprint") == fingerprint
             and (reports / f"{name}.html").is_file() and (reports / f"{name}.ipynb").is_file()):
         return None
     rec["reused_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     rec["reuse_count"] = int(rec.get("reuse_count", 0)) + 1
     atomic_write_text(rec_path, json.dumps(rec, indent=1, ensure_ascii=False, allow_nan=False))
     return rec
+
+
+def _write_report(reports: Path, files: dict[str, str]) -> None:
+    """Write a report's files all or none: each to a temporary file first, then all renamed into place.
+
+    Raises
+    ------
+    WorkbookError
+        a file cannot be written (disk full, permission denied, ...): one line naming the path; no
+        temporary file is left and the previous report, if any, stays as it was.
+    """
+    staged, target = [], reports
+    try:
+        for fname, text in files.items():
+            target = reports / fname
+            fd, tmp = tempfile.mkstemp(prefix=f".{fname}.{owner_tag()}-", suffix=".tmp", dir=reports)
+            staged.append((Path(tmp), target))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text.encode("utf-8"))
+            os.chmod(tmp, 0o644)
+    except OSError as err:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise WorkbookError(f"{target}: cannot write the report ({err.strerror or err}); nothing was "
+                            "changed in the reports folder") from None
+    for tmp, target in staged:
+        os.replace(tmp, target)
+
+
+def clean_leftovers(reports: Path | None = None, cache_dirs=()) -> int:
+    """Delete what runs killed midway left behind: their temporary work folders (in the system's
+    temporary folder), half-written report files in ``reports`` and cache ``.tmp-`` folders in each
+    of ``cache_dirs`` (experiment cache folders), when the process that wrote them is gone.  Returns
+    how many were removed."""
+    from ..cache import Cache
+
+    n = len(remove_abandoned(tempfile.gettempdir(), f"{RUN_TMP_PREFIX}*"))
+    if reports is not None:
+        n += len(remove_abandoned(reports, ".*.tmp"))
+    for root, name in cache_dirs:
+        with contextlib.suppress(OSError, StudyError):
+            n += Cache(name, root, verbose=False).remove_abandoned()
+    return n
 
 
 def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
@@ -416,12 +508,14 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             return True
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"studylib-run-{name}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{RUN_TMP_PREFIX}{owner_tag()}-{name}-") as tmp:
         work = Path(tmp)
         out_nb = work / f"{name}.ipynb"
         status, error, records = _execute(name, src, work, out_nb, (standard, dict(parameters or {})), cwd=cwd, kernel_name=kernel_name,
                                           timeout_s=timeout_s, progress=progress)
         run_s = time.perf_counter() - t0
+        if status == "ok" and records.get("warnings"):
+            status = "ok with warnings"
         try:
             src_rel = src.resolve().relative_to(project_root()).as_posix()
         except ValueError:
@@ -435,6 +529,8 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "data": exp.data if exp else "synthetic",
             "status": status,
             "error": error,
+            "warnings": records.get("warnings", []),
+            "warnings_not_listed": int(records.get("warnings_not_listed", 0)),
             "headline": records.get("headline"),
             "numbers": records.get("numbers", {}),
             "conclusions": records.get("conclusions"),
@@ -460,14 +556,17 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(name)}</title></head><body>"
                     f"{_header_html(prov)}<p>HTML rendering failed: {_e(prov['render_error'])}</p>"
                     f"{_footer_html(prov)}</body></html>")
-        atomic_write_text(reports / f"{name}.ipynb", nbformat.writes(nb))
-        atomic_write_text(reports / f"{name}.html", page)
-        atomic_write_text(reports / f"{name}.json", json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False))
+        _write_report(reports, {f"{name}.ipynb": nbformat.writes(nb), f"{name}.html": page,
+                                 f"{name}.json": json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False)})
     msg = f"{name}: {status} in {run_s:.1f} s"
     if error:
         msg += f" ({error.get('ename')}: {str(error.get('evalue'))[:200]})"
     if records.get("headline"):
         msg += f" | {records['headline']}"
+    for w in records.get("warnings", [])[:5]:
+        msg += f"\n  warning: {w['message'][:200]}" + (f" (x{w['count']})" if w.get("count", 1) > 1 else "")
+    if len(records.get("warnings", [])) > 5:
+        msg += f"\n  ... {len(records['warnings']) - 5} more warning(s) in the report"
     tqdm.write(msg, file=sys.stderr)
-    return status == "ok"
+    return status in OK_STATUSES
 
