@@ -57,6 +57,8 @@ _FUNCTIONS = {
     "summarize": ("studylib.roi", "summarize"),
     "tumour_rim_core": ("studylib.roi", "tumour_rim_core"),
     "mixed_model": ("studylib.stats", "mixed_model"),
+    "correlation": ("studylib.stats", "correlation"),
+    "partial_regression": ("studylib.stats", "partial_regression"),
     "detection_k": ("studylib.models.fluorine", "detection_k"),
     "EXPERIMENTS": ("studylib.catalog", "EXPERIMENTS"),
     "ROI_LABELS": ("studylib.conventions", "ROI_LABELS"),

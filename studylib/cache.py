@@ -724,37 +724,29 @@ class Cache:
                              tuple(meta.get("inputs", ())), meta.get("description", "")))
         return out
 
+    def _tmp_children(self):
+        """(parent, child) of every entry folder, ``.tmp-`` ones included."""
+        parents = [p for p in self.dir.iterdir() if p.is_dir() and TMP_TAG not in p.name] if self.dir.is_dir() else []
+        return [(p, c) for p in parents for c in p.iterdir()]
+
     def remove_abandoned(self) -> int:
-        """Delete ``.tmp-`` folders (and half-written index files) whose writing process is gone
-        (:func:`studylib._atomic.owner_gone`); never one a running process is still writing.  Returns
-        how many were removed."""
-        if not self.dir.is_dir():
-            return 0
+        """Delete ``.tmp-`` folders and half-written index files whose writing process is gone
+        (:func:`studylib._atomic.owner_gone`), never one a running process still writes; returns the count."""
         n = len(remove_abandoned(self.dir, f".{INDEX}.*.tmp"))
-        for parent in self.dir.iterdir():
-            if parent.is_dir() and TMP_TAG not in parent.name:
-                n += len(remove_abandoned(parent, f"*{TMP_TAG}*"))
-        return n
+        return n + sum(len(remove_abandoned(p, f"*{TMP_TAG}*")) for p in {p for p, _ in self._tmp_children()})
 
     def prune(self, *, older_than_s: float = 3600.0, keep: str = "latest") -> int:
-        """Delete abandoned ``.tmp-`` folders older than ``older_than_s`` and, with ``keep="latest"``,
+        """Delete ``.tmp-`` folders older than ``older_than_s`` (whoever wrote them) and, with ``keep="latest"``,
         complete entries that are not the latest of their name.  Returns the number removed."""
-        if not self.dir.is_dir():
-            return 0
-        latest = {n: r["key"] for n, r in self._read_index().items()}
-        now = time.time()
+        latest = {n: r["key"] for n, r in self._read_index().items()} if self.dir.is_dir() else {}
         removed = 0
-        for parent in self.dir.iterdir():
-            if not parent.is_dir():
-                continue
-            for child in parent.iterdir():
-                if TMP_TAG in child.name:
-                    if now - child.stat().st_mtime > older_than_s:
-                        shutil.rmtree(child, ignore_errors=True)
-                        removed += 1
-                elif keep == "latest" and parent.name in latest and child.name != latest[parent.name]:
-                    self._discard(child)
-                    removed += 1
+        for parent, child in self._tmp_children():
+            if TMP_TAG in child.name and time.time() - child.stat().st_mtime > older_than_s:
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+            elif TMP_TAG not in child.name and keep == "latest" and child.name != latest.get(parent.name, child.name):
+                self._discard(child)
+                removed += 1
         return removed
 
     # -- index --------------------------------------------------------------------------------

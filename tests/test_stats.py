@@ -413,7 +413,7 @@ def test_bootstrap_ci_coverage_is_nominal(method, n, reps):
     hits = 0
     for i in range(reps):
         xy = rng.multivariate_normal([0, 0], [[1, rho], [rho, 1]], n)
-        r = st.correlation(xy[:, 0], xy[:, 1], method=method, n_boot=999, seed=i)
+        r = st.bootstrap_correlation(xy[:, 0], xy[:, 1], method=method, n_boot=999, seed=i)
         hits += r.ci_low <= true <= r.ci_high
     cov = hits / reps
     assert abs(cov - 0.95) <= 3 * math.sqrt(0.95 * 0.05 / reps), cov
@@ -423,24 +423,24 @@ def test_correlation_values_and_errors():
     rng = np.random.default_rng(0)
     x = rng.normal(size=30)
     y = 0.5 * x + rng.normal(size=30)
-    r = st.correlation(x, y, n_boot=500)
+    r = st.bootstrap_correlation(x, y, n_boot=500)
     ref = sps.pearsonr(x, y)
     np.testing.assert_allclose([r.r, r.p], [ref[0], ref[1]])
     assert r.ci_low < r.r < r.ci_high and r.n == 30
-    s = st.correlation(x, y, method="spearman", ci_method="percentile", n_boot=500)
+    s = st.bootstrap_correlation(x, y, method="spearman", ci_method="percentile", n_boot=500)
     np.testing.assert_allclose(s.r, sps.spearmanr(x, y)[0])
-    f = st.correlation(x, y, ci_method="fisher")
+    f = st.bootstrap_correlation(x, y, ci_method="fisher")
     np.testing.assert_allclose([f.ci_low, f.ci_high],
                                np.tanh(np.arctanh(r.r) + np.array([-1, 1]) * 1.959964 / math.sqrt(27)), rtol=1e-5)
     xn = x.copy()
     xn[:2] = np.nan
-    assert st.correlation(xn, y, n_boot=200).n_dropped == 2
+    assert st.bootstrap_correlation(xn, y, n_boot=200).n_dropped == 2
     with pytest.raises(st.StatsInputError, match="constant"):
-        st.correlation(np.ones(10), y[:10])
+        st.bootstrap_correlation(np.ones(10), y[:10])
     with pytest.raises(st.StatsInputError, match="at least 4"):
-        st.correlation(x[:3], y[:3])
+        st.bootstrap_correlation(x[:3], y[:3])
     with pytest.raises(st.StatsInputError, match="not numeric"):
-        st.correlation(["a"] * 5, y[:5])
+        st.bootstrap_correlation(["a"] * 5, y[:5])
 
 
 @settings(max_examples=15, deadline=None)

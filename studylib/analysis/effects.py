@@ -190,7 +190,7 @@ def correlation_effect(data: pd.DataFrame, x: str, y: str, *, method: str = "pea
         raise ExperimentError(f"need at least 4 animals with both '{x}' and '{y}' for a correlation, got {len(d)}")
     from .. import stats
 
-    res = stats.correlation(d[x], d[y], method=method, ci=1.0 - alpha, n_boot=n_boot, seed=seed)
+    res = stats.bootstrap_correlation(d[x], d[y], method=method, ci=1.0 - alpha, n_boot=n_boot, seed=seed)
     return _estimate(estimate=res.r, ci_low=res.ci_low, ci_high=res.ci_high, p=res.p, n=int(res.n),
                      method=f"{method} r, {res.ci_method} bootstrap CI ({res.n_boot} resamples)")
 

@@ -6,7 +6,11 @@ The animal is the unit of analysis.  Public functions:
   best REML/ML optimum kept) with Satterthwaite (default), Kenward–Roger or z inference,
   singular-fit and convergence diagnostics, contrasts and estimated marginal means.
 * :func:`tumour_growth` -- log-volume mixed model, growth rate per group, T/C ratios.
-* :func:`correlation`, :func:`rm_correlation`, :func:`regression` -- imaging vs histology.
+* :func:`correlation` -- design-aware correlation of two columns: ``pooled``, ``within`` clusters
+  (repeated-measures correlation) and ``between`` cluster means, partial on ``adjust``; CI and p
+  from one method (Fisher z), so p < alpha exactly when the CI excludes 0.
+  :func:`partial_regression` -- does x explain y beyond covariates (OLS t test, partial r).
+* :func:`bootstrap_correlation` (arrays, bootstrap CI), :func:`rm_correlation`, :func:`regression`.
 * :func:`group_compare` (Welch / Mann–Whitney, Holm across biomarkers), :func:`holm`,
   :func:`per_animal_slopes`, :func:`slope_ttest`.
 * :func:`jonckheere_terpstra`, :func:`kruskal_pairwise`, :func:`paired_change` -- ordered trend,
@@ -15,6 +19,7 @@ The animal is the unit of analysis.  Public functions:
   simulation from a (fitted) mixed model.
 
 Modules: :mod:`.mixed` (over the REML core :mod:`.lmm`), :mod:`.growth`, :mod:`.correlation`,
+:mod:`.design_correlation`,
 :mod:`.group_tests`, :mod:`.power`, :mod:`.common` (input checks, Holm).
 
 Errors are :class:`StatsInputError` (a :class:`studylib.errors.StudyError`); singular or
@@ -24,8 +29,10 @@ non-converged fits give a :class:`StatsFitWarning` and are recorded in the resul
 from __future__ import annotations
 
 from .common import StatsFitWarning, StatsInputError, holm, numeric_column, require_columns
-from .correlation import (CorrelationResult, RegressionResult, RmCorrResult, correlation, group_compare,
+from .correlation import (CorrelationResult, RegressionResult, RmCorrResult, bootstrap_correlation, group_compare,
                           per_animal_slopes, regression, rm_correlation, slope_ttest)
+from .design_correlation import (CorrelationPart, DesignCorrelation, PartialRegressionResult, correlation,
+                                 fisher_interval, partial_regression)
 from .group_tests import jonckheere_terpstra, kruskal_pairwise, paired_change
 from .growth import GrowthResult, tumour_growth
 from .mixed import DEFAULT_OPTIMIZERS, MixedModelResult, mixed_model
@@ -33,7 +40,9 @@ from .power import PowerResult, SimulationResult, power_simulation, simulate_rej
 
 __all__ = [
     "StatsInputError", "StatsFitWarning", "mixed_model", "MixedModelResult", "DEFAULT_OPTIMIZERS",
-    "tumour_growth", "GrowthResult", "correlation", "CorrelationResult", "rm_correlation", "RmCorrResult",
+    "tumour_growth", "GrowthResult", "correlation", "DesignCorrelation", "CorrelationPart", "fisher_interval",
+    "partial_regression", "PartialRegressionResult", "bootstrap_correlation", "CorrelationResult",
+    "rm_correlation", "RmCorrResult",
     "regression", "RegressionResult", "group_compare", "holm", "per_animal_slopes", "slope_ttest",
     "jonckheere_terpstra", "kruskal_pairwise", "paired_change",
     "simulate_rejection", "SimulationResult", "power_simulation", "PowerResult", "wilson_interval",

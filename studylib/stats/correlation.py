@@ -1,7 +1,9 @@
-"""Correlations with bootstrap CIs, repeated-measures correlation, regression, group tests, slopes.
+"""Bootstrap correlation of two arrays, repeated-measures correlation, regression, group tests, slopes.
 
 Every function works on one value per animal (or per animal x region for
-:func:`rm_correlation`): the animal, not the voxel, is the unit of analysis.
+:func:`rm_correlation`): the animal, not the voxel, is the unit of analysis.  The design-aware
+correlation of two table columns (pooled / within / between clusters, partial, one method for CI
+and p) is :func:`studylib.stats.design_correlation.correlation`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from scipy import stats
 
 from .common import StatsInputError, holm, numeric_column, require_columns
 
-__all__ = ["CorrelationResult", "correlation", "RmCorrResult", "rm_correlation", "RegressionResult", "regression",
-           "group_compare", "per_animal_slopes", "slope_ttest"]
+__all__ = ["CorrelationResult", "bootstrap_correlation", "RmCorrResult", "rm_correlation", "RegressionResult",
+           "regression", "group_compare", "per_animal_slopes", "slope_ttest"]
 
 
 # ---------------------------------------------------------------------- correlation
@@ -72,9 +74,14 @@ class CorrelationResult:
         return asdict(self)
 
 
-def correlation(x, y, *, method: str = "pearson", ci: float = 0.95, n_boot: int = 4999, ci_method: str = "bca",
-                seed: int = 0) -> CorrelationResult:
-    """Pearson or Spearman correlation with a bootstrap confidence interval.
+def bootstrap_correlation(x, y, *, method: str = "pearson", ci: float = 0.95, n_boot: int = 4999,
+                          ci_method: str = "bca", seed: int = 0) -> CorrelationResult:
+    """Pearson or Spearman correlation of two arrays with a bootstrap confidence interval.
+
+    .. warning:: ``p`` is scipy's t-test p-value, **not** derived from the bootstrap interval: with
+       few pairs the two can disagree (a CI covering 0 beside ``p < alpha``).  For a CI and p from
+       one method, and for clustered data, use :func:`studylib.stats.correlation` (Fisher z).
+       Kept for :func:`studylib.analysis.effects.correlation_effect` until the notebooks move.
 
     Parameters
     ----------
