@@ -1,4 +1,4 @@
-"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``import``, ``show``.
+"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``import``, ``show``, ``export``, ``add-roi``.
 
 Each subcommand is a thin shell over a library function, so everything the CLI does
 is importable and tested.  Input errors (:class:`studylib.errors.StudyError`) print one
@@ -68,6 +68,31 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .workbook.export import export_bids
+
+    res = export_bids(args.experiment, args.bids, preset=args.preset, manifest=args.manifest, reports=args.reports,
+                      cache_dir=args.cache)
+    for name, step in res.steps.items():
+        print(f"{name}: parameters from {step['params_from']}")
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"wrote {len(res.files)} file(s) for {len(res.sessions)} session(s) to {res.out}")
+    return 0
+
+
+def _cmd_add_roi(args) -> int:
+    from .workbook.export import register_roi
+
+    res = register_roi(args.roi, study=args.study, animal=args.animal, day=args.day, manifest=args.manifest,
+                       preset=args.preset, labels=args.labels, replace=args.replace)
+    for old in res.replaced:
+        print(f"no longer listed (file kept): {old}")
+    print(f"{res.manifest}: {res.path} listed as the ROI of {args.study} {args.animal} day {args.day} "
+          f"(labels {res.labels}); the next `studylib run` uses it")
+    return 0
+
+
 _CACHE_HELP = ("folder of the derived cache (default: env STUDYLIB_CACHE, else beside the data: "
                "data/<preset>/derived or <manifest folder>/derived); use it when the data are read-only")
 
@@ -128,6 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--manifest", default=None, help="the manifest the experiment was run on (as given to run)")
     w.add_argument("--cache", default=None, help=_CACHE_HELP)
     w.set_defaults(func=_cmd_show)
+
+    ex = sub.add_parser("export", help="fitted maps and ROI labels as NIfTI + JSON in a BIDS-derivatives folder")
+    ex.add_argument("experiment")
+    ex.add_argument("--bids", required=True, help="output folder (new, empty, or an earlier export)")
+    ex.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    ex.add_argument("--manifest", default=None, help="the manifest the experiment was run on (as given to run)")
+    ex.add_argument("--reports", default=None, help="reports folder holding the last run's <experiment>.json")
+    ex.add_argument("--cache", default=None, help=_CACHE_HELP)
+    ex.set_defaults(func=_cmd_export)
+
+    ar = sub.add_parser("add-roi", help="list a label NIfTI drawn on a scan's grid as that session's ROI")
+    ar.add_argument("roi", help="label image (.nii.gz/.nii) on the session's scan grid, e.g. an edited export dseg")
+    ar.add_argument("--study", required=True)
+    ar.add_argument("--animal", required=True)
+    ar.add_argument("--day", required=True, help="days from first treatment (integer)")
+    ar.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    ar.add_argument("--manifest", default=None, help="manifest to add the ROI to (default: the preset's)")
+    ar.add_argument("--labels", default=None, help="dseg.tsv (index, name) naming the label values")
+    ar.add_argument("--replace", action="store_true", help="unlist the session's current ROI (its file is kept)")
+    ar.set_defaults(func=_cmd_add_roi)
     return p
 
 

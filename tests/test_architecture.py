@@ -29,7 +29,8 @@ LAYERS = {
     "studylib.fit": 4, "studylib.roi": 4, "studylib.stats": 4,
     "studylib.synth": 5, "studylib.analysis": 5, "studylib.plots": 5, "studylib.testing": 5,
     "studylib.experiments": 6,
-    "studylib.workbook": 7, "studylib.cli": 8, "studylib": 9,  # the lazy facade imports nothing eagerly but errors
+    "studylib.workbook": 7, "studylib.workbook.export": 7,  # export: maps out to BIDS, drawn ROIs back in
+    "studylib.cli": 8, "studylib": 9,  # the lazy facade imports nothing eagerly but errors
 }
 
 
