@@ -60,7 +60,7 @@ def make_data(n, seed=2024):
     ve = rng.uniform(0.05, 0.5, n)
     vp = rng.uniform(0.0, 0.1, n)
     tf = np.arange(0, 600 + 1e-9, 0.25)
-    cbf = M.mcgrath_mouse_aif(tf, delay_s=30.0)
+    cbf = M.mcgrath_rat_aif(tf, delay_s=30.0)
     cpf = M.blood_to_plasma(cbf, H)
     step = int(round(DT_S / 0.25))
     idx = np.arange(0, tf.size, step)

@@ -83,7 +83,7 @@ def dce_work(spec, scale=1):
     ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), fa_deg=ds.attrs["FlipAngle"],
                                  tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=ds.attrs["Relaxivity_per_mM_per_s"],
                                  baseline=(1, 10))
-    aif = population_aif(ct["t"], "mcgrath_mouse", delay_s=ds.attrs["BolusArrivalTime_s"],
+    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=ds.attrs["BolusArrivalTime_s"],
                          hematocrit=ds.attrs["Hematocrit"])
     body = ds.roi != 5
     maps = dce(ct, aif, model="extended_tofts", mask=body)

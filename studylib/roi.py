@@ -58,47 +58,69 @@ def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndar
     -------
     (..., n_label, n_var, n_stat) float array in the order of :func:`_stat_names`
     (``sd`` with ``ddof=1``; NaN statistics where no voxel is used).
+
+    Notes
+    -----
+    With ``U`` the used voxels of a row (label, ``fit_ok``, finite) and ``n = |U|``:
+    ``mean = sum_U v / n`` and ``sd = sqrt(sum_U (v - mean)^2 / (n - 1))``, summed exactly as
+    :func:`numpy.nanmean` / :func:`numpy.nanstd` sum the NaN-masked row (pairwise, over the whole row
+    with zeros outside ``U``), so the bits are those of the NaN-masked formulation; the median,
+    percentiles (linear interpolation, Hyndman & Fan 1996 type 7), min, max and threshold fractions
+    are taken from the gathered values of ``U`` alone.  One pass per label and row over the labels,
+    never a NaN-filled copy of the maps.
     """
     values = np.asarray(values, dtype=np.float64)
     fit_ok = np.asarray(fit_ok, dtype=bool)
     labels_map = np.asarray(labels_map)
     lead = values.shape[:-2]
-    nv = values.shape[-2]
+    nv, n = values.shape[-2:]
     pct = np.asarray(list(percentiles), dtype=float)
     thr = np.asarray(thresholds, dtype=float).reshape(nv, -1)
     nthr = thr.shape[1]
-    out = np.full(lead + (len(label_values), nv, 9 + pct.size + nthr), np.nan)
-    finite = np.isfinite(values)
+    nl = len(label_values)
+    flat_v = values.reshape(-1, n)                                   # rows = (lead..., variable)
+    rows = flat_v.shape[0]
+    ok_v = (fit_ok[..., None, :] & np.isfinite(values)).reshape(rows, n)
+    ok_any = np.broadcast_to(fit_ok, lead + (n,)).reshape(-1, n)     # one row per lead index
+    flat_l = np.broadcast_to(labels_map, lead + (n,)).reshape(-1, n)
+    out = np.full((rows, nl, 9 + pct.size + nthr), np.nan)
+    z = np.zeros(n)                                                  # zero outside the used voxels
     for li, lab in enumerate(label_values):
-        inl = labels_map == lab                                   # (..., n_vox)
-        use = (inl & fit_ok)[..., None, :] & finite               # (..., n_var, n_vox)
-        nvox = inl.sum(-1)
-        nuse = use.sum(-1)
-        o = out[..., li, :, :]
-        o[..., 0] = nvox[..., None]
-        o[..., 1] = nuse
-        o[..., 2] = (inl & ~fit_ok).sum(-1)[..., None]
-        o[..., 3] = ((inl & fit_ok)[..., None, :] & ~finite).sum(-1)
-        masked = np.where(use, values, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            o[..., 4] = np.nanmean(masked, axis=-1)
-            o[..., 5] = np.where(nuse > 1, np.nanstd(masked, axis=-1, ddof=1), np.nan)
-            o[..., 6] = np.nanmedian(masked, axis=-1)
-            o[..., 7] = np.nanmin(np.where(use, values, np.inf), axis=-1)
-            o[..., 8] = np.nanmax(np.where(use, values, -np.inf), axis=-1)
-            if pct.size:
-                o[..., 9:9 + pct.size] = np.moveaxis(np.nanpercentile(masked, pct, axis=-1), 0, -1)
-        none = nuse == 0
-        o[..., 7] = np.where(none, np.nan, o[..., 7])
-        o[..., 8] = np.where(none, np.nan, o[..., 8])
-        if nthr:
-            above = (use[..., None, :] & (values[..., None, :] > thr[..., None])).sum(-1)  # (..., n_var, n_thr)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                frac = above / nuse[..., None]
-            frac = np.where(np.isfinite(thr), frac, np.nan)
-            o[..., 9 + pct.size:] = np.where(none[..., None], np.nan, frac)
-    return out
+        for i in range(flat_l.shape[0]):
+            inl = flat_l[i] == lab
+            n_vox = np.count_nonzero(inl)
+            inok = inl & ok_any[i]
+            n_ok = np.count_nonzero(inok)
+            for j in range(nv):
+                r = i * nv + j
+                o = out[r, li]
+                use = np.flatnonzero(inok & ok_v[r])
+                nuse = use.size
+                o[:4] = (n_vox, nuse, n_vox - n_ok, n_ok - nuse)
+                if nuse == 0:
+                    continue
+                g = flat_v[r, use]
+                # mean and SD (ddof=1) to the bit as numpy's nanmean / nanstd of where(use, values, NaN): the
+                # same pairwise sums over the same zero-filled row of every voxel, built from the used ones
+                z[use] = g
+                avg = np.sum(z) / nuse
+                o[4] = avg
+                if nuse > 1:
+                    d = g - avg
+                    z[use] = d * d
+                    o[5] = np.sqrt(np.sum(z) / (nuse - 1))
+                z[use] = 0.0
+                # order statistics and threshold fractions need the used values only, in any order
+                o[6] = np.median(g)
+                o[7] = g.min()
+                o[8] = g.max()
+                if pct.size:
+                    o[9:9 + pct.size] = np.percentile(g, pct)
+                if nthr:
+                    t = thr[j]
+                    frac = (g[:, None] > t[None, :]).sum(0) / nuse
+                    o[9 + pct.size:] = np.where(np.isfinite(t), frac, np.nan)
+    return np.moveaxis(out.reshape(lead + (nv, nl, out.shape[-1])), -2, -3).copy()
 
 
 def roi_hist_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndarray, label_values: Sequence[int],

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from .models.cest import zspectrum
-from .models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_mouse_aif
+from .models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_rat_aif
 from .models.diffusion import adc_signal
 from .models.noise import add_rician_noise
 from .models.relaxometry import monoexp_signal, spgr_signal
@@ -175,7 +175,7 @@ def synthetic_dce(shape, ktrans_per_min, ve, vp, snr, t_s, seed, *, t1_ms=1900.0
     vp_a = _param(vp, shape, "vp", positive=False)
     t1 = _param(t1_ms, shape, "t1_ms")
     m0a = _param(m0, shape, "m0")
-    cb = mcgrath_mouse_aif(t, delay_s=delay_s)
+    cb = mcgrath_rat_aif(t, delay_s=delay_s)
     cp = blood_to_plasma(cb, hematocrit)
     ct = extended_tofts_ct(t, cp, kt, ve_a, vp_a)
     r1 = 1000.0 / t1[..., None] + r1_per_s_per_mM * ct

@@ -23,7 +23,7 @@ def _ct(values, t, dims=("voxel", "t")):
 
 
 def _aif(t, delay_s=20.0):
-    return F.population_aif(t, "mcgrath_mouse", delay_s=delay_s)
+    return F.population_aif(t, "mcgrath_rat", delay_s=delay_s)
 
 
 # ------------------------------------------------------------------ convolution numerics
@@ -79,7 +79,7 @@ def test_blood_to_plasma_and_aifs():
     with pytest.raises(ValueError):
         M.blood_to_plasma(1.0, 1.0)
     t = np.arange(0, 60, 0.5)
-    a = M.mcgrath_mouse_aif(t, delay_s=10.0)
+    a = M.mcgrath_rat_aif(t, delay_s=10.0)
     assert np.all(a[t < 10] == 0) and np.isclose(a.max(), 3.4 + 1.81)
     p = M.parker_aif(t, delay_s=10.0)
     assert np.all(p[t < 10] == 0) and p.max() > 5
@@ -148,7 +148,7 @@ def test_linear_and_nonlinear_noise_free(model):
        dt=st.sampled_from([1.0, 2.0, 3.5, 5.0]), delay=st.floats(0.0, 30.0))
 def test_property_noise_free_recovery_extended_tofts(ktrans, ve, vp, dt, delay):
     t = np.arange(0, 360, dt)
-    cp = M.blood_to_plasma(M.mcgrath_mouse_aif(t, delay_s=delay), 0.45)
+    cp = M.blood_to_plasma(M.mcgrath_rat_aif(t, delay_s=delay), 0.45)
     y = M.extended_tofts_ct(t, cp, np.array([ktrans]), np.array([ve]), np.array([vp]))
     o = M.dce_kernel(y, t, cp=cp, model="extended_tofts", method="nonlinear")
     assert o["fit_ok"][0]
@@ -359,7 +359,7 @@ def test_population_and_resampled_aif():
     a = F.population_aif(t, "parker", delay_s=8.0, hematocrit=0.42)
     np.testing.assert_allclose(a.values, M.parker_aif(t, 8.0) / 0.58)
     assert a.attrs["units"] == "mM" and a["t"].attrs["units"] == "s"
-    fine = F.population_aif(np.arange(0, 300, 0.5), "mcgrath_mouse")
+    fine = F.population_aif(np.arange(0, 300, 0.5), "mcgrath_rat")
     r = F.resample_aif(fine, t)
     np.testing.assert_allclose(r.values, fine.sel(t=t).values)
     shifted = F.resample_aif(fine, t, delay_s=4.0)
@@ -375,7 +375,7 @@ def test_population_and_resampled_aif():
 def test_bolus_arrival_time():
     t = np.arange(0, 120, 1.0)
     delays = np.array([10.0, 20.0, 33.5])
-    curves = np.stack([M.mcgrath_mouse_aif(t, d) for d in delays])
+    curves = np.stack([M.mcgrath_rat_aif(t, d) for d in delays])
     curves = curves + np.random.default_rng(2).normal(0, 0.02, curves.shape)
     curves[1, 4] = np.nan
     ds = F.bolus_arrival_time(_ct(curves, t))

@@ -129,8 +129,8 @@ def _aif_rows():
     rows = []
     files = (("ParkerAIF_ref.csv", M.parker_aif, 60.0, 1e-4, 0.01),
              ("ParkerAIF_ref_with_delay.csv", M.parker_aif, 60.0, 0.1, 0.1),
-             ("preclinicalAIF_ref.csv", M.mcgrath_mouse_aif, 1.0, 1e-4, 0.01),
-             ("preclinicalAIF_ref_delay.csv", M.mcgrath_mouse_aif, 1.0, 1e-4, 0.01))
+             ("preclinicalAIF_ref.csv", M.mcgrath_rat_aif, 1.0, 1e-4, 0.01),
+             ("preclinicalAIF_ref_delay.csv", M.mcgrath_rat_aif, 1.0, 1e-4, 0.01))
     for fname, fn, to_s, atol, rtol in files:
         df = _read(f"PopulationAIF_DCE/data/{fname}", [])
         for label, g in df.groupby("label", sort=False):

@@ -35,7 +35,7 @@ def _dce_work():
     ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), fa_deg=ds.attrs["FlipAngle"],
                                  tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=ds.attrs["Relaxivity_per_mM_per_s"],
                                  baseline=(1, 10))
-    aif = population_aif(ct["t"], "mcgrath_mouse", delay_s=ds.attrs["BolusArrivalTime_s"],
+    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=ds.attrs["BolusArrivalTime_s"],
                          hematocrit=ds.attrs["Hematocrit"])
     maps = dce(ct, aif, model="extended_tofts", mask=ds.roi == 1)
     return maps, maps.ktrans.where(ds.roi == 1).mean(["z", "y", "x"])

@@ -179,6 +179,67 @@ def _chunk_like(v: xr.DataArray, sig: xr.DataArray) -> xr.DataArray:
     return v
 
 
+def _abs_mean_chunk(x, weights=None, axis=None, keepdims=True, dtype=None, computing_meta=False, **kwargs):
+    """Per-chunk part of :func:`masked_abs_mean`: ``{"n": count, "total": sum}`` of ``|x|`` where finite and masked.
+
+    The dictionary of :func:`dask.array.reductions.mean_chunk` with ``nansum``/``nannumel`` applied to
+    ``where(mask & isfinite(|x|), |x|, NaN)``: NaN replaced by 0 is what ``nansum`` sums, so writing the
+    zeros straight into ``|x|`` gives the same array (same layout, same order of summation), without the
+    NaN-filled copy and the ``isnan`` passes.
+    """
+    if computing_meta:
+        return x
+    a = np.abs(x)
+    keep = np.isfinite(a)
+    if weights is not None:
+        keep &= weights
+    np.copyto(a, a.dtype.type(0), where=~keep)
+    return {"n": np.sum(keep, axis=axis, dtype=dtype, keepdims=keepdims),
+            "total": np.sum(a, axis=axis, dtype=dtype, keepdims=keepdims)}
+
+
+def masked_abs_mean(signal: xr.DataArray, mask: xr.DataArray, dims) -> xr.DataArray | None:
+    """Mean of ``|signal|`` over ``dims`` where ``mask`` is True and the value finite, one task per chunk.
+
+    ``mean = sum(|S|[mask & finite]) / count(mask & finite)``, per remaining index (e.g. one value per
+    ``animal, day`` for a ``(animal, day, te, z, y, x)`` signal and ``dims = (te, z, y, x)``).  The same
+    numbers, to the bit, as ``abs(signal).where(mask & isfinite(abs(signal))).mean(dims, skipna=True)``
+    (Dask's ``nanmean``: per-chunk sums in the mean's dtype, then the same tree aggregation), but each
+    chunk of the signal is read once by one task instead of by a chain of full-size NaN-filled copies.
+
+    Returns ``None`` (the caller then takes the general xarray path) unless ``signal`` is Dask-backed
+    floating point, ``mask`` and ``dims`` are on the signal's dims, and every index the two share is equal
+    (no alignment to do).
+    """
+    if signal.chunks is None or not np.issubdtype(signal.dtype, np.floating):
+        return None
+    dims = [dims] if isinstance(dims, str) else list(dims)
+    if not set(mask.dims) <= set(signal.dims) or not set(dims) <= set(signal.dims) or not dims:
+        return None
+    for d in mask.dims:
+        if (d in mask.indexes) != (d in signal.indexes):
+            return None
+        if d in mask.indexes and not mask.indexes[d].equals(signal.indexes[d]):
+            return None
+    from functools import partial
+
+    import dask.array as da
+    from dask.array import chunk as dchunk
+    from dask.array.reductions import mean_agg, mean_combine, nannumel
+
+    axes = tuple(signal.get_axis_num(d) for d in dims)
+    m = mask.transpose(*[d for d in signal.dims if d in mask.dims]).data
+    m = m[tuple(slice(None) if d in mask.dims else None for d in signal.dims)]
+    dtype = np.mean(np.ones(1, dtype=signal.dtype)).dtype
+    data = da.reduction(signal.data, _abs_mean_chunk, mean_agg, axis=axes, keepdims=False, dtype=dtype,
+                        weights=m, concatenate=False, name="background-mean",
+                        combine=partial(mean_combine, sum=dchunk.nansum, numel=nannumel))
+    out_dims = [d for d in signal.dims if d not in dims]
+    coords = {k: c for k, c in signal.coords.items() if set(c.dims) <= set(out_dims)}
+    coords.update({k: c for k, c in mask.coords.items() if k not in coords and set(c.dims) <= set(out_dims)})
+    return xr.DataArray(data, dims=out_dims, coords=coords)
+
+
 def apply_kernel(
     kernel: Callable[..., Mapping[str, np.ndarray]],
     signal: xr.DataArray,

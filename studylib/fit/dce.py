@@ -16,11 +16,13 @@ Typical chain::
 AIF time grid: ``fit.dce`` takes the AIF on the frame times of ``ct`` or on a finer grid that
 contains every frame time (then the convolution runs on the fine grid: with coarse frames the
 piecewise-linear AIF through the frames misses the bolus peak, biasing Ktrans by ~1 % at 5 s
-frames for the mouse AIF; a population AIF evaluated every 0.25-0.5 s avoids that).  Any other
+frames for the McGrath rat AIF; a population AIF evaluated every 0.25-0.5 s avoids that).  Any other
 grid raises and names :func:`resample_aif`, which resamples explicitly (linear interpolation).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -283,8 +285,10 @@ def aif_from_roi(signal, roi, *, t10_blood_ms, fa_deg, tr_ms, r1_per_mM_s, hemat
 def population_aif(t_s, kind="parker", *, delay_s=0.0, hematocrit=0.45):
     """Population AIF as plasma concentration (mM) on the given times.
 
-    ``kind="parker"``: Parker et al. 2006 (human, doi:10.1002/mrm.21066); ``"mcgrath_mouse"``:
-    McGrath et al. 2009 model B (mouse, doi:10.1002/mrm.21959).  Both are whole-blood curves,
+    ``kind="parker"``: Parker et al. 2006 (human, doi:10.1002/mrm.21066); ``"mcgrath_rat"``:
+    McGrath et al. 2009 model B (tumour-bearing rats, doi:10.1002/mrm.21959); ``"mcgrath_mouse"``
+    is a deprecated name of the same rat curve (a :class:`DeprecationWarning`).  No mouse
+    population AIF is offered (see :mod:`studylib.models.aif`).  Both are whole-blood curves,
     divided by ``1 - hematocrit``.  ``delay_s`` shifts the bolus (0 before it).
     ``t_s`` is an array of times in s or a DataArray with a ``t`` coordinate.
     """
@@ -294,7 +298,11 @@ def population_aif(t_s, kind="parker", *, delay_s=0.0, hematocrit=0.45):
         t = np.asarray(t_s, dtype=float)
     if t.ndim != 1 or t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0) or np.any(t < 0):
         raise FitInputError("t_s must be 1-D, finite, non-negative and strictly increasing times in s")
-    fns = {"parker": _m.parker_aif, "mcgrath_mouse": _m.mcgrath_mouse_aif}
+    fns = {"parker": _m.parker_aif, "mcgrath_rat": _m.mcgrath_rat_aif}
+    if kind == "mcgrath_mouse":  # the old, wrong name: same curve
+        warnings.warn("population_aif kind 'mcgrath_mouse' is the McGrath et al. 2009 RAT AIF: use 'mcgrath_rat'",
+                      DeprecationWarning, stacklevel=2)
+        fns[kind] = _m.mcgrath_rat_aif
     if kind not in fns:
         raise FitInputError(f"kind must be one of {sorted(fns)}, got {kind!r}")
     try:

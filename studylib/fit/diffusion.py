@@ -12,13 +12,16 @@ from .relaxometry import _monoexp_fit
 __all__ = ["adc", "ivim"]
 
 
-def adc(signal, *, method="auto", noise_sigma=None, background=None, mask=None):
+def adc(signal, *, method="auto", noise_sigma=None, background=None, mask=None, n_coils=None):
     """ADC map from diffusion-weighted magnitude data (``b`` dim, s/mm^2; b = 0 optional).
 
     ``method``: ``"auto"`` = ``"squared"`` when a noise level is available (``noise_sigma``,
     ``background`` mask or ``signal.attrs["noise_sigma"]``; unbiased at low SNR), else the weighted
     log-linear fit (weights ``S^2``); or explicitly ``"loglinear"``, ``"nonlinear"``, ``"squared"``
     (per-voxel fitted noise offset when no sigma), ``"rician"``.
+    ``n_coils``: receive channels combined by root-sum-of-squares (default: the sidecar's
+    ``ReceiveCoilChannels``, else 1); the squared model's floor is then ``2 L sigma^2`` and a
+    ``background`` sigma uses the L-channel estimator, as in :func:`studylib.fit.t2star`.
 
     Returns Dataset ``adc`` (um^2/ms = 1e-3 mm^2/s), ``s0``, ``rmse``, ``noise_sigma``, ``fit_ok``.
     """
@@ -31,7 +34,8 @@ def adc(signal, *, method="auto", noise_sigma=None, background=None, mask=None):
                Output("fit_ok", "", "voxel fitted", bool)]
     names = {"rate": "adc"}
     return _monoexp_fit(signal, "b", "b-values (s/mm^2)", method, noise_sigma, background, mask, names,
-                        outputs, {"fit": "adc", "model": "S0 exp(-b ADC)"}, x_scale=_dw.UM2_PER_MS_TO_MM2_PER_S)
+                        outputs, {"fit": "adc", "model": "S0 exp(-b ADC)"}, x_scale=_dw.UM2_PER_MS_TO_MM2_PER_S,
+                        n_coils=n_coils)
 
 
 def _ivim_kernel(y, x, *, b_threshold):

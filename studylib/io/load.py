@@ -17,7 +17,7 @@ import xarray as xr
 from .. import conventions
 from ..errors import DataFileError, ManifestError, StudyError
 from ..manifest import AXIS_KINDS, IMAGE_KINDS, manifest_sha256, read_manifest, resolve_path
-from .nifti import NiftiInfo, check_same_grid, read_header, read_nifti_lazy
+from .nifti import NiftiInfo, check_same_grid, read_header, read_nifti_lazy, read_nifti_pair_lazy
 from .sidecar import AXES, acquisition_axis, read_sidecar
 
 __all__ = ["load_study", "load_histology", "open_manifest", "check_same_grid", "ROI_LABELS"]
@@ -97,7 +97,7 @@ def _common_sidecar_attrs(sidecars: list[dict], skip: set) -> dict:
     return out
 
 
-def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
+def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan: bool = False) -> xr.Dataset:
     """Load one kind of scan of one study as a lazy xarray Dataset.
 
     Parameters
@@ -111,6 +111,11 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
     chunks : ``"scan"`` or dict
         ``"scan"`` (default): one Dask chunk per scan.  A dict is passed to
         :meth:`xarray.Dataset.chunk` afterwards.
+    roi_with_scan : bool
+        Read each scan and its ROI label map in one task (default False: one task per file).  For a
+        pass that needs both per scan (fit inside the labels, ROI statistics) on a distributed
+        cluster: every task of a scan then runs where its data is, and no scan-sized array moves
+        between workers.  The price: computing only ``roi`` (volumes) also decompresses the scans.
 
     Returns
     -------
@@ -263,7 +268,14 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
                 continue
             acquired[ia, iday] = True
             info = s["info"]
-            arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"])
+            r = rois.get((a, d))
+            if r is not None and roi_with_scan:  # one task reads both: no scan-sized transfer between workers
+                arr, roi = read_nifti_pair_lazy(s["path"], info.design_shape, np.float32, r["path"], r["shape"],
+                                                np.int16, token=(s["sha"], r["sha"]))
+            else:
+                arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"])
+                if r is not None:
+                    roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"])
             if len(info.shape) == 3 and dim:
                 arr = arr[None]
             elif len(info.shape) == 4 and not dim:
@@ -278,9 +290,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan") -> xr.Dataset:
             else:
                 mrow.append(nan_m0)
             srow.append(arr)
-            if (a, d) in rois:
-                r = rois[(a, d)]
-                roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"])
+            if r is not None:
                 roi = roi[0] if len(r["shape"]) == 4 else roi
                 if r["lut"]:  # the file's label values -> the conventional ones, by their meaning
                     roi = roi.map_blocks(conventions.relabel, lut=r["lut"], dtype=np.int16)

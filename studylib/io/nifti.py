@@ -23,7 +23,8 @@ from .._atomic import atomic_write_bytes
 from ..errors import DataFileError
 from .sidecar import sidecar_path, validate_sidecar
 
-__all__ = ["check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti", "NiftiInfo", "to_design_order"]
+__all__ = ["check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti_pair_lazy", "read_nifti",
+           "NiftiInfo", "to_design_order"]
 
 _INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
 
@@ -418,6 +419,37 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None):
     delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape,
                                                   dask_key_name=name)
     return da.from_delayed(delayed, shape=shape, dtype=np.dtype(dtype), name=name + "-arr")
+
+
+def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b):
+    return (read_nifti(path_a, dtype=dtype_a, expect_shape=shape_a),
+            read_nifti(path_b, dtype=dtype_b, expect_shape=shape_b))
+
+
+def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, token=None):
+    """Two NIfTI images (a scan and its ROI label map) as two Dask arrays read by one task.
+
+    Like :func:`read_nifti_lazy` for each file, but both are read by the same task, so every task that
+    needs a scan and its labels (background noise SD, masked fit, ROI statistics) finds both on the
+    worker that read them: under a distributed scheduler nothing the size of a scan moves between
+    workers.  Computing either array reads both files.  ``token``: content token of the pair.
+
+    Returns
+    -------
+    (dask.array.Array, dask.array.Array)
+        One chunk each, of shapes ``shape_a``/``shape_b`` and dtypes ``dtype_a``/``dtype_b``.
+    """
+    import dask
+    import dask.array as da
+
+    shape_a = tuple(int(s) for s in shape_a)
+    shape_b = tuple(int(s) for s in shape_b)
+    name = "read-nifti-pair-" + dask.base.tokenize(str(path_a), shape_a, str(np.dtype(dtype_a)), str(path_b),
+                                                   shape_b, str(np.dtype(dtype_b)), token)
+    pair = dask.delayed(_read_pair, pure=True, nout=2)(str(path_a), shape_a, np.dtype(dtype_a), str(path_b), shape_b,
+                                                       np.dtype(dtype_b), dask_key_name=name)
+    return (da.from_delayed(pair[0], shape=shape_a, dtype=np.dtype(dtype_a), name=name + "-a"),
+            da.from_delayed(pair[1], shape=shape_b, dtype=np.dtype(dtype_b), name=name + "-b"))
 
 
 def check_same_grid(a: NiftiInfo, b: NiftiInfo, *, what: str, other: str, tol_mm: float = 1e-3) -> None:

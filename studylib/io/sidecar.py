@@ -92,6 +92,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "ContrastDose_mmol_per_kg": _num(_nonneg, "non-negative number in mmol/kg"),
     "Hematocrit": _num(lambda x: 0 < x < 1, "fraction between 0 and 1"),
     "NoiseSigma": _num(_nonneg, "non-negative number"),
+    "ReceiveCoilChannels": _num(lambda x: x >= 1 and x == int(x), "whole number >= 1 (receive channels, RSS-combined)"),
     "Nucleus": _nucleus,
     "ReferenceTube_mM": _list(_nonneg, "non-negative numbers in mM", scalar_ok=True),
     "Labels": _labels,

@@ -1,24 +1,32 @@
-"""Arterial input functions: population AIFs (Parker 2006 human, McGrath 2009 rodent), whole blood ->
+"""Arterial input functions: population AIFs (Parker 2006 human, McGrath 2009 rat), whole blood ->
 plasma, resampling a curve onto frame times, and the bolus arrival time of a curve.
+
+No mouse population AIF is offered: the McGrath 2009 curve was measured in rats (it used to be called
+``mcgrath_mouse_aif``, a name kept as a deprecated alias), and a published mouse curve (e.g. Loveless
+et al., MRM 2012;67:226, doi:10.1002/mrm.22988, 7 T) is only added with its published parameters.
 
 Times in seconds, concentrations in mM, the fitted axis last, no xarray.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ._solve import _solve3
 
-__all__ = ["PARKER_2006", "MCGRATH_2009_MODEL_B", "parker_aif", "mcgrath_mouse_aif", "blood_to_plasma",
-           "resample_curve", "bolus_arrival_kernel"]
+__all__ = ["PARKER_2006", "MCGRATH_2009_MODEL_B", "parker_aif", "mcgrath_rat_aif", "mcgrath_mouse_aif",
+           "blood_to_plasma", "resample_curve", "bolus_arrival_kernel"]
 
 #: Parker et al., MRM 2006;56:993 (doi:10.1002/mrm.21066), Table 1; times in minutes, Cb in mM.
 PARKER_2006 = dict(A1=0.809, sigma1=0.0563, T1=0.17046, A2=0.330, sigma2=0.132, T2=0.365,
                    alpha=1.050, beta=0.1685, s=38.078, tau=0.483)
 
-#: McGrath et al., MRM 2009;61:1173 (doi:10.1002/mrm.21959), Table 1 model B (mouse):
-#: linear rise to t0, then bi-exponential decay.  A in mM, K in 1/s, t0 in s.
+#: McGrath et al., "Comparison of model-based arterial input functions for dynamic contrast-enhanced
+#: MRI in tumor bearing rats", MRM 2009;61:1173 (doi:10.1002/mrm.21959), model B (RAT, not mouse):
+#: linear rise to t0, then bi-exponential decay.  A in mM, K in 1/s, t0 in s.  The OSIPI
+#: DCE-DSC-MRI code collection's "preclinical AIF" (tests/test_osipi.py checks against it).
 MCGRATH_2009_MODEL_B = dict(A1=3.4, K1=0.045, A2=1.81, K2=0.0015, t0=7.0)
 
 
@@ -56,8 +64,11 @@ def parker_aif(t_s, delay_s=0.0, params=PARKER_2006):
     return cb
 
 
-def mcgrath_mouse_aif(t_s, delay_s=0.0, params=MCGRATH_2009_MODEL_B):
-    """McGrath et al. 2009 mouse AIF, model B (whole blood, mM).
+def mcgrath_rat_aif(t_s, delay_s=0.0, params=MCGRATH_2009_MODEL_B):
+    """McGrath et al. 2009 rat AIF, model B (whole blood, mM).
+
+    A population curve of tumour-bearing rats (Gd-DTPA).  Used for mice it is an assumption: mouse
+    blood volume, cardiac output and renal clearance differ (faster wash-out), so say so when you do.
 
     Parameters
     ----------
@@ -79,6 +90,20 @@ def mcgrath_mouse_aif(t_s, delay_s=0.0, params=MCGRATH_2009_MODEL_B):
     ``Cb = A1 exp(-K1 (t - t0)) + A2 exp(-K2 (t - t0))`` for ``t >= t0``, with t in s
     measured from ``delay_s``.  McGrath et al., MRM 2009;61:1173, doi:10.1002/mrm.21959.
     """
+    return _mcgrath(t_s, delay_s, params)
+
+
+def mcgrath_mouse_aif(t_s, delay_s=0.0, params=MCGRATH_2009_MODEL_B):
+    """Deprecated alias of :func:`mcgrath_rat_aif` (the McGrath 2009 curve was measured in rats).
+
+    Same values; emits a :class:`DeprecationWarning`.
+    """
+    warnings.warn("mcgrath_mouse_aif is the McGrath et al. 2009 RAT AIF: call mcgrath_rat_aif (same values)",
+                  DeprecationWarning, stacklevel=2)
+    return _mcgrath(t_s, delay_s, params)
+
+
+def _mcgrath(t_s, delay_s, params):
     p = params
     t = np.asarray(t_s, dtype=float) - delay_s
     rise = (p["A1"] + p["A2"]) * t / p["t0"]

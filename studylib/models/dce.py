@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .aif import (MCGRATH_2009_MODEL_B, PARKER_2006, blood_to_plasma, bolus_arrival_kernel, mcgrath_mouse_aif,
-                  parker_aif, resample_curve)
+                  mcgrath_rat_aif, parker_aif, resample_curve)
 from ._solve import _nnls2, _parabola_vertex, _solve2, _solve3
 from .convolution import _conv_tables, _cumtrapz, _seg_weights, exp_convolve, exp_convolve_and_derivative
 
@@ -31,6 +31,7 @@ __all__ = [
     "PARKER_2006",
     "MCGRATH_2009_MODEL_B",
     "parker_aif",
+    "mcgrath_rat_aif",
     "mcgrath_mouse_aif",
     "blood_to_plasma",
     "resample_curve",

@@ -48,18 +48,20 @@ def ivim_signal(b_s_per_mm2, s0, d_um2_per_ms, dstar_um2_per_ms, f):
 __all__ += ["fit_adc", "fit_ivim_segmented"]
 
 
-def fit_adc(y, b_s_per_mm2, *, method="squared", sigma=None, n_iter=None):
+def fit_adc(y, b_s_per_mm2, *, method="squared", sigma=None, n_iter=None, n_coils=1):
     """ADC in every voxel: ``S(b) = S0 exp(-b ADC)``.
 
     ``method`` as :func:`studylib.models.relaxometry.fit_monoexp`: ``"loglinear"`` (weights
     ``S^2``), ``"nonlinear"``, ``"squared"`` (noise-corrected ``S^2``, unbiased at low SNR, needs
-    or fits sigma), ``"rician"``.  b = 0 is optional (S0 is extrapolated).
-    Returns dict ``adc`` (um^2/ms), ``s0``, ``rmse``, ``sigma``, ``fit_ok``.
+    or fits sigma), ``"rician"``.  b = 0 is optional (S0 is extrapolated).  ``n_coils``: receive
+    channels combined by root-sum-of-squares, noise floor ``E[S^2] = S0^2 e^{-2 b ADC} + 2 L sigma^2``
+    (see :func:`~studylib.models.relaxometry.fit_monoexp`).
+    Returns dict ``adc`` (um^2/ms), ``s0``, ``rmse``, ``sigma`` (per channel), ``fit_ok``.
     """
     from .relaxometry import fit_monoexp
 
     x = np.asarray(b_s_per_mm2, dtype=float) * UM2_PER_MS_TO_MM2_PER_S
-    r = fit_monoexp(y, x, method=method, sigma=sigma, n_iter=n_iter)
+    r = fit_monoexp(y, x, method=method, sigma=sigma, n_iter=n_iter, n_coils=n_coils)
     return {"adc": r["rate"], "s0": r["s0"], "rmse": r["rmse"], "sigma": r["sigma"], "fit_ok": r["fit_ok"]}
 
 

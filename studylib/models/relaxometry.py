@@ -455,7 +455,7 @@ def _nonlinear_block(yT, x, n_iter):
     return th[0], th[1]
 
 
-def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, gof=True, block=None):
+def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, gof=True, block=None, n_coils=1):
     """Fit ``S(x) = S0 exp(-R x)`` in every voxel (T2*, T2 and ADC share this kernel).
 
     Parameters
@@ -498,6 +498,13 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
     block : int, optional
         Voxels per internal batch (default: about 80,000 samples per batch, at least 4096 voxels;
         16384 voxels for 5 b-values).  Only speed and temporary memory depend on it.
+    n_coils : int
+        Receive channels ``L`` combined by root-sum-of-squares (non-central chi noise, 2L degrees of
+        freedom).  ``E[S^2] = S0^2 e^{-2Rx} + 2 L sigma^2`` and ``Var(S^2) = 4 sigma^2 (nu^2 + L
+        sigma^2)`` hold exactly, so ``"squared"`` is the same fit with ``sigma`` replaced by
+        ``sqrt(L) sigma`` (weights included; Constantinides et al., MRM 1997;38:852,
+        doi:10.1002/mrm.1910380524); with sigma fitted, the fitted offset is ``2 L sigma^2``.
+        ``"rician"`` models one channel only (``L = 1``).  ``sigma`` stays the SD per channel.
 
     Returns
     -------
@@ -519,6 +526,12 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
         sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (nv,))
     elif method == "rician":
         raise ValueError("method='rician' needs sigma")
+    if n_coils != 1:
+        from .noise import check_n_coils
+        n_coils = check_n_coils(n_coils)
+    if n_coils != 1 and method == "rician":
+        raise ValueError(f"method='rician' models one receive channel; use method='squared' for n_coils={n_coils}")
+    coil = np.sqrt(float(n_coils)) if n_coils != 1 else None  # sigma -> sqrt(L) sigma in the squared model
     if n_iter is None:
         n_iter = 3 if (method == "squared" and sigma is not None) else 8
     if block is None:
@@ -554,8 +567,9 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
                 a, r = _rician_block(yT, x, sb, n_iter, trunc)
             elif sb is None:
                 a, r, sg, wcost = _squared_free_block(yT, x, n_iter, trunc)
+                sg = sg if coil is None else sg / coil
             else:
-                a, r, wcost = _squared_block(yT, x, sb, n_iter, trunc, plan)
+                a, r, wcost = _squared_block(yT, x, sb if coil is None else sb * coil, n_iter, trunc, plan)
             if gof and wcost is not None:
                 # W (S^2 - m)^2 / 4 ~ (S - sqrt(m))^2: a noise-weighted residual in signal units
                 rmse[sel] = np.sqrt(wcost / (4.0 * n))
@@ -584,30 +598,39 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
     return {"s0": s0, "rate": rate, "sigma": sig_out, "rmse": rmse, "fit_ok": fit_ok}
 
 
-def _run_blocks(y, fn, names, block=_BLOCK):
-    """Apply ``fn(yT (n, nb)) -> tuple of (nb,) arrays`` block-wise over finite voxels."""
+def _run_blocks(y, fn, names, block=_BLOCK, extra=()):
+    """Apply ``fn(yT (n, nb), *extra_block) -> tuple of (nb,) arrays`` block-wise over finite voxels.
+
+    ``extra``: per-voxel arrays ``(n_vox,)`` (e.g. a B1 map) handed to ``fn`` for the same voxels; a
+    voxel whose extra value is not finite is not fitted either."""
     y = np.asarray(y, dtype=np.float64)
     nv = y.shape[0]
     out = {k: np.full(nv, np.nan) for k in names}
-    idx = np.flatnonzero(np.isfinite(y).all(axis=1))
+    ok = np.isfinite(y).all(axis=1)
+    for e in extra:
+        ok &= np.isfinite(e)
+    idx = np.flatnonzero(ok)
     for start in range(0, idx.size, block):
         sel = idx[start:start + block]
         yT = np.ascontiguousarray(y[sel].T)
         with np.errstate(all="ignore"):
-            res = fn(yT)
+            res = fn(yT, *(e[sel] for e in extra))
         for k, v in zip(names, res):
             out[k][sel] = v
     return out
 
 
-def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK):
+def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK, b1=None):
     """T1 from variable-flip-angle spoiled gradient echo (DESPOT1).
 
     ``S(a) = M0 sin a (1 - E1) / (1 - cos a E1)``, ``E1 = exp(-TR / T1)``.
     ``"linear"``: ``S / sin a = E1 S / tan a + M0 (1 - E1)``, a straight line whose slope is E1
     (Deoni et al., MRM 2003;49:515, doi:10.1002/mrm.10407), closed form for all voxels.
     ``"nonlinear"``: Levenberg-Marquardt on ``(M0, T1)`` with analytic derivatives, started from
-    the linear fit.  Flip angles are nominal (no B1 correction).
+    the linear fit.  Flip angles are nominal unless ``b1`` is given: then voxel ``v`` uses the
+    actual angles ``a = b1[v] * a_nominal`` in both methods (``b1``: relative flip angle, actual /
+    nominal).  Uncorrected, the fit returns ``T1_app ~ b1^2 T1`` for small angles (``S ~ M0 b a /
+    (1 + b^2 a^2 T1 / (2 TR))``): 0.72 T1 for ``b1 = 0.85``.
 
     Parameters
     ----------
@@ -616,6 +639,8 @@ def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK):
         Flip angles in degrees (>= 2 distinct).
     tr_ms : float
         Repetition time in ms.
+    b1 : ndarray (n_vox,), optional
+        Relative flip angle (actual / nominal) per voxel; a voxel with a non-finite value is not fitted.
 
     Returns
     -------
@@ -625,9 +650,14 @@ def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK):
     sa, ca, ta = np.sin(a), np.cos(a), np.tan(a)
     tr = float(tr_ms)
 
-    def fn(yT):
-        Y = yT / sa[:, None]
-        X = yT / ta[:, None]
+    def fn(yT, *rel):
+        if rel:  # per-voxel actual angles (n, nb)
+            av = a[:, None] * rel[0][None, :]
+            S, C, T = np.sin(av), np.cos(av), np.tan(av)
+        else:
+            S, C, T = sa[:, None], ca[:, None], ta[:, None]
+        Y = yT / S
+        X = yT / T
         n = yT.shape[0]
         sx, sy = X.sum(0), Y.sum(0)
         sxx, sxy = (X * X).sum(0), (X * Y).sum(0)
@@ -638,7 +668,7 @@ def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK):
             good = np.isfinite(t1) & (t1 > 0) & np.isfinite(m0)
             t1 = np.where(good, t1, 1000.0)
             m0 = np.where(good, m0, yT.max(0) / 0.1)
-            sac, cac = sa[:, None], ca[:, None]
+            sac, cac = S, C
 
             def evaluate(th):
                 e = np.exp(-tr / th[1])[None, :]
@@ -650,11 +680,12 @@ def fit_vfa(y, fa_deg, *, tr_ms, method="linear", n_iter=6, block=_BLOCK):
             m0, t1 = th
             rmse = np.sqrt(cost / n)
         else:
-            model = m0[None, :] * sa[:, None] * (1 - e1[None, :]) / (1 - ca[:, None] * e1[None, :])
+            model = m0[None, :] * S * (1 - e1[None, :]) / (1 - C * e1[None, :])
             rmse = np.sqrt(((yT - model) ** 2).mean(0))
         return t1, m0, rmse
 
-    out = _run_blocks(y, fn, ("t1", "m0", "rmse"), block)
+    extra = () if b1 is None else (np.broadcast_to(np.asarray(b1, dtype=float), (np.shape(y)[0],)),)
+    out = _run_blocks(y, fn, ("t1", "m0", "rmse"), block, extra)
     ok = np.isfinite(out["t1"]) & (out["t1"] > 0) & np.isfinite(out["m0"]) & (out["m0"] > 0) & np.isfinite(out["rmse"])
     for k in out:
         out[k][~ok] = np.nan

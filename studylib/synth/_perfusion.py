@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.dce import MCGRATH_2009_MODEL_B, blood_to_plasma, extended_tofts_ct, mcgrath_mouse_aif
+from ..models.dce import MCGRATH_2009_MODEL_B, blood_to_plasma, extended_tofts_ct, mcgrath_rat_aif
 from ..models.diffusion import UM2_PER_MS_TO_MM2_PER_S, ivim_signal
 from ..models.relaxometry import spgr_signal
 from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
@@ -150,7 +150,7 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                         mvd=p["mvd_per_mm2"][a.model] * lognormal_mean1(r, 0.2),
                         ifp=p["ifp_mmHg"][a.model] * lognormal_mean1(r, 0.25))
     t = frame_times_s(p)
-    cb = mcgrath_mouse_aif(t, delay_s=p["bolus_arrival_s"])
+    cb = mcgrath_rat_aif(t, delay_s=p["bolus_arrival_s"])
     cp = blood_to_plasma(cb, p["hematocrit"])
     r1 = p["r1_per_s_per_mM"]
 

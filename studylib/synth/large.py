@@ -73,7 +73,7 @@ import xarray as xr
 
 from ..conventions import ROI_LABELS
 from ..errors import LargeStudyError
-from ..models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_mouse_aif
+from ..models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_rat_aif
 from ..models.noise import add_rician_noise
 from ..models.relaxometry import monoexp_signal, spgr_signal
 from ._phantom import Body, Grid, Tumour, label_map, lognormal_mean1, spatial_pattern
@@ -221,7 +221,7 @@ def scan_arrays(ia: int, iday: int, *, n_days=6, shape=(20, 128, 128), kind="MEG
     else:
         p = DCE
         t = np.arange(p["n_frames"]) * p["dt_s"]
-        cb = mcgrath_mouse_aif(t, delay_s=p["bolus_arrival_s"])
+        cb = mcgrath_rat_aif(t, delay_s=p["bolus_arrival_s"])
         cp = blood_to_plasma(cb, p["hematocrit"])
         wk = spatial_pattern(tmask, rim, p["w_rim"], p["w_core"], p["jitter"], r)
 
