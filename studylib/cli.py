@@ -1,4 +1,4 @@
-"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``import``, ``show``, ``export``, ``add-roi``.
+"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``import``, ``show``, ``export``, ``add-roi``, ``status``.
 
 Each subcommand is a thin shell over a library function, so everything the CLI does
 is importable and tested.  Input errors (:class:`studylib.errors.StudyError`) print one
@@ -38,10 +38,19 @@ def _cmd_synth(args) -> int:
 
 def _cmd_run(args) -> int:
     from .workbook import run
+    from .workbook.parameters import parse_assignments
 
     return run(args.experiments or None, preset=args.preset, reports=args.reports,
                scheduler=args.scheduler, manifest=args.manifest, force=args.force, cache_dir=args.cache,
-               jobs=args.jobs)
+               jobs=args.jobs, parameters=parse_assignments(args.param))
+
+
+def _cmd_status(args) -> int:
+    from .workbook.parameters import parse_assignments
+    from .workbook.status import status
+
+    return status(args.experiments or None, preset=args.preset, manifest=args.manifest, reports=args.reports,
+                  cache_dir=args.cache, parameters=parse_assignments(args.param))
 
 
 def _cmd_show(args) -> int:
@@ -130,9 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="execute notebooks even when their last successful report is still current")
     r.add_argument("--cache", default=None, help=_CACHE_HELP)
+    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a notebook parameter (repeatable), typed like its default in the notebook's parameters "
+                        "cell, e.g. -p t2star_method=loglinear -p alpha=0.01; an unknown name is an error")
     r.add_argument("--jobs", "-j", type=int, default=None,
                    help="notebooks executed at the same time, each in its own kernel (default: the CPU cores)")
     r.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("status", help="which reports are up to date, stale (and why), failed or never run")
+    st.add_argument("experiments", nargs="*")
+    st.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    st.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
+    st.add_argument("--manifest", default=None)
+    st.add_argument("--cache", default=None, help=_CACHE_HELP)
+    st.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="the parameters the reports should have been run with (as given to run)")
+    st.set_defaults(func=_cmd_status)
 
     im = sub.add_parser("import", help="convert ParaVision or DICOM scans to NIfTI + sidecars and manifest rows")
     im.add_argument("src", help="ParaVision study or scan folder, or a folder of DICOM files")

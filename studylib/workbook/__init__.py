@@ -5,6 +5,9 @@
 :mod:`.provenance`  git, package versions, python and machine of a run
 :mod:`.report`      the HTML of a report and the index page
 :mod:`.inspect`     ``studylib show`` and :func:`load_intermediate`: cached intermediates
+:mod:`.parameters`  ``studylib run -p name=value``: checked and typed against the notebook
+:mod:`.status`      ``studylib status``: up to date / stale (why) / failed / never run
+:mod:`.export`      ``studylib export`` (BIDS derivatives) and ``studylib add-roi``
 ==================  ===================================================================
 
 The notebook side (:func:`record_headline`, :func:`record_conclusions`) is :mod:`studylib.recorder`;
@@ -22,6 +25,7 @@ from .provenance import KEY_PACKAGES, provenance_base
 from .report import REPORT_FORMAT, render_report, write_index
 from . import run as run_module
 from .run import _ensure_data, available, run, run_fingerprint
+from .status import status
 
 #: the project folder (the repository in a source checkout): see :func:`studylib.layout.project_root`
 REPO_DIR = project_root()
@@ -41,6 +45,7 @@ __all__ = [
     "run",
     "run_fingerprint",
     "show",
+    "status",
     "write_index",
     "RECORD_ENV",
     "REPORT_FORMAT",

@@ -95,6 +95,9 @@ def _header_html(prov: dict) -> str:
              f'<div><span class="sl-status {_status_class(status)}">{_e(status)}</span> '
              f'<span class="sl-muted">{_e(exp)} · {_e(prov.get("after", ""))} · preset {_e(prov.get("preset"))}'
              f' · {prov.get("run_s", 0):.1f} s</span></div>']
+    if prov.get("parameters_given"):
+        given = ", ".join(f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in prov["parameters_given"].items())
+        parts.append(f'<div class="sl-params">Run with parameters: <code>{_e(given)}</code></div>')
     if prov.get("headline"):
         parts.append(f'<p class="sl-headline"><b>Headline:</b> {_e(prov["headline"])}</p>')
     parts.append(_warnings_html(prov))

@@ -40,6 +40,7 @@ from ..layout import check_preset, default_cache_dir, default_manifest, experime
 from ..layout import notebooks_dir as notebooks_dir_default
 from ..manifest import read_manifest, sha256_file
 from ..recorder import RECORD_ENV, jsonable as _jsonable
+from .parameters import load_notebook as _load_notebook, typed_parameters
 from .provenance import provenance_base
 from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
 
@@ -132,26 +133,6 @@ def _real_manifest(name: str, given) -> Path | None:
     if not m.is_file():
         raise WorkbookError(f"{name}: its real-data manifest {m} is missing (it is committed with the repository)")
     return m.resolve()
-
-
-def _load_notebook(src: Path):
-    import jupytext
-    import nbformat
-
-    try:
-        nb = jupytext.read(src) if src.suffix == ".py" else nbformat.read(src, as_version=4)
-    except Exception as err:
-        raise WorkbookError(f"{src}: cannot read the notebook ({type(err).__name__}: {err})") from None
-    ks = nb.metadata.get("kernelspec") or {}
-    if not ks.get("name"):
-        # a text notebook without a kernelspec makes papermill fail with "No language found"
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata.setdefault("language_info", {"name": "python"})
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    return nb
 
 
 def _error_from_notebook(nb) -> dict | None:
@@ -301,7 +282,10 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     manifest : a data manifest to use instead of the preset's (must exist with all its files).
     notebooks_dir : folder of the notebooks (default :func:`studylib.layout.notebooks_dir`, ``<project>/notebooks``).
     cache_dir : cache root (default :func:`studylib.layout.default_cache_dir` of ``preset`` and ``manifest``).
-    parameters : extra papermill parameters for every notebook (override the defaults).
+    parameters : notebook parameters for every notebook (``studylib run -p name=value``), overriding the
+        defaults of its ``parameters`` cell; checked and typed by
+        :func:`studylib.workbook.parameters.typed_parameters` before anything runs (an unknown name or a
+        value of the wrong type is a :class:`WorkbookError`).  Shown in the report header and recorded.
     timeout_s : per-cell execution timeout (None: no limit).
     progress : tqdm progress over experiments and cells (stderr).
     kernel_name : Jupyter kernel (the Makefile installs ``python3`` into the venv).
@@ -336,6 +320,8 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
         reports.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise WorkbookError(f"reports folder {str(reports)!r} cannot be created ({err})") from None
+    # -p name=value: checked and typed against each notebook's parameters cell before anything runs
+    given = {n: typed_parameters(n, _notebook_file(n, nbdir), dict(parameters or {})) for n in names}
     real = {n: _real_manifest(n, manifest) for n in names}  # real-data experiments run on their own manifest
     man = _ensure_data(preset, manifest) if any(m is None for m in real.values()) else None
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir(preset, manifest)
@@ -359,7 +345,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
             m, croot = where[name]
             ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m, manifest_sha=sha256_file(m),
                           cache_root=croot, scheduler=sched_param, sched_desc=sched_desc,
-                          parameters=parameters, base=base, cwd=cwd, timeout_s=timeout_s,
+                          parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
                           progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force)
             bar.update(1)
             return ok
@@ -417,15 +403,35 @@ def _files_signature(manifest: Path, study: str | None = None) -> list:
     return sorted(out)
 
 
+def fingerprint_parts(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str,
+                      study: str | None = None) -> dict:
+    """Everything a notebook run depends on (see :func:`run`, Notes), part by part: the notebook, its
+    parameters, the manifest and the *content* (sha256) of the files it lists for ``study``, the code, the
+    packages, python and the kernel.  Stored in the report record (``inputs``) so ``studylib status`` can
+    say which part changed."""
+    return {"format": REPORT_FORMAT, "notebook": sha256_file(src), "parameters": _jsonable(parameters),
+            "manifest_sha256": sha256_file(manifest), "files": _files_signature(manifest, study),
+            "code": base.get("studylib_code_sha256"), "packages": base.get("packages"),
+            "python": base.get("python"), "kernel": kernel_name}
+
+
+def fingerprint_of(parts: dict) -> str:
+    """sha256 of :func:`fingerprint_parts`."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def run_fingerprint(src: Path, parameters: dict, manifest: Path, base: dict, kernel_name: str,
                     study: str | None = None) -> str:
-    """sha256 of everything a notebook run depends on (see :func:`run`, Notes): the notebook, its parameters,
-    the manifest and the *content* (sha256) of the files it lists for ``study``, the code, the packages."""
-    doc = {"format": REPORT_FORMAT, "notebook": sha256_file(src), "parameters": _jsonable(parameters),
-           "manifest_sha256": sha256_file(manifest), "files": _files_signature(manifest, study),
-           "code": base.get("studylib_code_sha256"), "packages": base.get("packages"),
-           "python": base.get("python"), "kernel": kernel_name}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    """sha256 of everything a notebook run depends on (:func:`fingerprint_parts`)."""
+    return fingerprint_of(fingerprint_parts(src, parameters, manifest, base, kernel_name, study))
+
+
+def fingerprint_parameters(name: str, manifest: Path, preset: str, cache_root: Path, reports: Path,
+                           parameters: dict | None) -> dict:
+    """The parameters a run's fingerprint covers: the runner's own (the scheduler left out: results do not
+    depend on it, and a LocalCluster's address changes every run) and the notebook's given ones."""
+    return {"manifest": str(manifest), "study": name, "preset": preset, "cache_dir": str(cache_root),
+            "reports_dir": str(Path(reports).resolve()), **(parameters or {})}
 
 
 def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
@@ -497,9 +503,9 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
     exp = EXPERIMENTS.get(name)
     standard = {"manifest": str(manifest), "study": name, "preset": preset, "cache_dir": str(cache_root),
                 "scheduler": scheduler, "reports_dir": str(reports.resolve())}
-    # the scheduler is left out: results do not depend on it (a LocalCluster's address changes every run)
-    fingerprint = run_fingerprint(src, {**{k: v for k, v in standard.items() if k != "scheduler"},
-                                        **(parameters or {})}, manifest, base, kernel_name, study=name)
+    parts = fingerprint_parts(src, fingerprint_parameters(name, manifest, preset, cache_root, reports, parameters),
+                              manifest, base, kernel_name, study=name)
+    fingerprint = fingerprint_of(parts)
     if not force:
         prev = _reuse(name, reports, fingerprint)
         if prev is not None:
@@ -540,11 +546,13 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "run_s": round(run_s, 3),
             "preset": preset,
             "parameters": _jsonable(records.get("parameters", {})),
+            "parameters_given": _jsonable(dict(parameters or {})),
             "manifest": {"path": str(manifest), "sha256": manifest_sha},
             "scheduler": sched_desc,
             "notebook": {"source": src_rel, "sha256": sha256_file(src)},
             "outputs": {"ipynb": f"{name}.ipynb", "html": f"{name}.html", "json": f"{name}.json"},
             "fingerprint": fingerprint,
+            "inputs": parts,
             **base,
         }
         nb = nbformat.read(out_nb, as_version=4)
