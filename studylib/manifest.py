@@ -34,7 +34,7 @@ from ._atomic import atomic_write_bytes
 from .errors import DataFileError, ManifestError, StudyError
 
 __all__ = [
-    "KINDS", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "IMAGE_KINDS", "AXIS_KINDS",
+    "KINDS", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "IMAGE_KINDS", "AXIS_KINDS", "SIGNED_KINDS",
     "read_manifest", "validate_manifest", "resolve_path", "sha256_file", "manifest_sha256",
     "verify_manifest", "write_manifest",
 ]
@@ -46,6 +46,9 @@ KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "VTR", "DWI", "DCE", "CE
 IMAGE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "histology")
 #: Kinds whose images carry an acquisition axis described by the sidecar.
 AXIS_KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "VTR", "DWI", "DCE", "CEST", "WASSR")
+#: kinds whose images may hold signed values (a phase-corrected, real-valued inversion recovery); every
+#: other image kind is a magnitude, never negative (its stored integers are checked for wrap-around)
+SIGNED_KINDS: tuple[str, ...] = ("IR",)
 REQUIRED_COLUMNS: tuple[str, ...] = ("study", "animal", "group", "day", "kind", "path", "sha256")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("sex", "model", "notes")
 

@@ -763,3 +763,49 @@ def test_verify_refuses_an_roi_on_a_mirrored_grid(study):
     reseal(study)
     problems = verify_manifest(study)
     assert any(rel in p and "different affine" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ int16 wrap-around
+
+def _int16_megre(path: Path, values: np.ndarray, *, wrap: bool) -> None:
+    """Stored as a careless export would: int16 of values up to ~40000 (wrap=True casts them, so those
+    above 32767 turn negative) or the same values halved (fits int16)."""
+    data = values if wrap else values / 2.0
+    img = nib.Nifti1Image(data.astype(np.int64).astype(np.int16), np.diag([0.1, 0.1, 0.5, 1.0]))
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(1.0, 0.0)
+    nib.save(img, str(path))
+
+
+@pytest.mark.parametrize("wrap", [True, False], ids=["wrapped", "fits"])
+def test_int16_wrap_around_in_a_magnitude_scan_is_refused_naming_the_file(study, wrap):
+    """int16 wrap-around garbage used to be fitted as valid data (fit_ok 100 %)."""
+    root = study.parent
+    rel = "raw/tiny/m01/day00/MEGRE.nii.gz"
+    img = nib.load(root / rel)
+    te = np.arange(img.shape[-1])
+    bright = 40000.0 * np.exp(-te / 6.0)  # the first echoes exceed 32767
+    values = np.broadcast_to(bright, img.shape).copy()
+    _int16_megre(root / rel, values, wrap=wrap)
+    reseal(study)
+    if wrap:
+        with pytest.raises(DataFileError, match=r"MEGRE.nii.gz: \d+ voxel value\(s\) are stored as negative int16 "
+                                                r"\(down to -\d+\).*wrapped around.*uint16 or float32"):
+            load_all(study)
+    else:
+        ds = load_all(study)
+        assert float(ds.signal.sel(animal="m01", day=0).max()) == pytest.approx(20000.0, rel=1e-3)
+
+
+def test_small_negative_values_and_signed_inversion_recovery_are_not_wrap_around():
+    from studylib.io.nifti import wrap_around_problem
+
+    rng = np.random.default_rng(0)
+    low = rng.integers(-20, 3000, 1000).astype(np.int16)  # a few small negatives, far below the int16 maximum
+    assert wrap_around_problem(low) is None
+    full = np.asarray([32000, 31000, -30000, 5], dtype=np.int16)  # full-range data with large negatives
+    assert "wrapped around" in wrap_around_problem(full)
+    assert wrap_around_problem(np.asarray([60000, 10], dtype=np.uint16)) is None  # unsigned: cannot wrap to < 0
+    from studylib.manifest import SIGNED_KINDS
+
+    assert "IR" in SIGNED_KINDS and "MEGRE" not in SIGNED_KINDS

@@ -16,7 +16,7 @@ import xarray as xr
 
 from .. import conventions
 from ..errors import DataFileError, ManifestError, StudyError
-from ..manifest import AXIS_KINDS, IMAGE_KINDS, manifest_sha256, read_manifest, resolve_path
+from ..manifest import AXIS_KINDS, IMAGE_KINDS, SIGNED_KINDS, manifest_sha256, read_manifest, resolve_path
 from .nifti import NiftiInfo, check_same_grid, read_header, read_nifti_lazy, read_nifti_pair_lazy
 from .sidecar import AXES, acquisition_axis, read_sidecar
 
@@ -257,6 +257,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
     nan_m0 = da.full(spatial, np.nan, dtype=np.float32, chunks=spatial)
     zero_roi = da.zeros(spatial, dtype=np.int16, chunks=spatial)
     sig_rows, m0_rows, roi_rows_arr, acquired = [], [], [], np.zeros((len(animals), len(days)), dtype=bool)
+    magnitude = kind not in SIGNED_KINDS  # stored integers that wrapped around are refused on read
     for ia, a in enumerate(animals):
         srow, mrow, rrow = [], [], []
         for iday, d in enumerate(days):
@@ -271,9 +272,9 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
             r = rois.get((a, d))
             if r is not None and roi_with_scan:  # one task reads both: no scan-sized transfer between workers
                 arr, roi = read_nifti_pair_lazy(s["path"], info.design_shape, np.float32, r["path"], r["shape"],
-                                                np.int16, token=(s["sha"], r["sha"]))
+                                                np.int16, token=(s["sha"], r["sha"]), magnitude=magnitude)
             else:
-                arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"])
+                arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"], magnitude=magnitude)
                 if r is not None:
                     roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"])
             if len(info.shape) == 3 and dim:

@@ -23,7 +23,7 @@ from .._atomic import atomic_write_bytes
 from ..errors import DataFileError
 from .sidecar import sidecar_path, validate_sidecar
 
-__all__ = ["check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti_pair_lazy", "read_nifti",
+__all__ = ["wrap_around_problem", "check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti_pair_lazy", "read_nifti",
            "NiftiInfo", "to_design_order"]
 
 _INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
@@ -336,12 +336,38 @@ def _scaled(proxy, dtype: np.dtype, unscaled=None) -> np.ndarray:
     return arr.astype(dtype)
 
 
-def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
+def wrap_around_problem(stored: np.ndarray) -> str | None:
+    """Why the signed integers ``stored`` of a *magnitude* image look wrapped around, or None.
+
+    A magnitude is never negative.  Negative stored values in a file whose values also reach the upper
+    half of the type's range (>= 2**14 for int16) are what an export gives when values above the type's
+    maximum (32767) are cast to it: they wrap around to negative numbers (65535 -> -1).  A few small
+    negative values in an image that stays far below the maximum are left to the fits (excluded there
+    as non-physical and counted), since no wrap-around can produce them.
+    """
+    if stored.dtype.kind != "i" or stored.size == 0:
+        return None
+    lo = int(stored.min())
+    if lo >= 0:
+        return None
+    hi, top = int(stored.max()), int(np.iinfo(stored.dtype).max)
+    half = (top + 1) // 2
+    if hi < half and lo > -half:
+        return None
+    n_neg = int(np.count_nonzero(stored < 0))
+    return (f"{n_neg} voxel value(s) are stored as negative {stored.dtype.name} (down to {lo}) in a magnitude image "
+            f"whose stored values reach {hi}: values above {top} wrapped around to negative numbers when the file "
+            f"was written; export it again as uint16 or float32, or with a scale factor (scl_slope)")
+
+
+def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None = None,
+               magnitude: bool = False) -> np.ndarray:
     """Read a NIfTI image now, scaled (``int * slope + inter``), in design order ``([n,] z, y, x)``.
 
     Integer ``dtype`` (labels) returns the rounded scaled values.  Raises
     :class:`DataFileError` if the file is missing/corrupt or its design-order shape is not
-    ``expect_shape``.
+    ``expect_shape``, and for a ``magnitude`` image whose stored signed integers wrapped around
+    (:func:`wrap_around_problem`).
 
     The numbers are those of nibabel's ``get_fdata(dtype=float64)`` cast to ``dtype``.  A gzip file is
     read in one piece and decompressed in one call (ISA-L when ``isal`` is installed) up to the size
@@ -379,6 +405,11 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
         else:
             unscaled = None
         arr = _scaled(proxy, dt, unscaled)
+        if magnitude and dt_file.kind == "i" and (float(proxy.inter) != 0.0 or float(proxy.slope) <= 0.0
+                                                 or bool((arr < 0).any())):
+            problem = wrap_around_problem(np.asarray(unscaled if unscaled is not None else proxy.get_unscaled()))
+            if problem:
+                raise DataFileError(f"{path}: {problem}")
     except DataFileError:
         raise
     except FileNotFoundError:
@@ -392,7 +423,7 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
     return arr
 
 
-def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None):
+def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None, magnitude: bool = False):
     """A Dask array of a NIfTI image in design order, read with nibabel only on compute.
 
     Parameters
@@ -404,6 +435,8 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None):
         Output dtype (float32 for signal, int16 for labels).
     token : str, optional
         Content token (e.g. the file's sha256) making the Dask key content-addressed.
+    magnitude : bool
+        A magnitude image: stored integers that wrapped around are an error (:func:`read_nifti`).
 
     Returns
     -------
@@ -415,18 +448,18 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None):
     import dask.array as da
 
     shape = tuple(int(s) for s in shape)
-    name = "read-nifti-" + dask.base.tokenize(str(path), shape, str(np.dtype(dtype)), token)
-    delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape,
+    name = "read-nifti-" + dask.base.tokenize(str(path), shape, str(np.dtype(dtype)), token, magnitude)
+    delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape, magnitude=magnitude,
                                                   dask_key_name=name)
     return da.from_delayed(delayed, shape=shape, dtype=np.dtype(dtype), name=name + "-arr")
 
 
-def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b):
-    return (read_nifti(path_a, dtype=dtype_a, expect_shape=shape_a),
+def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, magnitude=False):
+    return (read_nifti(path_a, dtype=dtype_a, expect_shape=shape_a, magnitude=magnitude),
             read_nifti(path_b, dtype=dtype_b, expect_shape=shape_b))
 
 
-def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, token=None):
+def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, token=None, magnitude=False):
     """Two NIfTI images (a scan and its ROI label map) as two Dask arrays read by one task.
 
     Like :func:`read_nifti_lazy` for each file, but both are read by the same task, so every task that
@@ -445,9 +478,9 @@ def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, 
     shape_a = tuple(int(s) for s in shape_a)
     shape_b = tuple(int(s) for s in shape_b)
     name = "read-nifti-pair-" + dask.base.tokenize(str(path_a), shape_a, str(np.dtype(dtype_a)), str(path_b),
-                                                   shape_b, str(np.dtype(dtype_b)), token)
+                                                   shape_b, str(np.dtype(dtype_b)), token, magnitude)
     pair = dask.delayed(_read_pair, pure=True, nout=2)(str(path_a), shape_a, np.dtype(dtype_a), str(path_b), shape_b,
-                                                       np.dtype(dtype_b), dask_key_name=name)
+                                                       np.dtype(dtype_b), magnitude, dask_key_name=name)
     return (da.from_delayed(pair[0], shape=shape_a, dtype=np.dtype(dtype_a), name=name + "-a"),
             da.from_delayed(pair[1], shape=shape_b, dtype=np.dtype(dtype_b), name=name + "-b"))
 
