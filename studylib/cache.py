@@ -153,8 +153,7 @@ def manifest_rows(manifest, *, study: str | None = None, kinds: Iterable[str] | 
     import pandas as pd
 
     if isinstance(manifest, pd.DataFrame):
-        df = manifest.copy()
-        where = "manifest"
+        df, where = manifest.copy(), "manifest"
     else:
         path = Path(manifest)
         where = str(path)
@@ -179,7 +178,8 @@ def manifest_rows(manifest, *, study: str | None = None, kinds: Iterable[str] | 
         animals = [animals] if isinstance(animals, str) else [str(a) for a in animals]
         df = df[df["animal"].isin(animals)]
     if df.empty:
-        raise CacheError(f"{where}: no manifest rows for study={study!r}, kinds={kinds!r}, animals={animals!r}")
+        raise CacheError(f"{where}: no manifest rows for study={study!r}, kinds={kinds!r}, animals={animals!r} "
+                         f"(`studylib verify --manifest {where}` says what is wrong with it)")
     return df.sort_values("path").reset_index(drop=True)
 
 

@@ -159,6 +159,14 @@ def _read_csv_text(path) -> pd.DataFrame:
     return pd.DataFrame(body, columns=header, dtype=object) if body else pd.DataFrame(columns=header, dtype=object)
 
 
+
+def _id_problem(column: str, value: str) -> str:
+    """Why ``value`` is not a valid study or animal identifier (a stray space is named as such)."""
+    if value != value.strip():
+        return (f"{column} {value!r} has leading or trailing spaces (the same {column} without them would be a "
+                f"different one); remove them")
+    return f"{column} {value!r} contains characters other than letters, digits, '_', '.', '+', '-'"
+
 def _schema_problems(df: pd.DataFrame) -> tuple[list[str], dict[int, list[str]]]:
     """Schema problems: (table-level problems, {row index (0-based): [problems]})."""
     table: list[str] = []
@@ -192,7 +200,7 @@ def _schema_problems(df: pd.DataFrame) -> tuple[list[str], dict[int, list[str]]]
         if not vals["study"].strip():
             add(i, "study is empty")
         elif not _ID_RE.match(vals["study"]):
-            add(i, f"study {vals['study']!r} contains characters other than letters, digits, '_', '.', '+', '-'")
+            add(i, _id_problem("study", vals["study"]))
         day = vals["day"].strip()
         if kind == "histology":
             if day and not _DAY_RE.match(day):
@@ -205,7 +213,7 @@ def _schema_problems(df: pd.DataFrame) -> tuple[list[str], dict[int, list[str]]]
             if not vals["animal"].strip():
                 add(i, "animal is empty (only histology rows may leave it empty)")
         if vals["animal"] and not _ID_RE.match(vals["animal"]):
-            add(i, f"animal {vals['animal']!r} contains characters other than letters, digits, '_', '.', '+', '-'")
+            add(i, _id_problem("animal", vals["animal"]))
         sha = vals["sha256"]
         if not _SHA_RE.match(sha):
             add(i, f"sha256 {sha!r} is not 64 lowercase hex digits")

@@ -809,3 +809,21 @@ def test_small_negative_values_and_signed_inversion_recovery_are_not_wrap_around
     from studylib.manifest import SIGNED_KINDS
 
     assert "IR" in SIGNED_KINDS and "MEGRE" not in SIGNED_KINDS
+
+
+def test_trailing_spaces_in_study_and_animal_are_refused_by_verify_and_load(study):
+    """'tiny ' used to pass verify and load, then the cache found 'no manifest rows' for study 'tiny'."""
+    from studylib.cache import manifest_rows as cache_rows
+
+    text = study.read_text(encoding="utf-8").splitlines()
+    header, body = text[0].split(","), [ln.split(",") for ln in text[1:]]
+    spaced = [[c + " " if h in ("study", "animal", "group", "kind") and c else c for h, c in zip(header, row)]
+              for row in body]
+    study.write_text("\n".join([",".join(header)] + [",".join(r) for r in spaced]) + "\n", encoding="utf-8")
+    problems = verify_manifest(study)
+    assert any("study 'tiny ' has leading or trailing spaces" in p for p in problems), problems
+    assert any("animal 'm01 ' has leading or trailing spaces" in p for p in problems), problems
+    with pytest.raises(ManifestError, match="has leading or trailing spaces"):
+        load_all(study)
+    with pytest.raises(StudyError, match="no manifest rows for study='tiny'.*studylib verify --manifest"):
+        cache_rows(study, study="tiny", kinds=["MEGRE"])  # the cache points at verify, which names the spaces
