@@ -46,11 +46,12 @@ cache_dir = None  # where the kept tables go (default: beside the manifest, deri
 scheduler = None  # None/"threads", "local" or a dask scheduler address
 reports_dir = None  # set by `studylib run`; unused here
 saturation_b1_uT = 3.5  # the study's saturation power (PVM_MagTransPower); the calibration is interpolated to it
-k_detect = 2.0  # agent detected when an amide effect is >= k standard errors (repetition noise)
+k_detect = 2.0  # agent detected when an amide effect is at least k standard errors (repetition noise)
 b0_search_ppm = 1.5  # B0: water minimum searched within +-this
 b0_median_px = 3  # B0: median filter of the map (pixels)
 smooth_sensitivity_px = 1.0  # sensitivity analysis only: Gaussian smoothing within the tumour (pixels)
 n_boot = 10000
+primary_endpoint = "tumour_ph"  # the one confirmatory finding (exp.ENDPOINTS); the others are secondary
 alpha = 0.05
 seed = 0
 
@@ -290,14 +291,14 @@ sensitivity
 # systematic error. The truth column is empty: real data have no simulated truth.
 
 # %%
-conclusions = exp.conclusions(pixels, n_boot=n_boot, seed=seed, alpha=alpha)
+conclusions = exp.conclusions(pixels, n_boot=n_boot, seed=seed, primary=primary_endpoint, alpha=alpha)
 sl.record(conclusions, study=study, data="real", n_animals=1, median_ph=round(median_ph, 3),
           iqr_ph_low=round(iqr[0], 3), iqr_ph_high=round(iqr[1], 3), n_ph_pixels=int(len(ok)),
           n_tumour_pixels=int(len(pixels)), n_too_weak=int(counts.loc["agent too weak", "pixels"]),
           n_out_of_range=int(counts.loc["ratio outside the calibrated range", "pixels"]),
           n_not_analysable=int(counts.loc["not analysable (no B0 or spectrum)", "pixels"]),
           b0_p01_ppm=round(b0_lo, 2), b0_p99_ppm=round(b0_hi, 2))
-print(sl.headline(conclusions))
+print(sl.summary_lines(conclusions))
 conclusions
 
 # %% [markdown]

@@ -47,9 +47,9 @@ control = None  # control group label; None: inferred (the group called control/
 treated = None  # treated group label; None: the other group
 effect_day = None  # day of the group comparison; None: the last imaging day
 day_model = "categorical"  # "linear": random intercept + slope per animal; "categorical": cell means per day
+primary_endpoint = "treatment_effect"  # the one confirmatory finding (exp.ENDPOINTS); "histology_r" is secondary
+max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
 alpha = 0.05
-n_boot = 2000
-seed = 0
 
 # %%
 import studylib as sl
@@ -96,7 +96,9 @@ fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], an
 # ## 5. Tumour table
 
 # %%
-summary, sessions = sl.roi_tables(maps, ds, variables=["r2star", "t2star"])
+summary, sessions = sl.roi_tables(maps, ds, variables=["r2star", "t2star"],
+                                  max_failed_difference=max_failed_difference)
+display(sl.failed_fit_table(sessions, max_difference=None))  # noqa: F821 (IPython)
 sessions
 
 # %%
@@ -124,7 +126,7 @@ effect["model"].fixed
 histology = sl.load_histology(manifest, study)
 animals = sl.animal_table(sessions, histology)
 hist_col = sl.histology_column(histology, ("prussian", "iron"))
-corr = sl.correlation_effect(animals, "r2star", hist_col, n_boot=n_boot, seed=seed)
+corr = sl.correlation_effect(animals, "r2star", hist_col, alpha=alpha)
 fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "model" in animals else "group",
                                 xlabel="tumour R2* (1/s)", r=corr["estimate"],
                                 r_ci=(corr["ci_low"], corr["ci_high"]))
@@ -135,7 +137,7 @@ fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "mod
 # %%
 truth = sl.load_truth(manifest, study)
 conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated,
-                                    hist_col=hist_col, alpha=alpha)
+                              hist_col=hist_col, primary=primary_endpoint, alpha=alpha)
 sl.record(conclusions, study=study)
 print(sl.summary_lines(conclusions))
 conclusions

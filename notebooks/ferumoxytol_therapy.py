@@ -48,6 +48,8 @@ t2star_method = "auto"  # T2* fit: "auto" (noise-floor aware), "loglinear", "non
 control = None  # control group label; None: inferred (the group called control/vehicle)
 treated = None  # treated group label; None: the other group
 r2_day = None  # day of the R2* comparison; None: day 1 (24 h after ferumoxytol) or the first later day
+primary_endpoint = "growth_rate"  # the one confirmatory finding (exp.ENDPOINTS); the others are secondary
+max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
 alpha = 0.05
 
 # %%
@@ -102,8 +104,9 @@ fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], t2
 # One row per tumour and session, then the animal means (mean log volume, mean R2\*).
 
 # %%
-summary, _ = sl.roi_tables(maps, ds, variables=["r2star", "t2star"], labels=exp.TUMOUR_LABELS,
-                           roi="tumour_left")
+summary, left = sl.roi_tables(maps, ds, variables=["r2star", "t2star"], labels=exp.TUMOUR_LABELS,
+                              roi="tumour_left", max_failed_difference=max_failed_difference)
+display(sl.failed_fit_table(left, max_difference=None, roi="tumour_left"))  # noqa: F821 (IPython)
 tumours = sl.per_tumour_table(summary, volumes, variables=["r2star", "t2star"])
 sessions = sl.animal_means(tumours, variables=["r2star", "t2star"])
 sessions
@@ -166,7 +169,7 @@ hist
 # %%
 truth = sl.load_truth(manifest, study)
 conclusions = exp.conclusions(growth, r2, cd80, cd206, truth, control=control, treated=treated,
-                                         alpha=alpha)
+                              primary=primary_endpoint, alpha=alpha)
 sl.record(conclusions, study=study)
 print(sl.summary_lines(conclusions))
 conclusions

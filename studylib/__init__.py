@@ -36,10 +36,11 @@ _ANALYSIS = (
     "get_cache", "quality_variable", "background_mask", "fit_relaxation_maps", "fit_adc_maps", "baseline_frames",
     "fit_dce_maps",
     "roi_tables", "session_table", "animal_table", "tumour_volumes", "per_tumour_table", "animal_means",
+    "failed_fit_table",
     "Estimate", "longitudinal_effect", "model_diagnostics", "correlation_effect", "regression_slope",
-    "group_difference",
+    "group_difference", "partial_regression_effect",
     "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "disagreements", "summary_lines", "headline",
-    "effect_row", "correlation_row",
+    "effect_row", "correlation_row", "correlation_levels_text",
     "find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation",
     "record", "keep_tables",
 )

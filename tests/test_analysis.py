@@ -242,3 +242,156 @@ def test_load_truth_on_real_data_is_empty_unless_required(tmp_path, capsys):
         ex.load_truth(m, "s1", required=True)
     with pytest.raises(StudyError, match="no rows for study"):
         ex.load_truth(m, "zz")
+
+
+# ------------------------------------------------------------------------------------ design-aware correlation
+def _clustered(within_slope, *, k=4, n=8, seed=0, spread=3.0):
+    """k clusters whose means lie on a line of slope -1 (pooled r strong and negative); inside each
+    cluster y = within_slope * x + noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(k):
+        mx = spread * c
+        x = mx + rng.normal(size=n)
+        y = -mx + within_slope * (x - mx) + rng.normal(size=n)
+        rows += [dict(model=f"M{c}", x=xi, y=yi) for xi, yi in zip(x, y)]
+    return pd.DataFrame(rows)
+
+
+def test_correlation_effect_simpson_within_null_and_ci_agrees_with_p():
+    d = _clustered(0.0, seed=1)
+    c = ex.correlation_effect(d, "x", "y", cluster="model")
+    assert c["level"] == "within" and set(c["parts"]) == {"pooled", "within", "between"}
+    pooled, within = c["parts"]["pooled"], c["parts"]["within"]
+    assert pooled["p"] < 0.05 and pooled["ci_high"] < 0            # the pooled r is all between-model
+    assert within["p"] > 0.05 and within["ci_low"] < 0 < within["ci_high"]
+    assert c["estimate"] == within["estimate"] and "Fisher-z" in c["method"] and "df" in c["method"]
+    for e in c["parts"].values():                                    # one method: p < alpha iff CI excludes 0
+        assert (e["p"] < 0.05) == (not e["ci_low"] <= 0 <= e["ci_high"])
+    assert ex.correlation_effect(d, "x", "y")["level"] == "pooled"
+    t = ex.correlation_levels_text(c, x="ADC", y="collagen", cluster="model")
+    assert "no evidence" in t and "within-model" in t and "between-model" in t
+
+
+def test_correlation_effect_detects_a_true_within_model_correlation():
+    c = ex.correlation_effect(_clustered(0.8, n=10, seed=2), "x", "y", cluster="model")
+    assert c["estimate"] > 0.4 and c["p"] < 0.05 and c["ci_low"] > 0 and c["df"] == 40 - 4 - 1
+    assert "tracks" in ex.correlation_levels_text(c, x="x", y="y", cluster="model")
+    with pytest.raises(StudyError, match="level"):
+        ex.correlation_effect(_clustered(0.0), "x", "y", level="within")
+    with pytest.raises(StudyError, match="lacks columns"):
+        ex.correlation_effect(_clustered(0.0), "x", "nope")
+
+
+def test_partial_regression_effect_is_one_t_test():
+    rng = np.random.default_rng(4)
+    n = 30
+    m = rng.normal(size=n)
+    k = rng.normal(size=n)
+    d = pd.DataFrame({"mvd": m, "ifp": rng.normal(size=n), "ktrans": k, "hyp": -2 * k + m + 0.5 * rng.normal(size=n)})
+    e = ex.partial_regression_effect(d, "hyp", "ktrans", ["mvd", "ifp"])
+    assert e["estimate"] < -0.8 and e["p"] < 1e-6 and e["df"] == n - 4 and e["ci_high"] < 0
+    assert e["coef"] == pytest.approx(np.linalg.lstsq(np.column_stack([np.ones(n), k, m, d["ifp"]]), d["hyp"],
+                                                      rcond=None)[0][1])
+    assert "given mvd, ifp" in e["method"]
+
+
+# ------------------------------------------------------------------------------------ primary / secondary, Holm
+def _row(name, p, est=1.0):
+    return ex.check_effect(name, estimate=est, ci_low=est - 0.5, ci_high=est + 0.5, p=p, expected_sign=1)
+
+
+def test_conclusions_table_marks_the_primary_and_holm_adjusts_the_secondary():
+    rows = {"a": _row("a", 0.04), "b": _row("b", 0.01), "c": _row("c", 0.03), "d": _row("d", 0.002)}
+    t = ex.conclusions_table(rows, primary="c")
+    assert list(t["endpoint"]) == ["c", "a", "b", "d"] and list(t["role"]) == ["primary"] + ["secondary"] * 3
+    assert math.isnan(t["p_holm"].iloc[0]) and bool(t["significant"].iloc[0])   # the primary: p at alpha
+    from studylib.stats import holm
+
+    np.testing.assert_allclose(t["p_holm"].iloc[1:], holm([0.04, 0.01, 0.002]))  # [0.04, 0.02, 0.006]
+    assert t["p"].tolist() == [0.03, 0.04, 0.01, 0.002]                          # raw p kept
+    assert t["significant"].tolist() == [True, True, True, True]
+    t2 = ex.conclusions_table({"a": _row("a", 0.001), "b": _row("b", 0.03), "c": _row("c", 0.04)}, primary="a")
+    assert t2["p_holm"].tolist()[1:] == pytest.approx([0.06, 0.06])
+    assert t2["significant"].tolist() == [True, False, False] and not t2["agrees_with_paper"].iloc[1:].any()
+    assert any("Holm-adjusted 0.06" in s for s in ex.disagreements(t2))
+    assert ex.conclusions_table([_row("x", 0.5), _row("y", 0.01)])["role"].tolist() == ["primary", "secondary"]
+    assert ex.conclusions_table([_row("x", 0.5), _row("y", 0.01)], primary="y")["finding"].tolist() == ["y", "x"]
+    with pytest.raises(StudyError, match="names no finding.*endpoints are"):
+        ex.conclusions_table(rows, primary="zz")
+    s = ex.summary_lines(t2)
+    assert s.startswith("Primary endpoint: a: 1") and "0 of 2 agree" in s and "not significant" in s
+
+
+def test_experiment_endpoints_name_rows_and_the_primary_comes_first():
+    from studylib.experiments import ampb_ferumoxytol
+
+    est = ex.Estimate(10.0, 5.0, 15.0, 0.001, "m", details={"at_day": 7.0})
+    corr = ex.Estimate(0.5, 0.1, 0.8, 0.02, "pearson r, Fisher-z CI and p (df 12), n = 14 rows", details={"n": 14})
+    t = ampb_ferumoxytol.conclusions(est, corr, {}, control="v", treated="a", hist_col="iba1",
+                                     primary="histology_r")
+    assert t["endpoint"].tolist() == ["histology_r", "treatment_effect"] and t["role"].iloc[0] == "primary"
+    assert set(t["endpoint"]) == set(ampb_ferumoxytol.ENDPOINTS)
+    assert t["method"].iloc[0] == corr.method                     # the method is said, n once
+    assert t["p_holm"].iloc[1] == pytest.approx(0.001)
+
+
+# ------------------------------------------------------------------------------------ QC warnings
+def _qc_summary(failed):
+    """Tidy summary rows of a tumour ROI with ``failed[(animal, day)]`` voxels of 100 excluded."""
+    rows = []
+    for (a, g, d), n_ex in failed.items():
+        for var in ("r2star", "t2star"):
+            rows.append(dict(animal=a, group=g, day=d, roi="tumour", variable=var, n_voxels=100, volume_mm3=4.0,
+                             n_excluded=n_ex, mean=30.0, median=30.0))
+    return pd.DataFrame(rows)
+
+
+def test_failed_fit_fraction_per_session_group_day_and_warning():
+    from studylib.errors import DataWarning
+
+    s = ex.session_table(_qc_summary({("m1", "ctl", 0): 2, ("m2", "ctl", 0): 4, ("m3", "trt", 0): 3,
+                                      ("m4", "trt", 0): 5, ("m1", "ctl", 7): 1, ("m2", "ctl", 7): 3,
+                                      ("m3", "trt", 7): 20, ("m4", "trt", 7): 30})).sort_values(["animal", "day"])
+    assert s["fit_failed_fraction"].tolist() == [0.02, 0.01, 0.04, 0.03, 0.03, 0.2, 0.05, 0.3]
+    with pytest.warns(DataWarning, match=r"25\.0 % of the voxels in group 'trt' but 2\.0 % in group 'ctl' on day 7"):
+        t = ex.failed_fit_table(s, max_difference=0.05)
+    row = t[(t.group == "trt") & (t.day == 7)].iloc[0]
+    assert row["mean_failed_fraction"] == pytest.approx(0.25) and row["max_failed_fraction"] == 0.3
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex.failed_fit_table(s, max_difference=0.25)            # 23 points: below this threshold, no warning
+        ex.failed_fit_table(s, max_difference=None)
+
+
+def test_animal_table_warns_about_dropped_sessions_and_animals_without_histology():
+    from studylib.errors import DataWarning
+
+    s = pd.DataFrame({"animal": ["m1", "m1", "m2", "m3"], "group": "g", "day": [0, 7, 0, 0],
+                      "r2star": [30.0, np.nan, 31.0, 32.0]})
+    with pytest.warns(DataWarning, match="m1 day 7"):
+        t = ex.animal_table(s)
+    assert t.set_index("animal").loc["m1", "day"] == 0
+    hist = pd.DataFrame({"animal": ["m1", "m2"], "iron": [1.0, 2.0]})
+    with pytest.warns(DataWarning, match=r"no histology row.*m3 \(day 0\)"):
+        t = ex.animal_table(s.dropna(), hist)
+    assert sorted(t["animal"]) == ["m1", "m2"]
+
+
+def test_nonfinite_background_values_warn_naming_the_scans():
+    import xarray as xr
+
+    from studylib.analysis import maps as mp
+    from studylib.errors import DataWarning
+
+    sig = xr.DataArray(np.ones((2, 1, 3, 4, 4)), dims=("animal", "day", "te", "y", "x"),
+                       coords={"animal": ["m1", "m2"], "day": [7]})
+    sig[1, 0, 0, 0, 0] = np.inf
+    bg = xr.DataArray(np.zeros((4, 4), bool), dims=("y", "x"))
+    bg[0, :] = True
+    maps = mp._with_background_count(xr.Dataset({"r2star": sig.isel(te=0)}), sig, bg)
+    assert maps.coords[mp.NONFINITE_BACKGROUND].values.tolist() == [[0], [1]]
+    with pytest.warns(DataWarning, match=r"noise SD estimate .*m2 day 7: 1"):
+        mp._warn_nonfinite_background(maps, "toy")

@@ -220,27 +220,91 @@ def test_iron_and_correlation_conclusions_read_their_truth_keys():
     assert b["truth"].tolist() == [-12.0, 0.7] and b["agrees_with_paper"].all()
 
 
+def _pdx(within_slope=-0.6, seed=0, k=4, n=6):
+    """Tumours of k PDX models: model means on an inverse line, y = within_slope * x + noise inside each."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(k):
+        x = 2.0 * c + rng.normal(size=n)
+        y = -2.0 * c + within_slope * (x - 2.0 * c) + 0.5 * rng.normal(size=n)
+        rows += [dict(animal=f"m{c}{i}", model=f"M{c}", x=xi, y=yi, mvd=rng.normal(), ifp=rng.normal())
+                 for i, (xi, yi) in enumerate(zip(x, y))]
+    return pd.DataFrame(rows)
+
+
 def test_collagen_ktrans_and_ferumoxytol_conclusions_without_truth_are_nan():
-    for c in (collagen_adc.conclusions(_est(-0.9, -0.97, -0.8, n=20), _est(-1.0, -1.5, -0.5), {}),
-              ktrans_hypoxia.conclusions(_est(-0.9, -0.97, -0.8, n=20), _est(-1.0, -1.5, -0.5), {})):
-        assert len(c) == 2 and c["truth"].isna().all() and c["agrees_with_paper"].all()
+    from studylib.analysis import correlation_effect, partial_regression_effect
+
+    d = _pdx()
+    corr = correlation_effect(d, "x", "y", cluster="model")
+    beyond = partial_regression_effect(d, "y", "x", ["mvd", "ifp"])
+    c = collagen_adc.conclusions(corr, _est(-1.0, -1.5, -0.5), {})
+    k = ktrans_hypoxia.conclusions(corr, _est(-1.0, -1.5, -0.5), {}, beyond=beyond)
+    assert c["endpoint"].tolist() == ["within_model_r", "pooled_r", "between_model_r", "slope"]
+    assert k["endpoint"].tolist() == ["within_model_r", "pooled_r", "between_model_r", "beyond_mvd_ifp", "slope"]
+    for t, mod in ((c, collagen_adc), (k, ktrans_hypoxia)):
+        assert set(t["endpoint"]) == set(mod.ENDPOINTS) and t["truth"].isna().all()
+        assert t["role"].tolist() == ["primary"] + ["secondary"] * (len(t) - 1)
+        assert t["finding"].iloc[0].endswith("within model") and "Fisher-z" in t["method"].iloc[0]
+        assert t["estimate"].iloc[0] == pytest.approx(corr["parts"]["within"]["estimate"])
+        assert t["estimate"].iloc[1] == pytest.approx(np.corrcoef(d["x"], d["y"])[0, 1])
+        assert t["direction_matches_paper"].all() and t["p_holm"].iloc[1:].notna().all()
+    assert k.set_index("endpoint").loc["beyond_mvd_ifp", "estimate"] == pytest.approx(beyond["estimate"])
+    # the pooled r as the declared primary: first row, and the within one becomes secondary
+    p = collagen_adc.conclusions(corr, _est(-1.0, -1.5, -0.5), {}, primary="pooled_r")
+    assert p["endpoint"].iloc[0] == "pooled_r" and p["role"].iloc[1] == "secondary"
+    # truth of each part from the simulated animals' true values
+    tp = {"within": -0.6, "between": -0.99}
+    t = collagen_adc.conclusions(corr, _est(-1.0, -1.5, -0.5), {}, true_parts=tp).set_index("endpoint")
+    assert t.loc["within_model_r", "truth"] == -0.6 and t.loc["between_model_r", "truth"] == -0.99
     f = ferumoxytol_therapy.conclusions(_est(-0.03, -0.04, -0.02), _est(8.0, 4.0, 12.0, at_day=1.0),
                                         _est(5.0, 2.0, 8.0), _est(-5.0, -8.0, -2.0), {}, control="c", treated="f")
-    assert len(f) == 4 and f["agrees_with_paper"].all()
+    assert len(f) == 4 and f["agrees_with_paper"].all() and f["endpoint"].tolist() == list(ferumoxytol_therapy.ENDPOINTS)
     assert ferumoxytol_therapy.uptake_day([0, 1, 7]) == 1 and ferumoxytol_therapy.uptake_day([0, 3]) == 3
     with pytest.raises(StudyError, match="no imaging day after"):
         ferumoxytol_therapy.uptake_day([0])
+
+
+def test_true_correlation_parts_from_the_truth_table():
+    from studylib.analysis import true_correlation_parts
+
+    d = _pdx(seed=5)
+    tp = true_correlation_parts(d.drop(columns=["mvd", "ifp"]), "x", "y", cluster="model", covariates=("mvd", "ifp"),
+                                histology=d[["animal", "mvd", "ifp"]])
+    assert tp["pooled"] == pytest.approx(np.corrcoef(d["x"], d["y"])[0, 1]) and tp["within"] < 0
+    assert set(tp) == {"pooled", "within", "between", "partial"}
+    assert all(math.isnan(v) for v in true_correlation_parts(None, "x", "y", cluster="model").values())
 
 
 def test_other_correlations_lists_every_other_numeric_endpoint():
     rng = np.random.default_rng(3)
     x = rng.normal(size=12)
     animals = pd.DataFrame({"animal": [f"m{i}" for i in range(12)], "ktrans": x, "mvd": x + rng.normal(size=12),
-                            "ifp": rng.normal(size=12), "hyp": -x})
+                            "ifp": rng.normal(size=12), "hyp": -x, "model": ["a", "b", "c", "d"] * 3})
     hist = animals[["animal", "mvd", "ifp", "hyp"]].assign(group="g")
-    t = ktrans_hypoxia.other_correlations(animals, "ktrans", hist, exclude=("hyp",), n_boot=200)
-    assert list(t["endpoint"]) == ["mvd", "ifp"] and (t["n"] == 12).all()
+    t = ktrans_hypoxia.other_correlations(animals, "ktrans", hist, exclude=("hyp",))
+    assert list(t["endpoint"]) == ["mvd", "ifp"] and (t["n"] == 12).all() and (t["level"] == "pooled").all()
     assert t.set_index("endpoint").loc["mvd", "r"] == pytest.approx(np.corrcoef(x, animals["mvd"])[0, 1])
+    assert ((t["p"] < 0.05) == ((t["ci_low"] > 0) | (t["ci_high"] < 0))).all()
+    w = ktrans_hypoxia.other_correlations(animals, "ktrans", hist, exclude=("hyp",), cluster="model")
+    assert w["level"].tolist() == ["pooled", "within", "between"] * 2
+
+
+def test_lactate_reading_is_computed_from_the_numbers():
+    per = pd.DataFrame({"pre": [1.0, 1.1, 0.9], "post": [1.3, 1.4, 1.2]})
+    per["change"] = per["post"] - per["pre"]
+    good = dict(_est(0.3, 0.2, 0.4, p=0.004), per_animal=per)
+    raw = dict(_est(2.9, -10.0, 16.0, p=0.5), per_animal=per.assign(change=[5.0, -3.0, 6.7]))
+    truth = {"effects": {"tumour_mtrasym_0p4_pct_post_minus_pre": {"sample": 0.27}}}
+    c = lactate_cest.conclusions(_est(0.3, 0.2, 0.4, p=0.004), _est(2.9, -10.0, 16.0, p=0.5), truth)
+    text = lactate_cest.reading(c, good, raw)
+    assert "with B0 correction (primary): +0.3 %" in text and "3 of 3 animals rose" in text
+    assert "agrees with the paper" in text and "covers the simulated change +0.27" in text
+    assert "without B0 correction (secondary)" in text and "not significant" in text and "2 of 3" in text
+    assert "130.0 times as wide" in text
+    # the same code on a fall says so: nothing is written in advance
+    c2 = lactate_cest.conclusions(_est(-0.3, -0.4, -0.2, p=0.004), _est(2.9, -10.0, 16.0, p=0.5), truth)
+    assert "not in the paper's direction" in lactate_cest.reading(c2, {}, {})
 
 
 # ------------------------------------------------------------------------------------ figures

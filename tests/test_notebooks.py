@@ -4,14 +4,19 @@
 * ``ci`` preset: every notebook runs, records a headline and a full conclusions table whose every
   finding has an estimate inside its CI, a p-value, and a simulated truth to compare with (except
   findings the simulator has no truth for); a forced rerun reads the fitted maps from the cache.
-* ``demo`` preset (the ``make reports`` data): every finding is in the paper's direction, significant,
-  and its 95 % CI covers the simulated truth -- except the CEST row that skips B0 correction on purpose.
+* ``demo`` preset (the ``make reports`` data): every finding is in the paper's direction, significant
+  (secondary findings after Holm adjustment), and its 95 % CI covers the simulated truth -- except the
+  CEST row that skips B0 correction on purpose.
+* every conclusions table marks one primary endpoint (first row, the headline) and Holm-adjusts the
+  p-values of the secondary findings; collagen ADC and Ktrans-hypoxia report the within-model correlation
+  as the primary endpoint, beside the pooled and between-model ones.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -67,6 +72,27 @@ def test_every_notebook_runs_on_ci_and_records_full_conclusions(ci_reports):
         assert (has_truth | c["finding"].map(lambda f: _is(f, NO_TRUTH))).all(), \
             f"{name}: a finding without simulated truth: {c.loc[~has_truth, 'finding'].tolist()}"
         assert rec["headline"].startswith(c["finding"].iloc[0]), name
+
+
+def test_every_conclusions_table_marks_its_primary_endpoint_and_holm_adjusts_the_rest(ci_reports):
+    from studylib.stats import holm
+
+    for name, rec in ci_reports["records"].items():
+        c = conclusions_of(rec)
+        assert c["role"].tolist() == ["primary"] + ["secondary"] * (len(c) - 1), name
+        assert c["endpoint"].str.len().gt(0).all() and c["endpoint"].is_unique, name
+        assert pd.isna(c["p_holm"].iloc[0]), name
+        sec = c.iloc[1:]
+        if sec["p"].notna().any():
+            assert np.allclose(sec["p_holm"], holm(sec["p"].to_numpy(dtype=float)), equal_nan=True), name
+            has = sec["p_holm"].notna()
+            assert (sec.loc[has, "significant"] == (sec.loc[has, "p_holm"] < 0.05)).all(), name
+    for name in ("collagen_adc", "ktrans_hypoxia"):
+        c = conclusions_of(ci_reports["records"][name]).set_index("endpoint")
+        assert c.index[0] == "within_model_r" and {"pooled_r", "between_model_r"} <= set(c.index), name
+        assert "within model" in c.loc["within_model_r", "finding"], name
+        assert all("Fisher-z" in c.loc[k, "method"] for k in ("within_model_r", "pooled_r", "between_model_r"))
+    assert "beyond_mvd_ifp" in set(conclusions_of(ci_reports["records"]["ktrans_hypoxia"])["endpoint"])
 
 
 def test_notebooks_keep_their_tables_in_the_cache(ci_reports):

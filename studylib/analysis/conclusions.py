@@ -18,18 +18,20 @@ from ..errors import ExperimentError
 from .truth import _finite, true_correlation, true_effect
 
 __all__ = ["CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "disagreements", "summary_lines", "headline",
-           "effect_row", "correlation_row", "treatment_and_histology"]
+           "effect_row", "correlation_row", "treatment_and_histology", "TREATMENT_ENDPOINTS", "correlation_levels_text"]
 
 #: Conclusion table columns, in order.
+#: ``endpoint`` is the row's key (what a notebook's ``primary_endpoint`` names), ``role`` ``"primary"`` or
+#: ``"secondary"``, ``p_holm`` the Holm-adjusted p across the secondary findings (NaN for the primary).
 CONCLUSION_COLUMNS = [
-    "finding", "paper", "paper_direction", "estimate", "ci_low", "ci_high", "units", "p", "method",
-    "significant", "direction_matches_paper", "truth", "ci_covers_truth", "agrees_with_paper",
+    "finding", "endpoint", "role", "paper", "paper_direction", "estimate", "ci_low", "ci_high", "units", "p",
+    "p_holm", "method", "significant", "direction_matches_paper", "truth", "ci_covers_truth", "agrees_with_paper",
 ]
 
 
 def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float, expected_sign: int,
                  p: float | None = None, truth: float | None = None, units: str = "", paper: str = "",
-                 method: str = "", alpha: float = 0.05) -> dict[str, Any]:
+                 method: str = "", endpoint: str = "", alpha: float = 0.05) -> dict[str, Any]:
     """Compare one estimated effect with the paper's finding and with the simulated truth.
 
     Parameters
@@ -42,6 +44,8 @@ def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float
     truth : the simulated true effect in the same units (NaN/None when unknown, e.g. real data).
     paper : citation of the paper the finding comes from.
     method : how the estimate was obtained (model, df method, CI method).
+    endpoint : the row's key in its notebook (e.g. ``"within_model_r"``); :func:`conclusions_table`
+        sets it from the keys of a mapping of rows.
     alpha : significance level.
 
     Returns
@@ -51,7 +55,8 @@ def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float
     * ``significant``: ``p < alpha`` (or the CI excludes 0 when ``p`` is None);
     * ``direction_matches_paper``: ``sign(estimate) == expected_sign``;
     * ``ci_covers_truth``: ``ci_low <= truth <= ci_high``, or None without a truth;
-    * ``agrees_with_paper``: same direction and significant.
+    * ``agrees_with_paper``: same direction and significant;
+    * ``role`` (``""``) and ``p_holm`` (NaN) until :func:`conclusions_table` marks the primary endpoint.
 
     Raises
     ------
@@ -76,26 +81,86 @@ def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float
     direction = bool(np.sign(estimate) == expected_sign)
     has_truth = _finite(truth)
     return dict(
-        finding=finding, paper=paper, paper_direction="increase / positive" if expected_sign > 0 else
-        "decrease / negative", estimate=estimate, ci_low=ci_low, ci_high=ci_high, units=units,
-        p=float(p) if p is not None else float("nan"), method=method, significant=bool(significant),
+        finding=finding, endpoint=str(endpoint), role="", paper=paper,
+        paper_direction="increase / positive" if expected_sign > 0 else "decrease / negative", estimate=estimate,
+        ci_low=ci_low, ci_high=ci_high, units=units, p=float(p) if p is not None else float("nan"),
+        p_holm=float("nan"), method=method, significant=bool(significant),
         direction_matches_paper=direction, truth=float(truth) if has_truth else float("nan"),
         ci_covers_truth=bool(ci_low <= float(truth) <= ci_high) if has_truth else None,
         agrees_with_paper=bool(direction and significant),
     )
 
 
-def conclusions_table(checks: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per :func:`check_effect` result, columns :data:`CONCLUSION_COLUMNS` in order."""
+def conclusions_table(checks: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]], *,
+                      primary: str | int | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """The conclusions table: one row per :func:`check_effect` result, the primary endpoint first.
+
+    One finding is the declared **primary** endpoint, tested at ``alpha`` as it stands; every other
+    finding is **secondary**, and its p-value is Holm-adjusted across the secondary findings
+    (``p_holm``; Holm 1979, Scand J Stat 6:65, which controls the family-wise error rate under any
+    dependence, :func:`studylib.stats.holm`).  A secondary row is ``significant`` when
+    ``p_holm < alpha`` (rows without a p-value keep their CI-based verdict), and ``agrees_with_paper``
+    is recomputed from it.
+
+    Parameters
+    ----------
+    checks : :func:`check_effect` results, a sequence or a mapping ``endpoint key -> row`` (the keys
+        become the ``endpoint`` column).
+    primary : the primary endpoint: its ``endpoint`` key, its ``finding`` text or its position;
+        default the first row.
+    alpha : the significance level the rows were checked at.
+
+    Returns
+    -------
+    DataFrame with columns :data:`CONCLUSION_COLUMNS`, the primary row first, the others in order.
+
+    Raises
+    ------
+    ExperimentError
+        no checks, a row lacking columns, or a ``primary`` that names no row.
+    """
     if not checks:
         raise ExperimentError("no checks given: a conclusions table needs at least one finding")
+    items = list(checks.items()) if isinstance(checks, Mapping) else [(None, c) for c in checks]
     rows = []
-    for c in checks:
+    for key, c in items:
+        c = dict(c)
+        if key is not None:
+            c["endpoint"] = str(key)
+        c.setdefault("endpoint", "")
+        c.setdefault("role", "")
+        c.setdefault("p_holm", float("nan"))
         missing = [k for k in CONCLUSION_COLUMNS if k not in c]
         if missing:
             raise ExperimentError(f"check '{c.get('finding', '?')}' lacks keys {missing}; build it with check_effect")
         rows.append({k: c[k] for k in CONCLUSION_COLUMNS})
-    return pd.DataFrame(rows, columns=CONCLUSION_COLUMNS)
+    if primary is None:
+        first = 0
+    elif isinstance(primary, (int, np.integer)) and not isinstance(primary, bool):
+        if not 0 <= int(primary) < len(rows):
+            raise ExperimentError(f"primary endpoint index {primary} is outside the {len(rows)} findings")
+        first = int(primary)
+    else:
+        hits = [i for i, r in enumerate(rows) if primary in (r["endpoint"], r["finding"])]
+        if len(hits) != 1:
+            keys = [r["endpoint"] or r["finding"] for r in rows]
+            raise ExperimentError(f"primary endpoint {primary!r} names {'no' if not hits else 'more than one'} "
+                                  f"finding; the endpoints are {keys}")
+        first = hits[0]
+    rows = [rows[first]] + [r for i, r in enumerate(rows) if i != first]
+    table = pd.DataFrame(rows, columns=CONCLUSION_COLUMNS)
+    table["role"] = ["primary"] + ["secondary"] * (len(table) - 1)
+    table["p_holm"] = np.nan
+    if len(table) > 1:
+        from ..stats import holm
+
+        sec = table.index[1:]
+        table.loc[sec, "p_holm"] = holm(table.loc[sec, "p"].to_numpy(dtype=float))
+        has_p = table["p_holm"].notna() & (table["role"] == "secondary")
+        table.loc[has_p, "significant"] = table.loc[has_p, "p_holm"] < alpha
+        table["significant"] = table["significant"].astype(bool)
+        table["agrees_with_paper"] = table["significant"] & table["direction_matches_paper"].astype(bool)
+    return table
 
 
 def disagreements(table: pd.DataFrame, *, require_significance: bool = True) -> list[str]:
@@ -111,7 +176,8 @@ def disagreements(table: pd.DataFrame, *, require_significance: bool = True) -> 
             out.append(f"{r['finding']}: estimate {r['estimate']:.3g} is not in the paper's direction "
                        f"({r['paper_direction']})")
         if require_significance and not r["significant"]:
-            out.append(f"{r['finding']}: not significant (p = {r['p']:.3g})")
+            holm = f", Holm-adjusted {r['p_holm']:.3g}" if _finite(r.get("p_holm")) else ""
+            out.append(f"{r['finding']}: not significant (p = {r['p']:.3g}{holm})")
         cov = r["ci_covers_truth"]
         if cov is not None and not pd.isna(cov) and not bool(cov):
             out.append(f"{r['finding']}: CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}] misses the simulated truth "
@@ -120,67 +186,138 @@ def disagreements(table: pd.DataFrame, *, require_significance: bool = True) -> 
 
 
 def summary_lines(table: pd.DataFrame) -> str:
-    """A short verdict for the notebook: which findings agree with the paper and cover the truth."""
+    """The verdict for the notebook, computed from the table: the primary endpoint first, then how many
+    secondary findings agree with the paper after Holm adjustment, then every issue."""
     bad = disagreements(table)
     n = len(table)
+    lines = [f"Primary endpoint: {headline(table)}."]
+    if n > 1:
+        sec = table.iloc[1:]
+        lines.append(f"Secondary findings: {int(sec['agrees_with_paper'].sum())} of {n - 1} agree with the paper "
+                     "(direction and significance, Holm-adjusted across the secondary findings).")
     if not bad:
-        return (f"All {n} findings agree with the paper (direction, significance) and every 95 % CI covers "
-                f"the simulated truth.")
-    return f"{len(bad)} issue(s) among {n} findings:\n" + "\n".join(f"- {b}" for b in bad)
+        truth = table["ci_covers_truth"].dropna()
+        cover = (" and every 95 % CI covers the simulated truth" if len(truth) and truth.astype(bool).all()
+                 else "")
+        lines.append(f"All {n} findings agree with the paper (direction, significance){cover}.")
+    else:
+        lines.append(f"{len(bad)} issue(s) among {n} findings:\n" + "\n".join(f"- {b}" for b in bad))
+    return "\n".join(lines)
 
 
-def headline(table: pd.DataFrame, row: int = 0) -> str:
-    """A one-line summary of a conclusions-table row, for the report index."""
+def headline(table: pd.DataFrame, row: int = 0, *, against: str = "paper") -> str:
+    """A one-line summary of a conclusions-table row, for the report index.
+
+    ``against`` names what the expected direction comes from: ``"paper"`` for a replication, e.g.
+    ``"hypothesis"`` for a lab's own study (``studylib new``).
+    """
     r = table.iloc[row]
     p = f", p = {r['p']:.2g}" if _finite(r["p"]) else ""
     truth = ""
     if _finite(r["truth"]):
         truth = f"; truth {r['truth']:.3g} {'inside' if r['ci_covers_truth'] else 'OUTSIDE'} CI"
-    verdict = "agrees with paper" if r["agrees_with_paper"] else "does NOT agree with paper"
+    verdict = f"agrees with {against}" if r["agrees_with_paper"] else f"does NOT agree with {against}"
+    if _finite(r.get("p_holm")):
+        p += f" (Holm {r['p_holm']:.2g})"
     u = f" {r['units']}" if r["units"] else ""
     return (f"{r['finding']}: {r['estimate']:.3g}{u} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]{p} "
             f"({verdict}{truth})")
 
 
 def effect_row(finding: str, effect: Mapping, *, expected_sign: int, truth: float, units: str, study: str,
-               alpha: float = 0.05) -> dict:
+               endpoint: str = "", alpha: float = 0.05) -> dict:
     """:func:`check_effect` for a :func:`longitudinal_effect` / :func:`group_difference` result."""
     method = effect.get("method") or (f"mixed model {effect.get('formula', '')}, random {effect.get('re_formula', '')} "
                                       f"per animal, {effect.get('ddf', '')} df {effect.get('df', float('nan')):.1f}")
     return check_effect(finding, estimate=effect["estimate"], ci_low=effect["ci_low"], ci_high=effect["ci_high"],
                         p=effect.get("p"), expected_sign=expected_sign, truth=truth, units=units,
-                        paper=citation(study), method=method, alpha=alpha)
+                        paper=citation(study), method=method, endpoint=endpoint, alpha=alpha)
 
 
 def correlation_row(finding: str, corr: Mapping, *, expected_sign: int, truth: float, study: str,
-                    alpha: float = 0.05) -> dict:
-    """:func:`check_effect` for a :func:`correlation_effect` result (r is unitless)."""
+                    endpoint: str = "", alpha: float = 0.05) -> dict:
+    """:func:`check_effect` for a :func:`correlation_effect` (or :func:`partial_regression_effect`) result:
+    r is unitless, and its method text (Fisher-z or exact CI, the df, n) goes in the ``method`` column."""
+    method = corr["method"] if "n = " in corr["method"] else f"{corr['method']}, n = {corr['n']}"
     return check_effect(finding, estimate=corr["estimate"], ci_low=corr["ci_low"], ci_high=corr["ci_high"],
                         p=corr.get("p"), expected_sign=expected_sign, truth=truth, units="",
-                        paper=citation(study), method=f"{corr['method']}, n = {corr['n']}", alpha=alpha)
+                        paper=citation(study), method=method, endpoint=endpoint, alpha=alpha)
+
+
+#: the endpoint keys of :func:`treatment_and_histology`
+TREATMENT_ENDPOINTS = {"treatment_effect": "tumour biomarker, treated - control on the effect's day",
+                       "histology_r": "r(tumour biomarker, histology) at the endpoint"}
 
 
 def treatment_and_histology(study: str, effect: Mapping, corr: Mapping, truth: Mapping, *, biomarker: str,
                             variable: str, units: str, control: str, treated: str, hist_col: str,
-                            effect_sign: int, corr_sign: int, note: str = "", alpha: float = 0.05) -> pd.DataFrame:
+                            effect_sign: int, corr_sign: int, note: str = "", primary: str = "treatment_effect",
+                            alpha: float = 0.05) -> pd.DataFrame:
     """The two findings of a treatment study with an imaging-vs-histology endpoint, as a conclusions table.
 
-    Row 1: tumour ``biomarker`` treated - control on the effect's ``at_day`` (truth key
+    Endpoint ``treatment_effect``: tumour ``biomarker`` treated - control on the effect's ``at_day`` (truth key
     ``tumour_<variable>_per_s_<treated>_minus_<control>_last_day`` when the units are 1/s, else
-    ``tumour_<variable>_<treated>_minus_<control>_last_day``); row 2: r(tumour ``biomarker``, ``hist_col``)
-    at the endpoint (truth key ``endpoint_tumour_<variable>_vs_<hist_col>``).  ``note`` is appended to
-    the first finding (e.g. ``" (adjusted for tumour model)"``).
+    ``tumour_<variable>_<treated>_minus_<control>_last_day``); endpoint ``histology_r``: r(tumour ``biomarker``,
+    ``hist_col``) at the endpoint (truth key ``endpoint_tumour_<variable>_vs_<hist_col>``).  ``note`` is appended
+    to the first finding (e.g. ``" (adjusted for tumour model)"``); ``primary`` names the primary endpoint
+    (:data:`TREATMENT_ENDPOINTS`), the other is secondary.
     """
     day = effect["at_day"]
     unit_key = "_per_s" if units == "1/s" else ""
-    rows = [
-        effect_row(f"tumour {biomarker} {treated} − {control}, day {day:g}{note}", effect, expected_sign=effect_sign,
-                   truth=true_effect(truth, f"tumour_{variable}{unit_key}_{treated}_minus_{control}_last_day",
-                                      day=day),
-                   units=units, study=study, alpha=alpha),
-        correlation_row(f"r(tumour {biomarker}, {hist_col}) at endpoint", corr, expected_sign=corr_sign,
-                        truth=true_correlation(truth, f"endpoint_tumour_{variable}_vs_{hist_col}"), study=study,
-                        alpha=alpha),
-    ]
-    return conclusions_table(rows)
+    rows = {
+        "treatment_effect": effect_row(
+            f"tumour {biomarker} {treated} − {control}, day {day:g}{note}", effect, expected_sign=effect_sign,
+            truth=true_effect(truth, f"tumour_{variable}{unit_key}_{treated}_minus_{control}_last_day", day=day),
+            units=units, study=study, alpha=alpha),
+        "histology_r": correlation_row(
+            f"r(tumour {biomarker}, {hist_col}) at endpoint", corr, expected_sign=corr_sign,
+            truth=true_correlation(truth, f"endpoint_tumour_{variable}_vs_{hist_col}"), study=study, alpha=alpha),
+    }
+    return conclusions_table(rows, primary=primary, alpha=alpha)
 
+
+def _r_text(e: Mapping) -> str:
+    return f"r = {e['estimate']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}], p = {e['p']:.2g} (df {e['df']})"
+
+
+def correlation_levels_text(corr: Mapping, *, x: str, y: str, cluster: str, alpha: float = 0.05) -> str:
+    """Which correlation answers "does ``x`` track ``y`` within a ``cluster``?", written from the numbers.
+
+    Reads the ``parts`` of a :func:`correlation_effect` result with a cluster: the **within**-cluster
+    correlation answers the question (every tumour compared with the others of its own model), the
+    **pooled** one adds the differences between cluster means, and the **between** one rests on the
+    ``k`` cluster means alone (``df = k - 2``).  Every verdict is computed: "tracks" when the within
+    part's ``p < alpha``, its sign, and whether the pooled ``|r|`` exceeds the within one's CI.
+
+    Returns
+    -------
+    str, a short paragraph for the notebook and the report.
+    """
+    parts = corr.get("parts") if isinstance(corr, Mapping) else None
+    if not parts or "pooled" not in parts:
+        raise ExperimentError("correlation_levels_text needs a correlation_effect result (with 'parts')")
+    pooled, within, between = parts["pooled"], parts.get("within"), parts.get("between")
+    out = []
+    if within is None:
+        out.append(f"The within-{cluster} correlation of {x} and {y} is not estimable ({corr.get('note', '')}); "
+                   f"the pooled one cannot answer whether {x} tracks {y} within a {cluster}.")
+    else:
+        sign = "inversely " if within["estimate"] < 0 else ""
+        verdict = (f"{x} {sign}tracks {y} within a {cluster}" if within["p"] < alpha else
+                   f"no evidence (alpha = {alpha:g}) that {x} tracks {y} within a {cluster}")
+        out.append(f"The paper's question, does {x} track {y} within a {cluster}, is answered by the within-{cluster} "
+                   f"correlation ({within['n']} tumours in {within['n_clusters']} {cluster}s): {_r_text(within)}: "
+                   f"{verdict}.")
+        if abs(pooled["estimate"]) > max(abs(within["ci_low"]), abs(within["ci_high"])):
+            rel = f"stronger than any value in the within-{cluster} CI"
+        elif abs(pooled["estimate"]) < min(abs(within["ci_low"]), abs(within["ci_high"])):
+            rel = f"weaker than any value in the within-{cluster} CI"
+        else:
+            rel = f"inside the within-{cluster} CI"
+        out.append(f"The pooled correlation treats all {pooled['n']} tumours as independent and adds the differences "
+                   f"between {cluster} means: {_r_text(pooled)}, {rel}.")
+    if between is not None:
+        sig = "significant" if between["p"] < alpha else "not significant"
+        out.append(f"The between-{cluster} correlation of the {between['n']} {cluster} means, {_r_text(between)}, is "
+                   f"{sig}; with {between['n']} points it describes the {cluster}s, not the tumours.")
+    return "\n".join(out)

@@ -16,8 +16,8 @@ import pandas as pd
 
 from ..errors import ExperimentError
 
-__all__ = ["Estimate", "longitudinal_effect", "model_diagnostics", "correlation_effect", "regression_slope",
-           "group_difference"]
+__all__ = ["Estimate", "longitudinal_effect", "model_diagnostics", "correlation_effect", "partial_regression_effect",
+           "regression_slope", "group_difference"]
 
 
 @dataclass(frozen=True)
@@ -174,25 +174,114 @@ def model_diagnostics(effect: Mapping) -> str:
     return "\n".join(lines)
 
 
-def correlation_effect(data: pd.DataFrame, x: str, y: str, *, method: str = "pearson", n_boot: int = 2000,
-                       seed: int = 0, alpha: float = 0.05) -> Estimate:
-    """Correlation of ``x`` and ``y`` (one row per animal) with a bootstrap CI, via :mod:`studylib.stats`.
+#: what each part of a design-aware correlation answers, for the method text
+_LEVEL_TEXT = {"pooled": "pooled over all rows", "within": "within {cluster} (repeated-measures correlation)",
+               "between": "between {cluster} means"}
+
+
+def correlation_effect(data: pd.DataFrame, x: str, y: str, *, cluster: str | None = None,
+                       adjust: Sequence[str] | str = (), level: str | None = None, method: str = "pearson",
+                       alpha: float = 0.05) -> Estimate:
+    """Design-aware correlation of ``x`` and ``y``: CI and p from one method, via :func:`studylib.stats.correlation`.
+
+    Every part is the correlation of the residuals of x and y on an adjusting design ``Z``,
+    ``r = e_x . e_y / (|e_x| |e_y|)``, with its Fisher-z CI ``tanh(atanh r -+ z_{1-alpha/2} se)`` and
+    p-value ``2 Phi(-|atanh r| / se)``, ``se = 1/sqrt(df - 1)`` (Pearson), so ``p < alpha`` exactly
+    when the CI excludes 0 (Fisher 1921; Bakdash & Marusich 2017, Front Psychol 8:456,
+    doi:10.3389/fpsyg.2017.00456 for the within-cluster part):
+
+    * ``pooled``: every row one observation (``df = n - 2 - q``, q adjusting parameters);
+    * ``within`` (``cluster`` given): the common correlation inside the clusters, ``Z`` = cluster
+      indicators (``df = n - k - 1 - q``): does y track x within a tumour model?
+    * ``between`` (``cluster`` given): the correlation of the ``k`` cluster means (``df = k - 2 - q``).
+
+    Parameters
+    ----------
+    data : one row per animal / tumour.
+    x, y : numeric column names.
+    cluster : the column naming each row's cluster (tumour model, PDX, group), or None.
+    adjust : adjusting columns (partial correlation), e.g. ``"group"``.
+    level : the part returned as the estimate: ``"pooled"``, ``"within"`` or ``"between"``; default
+        ``"within"`` with a ``cluster``, else ``"pooled"``.
+    method : ``"pearson"`` or ``"spearman"``.
+    alpha : 1 - confidence level.
 
     Returns
     -------
-    dict: ``estimate, ci_low, ci_high, p, n, method``.
+    Estimate of the ``level`` part: ``estimate`` (r, unitless), ``ci_low``, ``ci_high``, ``p``, ``method``
+    and details ``level, n, df, n_clusters, cluster, adjust``, ``parts`` (level -> :class:`Estimate` of
+    every part that exists), ``table`` (one row per part) and ``result``
+    (the :class:`studylib.stats.DesignCorrelation`).
+
+    Raises
+    ------
+    ExperimentError
+        a missing column, fewer than 4 complete rows, an unknown ``level``, or a ``level`` that is
+        not estimable (e.g. ``between`` with fewer than 4 clusters).
     """
-    missing = [c for c in (x, y) if c not in data.columns]
-    if missing:
-        raise ExperimentError(f"table lacks columns {missing}; it has {list(data.columns)}")
-    d = data[[x, y]].astype(float).dropna()
-    if len(d) < 4:
-        raise ExperimentError(f"need at least 4 animals with both '{x}' and '{y}' for a correlation, got {len(d)}")
     from .. import stats
 
-    res = stats.bootstrap_correlation(d[x], d[y], method=method, ci=1.0 - alpha, n_boot=n_boot, seed=seed)
-    return _estimate(estimate=res.r, ci_low=res.ci_low, ci_high=res.ci_high, p=res.p, n=int(res.n),
-                     method=f"{method} r, {res.ci_method} bootstrap CI ({res.n_boot} resamples)")
+    need = [x, y] + ([cluster] if cluster else []) + ([adjust] if isinstance(adjust, str) else list(adjust))
+    missing = [c for c in need if c not in data.columns]
+    if missing:
+        raise ExperimentError(f"table lacks columns {missing}; it has {list(data.columns)}")
+    n_ok = int(data[[x, y]].astype(float).notna().all(axis=1).sum())
+    if n_ok < 4:
+        raise ExperimentError(f"need at least 4 animals with both '{x}' and '{y}' for a correlation, got {n_ok}")
+    level = level or ("within" if cluster else "pooled")
+    if level not in _LEVEL_TEXT or (level != "pooled" and cluster is None):
+        raise ExperimentError(f"level must be 'pooled', or 'within'/'between' with a cluster column; got "
+                              f"level={level!r}, cluster={cluster!r}")
+    res = stats.correlation(data, x, y, cluster=cluster, adjust=adjust, method=method, ci=1.0 - alpha)
+    adj = list(res.adjust)
+    parts = {}
+    for part in res.parts():
+        if not np.isfinite(part.r):
+            continue
+        what = _LEVEL_TEXT[part.level].format(cluster=cluster)
+        partial = f" partial on {', '.join(adj)}" if adj else ""
+        k = f" in {part.n_clusters} clusters" if part.level == "within" else ""
+        unit = "cluster means" if part.level == "between" else "rows"
+        m = (f"{part.method} r{partial}, {what}, Fisher-z CI and p (df {part.df}), n = {part.n} {unit}{k}")
+        parts[part.level] = _estimate(estimate=part.r, ci_low=part.ci_low, ci_high=part.ci_high, p=part.p, method=m,
+                                      level=part.level, n=int(part.n), df=int(part.df), n_clusters=part.n_clusters,
+                                      cluster=cluster, adjust=tuple(adj), note=part.note)
+    if level not in parts:
+        part = getattr(res, level)
+        raise ExperimentError(f"the {level} correlation of '{x}' and '{y}' is not estimable: {part.note}")
+    chosen = parts[level]
+    return _estimate(estimate=chosen.estimate, ci_low=chosen.ci_low, ci_high=chosen.ci_high, p=chosen.p,
+                     method=chosen.method, **dict(chosen.details), parts=MappingProxyType(parts), table=res.table(),
+                     result=res)
+
+
+def partial_regression_effect(data: pd.DataFrame, y: str, x: str, covariates: Sequence[str] | str, *,
+                              alpha: float = 0.05) -> Estimate:
+    """Does ``x`` explain ``y`` beyond ``covariates``?  The partial correlation from one OLS t test.
+
+    ``y = b0 + b x + sum_j g_j c_j + e`` (:func:`studylib.stats.partial_regression`); the estimate is the
+    partial correlation ``r = t / sqrt(t^2 + df)`` of x and y given the covariates, ``df = n - rank(X)``,
+    with its exact normal-theory CI (which excludes 0 exactly when the t test's ``p < alpha``; Anderson
+    2003, *An Introduction to Multivariate Statistical Analysis*, sec. 4.3).
+
+    Returns
+    -------
+    Estimate: ``estimate`` (partial r), ``ci_low``, ``ci_high``, ``p``, ``method``; details ``coef, coef_ci_low,
+    coef_ci_high`` (units of y per unit of x), ``df, n, r2_full, r2_reduced, delta_r2, covariates`` and ``result``.
+    """
+    from .. import stats
+
+    covs = (covariates,) if isinstance(covariates, str) else tuple(covariates)
+    missing = [c for c in (y, x, *covs) if c not in data.columns]
+    if missing:
+        raise ExperimentError(f"table lacks columns {missing}; it has {list(data.columns)}")
+    res = stats.partial_regression(data, y, x, covs, ci=1.0 - alpha)
+    method = (f"partial r of {x} and {y} given {', '.join(covs)} (OLS t test, df {res.df}; exact CI), "
+              f"n = {res.n}")
+    return _estimate(estimate=res.partial_r, ci_low=res.partial_r_ci_low, ci_high=res.partial_r_ci_high, p=res.p,
+                     method=method, coef=res.coef, coef_ci_low=res.ci_low, coef_ci_high=res.ci_high, df=int(res.df),
+                     n=int(res.n), r2_full=res.r2_full, r2_reduced=res.r2_reduced, delta_r2=res.delta_r2,
+                     covariates=covs, result=res)
 
 
 def regression_slope(data: pd.DataFrame, x: str, y: str, *, x_scale: float = 1.0, alpha: float = 0.05) -> Estimate:

@@ -13,8 +13,11 @@ from .maps import get_cache
 
 __all__ = ["record", "keep_tables"]
 
-def record(conclusions: pd.DataFrame, *, study: str, **numbers) -> None:
-    """Hand the conclusions table and its headline to the report runner (:mod:`studylib.recorder`)."""
+def record(conclusions: pd.DataFrame, *, study: str, against: str = "paper", **numbers) -> None:
+    """Hand the conclusions table and its headline to the report runner (:mod:`studylib.recorder`).
+
+    ``against``: what the expected direction comes from (:func:`studylib.analysis.headline`).
+    """
     from .. import recorder
 
     r = conclusions.iloc[0]
@@ -22,7 +25,7 @@ def record(conclusions: pd.DataFrame, *, study: str, **numbers) -> None:
     if _finite(r["p"]):
         nums["p"] = float(r["p"])
     nums.update(numbers)
-    recorder.record_headline(headline(conclusions), **nums)
+    recorder.record_headline(headline(conclusions, against=against), **nums)
     recorder.record_conclusions(conclusions)
 
 

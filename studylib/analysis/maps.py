@@ -8,6 +8,7 @@ its kernels and the reader, not of figures or notebooks), so a rerun reads them 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -16,8 +17,11 @@ import xarray as xr
 
 from .. import layout
 from ..conventions import BACKGROUND_LABEL, QUALITY_NAMES
-from ..errors import ExperimentError
+from ..errors import DataWarning, ExperimentError
 from .design import compute_with_progress
+
+#: the coordinate of fitted maps counting the non-finite background values left out of the noise SD
+NONFINITE_BACKGROUND = "background_nonfinite_values"
 
 __all__ = ["get_cache", "quality_variable", "background_mask", "fit_relaxation_maps", "fit_adc_maps",
            "baseline_frames", "default_relaxivity", "DEFAULT_HEMATOCRIT", "fit_dce_maps"]
@@ -76,6 +80,38 @@ def _with_design(maps: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
     return maps.assign_coords(coords)
 
 
+def _with_background_count(maps: xr.Dataset, signal: xr.DataArray, bg: xr.DataArray | None) -> xr.Dataset:
+    """Put the noise estimate's count of non-finite background values on the maps (lazy; computed with them).
+
+    The fit estimates its noise SD from the background ROI and leaves non-finite values out
+    (:func:`studylib.fit.relaxometry.noise_sigma_from_background`); this coordinate,
+    :data:`NONFINITE_BACKGROUND` per scan, keeps that count with the cached maps so every run can warn.
+    """
+    if bg is None:
+        return maps
+    from ..fit.relaxometry import noise_sigma_from_background
+
+    sigma = noise_sigma_from_background(signal, bg)
+    return maps.assign_coords({NONFINITE_BACKGROUND: sigma.coords[NONFINITE_BACKGROUND]})
+
+
+def _warn_nonfinite_background(maps: xr.Dataset, study: str) -> xr.Dataset:
+    """A :class:`studylib.errors.DataWarning` naming every scan whose background had non-finite values."""
+    if NONFINITE_BACKGROUND not in maps.coords:
+        return maps
+    count = maps.coords[NONFINITE_BACKGROUND]
+    bad = count.where(count > 0, drop=True) if count.ndim else (count if int(count) > 0 else None)
+    if bad is not None and bad.size:
+        if bad.ndim:
+            scans = ", ".join(f"{k[0]} day {k[1]:g}: {int(v)}" if isinstance(k, tuple) else f"{k}: {int(v)}"
+                              for k, v in bad.to_series().dropna().items())
+        else:
+            scans = f"{int(bad)}"
+        warnings.warn(DataWarning(f"{study}: non-finite values in the background ROI were left "
+                                  f"out of the noise SD estimate (scan: count): {scans}"), stacklevel=3)
+    return maps
+
+
 def _manifest_of(ds: xr.Dataset):
     m = ds.attrs.get("manifest")
     if m is None:
@@ -107,6 +143,7 @@ def fit_relaxation_maps(ds: xr.Dataset, *, method: str = "auto", labels: Sequenc
         bare = _bare(ds)
         bg = background_mask(bare, label=noise_label) if noise_label is not None else None
         maps = t2star(bare["signal"], method=method, background=bg, mask=bare["roi"].isin(list(labels)))
+        maps = _with_background_count(maps, bare["signal"], bg)
         return compute_with_progress(maps, label=f"fitting T2* ({method}) on {int(ds['acquired'].sum())} scans")
 
     cache = get_cache(study, manifest, cache_dir)
@@ -116,7 +153,7 @@ def fit_relaxation_maps(ds: xr.Dataset, *, method: str = "auto", labels: Sequenc
         params=dict(method=method, labels=list(labels), noise_label=noise_label),
         code=("studylib.analysis.maps", "studylib.fit.relaxometry", "studylib.io.load"),
         description="T2*/R2* maps (fit.t2star) inside the ROIs")
-    return _with_design(maps.load(), ds)
+    return _warn_nonfinite_background(_with_design(maps.load(), ds), study)
 
 
 def fit_adc_maps(ds: xr.Dataset, *, b_min: float = 200.0, method: str = "auto", labels: Sequence[int] = (1, 2),
@@ -142,6 +179,7 @@ def fit_adc_maps(ds: xr.Dataset, *, b_min: float = 200.0, method: str = "auto", 
         bare = _bare(ds)
         bg = background_mask(bare, label=noise_label) if noise_label is not None else None
         maps = adc(bare["signal"].sel(b=keep), method=method, background=bg, mask=bare["roi"].isin(list(labels)))
+        maps = _with_background_count(maps, bare["signal"].sel(b=keep), bg)
         return compute_with_progress(maps, label=f"fitting ADC (b = {keep.tolist()}) on {int(ds['acquired'].sum())} scans")
 
     cache = get_cache(study, manifest, cache_dir)
@@ -150,7 +188,7 @@ def fit_adc_maps(ds: xr.Dataset, *, b_min: float = 200.0, method: str = "auto", 
                                             noise_label=noise_label),
                                 code=("studylib.analysis.maps", "studylib.fit.diffusion", "studylib.io.load"),
                                 description="ADC maps (fit.adc, b >= b_min) inside the ROIs")
-    return _with_design(maps.load(), ds)
+    return _warn_nonfinite_background(_with_design(maps.load(), ds), study)
 
 
 def _attr(ds: xr.Dataset, value, key: str, what: str):

@@ -10,24 +10,49 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import ExperimentError
+from ..errors import DataWarning, ExperimentError
 from .design import compute_with_progress, voxel_volume_mm3
 
-__all__ = ["roi_tables", "session_table", "animal_table", "tumour_volumes", "per_tumour_table", "animal_means"]
+__all__ = ["roi_tables", "session_table", "animal_table", "failed_fit_table", "tumour_volumes", "per_tumour_table",
+           "animal_means", "FAILED_FIT_COLUMN"]
+
+#: the per-session column of the fraction of ROI voxels whose fit failed (``fit_ok`` False)
+FAILED_FIT_COLUMN = "fit_failed_fraction"
 
 def roi_tables(maps: xr.Dataset, ds: xr.Dataset, *, variables: Sequence[str],
-               labels: Mapping[int, str] | None = None, roi: str = "tumour") -> tuple[pd.DataFrame, pd.DataFrame]:
+               labels: Mapping[int, str] | None = None, roi: str = "tumour",
+               max_failed_difference: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ROI summary (tidy, :func:`studylib.roi.summarize`) and the per-session table of ``roi``.
+
+    Voxels whose fit failed (``fit_ok`` False) are left out of the ROI statistics; the most extreme
+    voxels fail first (the most iron-laden, shortest T2*), so a failed fraction that differs between
+    groups biases their comparison.  The per-session table carries that fraction
+    (:data:`FAILED_FIT_COLUMN`) and a :class:`studylib.errors.DataWarning` names every day on which the
+    groups' mean failed fractions differ by more than ``max_failed_difference`` (see
+    :func:`failed_fit_table`).
+
+    Parameters
+    ----------
+    maps, ds : the fitted maps and the loaded study (ROI labels).
+    variables : the maps to tabulate.
+    labels : ``{label: name}`` of the ROIs summarised (default tumour and muscle).
+    roi : the ROI of the per-session table.
+    max_failed_difference : largest tolerated difference (fraction, 0-1) of the mean failed-fit fraction
+        between groups on one day before a warning.
 
     Returns
     -------
     (summary, sessions): the tidy table of every ROI and variable, and one row per animal x day
-    with the ROI mean of each variable and the ROI volume.
+    with the ROI mean of each variable, the ROI volume and the failed-fit fraction.
     """
+    if not (isinstance(max_failed_difference, (int, float)) and 0 <= max_failed_difference <= 1):
+        raise ExperimentError(f"max_failed_difference must be a fraction in [0, 1], got {max_failed_difference!r}")
     from .. import roi as roimod
 
     labels = dict(labels or {1: "tumour", 2: "muscle"})
@@ -42,6 +67,8 @@ def roi_tables(maps: xr.Dataset, ds: xr.Dataset, *, variables: Sequence[str],
         if any(str(m) for m in models.values()):
             summary.insert(summary.columns.get_loc("group") + 1, "model", summary["animal"].map(models))
     sessions = session_table(summary, roi=roi, variables=keep)
+    if FAILED_FIT_COLUMN in sessions.columns:
+        failed_fit_table(sessions, max_difference=max_failed_difference, roi=roi)
     return summary, sessions
 
 
@@ -60,7 +87,9 @@ def session_table(summary: pd.DataFrame, *, roi: str = "tumour", stat: str = "me
     Returns
     -------
     DataFrame with ``animal, group, day`` (and ``model``/``sex`` when present), one column per
-    variable, and the ROI's ``n_voxels`` and ``volume_mm3`` when the summary has them.
+    variable, the ROI's ``n_voxels`` and ``volume_mm3`` when the summary has them, and
+    :data:`FAILED_FIT_COLUMN` (``n_excluded / n_voxels``: ROI voxels whose fit failed) when it has
+    ``n_excluded``.
     """
     need = ["animal", "group", "day", "roi", "variable", stat]
     missing = [c for c in need if c not in summary.columns]
@@ -80,23 +109,77 @@ def session_table(summary: pd.DataFrame, *, roi: str = "tumour", stat: str = "me
     wide = s.groupby(keys + ["variable"], sort=False, dropna=False)[stat].first().unstack("variable")
     wide.columns.name = None
     wide = wide.reset_index()
-    extra = [c for c in ("n_voxels", "volume_mm3") if c in s.columns]
+    extra = [c for c in ("n_voxels", "volume_mm3", "n_excluded") if c in s.columns]
     if extra:
-        first = s.drop_duplicates(keys)[keys + extra]
+        # every map of a fit shares its fit_ok, so n_excluded is the same on each variable's row: take the largest
+        first = s.groupby(keys, sort=False, dropna=False)[extra].max().reset_index()
         wide = wide.merge(first, on=keys, how="left")
+    if "n_excluded" in wide.columns:
+        n = wide["n_voxels"].astype(float) if "n_voxels" in wide.columns else np.nan
+        wide[FAILED_FIT_COLUMN] = wide["n_excluded"].astype(float) / n.where(n > 0)
+        wide = wide.drop(columns="n_excluded")
     return wide.sort_values(["group", "animal", "day"]).reset_index(drop=True)
+
+
+def failed_fit_table(sessions: pd.DataFrame, *, max_difference: float | None = 0.05, group_col: str = "group",
+                     roi: str = "tumour") -> pd.DataFrame:
+    """The failed-fit fraction per group and day, and a warning when the groups differ.
+
+    Parameters
+    ----------
+    sessions : one row per animal x day with :data:`FAILED_FIT_COLUMN` (:func:`roi_tables`).
+    max_difference : largest tolerated difference (fraction, 0-1) between the groups' mean failed
+        fractions on one day; above it a :class:`studylib.errors.DataWarning` names the day, the groups
+        and their fractions.  None: no warning.
+    group_col : the column of the groups compared.
+    roi : the ROI's name, for the message.
+
+    Returns
+    -------
+    DataFrame, one row per group x day: ``group, day, sessions, mean_failed_fraction,
+    max_failed_fraction`` (fractions 0-1 of the ROI voxels).
+    """
+    for c in (group_col, "day", FAILED_FIT_COLUMN):
+        if c not in sessions.columns:
+            raise ExperimentError(f"sessions table lacks column '{c}'; it has {list(sessions.columns)}")
+    g = sessions.groupby([group_col, "day"], sort=True)[FAILED_FIT_COLUMN]
+    out = pd.DataFrame({"sessions": g.count(), "mean_failed_fraction": g.mean(),
+                        "max_failed_fraction": g.max()}).reset_index()
+    if max_difference is None:
+        return out
+    for day, d in out.dropna(subset=["mean_failed_fraction"]).groupby("day", sort=True):
+        if len(d) < 2:
+            continue
+        hi, lo = d.loc[d["mean_failed_fraction"].idxmax()], d.loc[d["mean_failed_fraction"].idxmin()]
+        diff = float(hi["mean_failed_fraction"] - lo["mean_failed_fraction"])
+        if diff > max_difference:
+            warnings.warn(DataWarning(
+                f"{roi} fits failed in {100 * hi['mean_failed_fraction']:.1f} % of the voxels in group "
+                f"'{hi[group_col]}' but {100 * lo['mean_failed_fraction']:.1f} % in group '{lo[group_col]}' on day "
+                f"{day:g} (difference {100 * diff:.1f} points > {100 * max_difference:g}): failed voxels are left out "
+                "of the ROI means, so the groups are compared on different voxels"), stacklevel=2)
+    return out
 
 
 def animal_table(sessions: pd.DataFrame, histology: pd.DataFrame | None = None, *, day=None,
                  histology_on: Sequence[str] = ("animal",)) -> pd.DataFrame:
     """One row per animal: the session on ``day`` (default: each animal's last session), joined to histology.
 
+    Sessions whose every value is NaN (an acquired scan whose ROI had no usable voxel) and animals
+    without a histology row are left out, each with a :class:`studylib.errors.DataWarning` naming them.
+
     Raises
     ------
     ExperimentError
         no session on ``day``, or the histology CSV lacks the join columns.
     """
-    s = sessions.dropna(subset=[c for c in sessions.columns if c not in ("animal", "group", "day")], how="all")
+    values = [c for c in sessions.columns if c not in ("animal", "group", "day")]
+    empty = sessions[values].isna().all(axis=1) if values else pd.Series(False, index=sessions.index)
+    if empty.any():
+        gone = ", ".join(f"{r.animal} day {r.day:g}" for r in sessions[empty].itertuples())
+        warnings.warn(DataWarning(f"{int(empty.sum())} acquired session(s) have no value of {values} and are left out "
+                                  f"of the animal table: {gone}"), stacklevel=2)
+    s = sessions[~empty]
     if day is None:
         s = s.sort_values("day").groupby("animal", as_index=False).tail(1)
     else:
@@ -111,7 +194,14 @@ def animal_table(sessions: pd.DataFrame, histology: pd.DataFrame | None = None, 
         raise ExperimentError(f"histology lacks join column(s) {missing}; it has {list(histology.columns)}")
     h = histology.drop(columns=[c for c in ("group", "model", "sex", "day") if c in histology.columns
                                 and c not in histology_on and c in s.columns])
-    return s.merge(h, on=list(histology_on), how="inner")
+    out = s.merge(h, on=list(histology_on), how="inner")
+    lost = s.merge(h[list(histology_on)].drop_duplicates(), on=list(histology_on), how="left", indicator=True)
+    lost = lost[lost["_merge"] == "left_only"]
+    if len(lost):
+        names = ", ".join(f"{r.animal} (day {r.day:g})" for r in lost.itertuples())
+        warnings.warn(DataWarning(f"{len(lost)} imaged animal(s) have no histology row and are left out of the "
+                                  f"imaging-vs-histology table: {names}"), stacklevel=2)
+    return out
 
 
 def tumour_volumes(ds: xr.Dataset, labels: Mapping[int, str]) -> pd.DataFrame:

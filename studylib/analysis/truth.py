@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from ..errors import ExperimentError
 from ..manifest import read_manifest
 
-__all__ = ["find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation"]
+__all__ = ["find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation",
+           "true_correlation_parts"]
 
 def _finite(x) -> bool:
     try:
@@ -134,3 +135,38 @@ def true_correlation(truth: Mapping, key: str) -> float:
         v = v.get("r", v.get("population", v.get("sample")))
     return float(v) if _finite(v) else float("nan")
 
+
+
+def true_correlation_parts(table, x: str, y: str, *, cluster: str, covariates=(), histology=None) -> dict:
+    """The simulated animals' true correlation of ``x`` and ``y``, pooled, within and between ``cluster``.
+
+    ``table`` is the truth's per-session table (:func:`load_truth_table`, e.g. ``sessions.csv``: the noise-free
+    ROI means and histology of each simulated animal), or None on real data.  The parts are those of
+    :func:`studylib.stats.correlation` on these true values (the "sample" truth, as
+    ``correlations/<key>`` in ``truth.json`` is for the pooled r); with ``covariates`` also
+    ``"partial"``: the partial r of x and y given them (:func:`studylib.stats.partial_regression`).
+    ``histology`` (optional, one row per animal) supplies columns the truth table lacks (joined on ``animal``),
+    e.g. the simulated MVD and IFP, which the simulator writes to the histology CSV without noise.
+
+    Returns
+    -------
+    dict ``pooled, within, between`` (and ``partial``), each a float, NaN without truth or when not estimable.
+    """
+    keys = ["pooled", "within", "between"] + (["partial"] if covariates else [])
+    nan = {k: float("nan") for k in keys}
+    if table is None:
+        return nan
+    if histology is not None:
+        add = [c for c in histology.columns if c not in table.columns]
+        table = table.merge(histology[["animal", *add]], on="animal", how="left") if add else table
+    need = [x, y, cluster, *covariates]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ExperimentError(f"truth table lacks columns {missing}; it has {list(table.columns)}")
+    from .. import stats
+
+    res = stats.correlation(table, x, y, cluster=cluster)
+    out = {p.level: float(p.r) for p in res.parts()}
+    if covariates:
+        out["partial"] = float(stats.partial_regression(table, y, x, tuple(covariates)).partial_r)
+    return {k: out.get(k, float("nan")) for k in keys}

@@ -51,7 +51,7 @@ __all__ = ["STUDY", "ANIMAL", "GROUP", "DAY", "SCANS", "BANDS_PPM", "ROI_RULE", 
            "write_roi_files", "check_roi", "body_mask", "phantom_effects", "calibrations", "calibration_at",
            "band_effects", "band_points", "effect_se", "ph_map", "RATIO_STATUS", "smooth_within", "pixel_table",
            "roi_spectra", "ph_pixels", "sensitivity_table", "pooled_ratio",
-           "status_counts", "bootstrap_median", "conclusions"]
+           "status_counts", "bootstrap_median", "ENDPOINTS", "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "acidocest_b16"
@@ -730,13 +730,23 @@ def bootstrap_median(values, *, statistic=np.median, n_boot: int = 10000, seed: 
     return float(statistic(v)), float(lo), float(hi)
 
 
-def conclusions(pixels: pd.DataFrame, *, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+ENDPOINTS = {
+    "tumour_ph": "tumour median pHe minus the reference pH of normal extracellular fluid",
+    "effect_42": "tumour mean iopamidol CEST effect at 4.2 ppm (the agent reached the tumour)",
+    "effect_55": "tumour mean iopamidol CEST effect at 5.5 ppm (the agent reached the tumour)",
+}
+
+
+def conclusions(pixels: pd.DataFrame, *, n_boot: int = 10000, seed: int = 0, primary: str = "tumour_ph",
+                alpha: float = 0.05) -> pd.DataFrame:
     """Conclusions of ``acidocest_b16`` (one animal: no group statistics, no simulated truth).
 
     Row 1: tumour median pH minus :data:`REFERENCE_PH` (acidic if negative, the papers' finding) over the pixels
     with a measured pH; rows 2-3: the tumour mean iopamidol CEST effect at 4.2 and 5.5 ppm over all tumour
     pixels (the agent reached the tumour if positive).  CIs: percentile bootstrap over pixels of this
-    tumour (within-animal uncertainty); p is not given (significance = the CI excludes 0).
+    tumour (within-animal uncertainty); p is not given (significance = the CI excludes 0, so no Holm
+    adjustment: ``p_holm`` is NaN).  ``primary`` names the primary endpoint (:data:`ENDPOINTS`).
     """
     paper = citation(STUDY)
     ok = pixels[pixels["status"] == 0]
@@ -744,15 +754,16 @@ def conclusions(pixels: pd.DataFrame, *, n_boot: int = 10000, seed: int = 0, alp
     boot = f"{100 * (1 - alpha):g} % percentile bootstrap over pixels, {n_boot} resamples (within one animal)"
     finding = (f"tumour pHe (median {med:.2f} of the {len(ok)} of {len(pixels)} pixels with a measurable pH) "
                f"- {REFERENCE_PH:g}")
-    rows = [check_effect(finding,
+    rows = {"tumour_ph": check_effect(finding,
                          estimate=med - REFERENCE_PH, ci_low=lo - REFERENCE_PH, ci_high=hi - REFERENCE_PH,
                          expected_sign=-1, units="pH", paper=paper, alpha=alpha,
-                         method=f"acidoCEST ratio 4.2/5.5 ppm, literature (in-vitro) calibration; {boot}")]
+                         method=f"acidoCEST ratio 4.2/5.5 ppm, literature (in-vitro) calibration; {boot}")}
     for key in ("42", "55"):
         m, lo, hi = bootstrap_median(pixels[f"effect_{key}"], statistic=np.mean, n_boot=n_boot, seed=seed, alpha=alpha)
         n = int(np.isfinite(pixels[f"effect_{key}"]).sum())
-        rows.append(check_effect(f"tumour iopamidol CEST effect at {key[0]}.{key[1]} ppm (mean of {n} pixels)",
-                                 estimate=m, ci_low=lo, ci_high=hi, expected_sign=1, units="% of S0", paper=paper,
-                                 method=f"band mean of Z pre - Z post, B0-corrected; {boot}", alpha=alpha))
-    return conclusions_table(rows)
+        rows[f"effect_{key}"] = check_effect(
+            f"tumour iopamidol CEST effect at {key[0]}.{key[1]} ppm (mean of {n} pixels)", estimate=m, ci_low=lo,
+            ci_high=hi, expected_sign=1, units="% of S0", paper=paper,
+            method=f"band mean of Z pre - Z post, B0-corrected; {boot}", alpha=alpha)
+    return conclusions_table(rows, primary=primary, alpha=alpha)
 

@@ -8,17 +8,21 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..analysis import treatment_and_histology
+from ..analysis import TREATMENT_ENDPOINTS, treatment_and_histology
 
-__all__ = ["STUDY", "conclusions"]
+__all__ = ["STUDY", "ENDPOINTS", "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "ampb_ferumoxytol"
 
+#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+ENDPOINTS = dict(TREATMENT_ENDPOINTS)
+
 
 def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str, treated: str,
-                hist_col: str = "iba1_cells_per_mm2", alpha: float = 0.05) -> pd.DataFrame:
+                hist_col: str = "iba1_cells_per_mm2", primary: str = "treatment_effect",
+                alpha: float = 0.05) -> pd.DataFrame:
     """Conclusions of ``ampb_ferumoxytol``: Amp B raises tumour R2* (more iron-laden macrophages); tumour R2* tracks ``hist_col`` at the endpoint."""
     return treatment_and_histology(STUDY, effect, corr, truth, biomarker="R2*", variable="r2star", units="1/s",
                                    control=control, treated=treated, hist_col=hist_col, effect_sign=+1,
-                                   corr_sign=+1, note="", alpha=alpha)
+                                   corr_sign=+1, note="", primary=primary, alpha=alpha)

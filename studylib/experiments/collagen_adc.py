@@ -1,4 +1,10 @@
-"""ADC and collagen I in cervical cancer PDX (Hauge et al.): the notebook's conclusions."""
+"""ADC and collagen I in cervical cancer PDX (Hauge et al.): the notebook's endpoints and conclusions.
+
+The paper's question is whether ADC tracks the collagen I fraction **within** a tumour model (the
+tumours of one PDX model differ in stroma; does diffusion MRI see it?), so the primary endpoint is the
+within-model (repeated-measures) correlation; the pooled correlation over all tumours and the
+correlation of the model means are secondary (:func:`studylib.analysis.correlation_effect`).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,51 @@ import pandas as pd
 
 from ..analysis import conclusions_table, correlation_row, effect_row, true_correlation, true_effect
 
-__all__ = ["STUDY", "conclusions"]
+__all__ = ["STUDY", "ENDPOINTS", "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "collagen_adc"
 
-def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, alpha: float = 0.05) -> pd.DataFrame:
-    """Conclusions of ``collagen_adc``: r(ADC, collagen I) and the ADC slope per collagen fraction."""
-    study = STUDY
-    rows = [
-        correlation_row("r(tumour ADC, collagen I area %)", corr, expected_sign=-1,
-                        truth=true_correlation(truth, "tumour_adc_vs_collagen_i_area_pct"), study=study, alpha=alpha),
-        effect_row("tumour ADC slope per collagen I fraction", slope, expected_sign=-1,
-                   truth=true_effect(truth, "adc_slope_um2_per_ms_per_collagen_fraction"), units="µm²/ms per fraction",
-                   study=study, alpha=alpha),
-    ]
-    return conclusions_table(rows)
+#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+ENDPOINTS = {
+    "within_model_r": "r(tumour ADC, collagen I area %) within PDX model (repeated-measures correlation)",
+    "pooled_r": "r(tumour ADC, collagen I area %) pooled over all tumours",
+    "between_model_r": "r(tumour ADC, collagen I area %) of the PDX model means",
+    "slope": "tumour ADC slope per collagen I fraction (OLS over all tumours)",
+}
 
+
+def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, true_parts: Mapping | None = None,
+                primary: str = "within_model_r", alpha: float = 0.05) -> pd.DataFrame:
+    """Conclusions of ``collagen_adc`` (endpoints :data:`ENDPOINTS`).
+
+    Parameters
+    ----------
+    corr : :func:`studylib.analysis.correlation_effect` of ADC and collagen with ``cluster`` = the PDX
+        model (its ``parts``: pooled, within, between).
+    slope : :func:`studylib.analysis.regression_slope` of ADC on the collagen fraction.
+    truth : the simulated truth (``{}`` on real data).
+    true_parts : :func:`studylib.analysis.true_correlation_parts` of the simulated animals' true ADC and
+        collagen (within and between truths); None: NaN.
+    primary : the primary endpoint's key; the others are secondary (Holm-adjusted).
+    """
+    parts = corr["parts"]
+    tp = dict(true_parts or {})
+    nan = float("nan")
+    label = "r(tumour ADC, collagen I area %)"
+    cluster = corr.get("cluster") or "model"
+    rows = {}
+    if "within" in parts:
+        rows["within_model_r"] = correlation_row(f"{label} within {cluster}", parts["within"], expected_sign=-1,
+                                                 truth=tp.get("within", nan), study=STUDY, alpha=alpha)
+    rows["pooled_r"] = correlation_row(f"{label} pooled", parts["pooled"], expected_sign=-1,
+                                       truth=true_correlation(truth, "tumour_adc_vs_collagen_i_area_pct"), study=STUDY,
+                                       alpha=alpha)
+    if "between" in parts:
+        rows["between_model_r"] = correlation_row(f"{label} between {cluster} means", parts["between"],
+                                                  expected_sign=-1, truth=tp.get("between", nan), study=STUDY,
+                                                  alpha=alpha)
+    rows["slope"] = effect_row("tumour ADC slope per collagen I fraction", slope, expected_sign=-1,
+                               truth=true_effect(truth, "adc_slope_um2_per_ms_per_collagen_fraction"),
+                               units="µm²/ms per fraction", study=STUDY, alpha=alpha)
+    return conclusions_table(rows, primary=primary, alpha=alpha)

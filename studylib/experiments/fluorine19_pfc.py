@@ -21,11 +21,18 @@ from ..errors import ExperimentError
 from ..fit.fluorine import fluorine_per_roi
 from ..models.fluorine import AVOGADRO, F_ATOMS_PER_MACROPHAGE
 
-__all__ = ["STUDY", "fluorine_animal_table", "quality_table", "representative_animals", "true_line_difference",
+__all__ = ["STUDY", "ENDPOINTS", "fluorine_animal_table", "quality_table", "representative_animals", "true_line_difference",
            "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "fluorine19_pfc"
+
+#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+ENDPOINTS = {
+    "tumour_19f_trend": "tumour 19F, most minus least metastatic line (ordered Jonckheere-Terpstra trend)",
+    "metastases_trend": "lung metastases, most minus least metastatic line (ordered trend)",
+    "19f_vs_metastases": "r(tumour 19F, lung metastases) over animals",
+}
 
 
 def _mM_from_atoms(atoms, n_vox, vol_mm3):
@@ -116,15 +123,17 @@ def true_line_difference(truth: Mapping, lines: Sequence[str]) -> float:
 
 
 def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, metastases_trend: Mapping, corr: Mapping,
-                truth: Mapping, *, lines: Sequence[str], alpha: float = 0.05) -> pd.DataFrame:
+                truth: Mapping, *, lines: Sequence[str], primary: str = "tumour_19f_trend",
+                alpha: float = 0.05) -> pd.DataFrame:
     """Conclusions of ``fluorine19_pfc``.
 
     Row 1: tumour 19F, last line minus first (mM; Welch CI of ``diff``), with the p-value of the ordered
     (Jonckheere-Terpstra) test ``trend``; row 2: the same for lung metastases; row 3: tumour 19F vs lung
-    metastases (Pearson r).  Truth: the simulated animals' true line means and correlation.
+    metastases (Pearson r, Fisher-z CI and p).  Truth: the simulated animals' true line means and correlation.
+    ``primary`` names the primary endpoint (:data:`ENDPOINTS`), the others are secondary (Holm-adjusted).
     """
     paper = citation(STUDY)
-    rows = [
+    rows = dict(zip(ENDPOINTS, [
         check_effect(f"tumour 19F {lines[-1]} - {lines[0]} (ordered trend {' < '.join(lines)})",
                      estimate=diff["estimate"], ci_low=diff["ci_low"], ci_high=diff["ci_high"], p=trend["p"],
                      expected_sign=1, truth=true_line_difference(truth, lines), units="mM", paper=paper,
@@ -137,5 +146,5 @@ def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, metastases_t
                      ci_high=corr["ci_high"], p=corr["p"], expected_sign=1,
                      truth=true_correlation(truth, "tumour_f19_mM_vs_lung_metastases_count"), units="",
                      paper=paper, method=corr["method"], alpha=alpha),
-    ]
-    return conclusions_table(rows)
+    ]))
+    return conclusions_table(rows, primary=primary, alpha=alpha)

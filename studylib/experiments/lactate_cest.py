@@ -19,11 +19,18 @@ from ..conventions import TUMOUR_LABEL
 from ..errors import ExperimentError
 from ..fit.cest import lorentzian_pools
 
-__all__ = ["STUDY", "cest_session_table", "roi_mean_spectra", "tumour_pool_table", "true_change",
+__all__ = ["STUDY", "ENDPOINTS", "reading", "cest_session_table", "roi_mean_spectra", "tumour_pool_table", "true_change",
            "true_pool_change", "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "lactate_cest"
+
+#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+ENDPOINTS = {
+    "mtrasym_change": "tumour MTRasym at the lactate offset, post - pre infusion, B0-corrected (paired)",
+    "mtrasym_change_uncorrected": "the same without B0 correction (what skipping it does)",
+    "pool_change": "tumour lactate pool amplitude post - pre (Lorentzian fit of ROI-mean spectra)",
+}
 
 
 def cest_session_table(results: Mapping[str, xr.Dataset | xr.DataArray], roi: xr.DataArray, *,
@@ -109,16 +116,18 @@ def true_pool_change(truth_sessions: pd.DataFrame | None, *, pre_day, post_day) 
 
 
 def conclusions(paired: Mapping, paired_uncorrected: Mapping, truth: Mapping, *, delta_ppm: float = 0.4,
-                pool: Mapping | None = None, true_pool: float = float("nan"), alpha: float = 0.05) -> pd.DataFrame:
+                pool: Mapping | None = None, true_pool: float = float("nan"), primary: str = "mtrasym_change",
+                alpha: float = 0.05) -> pd.DataFrame:
     """Conclusions of ``lactate_cest``.
 
     Row 1: paired post - pre change of tumour MTRasym(``delta_ppm``), B0-corrected; row 2: the same without
     B0 correction (expected to miss the truth); row 3, when ``pool`` is given: the lactate pool amplitude
-    change of the Lorentzian fit.
+    change of the Lorentzian fit.  ``primary`` names the primary endpoint (:data:`ENDPOINTS`), the others are
+    secondary (Holm-adjusted).
     """
     paper = citation(STUDY)
     truth_change = true_change(truth)
-    rows = [
+    rows = dict(zip(ENDPOINTS, [
         check_effect(f"tumour MTRasym({delta_ppm:g} ppm) post - pre, B0-corrected", estimate=paired["estimate"],
                      ci_low=paired["ci_low"], ci_high=paired["ci_high"], p=paired["p"], expected_sign=1,
                      truth=truth_change, units="%", paper=paper, method=paired["method"], alpha=alpha),
@@ -126,10 +135,57 @@ def conclusions(paired: Mapping, paired_uncorrected: Mapping, truth: Mapping, *,
                      estimate=paired_uncorrected["estimate"], ci_low=paired_uncorrected["ci_low"],
                      ci_high=paired_uncorrected["ci_high"], p=paired_uncorrected["p"], expected_sign=1,
                      truth=truth_change, units="%", paper=paper, method=paired_uncorrected["method"], alpha=alpha),
-    ]
+    ]))
     if pool is not None:
-        rows.append(check_effect("tumour lactate pool amplitude post - pre (Lorentzian fit)",
+        rows["pool_change"] = (check_effect("tumour lactate pool amplitude post - pre (Lorentzian fit)",
                                  estimate=pool["estimate"], ci_low=pool["ci_low"], ci_high=pool["ci_high"],
                                  p=pool["p"], expected_sign=1, truth=true_pool, units="%", paper=paper,
                                  method=pool["method"], alpha=alpha))
-    return conclusions_table(rows)
+    return conclusions_table(rows, primary=primary, alpha=alpha)
+
+
+def _row(table: pd.DataFrame, endpoint: str):
+    hit = table[table["endpoint"] == endpoint]
+    return hit.iloc[0] if len(hit) else None
+
+
+def reading(table: pd.DataFrame, paired: Mapping, paired_uncorrected: Mapping) -> str:
+    """What the conclusions table says, written from its numbers (nothing decided in advance).
+
+    Parameters
+    ----------
+    table : :func:`conclusions` (endpoints ``mtrasym_change`` and ``mtrasym_change_uncorrected``).
+    paired, paired_uncorrected : the :func:`studylib.stats.paired_change` results behind those rows
+        (``per_animal`` with a ``change`` column when available).
+
+    Returns
+    -------
+    str: one line per row: the change, its CI, how many animals changed in the paper's direction,
+    the verdict against the paper and, with a simulated truth, whether the CI covers it.
+    """
+    lines = []
+    for key, res, what in (("mtrasym_change", paired, "with B0 correction"),
+                           ("mtrasym_change_uncorrected", paired_uncorrected, "without B0 correction")):
+        r = _row(table, key)
+        if r is None:
+            continue
+        per = res.get("per_animal")
+        ups = ""
+        if isinstance(per, pd.DataFrame) and "change" in per.columns:
+            ch = per["change"].dropna()
+            ups = f"; {int((ch > 0).sum())} of {len(ch)} animals rose"
+        p = f"p = {r['p']:.2g}" + (f", Holm {r['p_holm']:.2g}" if np.isfinite(r["p_holm"]) else "")
+        verdict = "agrees with the paper (a rise, significant)" if r["agrees_with_paper"] else (
+            "in the paper's direction but not significant" if r["direction_matches_paper"] else
+            "not in the paper's direction")
+        truth = ""
+        if np.isfinite(r["truth"]):
+            truth = (f"; the 95 % CI {'covers' if r['ci_covers_truth'] else 'misses'} the simulated change "
+                     f"{r['truth']:+.3g} %")
+        lines.append(f"Tumour MTRasym post - pre {what} ({r['role']}): {r['estimate']:+.3g} % "
+                     f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}], {p}{ups}: {verdict}{truth}.")
+    a, b = _row(table, "mtrasym_change"), _row(table, "mtrasym_change_uncorrected")
+    if a is not None and b is not None and a["ci_high"] > a["ci_low"]:
+        lines.append(f"Skipping B0 correction makes the CI {(b['ci_high'] - b['ci_low']) / (a['ci_high'] - a['ci_low']):.1f}"
+                     " times as wide.")
+    return "\n".join(lines)
