@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: reports test venv chromium bench clean-reports
+.PHONY: reports test venv chromium bench clean-reports lab
 
 venv: $(STAMP)
 
@@ -28,6 +28,16 @@ chromium:
 
 reports: $(STAMP)
 	$(VENV)/bin/studylib run --preset $(PRESET) --reports reports
+
+# JupyterLab on the notebooks with the project's kernel (python3, installed into .venv); jupytext's
+# .py notebooks open as notebooks on a double click (a default-viewer setting kept inside .venv).
+# A lab's own study: make lab NOTEBOOKS=path/to/study/notebooks
+NOTEBOOKS ?= notebooks
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+lab: $(STAMP)
+	@mkdir -p $(dir $(LAB_SETTINGS))
+	@$(VENV)/bin/jupytext-config --settings-file $(LAB_SETTINGS) set-default-viewer python >/dev/null
+	$(VENV)/bin/jupyter lab --notebook-dir=$(NOTEBOOKS) $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""The ``studylib`` command: ``verify``, ``synth``, ``run``, ``import``, ``show``, ``export``, ``add-roi``, ``status``.
+"""The ``studylib`` command: ``verify``, ``synth``, ``new``, ``run``, ``import``, ``show``, ``export``, ``add-roi``, ``status``.
 
 Each subcommand is a thin shell over a library function, so everything the CLI does
 is importable and tested.  Input errors (:class:`studylib.errors.StudyError`) print one
@@ -36,21 +36,49 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _study_folders(args) -> tuple:
+    """``(notebooks, reports)``: as given, else a study folder's own (``studylib new``) when ``--manifest`` is in one."""
+    from .workbook.scaffold import study_folder_defaults
+
+    own = study_folder_defaults(args.manifest) or (None, None)
+    return (args.notebooks if args.notebooks is not None else own[0],
+            args.reports if args.reports is not None else own[1])
+
+
+def _cmd_new(args) -> int:
+    from .workbook.animals import STUDY_FIELDS
+    from .workbook.scaffold import new_study, study_facts
+
+    res = new_study(args.folder, biomarker=args.biomarker, design=args.design, study=args.study)
+    facts = study_facts(args.biomarker, args.design)
+    for f in res.files:
+        print(f"wrote {f}")
+    m = res.folder / "data_manifest.csv"
+    print(f"{res.study}: {args.design} {args.biomarker} study in {res.folder}. The manifest lists no files yet "
+          f"(`studylib verify` refuses it until then): add scans with `studylib import SRC --out {res.folder} "
+          f"--study {res.study} ...`, then `studylib run {res.study} --manifest {m}` (reports in "
+          f"{res.folder / 'reports'}). Add the animals to animals.csv and the study's facts to study.json "
+          f"(fields: {', '.join(k for k in STUDY_FIELDS if k not in facts)}): the report's ARRIVE section reads them.")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from .workbook import run
     from .workbook.parameters import parse_assignments
 
-    return run(args.experiments or None, preset=args.preset, reports=args.reports,
+    notebooks, reports = _study_folders(args)
+    return run(args.experiments or None, preset=args.preset, reports=reports,
                scheduler=args.scheduler, manifest=args.manifest, force=args.force, cache_dir=args.cache,
-               jobs=args.jobs, parameters=parse_assignments(args.param))
+               jobs=args.jobs, parameters=parse_assignments(args.param), notebooks_dir=notebooks)
 
 
 def _cmd_status(args) -> int:
     from .workbook.parameters import parse_assignments
     from .workbook.status import status
 
-    return status(args.experiments or None, preset=args.preset, manifest=args.manifest, reports=args.reports,
-                  cache_dir=args.cache, parameters=parse_assignments(args.param))
+    notebooks, reports = _study_folders(args)
+    return status(args.experiments or None, preset=args.preset, manifest=args.manifest, reports=reports,
+                  cache_dir=args.cache, parameters=parse_assignments(args.param), notebooks_dir=notebooks)
 
 
 def _cmd_show(args) -> int:
@@ -129,11 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a non-empty --out or over a --manifest that no earlier synth run wrote")
     s.set_defaults(func=_cmd_synth)
 
+    n = sub.add_parser("new", help="a new study folder: empty manifest, animals.csv, study.yaml and a generic notebook")
+    n.add_argument("folder", help="the study folder (new or empty)")
+    n.add_argument("--biomarker", required=True, help="r2star, t2, t1, adc, ktrans, cest or f19")
+    n.add_argument("--design", default="longitudinal", help="longitudinal (mixed model over days, default) or "
+                   "endpoint (one value per animal)")
+    n.add_argument("--study", default=None, help="study name: the manifest's study value and the notebook's name "
+                   "(default: the folder's name)")
+    n.set_defaults(func=_cmd_new)
+
     r = sub.add_parser("run", help="execute experiment notebooks into HTML reports")
     r.add_argument("experiments", nargs="*")
     r.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
     r.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
     r.add_argument("--manifest", default=None)
+    r.add_argument("--notebooks", default=None,
+                   help="folder of the notebooks (default <project>/notebooks; with a --manifest in a study folder "
+                        "made by `studylib new`, its notebooks/, and its reports/ for --reports)")
     r.add_argument("--scheduler", default=None,
                    help="threads (default), local, or a scheduler address tcp://host:port (env STUDYLIB_SCHEDULER)")
     r.add_argument("--force", action="store_true",
@@ -151,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
     st.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
     st.add_argument("--manifest", default=None)
+    st.add_argument("--notebooks", default=None,
+                    help="folder of the notebooks (default <project>/notebooks; with a --manifest in a study folder "
+                        "made by `studylib new`, its notebooks/, and its reports/ for --reports)")
     st.add_argument("--cache", default=None, help=_CACHE_HELP)
     st.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="the parameters the reports should have been run with (as given to run)")

@@ -59,6 +59,7 @@ from typing import Any, Iterator
 import dask
 
 from .errors import SchedulerError
+from .recorder import RECORD_ENV
 
 __all__ = [
     "SCHEDULER_ENV",
@@ -265,7 +266,8 @@ def progress(obj, *, minimum_s: float = 1.0, label: str | None = None):
 
     Under the threaded/sync scheduler a :class:`dask.diagnostics.ProgressBar` is shown for
     computations longer than ``minimum_s``; under a distributed client the futures are
-    followed with :func:`distributed.progress` (text bar, also inside notebooks).  Objects
+    followed with :func:`distributed.progress` (text bar, also inside notebooks).  Under
+    ``studylib run`` (a report being made) no bar is drawn.  Objects
     that are not Dask collections (numpy-backed xarray, arrays, numbers) are returned as is.
 
     Parameters
@@ -287,16 +289,20 @@ def progress(obj, *, minimum_s: float = 1.0, label: str | None = None):
     client = active_client()
     if label:
         print(label, flush=True)
+    # under `studylib run` no bar is drawn: the kernel's stdout and stderr (file descriptors included) end up in
+    # the notebook, and a report must not carry a text progress bar; the runner shows progress cell by cell
+    quiet = bool(os.environ.get(RECORD_ENV))
     if client is None:
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar(minimum=minimum_s, dt=0.5):
+        with ProgressBar(minimum=minimum_s, dt=0.5) if not quiet else contextlib.nullcontext():
             done = dask.compute(*todo)
     else:
         from distributed import progress as dist_progress
 
         futures = client.compute(todo)
-        dist_progress(futures, notebook=False)
+        if not quiet:
+            dist_progress(futures, notebook=False)
         done = client.gather(futures)
     for i, r in zip(lazy, done):
         items[i] = r

@@ -30,6 +30,7 @@ LAYERS = {
     "studylib.synth": 5, "studylib.analysis": 5, "studylib.plots": 5, "studylib.testing": 5,
     "studylib.experiments": 6,
     "studylib.workbook": 7, "studylib.workbook.export": 7,  # export: maps out to BIDS, drawn ROIs back in
+    "studylib.workbook.methods": 7, "studylib.workbook.animals": 7,  # methods / ARRIVE / animal flow sections
     "studylib.cli": 8, "studylib": 9,  # the lazy facade imports nothing eagerly but errors
 }
 

@@ -147,3 +147,16 @@ def test_real_notebooks_ci_end_to_end_in_browser(ci_reports):
     assert_pages_ok(results)
     for n in names:
         assert results[f"{n}.html"]["images"], f"{n}: the report has no figures"
+
+
+def test_no_report_carries_a_text_progress_bar(ci_reports):
+    """Progress stays on the command line: Dask's text bars ("[####    ] | 50% Completed") are written to the
+    kernel's own stderr under `studylib run`, never into a notebook's outputs or its HTML."""
+    import re
+
+    reports = ci_reports["root"] / "reports"
+    bar = re.compile(r"\[#+ *\] \| +\d+% Completed|\d+% Completed \|")
+    for n in ci_reports["records"]:
+        for suffix in (".html", ".ipynb"):
+            text = (reports / f"{n}{suffix}").read_text(encoding="utf-8")
+            assert not bar.search(text), f"{n}{suffix} contains a progress bar"

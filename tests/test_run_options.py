@@ -16,25 +16,25 @@ from studylib.workbook.status import _differences
 
 AMPB = notebooks_dir() / "ampb_ferumoxytol.py"
 CEST = notebooks_dir() / "lactate_cest.py"
+F19 = notebooks_dir() / "fluorine19_pfc.py"
 
 
 @pytest.mark.parametrize("given, typed", [
     ({"t2star_method": "loglinear"}, {"t2star_method": "loglinear"}),  # str default: the text
     ({"alpha": "0.01"}, {"alpha": 0.01}),  # float default
     ({"alpha": "1e-2"}, {"alpha": 0.01}),
-    ({"n_boot": "500"}, {"n_boot": 500}),  # int default
-    ({"n_boot": "500.0"}, {"n_boot": 500}),
     ({"effect_day": "7"}, {"effect_day": 7}),  # None default: a literal when it is one ...
     ({"control": "PBS"}, {"control": "PBS"}),  # ... the text otherwise
     ({"control": "'5'"}, {"control": "5"}),
-    ({"alpha": 0.02, "seed": 3}, {"alpha": 0.02, "seed": 3}),  # Python values from the library API
+    ({"alpha": 0.02, "effect_day": 3}, {"alpha": 0.02, "effect_day": 3}),  # Python values from the library API
 ])
 def test_parameters_take_the_type_of_their_default(given, typed):
     got = typed_parameters("ampb_ferumoxytol", AMPB, given)
     assert got == typed and all(type(got[k]) is type(v) for k, v in typed.items())
 
 
-def test_bool_and_list_parameters():
+def test_int_bool_and_list_parameters():
+    assert typed_parameters("fluorine19_pfc", F19, {"n_perm": "500", "seed": "500.0"}) == {"n_perm": 500, "seed": 500}
     got = typed_parameters("lactate_cest", CEST, {"fit_pools": "false", "band_ppm": "[0.3, 0.5]"})
     assert got == {"fit_pools": False, "band_ppm": [0.3, 0.5]}
     assert typed_parameters("lactate_cest", CEST, {"fit_pools": "1"}) == {"fit_pools": True}
@@ -44,7 +44,7 @@ def test_bool_and_list_parameters():
     (AMPB, {"no_such": "1"}, r"no parameter 'no_such' in ampb_ferumoxytol.py; its parameters are: t2star_method, "),
     (AMPB, {"alpha": "abc"}, r"alpha='abc' is not a number \(default 0.05\)"),
     (AMPB, {"alpha": "True"}, r"alpha='True' is not a number"),
-    (AMPB, {"n_boot": "20.5"}, r"n_boot='20.5' is not a whole number \(default 2000\)"),
+    (F19, {"n_perm": "20.5"}, r"n_perm='20.5' is not a whole number \(default 20000\)"),
     (AMPB, {"t2star_method": 3}, r"t2star_method=3 is not text"),
     (AMPB, {"manifest": "x.csv"}, r"'manifest' is set by studylib run; use --manifest"),
     (AMPB, {"cache_dir": "x"}, r"use --cache"),

@@ -13,7 +13,6 @@ setting) takes a Python literal when the text is one (``-p effect_day=7``) and t
 from __future__ import annotations
 
 import ast
-import tempfile
 from pathlib import Path
 
 from ..errors import WorkbookError
@@ -63,20 +62,26 @@ def load_notebook(src: Path):
 
 
 def declared_parameters(src: Path, nb=None) -> dict[str, str]:
-    """``{name: default source text}`` of the notebook's ``parameters`` cell (papermill's reading of it)."""
-    import nbformat
-    import papermill as pm
-
+    """``{name: default source text}`` of the notebook's ``parameters`` cell (the cell tagged ``parameters``,
+    where papermill injects the given values after it): every top-level ``name = value`` in it, read with
+    :mod:`ast` (papermill's own line parser skips a line whose comment holds an ``=``)."""
     if nb is None:
         nb = load_notebook(Path(src))
-    with tempfile.TemporaryDirectory(prefix="studylib-params-") as tmp:
-        path = Path(tmp) / "nb.ipynb"
-        nbformat.write(nb, path)
-        try:
-            found = pm.inspect_notebook(str(path))
-        except Exception as err:
-            raise WorkbookError(f"{src}: cannot read its parameters cell ({type(err).__name__}: {err})") from None
-    return {k: str(v.get("default")) for k, v in found.items()}
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in (c.metadata.get("tags") or [])]
+    if not cells:
+        return {}
+    text = cells[0].source
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as err:
+        raise WorkbookError(f"{src}: its parameters cell is not valid Python ({err.msg}, line {err.lineno})") from None
+    out = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
+        if isinstance(target, ast.Name):
+            out[target.id] = ast.get_source_segment(text, node.value)
+    return out
 
 
 def _literal(text: str):

@@ -14,6 +14,7 @@ from typing import Iterable
 from .._atomic import atomic_write_text
 from ..catalog import EXPERIMENTS
 from ..recorder import _fmt
+from .methods import sections_from_record
 from .provenance import provenance_base
 
 __all__ = ["REPORT_FORMAT", "render_report", "write_index"]
@@ -162,6 +163,12 @@ def render_report(nb, prov: dict) -> str:
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb.metadata["title"]}})
     body = body.replace("<!-- studylib:css -->", f'<style type="text/css">\n{_css()}\n</style>', 1)
     body = body.replace("<!-- studylib:header -->", _header_html(prov), 1)
+    # methods, ARRIVE 2.0 and animal flow after the notebook body, before the footer (listed in the contents)
+    sections = sections_from_record(prov)
+    if "<!-- studylib:sections -->" in body:
+        body = body.replace("<!-- studylib:sections -->", sections, 1)
+    else:
+        body = body.replace("<!-- studylib:footer -->", sections + "\n<!-- studylib:footer -->", 1)
     body = body.replace("<!-- studylib:toc -->", _toc_html(body), 1)
     body = body.replace("<!-- studylib:footer -->", _footer_html(prov), 1)
     return body

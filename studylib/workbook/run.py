@@ -40,9 +40,10 @@ from ..layout import check_preset, default_cache_dir, default_manifest, experime
 from ..layout import notebooks_dir as notebooks_dir_default
 from ..manifest import read_manifest, sha256_file
 from ..recorder import RECORD_ENV, jsonable as _jsonable
-from .parameters import load_notebook as _load_notebook, typed_parameters
+from .parameters import declared_parameters, load_notebook as _load_notebook, typed_parameters
 from .provenance import provenance_base
 from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
+from .methods import record_sections, study_files_signature
 
 __all__ = ["available", "run", "run_fingerprint"]
 
@@ -71,9 +72,16 @@ def _notebook_file(name: str, nbdir: Path) -> Path | None:
 
 
 def available(notebooks_dir=None) -> list[str]:
-    """The registered experiments whose notebook exists (``notebooks/<name>.py`` or ``.ipynb``)."""
+    """The registered experiments whose notebook exists (``notebooks/<name>.py`` or ``.ipynb``); in the
+    ``notebooks/`` of a lab's own study folder (``studylib new``: ``study.json`` beside it), every notebook."""
+    from .animals import STUDY_FILE
+
     nbdir = _notebooks_dir(notebooks_dir)
-    return [n for n in EXPERIMENTS if _notebook_file(n, nbdir) is not None]
+    names = [n for n in EXPERIMENTS if _notebook_file(n, nbdir) is not None]
+    if (nbdir.parent / STUDY_FILE).is_file() and nbdir.resolve() != notebooks_dir_default().resolve():
+        names += sorted({p.stem for p in nbdir.iterdir() if p.suffix in (".py", ".ipynb") and p.is_file()
+                         and p.stem not in EXPERIMENTS and re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", p.stem)})
+    return names
 
 
 def _manifest_missing_files(manifest: Path) -> list[str]:
@@ -230,12 +238,10 @@ def _select_parameters(inp: Path, parameters: dict) -> dict:
 
     A notebook without a ``parameters`` cell gets them all (papermill injects them at the top).
     """
-    import papermill as pm
-
     standard, user = parameters
     try:
-        declared = pm.inspect_notebook(str(inp))
-    except Exception:  # pragma: no cover - unparsable parameters cell: papermill will complain itself
+        declared = declared_parameters(inp)
+    except StudyError:  # an unparsable parameters cell: the notebook fails on it when executed
         declared = {}
     chosen = {k: v for k, v in standard.items() if not declared or k in declared}
     chosen.update(user)
@@ -400,6 +406,7 @@ def _files_signature(manifest: Path, study: str | None = None) -> list:
             out.append([p, sha256_file(base / p)])
         except (OSError, StudyError):
             out.append([p, None])
+    out += study_files_signature(manifest)  # animals.csv / study.json beside the manifest (report sections)
     return sorted(out)
 
 
@@ -555,6 +562,7 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "inputs": parts,
             **base,
         }
+        record_sections(prov, manifest, name, src)  # methods, ARRIVE, animal flow (never fails the run)
         nb = nbformat.read(out_nb, as_version=4)
         nb.metadata["studylib"] = prov
         try:
