@@ -91,6 +91,18 @@ def _literal(text: str):
         raise ValueError from None
 
 
+def _value_as(value, types, what: str):
+    """``value`` (a Python literal when it is text) if it is one of ``types``; ValueError(``what``) otherwise."""
+    if isinstance(value, str):
+        try:
+            value = _literal(value)
+        except ValueError:
+            raise ValueError(what) from None
+    if not isinstance(value, types):
+        raise ValueError(what)
+    return value
+
+
 def _typed(value, default_src: str):
     """``value`` (text from the command line, or a Python value) in the type of the default."""
     try:
@@ -104,13 +116,8 @@ def _typed(value, default_src: str):
             return value.strip().lower() in _TRUE
         raise ValueError("true or false")
     if isinstance(default, (int, float)):
-        v = value
-        if isinstance(v, str):
-            try:
-                v = _literal(v)
-            except ValueError:
-                raise ValueError("a number") from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        v = _value_as(value, (int, float), "a number")
+        if isinstance(v, bool):
             raise ValueError("a number")
         if isinstance(default, int):
             if isinstance(v, float) and not v.is_integer():
@@ -122,15 +129,7 @@ def _typed(value, default_src: str):
             raise ValueError("text")
         return value
     if isinstance(default, (list, tuple)):
-        v = value
-        if isinstance(v, str):
-            try:
-                v = _literal(v)
-            except ValueError:
-                raise ValueError("a list, e.g. [0.2, 0.6]") from None
-        if not isinstance(v, (list, tuple)):
-            raise ValueError("a list, e.g. [0.2, 0.6]")
-        return list(v)
+        return list(_value_as(value, (list, tuple), "a list, e.g. [0.2, 0.6]"))
     # None (optional) or an expression default: a literal when the text is one, else the text
     if isinstance(value, str):
         try:
