@@ -46,6 +46,11 @@ reports_dir = None  # set by `studylib run`; unused here
 delta_ppm = 0.4  # lactate -OH offset from water
 band_ppm = [0.2, 0.6]  # MTRasym integration band around the lactate offset
 b0_method = "mscf"  # WASSR B0: "mscf" (maximum symmetry) or "minimum"
+# MTRasym divided by S0 ("s0") or by S(-delta) ("negative_offset"); "negative_offset" values are larger by
+# S0/S(-delta) (about 1/Z(-0.4 ppm)). DeBrosse et al.'s choice could not be checked in the sources at hand:
+# read the paper's Methods before comparing numbers with it. The simulated truth is in % of S0, so it is
+# only compared with "s0".
+mtr_normalisation = "s0"
 pre_day = 0  # day label of the pre-infusion scan
 post_day = 1  # day label of the post-infusion scan
 fit_pools = True  # also fit water/lactate/MT Lorentzian pools in the tumour
@@ -88,11 +93,12 @@ design
 # %%
 b0 = sl.cest_b0_map(wsignal, mask=analysed, method=b0_method)
 res = sl.mtr_asym(signal, cest["m0"], b0_ppm=b0["b0_ppm"], deltas_ppm=(delta_ppm,), bands_ppm=[tuple(band_ppm)],
-               mask=analysed)
-raw = sl.mtr_asym(signal, cest["m0"], deltas_ppm=(delta_ppm,), mask=analysed)
+               mask=analysed, normalisation=mtr_normalisation)
+raw = sl.mtr_asym(signal, cest["m0"], deltas_ppm=(delta_ppm,), mask=analysed, normalisation=mtr_normalisation)
 b0, res, raw = sl.compute_with_progress((b0, res, raw), label="B0 and MTRasym")
 mtr = res["mtr_asym"].sel(delta=delta_ppm)
 band_name = f"{band_ppm[0]:g}-{band_ppm[1]:g}"
+print(res.attrs["normalisation_formula"])
 print(f"B0 fit ok in {float(b0['fit_ok'].where(analysed).sum() / analysed.sum()):.1%} of analysed voxels; "
       f"|B0| up to {float(abs(b0['b0_ppm']).max()):.2f} ppm ({float(abs(b0['b0_hz']).max()):.0f} Hz)")
 
@@ -192,7 +198,8 @@ if fit_pools:
     pool = sl.stats.paired_change(tum, "lactate_pool_pct", pre=pre_day, post=post_day, alpha=alpha)
     true_pool = exp.true_pool_change(sl.load_truth_table(manifest, study, "sessions.csv"), pre_day=pre_day,
                                      post_day=post_day)
-conclusions = exp.conclusions(paired, paired_raw, truth, delta_ppm=delta_ppm, pool=pool, true_pool=true_pool,
+conclusions = exp.conclusions(paired, paired_raw, truth if mtr_normalisation == "s0" else {}, delta_ppm=delta_ppm,
+                              pool=pool, true_pool=true_pool,
                               primary=primary_endpoint, alpha=alpha)
 sl.record(conclusions, study=study, n_animals=paired["n_animals"])
 print(sl.summary_lines(conclusions))

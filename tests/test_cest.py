@@ -399,3 +399,85 @@ def test_end_to_end_on_ci_study(ci_study):
     t = truth["tumour_mtrasym_0p4_pct"].reindex(est.index)
     assert np.all(np.abs(est - t) < 0.5)
     assert np.abs(est_raw - t).max() > 2.0  # the simulated B0 (+-0.3 ppm) spoils uncorrected values
+
+
+# ----------------------------------------------------------------------------- MTRasym normalisation
+
+
+def _own_z(d, b0=0.0):
+    """``Z(d) = 1 - sum_i A_i (w_i/2)^2 / ((w_i/2)^2 + (d - b0 - c_i)^2)`` written out here (not the kernel's
+    :func:`zspectrum`), for the normalisation tests."""
+    x = np.asarray(d, dtype=float) - np.asarray(b0, dtype=float)
+    z = np.ones_like(x)
+    for a, c, w in POOLS:
+        z = z - a * (w / 2) ** 2 / ((w / 2) ** 2 + (x - c) ** 2)
+    return z
+
+
+def test_mtrasym_normalisations_differ_by_s0_over_s_minus_delta():
+    rng = np.random.default_rng(3)
+    s0 = rng.uniform(400.0, 1600.0, 12)
+    sig = xr.DataArray(s0[:, None] * _own_z(OFFSETS[None, :]), dims=("v", "offset"), coords={"offset": OFFSETS})
+    m0 = xr.DataArray(s0, dims=("v",))
+    by_s0 = mtr_asym(sig, m0, deltas_ppm=(0.4, 0.8))
+    by_ref = mtr_asym(sig, m0, deltas_ppm=(0.4, 0.8), normalisation="negative_offset")
+    for d in (0.4, 0.8):
+        s_minus = s0 * _own_z(-d)  # S(-D): +-0.4 and +-0.8 ppm are acquired offsets, no interpolation error
+        s_plus = s0 * _own_z(d)
+        np.testing.assert_allclose(by_s0.mtr_asym.sel(delta=d).values, 100 * (s_minus - s_plus) / s0, rtol=1e-9)
+        np.testing.assert_allclose(by_ref.mtr_asym.sel(delta=d).values, 100 * (s_minus - s_plus) / s_minus, rtol=1e-9)
+        # the expected factor between the two: S0 / S(-D) = 1 / Z(-D) (2.35 at 0.4 ppm, near water)
+        ratio = by_ref.mtr_asym.sel(delta=d).values / by_s0.mtr_asym.sel(delta=d).values
+        np.testing.assert_allclose(ratio, s0 / s_minus, rtol=1e-9)
+    assert 1 / _own_z(-0.4) > 2  # the two normalisations differ a lot near water (factor 2.35 here)
+    # the attrs say which normalisation was used
+    assert by_s0.attrs["normalisation"] == "s0" and by_ref.attrs["normalisation"] == "negative_offset"
+    assert by_s0.attrs["normalisation_formula"] == "MTRasym(D) = 100 [S(-D) - S(+D)] / S0"
+    assert by_ref.attrs["normalisation_formula"] == "MTRasym(D) = 100 [S(-D) - S(+D)] / S(-D)"
+    assert by_s0.mtr_asym.attrs["long_name"].endswith("(% of S0)")
+    assert by_ref.mtr_asym.attrs["long_name"].endswith("(% of S(-D))")
+    # the default is S0, bit for bit
+    default = mtr_asym(sig, m0, deltas_ppm=(0.4, 0.8))
+    np.testing.assert_array_equal(default.mtr_asym.values, by_s0.mtr_asym.values)
+    # S0 cancels in the S(-D) normalisation: no m0 needed, same numbers
+    no_m0 = mtr_asym(sig, deltas_ppm=(0.4, 0.8), normalisation="negative_offset")
+    np.testing.assert_allclose(no_m0.mtr_asym.values, by_ref.mtr_asym.values, rtol=1e-12)
+    with pytest.raises(FitInputError, match="no reference volume"):
+        mtr_asym(sig, deltas_ppm=(0.4,))  # ... but the S0 normalisation does need it
+
+
+def test_mtrasym_normalisation_with_b0_shift_and_bands():
+    """With a per-voxel B0 shift the S(-D) of the ratio is the corrected one, Z(-D + dB0) of the measured
+    spectrum; bands carry the normalisation too."""
+    b0 = np.linspace(-0.25, 0.25, 9)
+    s0 = np.full(b0.shape, 1000.0)
+    dense = np.round(np.arange(-1.5, 1.5001, 0.05), 4)
+    sig = xr.DataArray(s0[:, None] * _own_z(dense[None, :], b0[:, None]), dims=("v", "offset"),
+                       coords={"offset": dense})
+    m0 = xr.DataArray(s0, dims=("v",))
+    b0_da = xr.DataArray(b0, dims=("v",))
+    kw = dict(b0_ppm=b0_da, deltas_ppm=(0.4,), bands_ppm=[(0.2, 0.6)])
+    by_s0 = mtr_asym(sig, m0, **kw)
+    by_ref = mtr_asym(sig, m0, normalisation="negative_offset", **kw)
+    ratio = by_ref.mtr_asym.sel(delta=0.4).values / by_s0.mtr_asym.sel(delta=0.4).values
+    np.testing.assert_allclose(ratio, 1 / _own_z(-0.4), rtol=2e-3)  # corrected S(-D)/S0 = Z(-0.4) of the truth
+    exact = 100 * (_own_z(-0.4) - _own_z(0.4)) / _own_z(-0.4)
+    np.testing.assert_allclose(by_ref.mtr_asym.sel(delta=0.4).values, exact, rtol=5e-3)
+    grid = np.linspace(0.2, 0.6, 401)
+    band_exact = np.trapezoid(100 * (_own_z(-grid) - _own_z(grid)) / _own_z(-grid), grid)
+    np.testing.assert_allclose(by_ref.mtr_asym_band.values[:, 0], band_exact, rtol=1e-2)
+    assert "S(-D)" in by_ref.mtr_asym_band.attrs["long_name"]
+    assert bool(by_ref.fit_ok.all())
+
+
+def test_mtrasym_normalisation_bad_values_and_kernel_guards():
+    sig = xr.DataArray(_own_z(OFFSETS)[None, :] * 100.0, dims=("v", "offset"), coords={"offset": OFFSETS})
+    for bad in ("S0", "s(-d)", None, "m0"):
+        with pytest.raises(FitInputError, match="normalisation must be one of"):
+            mtr_asym(sig, xr.DataArray([100.0], dims=("v",)), normalisation=bad)
+    # a non-positive S(-D) has no reference: NaN and not ok (the S0 path is unaffected)
+    z = np.vstack([_own_z(OFFSETS), _own_z(OFFSETS)])
+    z[1, OFFSETS == -0.4] = 0.0
+    out = mc.mtr_asym_kernel(z, OFFSETS, deltas_ppm=(0.4,), kind="linear", normalisation="negative_offset")
+    assert np.isfinite(out["mtr_asym_0"][0]) and np.isnan(out["mtr_asym_0"][1])
+    assert out["fit_ok"].tolist() == [True, False]

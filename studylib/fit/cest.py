@@ -170,27 +170,33 @@ def _check_pairs(x, deltas, bands, source):
 
 def mtr_asym(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, deltas_ppm: Sequence[float] = (0.4,),
              bands_ppm: Sequence[tuple] = (), mask=None, interp: str = "cubic", normalized: bool = False,
-             band_points: int = 21, dim: str = "offset") -> xr.Dataset:
-    """MTR asymmetry ``MTRasym(D) = 100 [Z(-D) - Z(+D)]`` (% of S0), B0-corrected per voxel.
+             band_points: int = 21, dim: str = "offset", normalisation: str = "s0") -> xr.Dataset:
+    """MTR asymmetry ``MTRasym(D) = 100 [S(-D) - S(+D)] / S0`` (% of S0) or ``/ S(-D)``, B0-corrected per voxel.
 
     Parameters
     ----------
     signal : DataArray (``offset`` in ppm, ascending) of saturated images, or a
         ``load_study`` Dataset (its ``signal`` and ``m0`` are used).
     m0 : unsaturated reference image over the voxel dims (``load_study(...).m0``); required
-        unless ``normalized=True``.
+        unless ``normalized=True`` or ``normalisation="negative_offset"`` (where S0 cancels).
     b0_ppm : per-voxel water shift (``cest_b0_map(...).b0_ppm``), a number, or None for no
         correction.  Voxels with NaN B0 get NaN and ``fit_ok=False``.
     deltas_ppm : offsets ``D > 0`` to report (both ``+-D`` must lie within the acquired range).
     bands_ppm : ``(lo, hi)`` bands whose MTRasym integral (%·ppm) is reported.
     mask : optional boolean voxel mask.
     interp : ``"cubic"`` (default) or ``"linear"`` interpolation along offsets.
+    normalisation : what the asymmetry is divided by (:data:`studylib.models.cest.MTR_NORMALISATIONS`):
+        ``"s0"`` (default, ``100 [S(-D) - S(+D)] / S0 = 100 [Z(-D) - Z(+D)]``) or ``"negative_offset"``
+        (``100 [S(-D) - S(+D)] / S(-D)``, the saturated image on the other side of water as the
+        reference).  The second is the first times ``S0 / S(-D)``, so larger near water; compare
+        values with a paper only under the paper's normalisation.
 
     Returns
     -------
     Dataset: ``mtr_asym(..., delta)`` in %, ``mtr_asym_band(..., band)`` in %·ppm (if bands),
     ``fit_ok``.  Coordinates ``delta`` (ppm) and ``band`` (``"lo-hi"``, with ``band_lo``,
-    ``band_hi`` in ppm).
+    ``band_hi`` in ppm).  Attrs ``normalisation`` (the key) and ``normalisation_formula``; the
+    variables' ``long_name`` says "% of S0" or "% of S(-D)".
 
     Notes
     -----
@@ -198,7 +204,13 @@ def mtr_asym(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, deltas_ppm:
     :func:`studylib.models.cest.mtr_asym_values`); Zhou et al., Nat Med 2003;9:1085
     (doi:10.1038/nm907); DeBrosse et al., Sci Rep 2016;6:19517 (doi:10.1038/srep19517).
     """
-    signal, m0 = _split(signal, m0, normalized, "mtr_asym")
+    try:
+        _m.check_normalisation(normalisation)
+    except FitInputError as err:
+        raise FitInputError(f"mtr_asym: {err}") from None
+    by_reference = normalisation == "negative_offset"
+    no_m0 = by_reference and m0 is None and not (isinstance(signal, xr.Dataset) and "m0" in signal)
+    signal, m0 = _split(signal, m0, normalized or no_m0, "mtr_asym")
     x = _offsets(signal, dim, "mtr_asym")
     if interp not in ("cubic", "linear"):
         raise FitInputError(f"mtr_asym: interp must be 'cubic' or 'linear', got {interp!r}")
@@ -210,26 +222,32 @@ def mtr_asym(signal, m0: xr.DataArray | None = None, *, b0_ppm=None, deltas_ppm:
     outs.append(Output("fit_ok", "", "MTRasym computed", bool))
     res = apply_kernel(
         _m.mtr_asym_kernel, bare, dim, outs, x=x, mask=_mask_for(mask),
-        kernel_kwargs=dict(deltas_ppm=deltas, bands_ppm=bands, kind=interp, band_points=band_points),
+        kernel_kwargs=dict(deltas_ppm=deltas, bands_ppm=bands, kind=interp, band_points=band_points,
+                           **({"normalisation": normalisation} if by_reference else {})),
         voxel_inputs=_voxel_inputs(m0, b0_ppm),
     )
+    of = "S(-D)" if by_reference else "S0"
     ds = xr.Dataset(attrs={
-        "method": "MTRasym = Z(-D) - Z(+D), " + ("B0-corrected per voxel" if b0_ppm is not None else "no B0 correction")
+        "method": ("MTRasym = [Z(-D) - Z(+D)] / Z(-D), " if by_reference else "MTRasym = Z(-D) - Z(+D), ")
+                  + ("B0-corrected per voxel" if b0_ppm is not None else "no B0 correction")
                   + f", {interp} interpolation",
+        "normalisation": normalisation,
+        "normalisation_formula": _m.MTR_NORMALISATIONS[normalisation],
         "reference": "Zhou et al., Nat Med 2003;9:1085, doi:10.1038/nm907; DeBrosse et al., Sci Rep 2016;6:19517",
     })
     if deltas:
         da = xr.concat([res[f"mtr_asym_{i}"] for i in range(len(deltas))],
                        dim=pd.Index(np.asarray(deltas), name="delta"))
         ds["mtr_asym"] = da.transpose(*[d for d in da.dims if d != "delta"], "delta")
-        ds["mtr_asym"].attrs = {"units": "%", "long_name": "MTR asymmetry (% of S0)"}
+        ds["mtr_asym"].attrs = {"units": "%", "long_name": f"MTR asymmetry (% of {of})"}
         ds["delta"].attrs = {"units": "ppm", "long_name": "saturation offset from water"}
     if bands:
         da = xr.concat([res[f"mtr_asym_band_{i}"] for i in range(len(bands))],
                        dim=pd.Index(np.asarray([f"{lo:g}-{hi:g}" for lo, hi in bands], dtype=object),
                                     dtype=object, name="band"))
         ds["mtr_asym_band"] = da.transpose(*[d for d in da.dims if d != "band"], "band")
-        ds["mtr_asym_band"].attrs = {"units": "% ppm", "long_name": "integral of MTRasym over the band"}
+        ds["mtr_asym_band"].attrs = {"units": "% ppm", "long_name": "integral of MTRasym over the band"
+                                     + (f" (% of {of})" if by_reference else "")}
         ds = ds.assign_coords(band_lo=("band", [b[0] for b in bands], {"units": "ppm"}),
                               band_hi=("band", [b[1] for b in bands], {"units": "ppm"}))
     ds["fit_ok"] = res["fit_ok"]

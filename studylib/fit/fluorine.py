@@ -15,6 +15,8 @@ Method after Makela et al., MRM 2018;80:1138 and Srinivas et al., Trends Immunol
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import xarray as xr
 
@@ -27,6 +29,9 @@ __all__ = ["fluorine_quantify", "fluorine_per_roi"]
 
 _ONE = "_f19_sample"  # the length-1 "fitted" axis: a 19F voxel is one magnitude
 _REF_KEYS = ("ReferenceTube_mM", "reference_tube_mM")
+_PFC_KEYS = ("ReferenceTubePFC_mM",)  # the tube as mM of PFC molecules (docs/conventions.md)
+_NF_KEYS = ("ReferenceTubeFluorinesPerMolecule",)  # 19F per molecule in the excited band
+_RELAX_REQUIRED = ("t1_ref_ms", "t2_ref_ms", "t1_tissue_ms", "t2_tissue_ms")
 
 
 def _spatial(signal, spatial_dims):
@@ -59,11 +64,102 @@ def _require_label(roi, label, what, source):
                             f"found labels {sorted(int(v) for v in np.unique(roi.values) if v)}")
 
 
+def _reference_concentration(ref_mM, ref_pfc_mM, fluorines, attrs, src):
+    """The tube's 19F mM and the attrs describing it; the PFC pair is used when given (here or, when no
+    19F mM is given anywhere, in the sidecars).  The direct ``ref_mM`` path is the original one."""
+    pfc_given = ref_pfc_mM is not None or fluorines is not None
+    if pfc_given and ref_mM is not None:
+        raise FitInputError(f"{src}: give the reference tube either as ref_mM (19F nuclei, mM) or as ref_pfc_mM "
+                            f"with fluorines_per_molecule, not both")
+    if not pfc_given:
+        if ref_mM is None:
+            ref_mM = next((attrs[key] for key in _REF_KEYS if key in attrs), None)
+        if ref_mM is not None:
+            return positive_number(ref_mM, "ref_mM (reference tube concentration, mM)", where=src), {}
+        if not any(key in attrs for key in _PFC_KEYS + _NF_KEYS):
+            raise FitInputError(f"{src}: no reference tube concentration: pass ref_mM (or ref_pfc_mM and "
+                                f"fluorines_per_molecule), or load data whose sidecars give ReferenceTube_mM")
+    if ref_pfc_mM is None:
+        ref_pfc_mM = next((attrs[key] for key in _PFC_KEYS if key in attrs), None)
+    if fluorines is None:
+        fluorines = next((attrs[key] for key in _NF_KEYS if key in attrs), None)
+    if ref_pfc_mM is None or fluorines is None:
+        missing = "ref_pfc_mM (sidecar ReferenceTubePFC_mM)" if ref_pfc_mM is None else \
+            "fluorines_per_molecule (sidecar ReferenceTubeFluorinesPerMolecule)"
+        raise FitInputError(f"{src}: the reference tube as PFC concentration also needs {missing}")
+    try:
+        f_mM = _m.reference_fluorine_mM(ref_pfc_mM, fluorines)
+    except FitInputError as err:
+        raise FitInputError(f"{src}: {err}") from None
+    n = int(float(fluorines))
+    return f_mM, {"ref_pfc_mM": float(ref_pfc_mM), "fluorines_per_molecule": n,
+                  "_method": [f"; reference tube {float(ref_pfc_mM):g} mM PFC x {n} 19F per molecule in the "
+                              f"excited band = {f_mM:g} mM 19F"]}
+
+
+def _sidecar_ms(attrs, ms_key, s_key):
+    """A scalar time in ms from the load_study attrs (``tr_ms``) or a BIDS key in seconds."""
+    if attrs.get(ms_key) is not None:
+        return attrs[ms_key]
+    v = attrs.get(s_key)
+    if v is None or np.ndim(v) != 0:
+        return None
+    try:
+        return float(v) * 1000.0
+    except (TypeError, ValueError):
+        return v  # let the model's check name the bad value
+
+
+def _bssfp_factor(spec, attrs, src):
+    """``w_ref / w_tissue`` from the ``bssfp_relaxation`` mapping (TR, flip, TE default from the sidecars)."""
+    if not isinstance(spec, Mapping):
+        raise FitInputError(f"{src}: bssfp_relaxation must be a mapping (dict) of t1_ref_ms, t2_ref_ms, "
+                            f"t1_tissue_ms, t2_tissue_ms and optionally tr_ms, flip_deg, te_ms; got "
+                            f"{type(spec).__name__}")
+    unknown = set(spec) - set(_RELAX_REQUIRED) - {"tr_ms", "flip_deg", "te_ms"}
+    if unknown:
+        raise FitInputError(f"{src}: bssfp_relaxation has unknown keys {sorted(unknown)}; allowed: "
+                            f"{list(_RELAX_REQUIRED) + ['tr_ms', 'flip_deg', 'te_ms']}")
+    missing = [k_ for k_ in _RELAX_REQUIRED if spec.get(k_) is None]
+    if missing:
+        raise FitInputError(f"{src}: bssfp_relaxation needs {missing} (measured relaxation times in ms of the "
+                            f"reference tube and the tissue 19F; there are no defaults)")
+    tr = spec.get("tr_ms", _sidecar_ms(attrs, "tr_ms", "RepetitionTime"))
+    flip = spec.get("flip_deg", attrs.get("FlipAngle"))
+    te = spec.get("te_ms", _sidecar_ms(attrs, "te_ms", "EchoTime"))
+    if tr is None or flip is None:
+        raise FitInputError(f"{src}: bssfp_relaxation needs tr_ms and flip_deg (not in the mapping and not a single "
+                            f"RepetitionTime / FlipAngle in the sidecars)")
+    if np.ndim(flip) != 0:
+        raise FitInputError(f"{src}: bssfp_relaxation: flip_deg must be one number, got {flip!r}")
+    t = {k_: spec[k_] for k_ in _RELAX_REQUIRED}
+    for k_, v in t.items():
+        if np.ndim(v) != 0:
+            raise FitInputError(f"{src}: bssfp_relaxation: {k_} must be one number (ms), got {v!r}")
+    try:
+        w_ref = float(_m.bssfp_signal(t["t1_ref_ms"], t["t2_ref_ms"], tr, flip, te_ms=te))
+        w_tis = float(_m.bssfp_signal(t["t1_tissue_ms"], t["t2_tissue_ms"], tr, flip, te_ms=te))
+    except FitInputError as err:
+        raise FitInputError(f"{src}: bssfp_relaxation: {err}") from None
+    factor = w_ref / w_tis
+    out = {f"bssfp_{k_}": float(v) for k_, v in t.items()}
+    out.update(bssfp_tr_ms=float(tr), bssfp_flip_deg=float(flip), bssfp_w_ref=w_ref, bssfp_w_tissue=w_tis,
+               relaxation_factor=factor,
+               _method=[f"; bSSFP relaxation correction w_ref/w_tissue = {factor:.4g} (TR {float(tr):g} ms, "
+                        f"flip {float(flip):g} deg" + (f", TE {float(te):g} ms" if te is not None else ", no TE factor")
+                        + "; Scheffler & Lehnhardt, Eur Radiol 2003;13:2409)"])
+    if te is not None:
+        out["bssfp_te_ms"] = float(te)
+    return factor, out
+
+
 def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float | None = None,
                       voxel_size_mm=None, sigma=None, ref_signal=None, tube_label: int = 4,
                       background_label: int = 5, mask=None, k: float | None = None,
                       false_positive_rate: float = 0.005, correction: str = "mean",
-                      spatial_dims=("z", "y", "x")) -> xr.Dataset:
+                      spatial_dims=("z", "y", "x"), ref_pfc_mM: float | None = None,
+                      fluorines_per_molecule: int | None = None,
+                      bssfp_relaxation: Mapping | None = None) -> xr.Dataset:
     """Fluorine atoms per voxel from a 19F magnitude image and its reference tube.
 
     Parameters
@@ -73,7 +169,20 @@ def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float 
     roi : integer label map on the same grid (label ``tube_label`` = reference tube,
         ``background_label`` = signal-free noise region).
     ref_mM : 19F-nucleus concentration of the tube in mM (default: the sidecar key
-        ``ReferenceTube_mM`` found in ``signal.attrs``).
+        ``ReferenceTube_mM`` found in ``signal.attrs``).  Give either this or the PFC pair below.
+    ref_pfc_mM, fluorines_per_molecule : the tube as PFC concentration (mM of molecules) and the
+        number of 19F per molecule *in the excited band*; ``ref_mM = ref_pfc_mM * fluorines_per_molecule``
+        (:func:`studylib.models.fluorine.reference_fluorine_mM`; PFCE: 20,
+        :data:`~studylib.models.fluorine.PFC_FLUORINES_PER_MOLECULE`; PFOB: only the fluorines of the
+        excited peaks, which depends on the protocol).  Either may come from the sidecar keys
+        ``ReferenceTubePFC_mM`` and ``ReferenceTubeFluorinesPerMolecule``; used when either is given
+        here, or when neither ``ref_mM`` nor ``ReferenceTube_mM`` is.
+    bssfp_relaxation : optional mapping for the bSSFP relaxation-weighting correction when tube and
+        tissue 19F relax differently: ``t1_ref_ms``, ``t2_ref_ms``, ``t1_tissue_ms``, ``t2_tissue_ms``
+        (required; measure them, there are no defaults) and ``tr_ms``, ``flip_deg``, ``te_ms`` (default
+        from the sidecars: ``tr_ms`` / ``RepetitionTime``, ``FlipAngle``, ``EchoTime``; without an echo
+        time the ``exp(-TE/T2)`` factor is left out).  Concentrations and atoms are multiplied by
+        ``w_ref / w_tissue`` (:func:`studylib.models.fluorine.bssfp_weight_ratio`).
     voxel_size_mm : (dx, dy, dz) in mm (default ``signal.attrs["voxel_size_mm"]``).
     sigma, ref_signal : per-scan overrides (DataArrays over the non-spatial dims, or numbers)
         of the noise SD and the tube signal; by default estimated from the ROIs.
@@ -87,14 +196,18 @@ def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float 
     Dataset: ``fluorine_atoms`` (atoms per voxel, 0 where not detected),
     ``fluorine_atoms_all`` (no threshold; see below), ``fluorine_mM``
     (19F mM), ``snr``, ``detected`` (bool), ``fit_ok``; per scan ``noise_sigma`` and
-    ``reference_signal`` (a.u.); attrs ``k``, ``false_positive_rate``, ``ref_mM``,
-    ``voxel_volume_mm3``.
+    ``reference_signal`` (a.u.); attrs ``k``, ``false_positive_rate``, ``ref_mM`` (the tube's 19F mM),
+    ``voxel_volume_mm3``; with the PFC pair also ``ref_pfc_mM``, ``fluorines_per_molecule``; with
+    ``bssfp_relaxation`` also ``relaxation_factor`` (``w_ref / w_tissue``), ``bssfp_w_ref``,
+    ``bssfp_w_tissue`` and the T1/T2/TR/flip/TE used.
 
     Notes
     -----
     ``sigma = sqrt(mean_bg(M^2) / 2)`` (Rayleigh), ``S_ref = sqrt(mean_tube(M^2) - 2 sigma^2)``,
     ``n_F = A / S_ref * [F]_ref * V * N_A`` for voxels with ``M > k sigma``, where ``A`` is
-    the Rician-corrected amplitude; the false-positive rate of noise-only voxels is
+    the Rician-corrected amplitude (times ``w_ref / w_tissue`` with ``bssfp_relaxation``, where
+    ``w = sin(a)(1 - E1) / (1 - (E1 - E2) cos(a) - E1 E2)``, Scheffler & Lehnhardt, Eur Radiol
+    2003;13:2409); the false-positive rate of noise-only voxels is
     ``exp(-k^2/2)`` (Gudbjartsson & Patz, MRM 1995;34:910, doi:10.1002/mrm.1910340618).
 
     The threshold makes detection maps specific, but a total over detected voxels misses
@@ -120,16 +233,15 @@ def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float 
     if not np.issubdtype(signal.dtype, np.number) or np.issubdtype(signal.dtype, np.complexfloating):
         raise FitInputError(f"{src}: signal must be real magnitude values, got dtype {signal.dtype}")
     space = _spatial(signal, spatial_dims)
-    # concentration of the reference tube
-    if ref_mM is None:
-        for key in _REF_KEYS:
-            if key in attrs:
-                ref_mM = attrs[key]
-                break
-        else:
-            raise FitInputError(f"{src}: no reference tube concentration: pass ref_mM or load data whose "
-                                f"sidecars give ReferenceTube_mM")
-    ref_mM = positive_number(ref_mM, "ref_mM (reference tube concentration, mM)", where=src)
+    # concentration of the reference tube (19F nuclei), directly or as PFC x fluorines per molecule
+    ref_mM, extra_attrs = _reference_concentration(ref_mM, ref_pfc_mM, fluorines_per_molecule, attrs, src)
+    ref_kernel = ref_mM  # the concentration the kernel scales with (unchanged without a correction)
+    if bssfp_relaxation is not None:
+        factor, relax_attrs = _bssfp_factor(bssfp_relaxation, attrs, src)
+        ref_kernel = ref_mM * factor
+        extra_attrs["_method"] = extra_attrs.get("_method", []) + relax_attrs.pop("_method")
+        extra_attrs.update(relax_attrs)
+    method_note = "".join(extra_attrs.pop("_method", []))
     # voxel volume
     vs = voxel_size_mm if voxel_size_mm is not None else attrs.get("voxel_size_mm")
     if vs is None:
@@ -179,11 +291,13 @@ def fluorine_quantify(signal, roi: xr.DataArray | None = None, *, ref_mM: float 
          Output("detected", "", f"above {kk:.3g} sigma", bool),
          Output("fit_ok", "", "quantifiable (finite signal, sigma and reference)", bool)],
         x=np.zeros(1), mask=mask, voxel_inputs=vin,
-        kernel_kwargs=dict(ref_mM=ref_mM, voxel_volume_mm3=vol, k=kk, correction=correction),
+        kernel_kwargs=dict(ref_mM=ref_kernel, voxel_volume_mm3=vol, k=kk, correction=correction),
         attrs={"method": f"19F reference-tube quantification, detection M > {kk:.3g} sigma "
-                         f"(noise-only false-positive rate {fpr:.2%}), Rician correction '{correction}'",
+                         f"(noise-only false-positive rate {fpr:.2%}), Rician correction '{correction}'"
+                         + method_note,
                "k": kk, "false_positive_rate": fpr, "ref_mM": ref_mM, "voxel_volume_mm3": vol,
-               "reference": "Srinivas et al., Trends Immunol 2010;31:223, doi:10.1016/j.it.2010.03.004"},
+               "reference": "Srinivas et al., Trends Immunol 2010;31:223, doi:10.1016/j.it.2010.03.004",
+               **extra_attrs},
     )
     keep = {c: v for c, v in extra.items() if set(v.dims) <= set(out.dims)}
     out = out.assign_coords(keep)

@@ -1,7 +1,8 @@
 """CEST: Z-spectrum forward model (Lorentzian pools) and analysis kernels.
 
 Offsets in ppm relative to water (positive = downfield), the offset axis last.
-Z = S(offset) / S0 as a fraction; MTRasym reported in % of S0.
+Z = S(offset) / S0 as a fraction; MTRasym reported in % of S0 by default, or in % of S(-D)
+(``normalisation="negative_offset"``, :data:`MTR_NORMALISATIONS`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ __all__ += [
     "shift_zspectrum",
     "b0_shift",
     "b0_kernel",
+    "MTR_NORMALISATIONS",
+    "check_normalisation",
     "mtr_asym_values",
     "mtr_asym_kernel",
     "fit_lorentzian_pools",
@@ -75,6 +78,26 @@ __all__ += [
 ]
 
 _BLOCK = 2048  # voxels per internal batch: bounds temporary memory to a few tens of MB
+
+#: the two MTR asymmetry normalisations: name -> formula.  ``"s0"`` (default) divides the difference by the
+#: unsaturated reference S0 (Zhou et al., Nat Med 2003;9:1085); ``"negative_offset"`` by the saturated
+#: signal on the opposite side of water, S(-D), the reference image of the asymmetry.  With Z = S/S0 the
+#: two differ by the factor ``S0 / S(-D) = 1 / Z(-D)``: the second is larger wherever Z(-D) < 1, most
+#: near water, where direct saturation lowers S(-D).
+MTR_NORMALISATIONS = {
+    "s0": "MTRasym(D) = 100 [S(-D) - S(+D)] / S0",
+    "negative_offset": "MTRasym(D) = 100 [S(-D) - S(+D)] / S(-D)",
+}
+
+
+def check_normalisation(normalisation):
+    """``normalisation`` if it is a key of :data:`MTR_NORMALISATIONS`, else :class:`FitInputError` naming both."""
+    if normalisation not in MTR_NORMALISATIONS:
+        from ..errors import FitInputError
+
+        raise FitInputError(f"normalisation must be one of {sorted(MTR_NORMALISATIONS)} "
+                            f"(MTRasym divided by S0 or by S(-D)), got {normalisation!r}")
+    return normalisation
 
 
 def check_offsets(offset_ppm, *, what="saturation offsets", min_points=3, need_both_sides=True):
@@ -338,7 +361,7 @@ def b0_kernel(y, x, *, method="mscf", search_ppm=None, step_ppm=None, kind="cubi
 
 
 def mtr_asym_values(z, offset_ppm, *, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=(), kind="cubic",
-                    band_points=21):
+                    band_points=21, normalisation="s0"):
     """MTR asymmetry at chosen offsets and integrated over bands, B0-corrected per voxel.
 
     Parameters
@@ -350,21 +373,24 @@ def mtr_asym_values(z, offset_ppm, *, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=
     bands_ppm : sequence of ``(lo, hi)`` positive bands (ppm) to integrate.
     kind : interpolation, ``"cubic"`` or ``"linear"``.
     band_points : samples per band for the trapezoidal integral.
+    normalisation : ``"s0"`` (default) or ``"negative_offset"`` (:data:`MTR_NORMALISATIONS`).
 
     Returns
     -------
-    mtr : (n_vox, n_deltas) MTRasym in % of S0.
+    mtr : (n_vox, n_deltas) MTRasym in % of S0 (or of S(-D)).
     band : (n_vox, n_bands) integral of MTRasym over each band in %·ppm.
 
     Notes
     -----
-    ``MTRasym(D) = 100 [Z(-D) - Z(+D)]`` with the corrected spectrum
+    ``MTRasym(D) = 100 [Z(-D) - Z(+D)]`` (``"s0"``), or ``100 [Z(-D) - Z(+D)] / Z(-D)``
+    ``= 100 [S(-D) - S(+D)] / S(-D)`` (``"negative_offset"``, independent of S0), with the corrected spectrum
     ``Z(d) = Z_meas(d + dB0)`` interpolated on the acquired grid (Zhou et al., Nat Med
     2003;9:1085, doi:10.1038/nm907; LATEST: DeBrosse et al., Sci Rep 2016;6:19517,
     doi:10.1038/srep19517).  A point that falls outside the acquired range gives NaN.
     The band value is ``int_lo^hi MTRasym(d) dd`` (trapezoid rule); divide by
     ``hi - lo`` for the band mean in %.
     """
+    by_reference = check_normalisation(normalisation) == "negative_offset"
     x = np.asarray(offset_ppm, dtype=float)
     z = np.atleast_2d(np.asarray(z, dtype=float))
     nv = z.shape[0]
@@ -380,7 +406,11 @@ def mtr_asym_values(z, offset_ppm, *, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=
         coef = interp_coefficients(zb, x, kind)
         zp = interp_eval(coef, x, pts[None, :] + bb)
         zm = interp_eval(coef, x, -pts[None, :] + bb)
-        asym = 100.0 * (zm - zp)
+        if by_reference:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                asym = 100.0 * (zm - zp) / np.where(zm > 0, zm, np.nan)  # S(-D) <= 0: no reference, NaN
+        else:
+            asym = 100.0 * (zm - zp)
         mtr[s:s + _BLOCK] = asym[:, :deltas.size]
         o = deltas.size
         for i, g in enumerate(band_grids):
@@ -401,8 +431,8 @@ def _z_and_b0(y, m0, b0_ppm):
 
 
 def mtr_asym_kernel(y, x, *, m0=None, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=(), kind="cubic", band_points=21,
-                    offsets_ppm=None, has_s0=True, has_b0=False):
-    """Adapter kernel for :func:`mtr_asym_values`: ``MTRasym(D) = 100 [Z(-D) - Z(+D)]``.
+                    offsets_ppm=None, has_s0=True, has_b0=False, normalisation="s0"):
+    """Adapter kernel for :func:`mtr_asym_values`: ``MTRasym(D) = 100 [Z(-D) - Z(+D)]`` (or divided by Z(-D)).
 
     Parameters
     ----------
@@ -411,7 +441,7 @@ def mtr_asym_kernel(y, x, *, m0=None, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=
     m0 : (n_vox,) unsaturated reference S0 per voxel (or one number), or None for ``y``
         already normalised; ``Z = y / m0`` (:func:`z_normalize`).
     b0_ppm : (n_vox,) per-voxel water shift in ppm (or one number), or None (no correction).
-    deltas_ppm, bands_ppm, kind, band_points : as :func:`mtr_asym_values`.
+    deltas_ppm, bands_ppm, kind, band_points, normalisation : as :func:`mtr_asym_values`.
     offsets_ppm, has_s0, has_b0 : the packed-column form, kept for direct callers: with
         ``offsets_ppm`` given, ``x`` is ignored and the columns of ``y`` are
         ``[S(offsets_ppm)..., S0 if has_s0, dB0 if has_b0]``.
@@ -433,7 +463,7 @@ def mtr_asym_kernel(y, x, *, m0=None, b0_ppm=None, deltas_ppm=(0.4,), bands_ppm=
     off = np.asarray(x, dtype=float)
     z, b0 = _z_and_b0(y, m0, b0_ppm)
     mtr, band = mtr_asym_values(z, off, b0_ppm=b0, deltas_ppm=deltas_ppm, bands_ppm=bands_ppm, kind=kind,
-                                band_points=band_points)
+                                band_points=band_points, normalisation=normalisation)
     ok = np.all(np.isfinite(z), axis=1) & np.all(np.isfinite(mtr), axis=1) & np.all(np.isfinite(band), axis=1)
     if b0 is not None:
         ok &= np.isfinite(b0)

@@ -239,3 +239,131 @@ def apparent_cell_number(atoms, f_atoms_per_cell=F_ATOMS_PER_MACROPHAGE):
     if not (np.isfinite(fc) and fc > 0):
         raise FitInputError(f"f_atoms_per_cell must be a positive number, got {f_atoms_per_cell!r}")
     return np.asarray(atoms, dtype=float) / fc
+
+
+# ---------------------------------------------------------------------------
+# The reference tube as PFC concentration x fluorines per molecule; bSSFP relaxation weighting
+# ---------------------------------------------------------------------------
+
+__all__ += ["PFC_FLUORINES_PER_MOLECULE", "reference_fluorine_mM", "bssfp_signal", "bssfp_weight_ratio"]
+
+#: 19F nuclei per molecule that resonate as one line, for perfluorocarbons whose whole 19F spectrum is
+#: a single resonance (so every fluorine of the molecule lies in any excitation band that covers it).
+#: PFCE, perfluoro-15-crown-5 ether (C10F20O5): 20 magnetically equivalent fluorines (Schweighardt &
+#: Rubertone, US patent 5,196,348, 1993: "perfluoro 15-crown-5 ether which has 20 magnetically similar
+#: fluorine").  PFOB, perfluorooctyl bromide (Br-CF2-(CF2)6-CF3, 17 fluorines), is deliberately *not*
+#: listed: its CF3, CF2Br and CF2 groups resonate at different shifts (its "complex spectrum" with
+#: several peaks is what causes chemical-shift artefacts in PFOB 19F imaging), so how many of the 17
+#: fluorines count depends on the excitation pulse and bandwidth of the protocol: the user states it.
+PFC_FLUORINES_PER_MOLECULE = {"PFCE": 20}
+
+
+def reference_fluorine_mM(pfc_mM, fluorines_per_molecule):
+    """19F-nucleus concentration of a reference tube from its PFC concentration.
+
+    ``[19F]_ref = [PFC] * n_F`` with ``[PFC]`` in mM of molecules and ``n_F`` the number of fluorines per
+    molecule *within the excited band* (PFCE: 20, :data:`PFC_FLUORINES_PER_MOLECULE`; a multi-peak PFC
+    such as PFOB: only the fluorines of the excited peaks).
+
+    Parameters
+    ----------
+    pfc_mM : positive number, mM of PFC molecules in the tube.
+    fluorines_per_molecule : whole number >= 1.
+
+    Returns
+    -------
+    float: mM of 19F nuclei that contribute signal.
+
+    >>> reference_fluorine_mM(10.0, 20)
+    200.0
+    """
+    from .._checks import positive_number
+    from ..errors import FitInputError
+
+    c = positive_number(pfc_mM, "ref_pfc_mM (reference tube PFC concentration, mM of molecules)")
+    try:
+        n = float(fluorines_per_molecule)
+    except (TypeError, ValueError):
+        raise FitInputError(f"fluorines_per_molecule must be a whole number >= 1, got {fluorines_per_molecule!r}") \
+            from None
+    if not (np.isfinite(n) and n >= 1 and n == int(n)):
+        raise FitInputError(f"fluorines_per_molecule (19F per PFC molecule in the excited band) must be a whole "
+                            f"number >= 1, got {fluorines_per_molecule!r}")
+    return c * int(n)
+
+
+def bssfp_signal(t1_ms, t2_ms, tr_ms, flip_deg, *, te_ms=None):
+    """On-resonance balanced-SSFP steady-state signal per unit M0 (the relaxation weighting ``w``).
+
+    ``w = sin(a) (1 - E1) / (1 - (E1 - E2) cos(a) - E1 E2)`` with ``E1 = exp(-TR/T1)``,
+    ``E2 = exp(-TR/T2)`` (transverse magnetisation just after the pulse; Scheffler & Lehnhardt,
+    Eur Radiol 2003;13:2409, doi:10.1007/s00330-003-1957-x; Scheffler, Concepts Magn Reson
+    1999;11:291).  With ``te_ms`` the echo amplitude ``w exp(-TE/T2)`` is returned (on resonance
+    the balanced echo at ``TE = TR/2`` refocuses static dephasing, so T2, not T2*, applies).
+    Perfect spoiling is not assumed; off-resonance (banding) and finite-pulse effects are ignored.
+
+    Parameters
+    ----------
+    t1_ms, t2_ms : arrays (broadcastable), positive relaxation times in ms.
+    tr_ms : positive repetition time in ms.
+    flip_deg : flip angle in degrees, 0 < a < 180.
+    te_ms : optional echo time in ms, 0 <= TE <= TR.
+
+    Returns
+    -------
+    ndarray: ``w`` (dimensionless, the signal for M0 = 1), shape of the broadcast T1/T2.
+
+    For ``TR << T1, T2`` this tends to ``sin(a) / (1 + cos(a) + (1 - cos(a)) T1/T2)``; with
+    ``T1 = T2`` and 90 degrees, ``1 / (1 + E2)``, about half of M0:
+
+    >>> round(float(bssfp_signal(1000.0, 1000.0, 5.0, 90.0)), 4)
+    0.5012
+    """
+    from .._checks import positive_number
+    from ..errors import FitInputError
+
+    tr = positive_number(tr_ms, "tr_ms (repetition time, ms)")
+    try:
+        a = float(flip_deg)
+    except (TypeError, ValueError):
+        raise FitInputError(f"flip_deg must be a number of degrees in (0, 180), got {flip_deg!r}") from None
+    if not (np.isfinite(a) and 0.0 < a < 180.0):
+        raise FitInputError(f"flip_deg (bSSFP flip angle) must be in (0, 180) degrees, got {flip_deg!r}")
+    t1 = np.asarray(t1_ms, dtype=float)
+    t2 = np.asarray(t2_ms, dtype=float)
+    for name, v in (("t1_ms (T1, ms)", t1), ("t2_ms (T2, ms)", t2)):
+        if not np.all(np.isfinite(v) & (v > 0)):
+            raise FitInputError(f"{name} must be positive and finite, got {v.tolist()!r}")
+    te = None
+    if te_ms is not None:
+        try:
+            te = float(te_ms)
+        except (TypeError, ValueError):
+            raise FitInputError(f"te_ms must be a number of ms in [0, TR], got {te_ms!r}") from None
+        if not (np.isfinite(te) and 0.0 <= te <= tr):
+            raise FitInputError(f"te_ms (echo time) must be in [0, TR = {tr:g}] ms, got {te_ms!r}")
+    ar = np.deg2rad(a)
+    e1 = np.exp(-tr / t1)
+    e2 = np.exp(-tr / t2)
+    w = np.sin(ar) * (1.0 - e1) / (1.0 - (e1 - e2) * np.cos(ar) - e1 * e2)
+    if te is not None:
+        w = w * np.exp(-te / t2)
+    return w
+
+
+def bssfp_weight_ratio(*, t1_ref_ms, t2_ref_ms, t1_tissue_ms, t2_tissue_ms, tr_ms, flip_deg, te_ms=None):
+    """Relaxation correction ``w_ref / w_tissue`` of reference-tube quantification with bSSFP.
+
+    With ``S = k M0 w(T1, T2)`` for tube and tissue (same coil, same sequence), the tissue's
+    19F concentration is ``c_tissue = c_ref (S_tissue / S_ref) (w_ref / w_tissue)``, each ``w`` from
+    :func:`bssfp_signal`.  Without the correction a tissue whose 19F relaxes so that
+    ``w_tissue > w_ref`` is over-read by the factor ``w_tissue / w_ref``.
+
+    Returns
+    -------
+    ndarray (broadcast of the tissue T1/T2; a float for numbers): ``w_ref / w_tissue``.
+    """
+    w_ref = bssfp_signal(t1_ref_ms, t2_ref_ms, tr_ms, flip_deg, te_ms=te_ms)
+    w_tis = bssfp_signal(t1_tissue_ms, t2_tissue_ms, tr_ms, flip_deg, te_ms=te_ms)
+    r = w_ref / w_tis
+    return float(r) if np.ndim(r) == 0 else r
