@@ -24,8 +24,10 @@
 # iron (Prussian blue) and macrophage content (CD68).
 #
 # **Design of this study** (simulated): two tumour models (TS1, 99LN) × two groups (control, BLZ945), several
-# animals per cell, MGE with 16 echoes (3–48 ms) at 7 T on several days of treatment; Prussian blue and CD68
-# at the end. The tumour model enters the analysis as a covariate.
+# animals per cell, MGE with 16 echoes (3–48 ms) at 7 T on several days of treatment, the first (day 0) before
+# BLZ945 acts; Prussian blue and CD68 at the end. The treatment effect is adjusted for each animal's day-0 R2\*
+# (ANCOVA: the groups can differ by chance before treatment) and for the tumour model; the two models get
+# their own effects and a treatment × model interaction, because their TAM (and iron) content differs.
 #
 # **Physics in brief.** No contrast agent: the iron is the macrophages' own, stored as ferritin and
 # haemosiderin. Clustered iron is a strong local field perturber, so it raises R2\* (static dephasing,
@@ -47,7 +49,8 @@ control = None  # control group label; None: inferred (the group called control/
 treated = None  # treated group label; None: the other group
 effect_day = None  # day of the group comparison; None: the last imaging day
 day_model = "categorical"  # "linear": random intercept + slope per animal; "categorical": cell means per day
-primary_endpoint = "treatment_effect"  # the one confirmatory finding (exp.ENDPOINTS); "histology_r" is secondary
+baseline = "ancova"  # "ancova": adjust for each animal's day-0 R2* (ANCOVA); None: no baseline adjustment
+primary_endpoint = "treatment_effect"  # declared before the data: the baseline-adjusted effect (exp.ENDPOINTS)
 max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
 alpha = 0.05
 
@@ -105,26 +108,48 @@ sessions
 fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumour R2* per animal")
 
 # %% [markdown]
-# ## 6. Mixed-effects model
-# Tumour R2\* with a mean per group and day (no straight line imposed: BLZ945 depletes TAMs within
-# days and then levels off), the tumour model as a covariate and a random intercept per animal; the
-# `treated` coefficient is the BLZ945 − control difference of tumour R2\* on `effect_day`, with
-# Satterthwaite degrees of freedom.
+# ## 6. Mixed-effects model, adjusted for the day-0 R2\*
+# Tumour R2\* after day 0 with a mean per group and day (no straight line imposed: BLZ945 depletes TAMs
+# within days and then levels off), each animal's day-0 R2\* as a covariate (ANCOVA; the day-0 scan is taken
+# before BLZ945 acts and leaves the response), the tumour model as a covariate and a random intercept per
+# animal; the `treated` coefficient is the BLZ945 − control difference of tumour R2\* on `effect_day` between
+# animals of equal day-0 R2\*, with Satterthwaite degrees of freedom. The same contrast without the baseline is
+# kept as a sensitivity analysis.
 
 # %%
+covariates = sl.model_covariates(sessions)
 effect = sl.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
-                                day_model=day_model, covariates=sl.model_covariates(sessions))
-print(f"difference on day {effect['at_day']:g}")
+                                day_model=day_model, covariates=covariates, baseline=baseline)
+unadjusted = sl.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
+                                    day_model=day_model, covariates=covariates)
+print(f"difference on day {effect['at_day']:g}; adjustment: {effect['adjustment']}")
 print(sl.model_diagnostics(effect))
+if effect["adjustment"] != "none":
+    print(exp.baseline_text(sessions, effect, unadjusted, control=control, treated=treated, alpha=alpha))
 effect["model"].fixed
 
 # %% [markdown]
+# ### Treatment × tumour model
+# One BLZ945 − control effect per tumour model (same model of time and baseline) and their difference, the
+# interaction: the models start with different TAM iron, so a proportional depletion removes more R2\* in one.
+
+# %%
+interaction = None
+if covariates:
+    interaction = sl.longitudinal_effect(sessions, "r2star", control=control, treated=treated, at_day=effect_day,
+                                         day_model=day_model, baseline=baseline, by="model")
+    print(interaction["method"])
+    display(interaction["per_level_table"])  # noqa: F821 (IPython)
+
+# %% [markdown]
 # ## 7. Imaging vs histology
-# Tumour R2\* on each animal's last imaging day against the Prussian-blue iron area.
+# Tumour R2\* against the Prussian-blue iron area on a common day: the last imaging day every group shares, so
+# that no animal is compared at an earlier time; animals that left before it are named and left out.
 
 # %%
 histology = sl.load_histology(manifest, study)
-animals = sl.animal_table(sessions, histology)
+animals = sl.animal_table(sessions, histology, day="common")
+print(f"imaging vs histology on day {animals.attrs['day']:g}; left out: {list(animals.attrs['left_out']) or 'none'}")
 hist_col = sl.histology_column(histology, ("prussian", "iron"))
 corr = sl.correlation_effect(animals, "r2star", hist_col, alpha=alpha)
 fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "model" in animals else "group",
@@ -136,8 +161,9 @@ fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "mod
 
 # %%
 truth = sl.load_truth(manifest, study)
-conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated,
-                              hist_col=hist_col, primary=primary_endpoint, alpha=alpha)
+conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated, hist_col=hist_col,
+                              primary=primary_endpoint, unadjusted=unadjusted, interaction=interaction,
+                              histology_day=animals.attrs, alpha=alpha)
 sl.record(conclusions, study=study)
 print(sl.summary_lines(conclusions))
 conclusions
@@ -155,5 +181,5 @@ sl.keep_tables(study, manifest, cache_dir, upstream=maps,
                roi_summary=(summary, "tidy ROI statistics per animal, day, ROI and map"),
                sessions=(sessions, "tumour means per animal and day"),
                animals=(animals, "imaging vs histology, one row per animal"),
-               model_fixed=(effect["model"].fixed, "mixed model: fixed effects with Satterthwaite df"),
+               model_fixed=(effect["model"].fixed, f"mixed model (adjustment: {effect['adjustment']}): fixed effects"),
                conclusions=(conclusions, "finding vs paper and truth"))

@@ -332,7 +332,8 @@ def test_experiment_endpoints_name_rows_and_the_primary_comes_first():
                                      primary="histology_r")
     assert t["endpoint"].tolist() == ["histology_r", "treatment_effect"] and t["role"].iloc[0] == "primary"
     assert set(t["endpoint"]) == set(ampb_ferumoxytol.ENDPOINTS)
-    assert t["method"].iloc[0] == corr.method                     # the method is said, n once
+    assert t["method"].iloc[0].startswith(corr.method) and t["method"].iloc[0].count("n = ") == 1  # n said once
+    assert "each animal's last imaging day" in t["method"].iloc[0]   # the day of the comparison is said
     assert t["p_holm"].iloc[1] == pytest.approx(0.001)
 
 
@@ -395,3 +396,153 @@ def test_nonfinite_background_values_warn_naming_the_scans():
     assert maps.coords[mp.NONFINITE_BACKGROUND].values.tolist() == [[0], [1]]
     with pytest.warns(DataWarning, match=r"noise SD estimate .*m2 day 7: 1"):
         mp._warn_nonfinite_background(maps, "toy")
+
+
+# ------------------------------------------------------------------------------------ baseline-adjusted effects
+def _imbalanced_study(seed=0, n=8, effect=-6.0, days=(0, 3, 7), imbalance=True):
+    """Two groups of ``n`` animals, R2*-like outcome with a persistent animal level: y_id = b_i + trend(d)
+    + effect * d/7 [treated] + noise, b_i ~ N(50, 6^2).  With ``imbalance`` the treated group is the ``n``
+    animals of highest baseline level (a chance imbalance made certain); the true day-7 effect is ``effect``.
+    Built with numpy alone (not the library's synth)."""
+    rng = np.random.default_rng(seed)
+    b = rng.normal(50.0, 6.0, 2 * n)
+    order = np.argsort(b) if imbalance else rng.permutation(2 * n)
+    treated = np.zeros(2 * n, bool)
+    treated[order[n:]] = True
+    rows = []
+    for i in range(2 * n):
+        for d in days:
+            y = b[i] + 0.2 * d + (effect * d / 7.0 if treated[i] else 0.0) + rng.normal(0.0, 1.5)
+            rows.append(dict(animal=f"m{i:02d}", group="trt" if treated[i] else "ctl", day=d, y=y,
+                             model="A" if i % 2 else "B"))
+    return pd.DataFrame(rows)
+
+
+def test_ancova_on_a_one_day_endpoint_is_statsmodels_ols():
+    """Days 0 and 7 only: the ANCOVA is y7 ~ treated + y0 by OLS; estimate, CI and p equal statsmodels'."""
+    import statsmodels.formula.api as smf
+
+    s = _imbalanced_study(seed=1, days=(0, 7))
+    e = ex.longitudinal_effect(s, "y", control="ctl", treated="trt", day_model="categorical", baseline="ancova")
+    w = s.pivot(index="animal", columns="day", values="y").rename(columns={0: "y0", 7: "y7"})
+    w["trt"] = s.groupby("animal")["group"].first().eq("trt").astype(float)
+    ols = smf.ols("y7 ~ trt + y0", data=w).fit()
+    lo, hi = ols.conf_int().loc["trt"]
+    assert e.estimate == pytest.approx(ols.params["trt"], rel=1e-9)
+    assert (e.ci_low, e.ci_high) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+    assert e.p == pytest.approx(ols.pvalues["trt"], rel=1e-7) and e.df == ols.df_resid
+    assert e.adjustment == "ANCOVA on day 0 y" and e.baseline_day == 0 and "ANCOVA" in e.method
+    assert e.re_formula == "none" and "OLS" in e.method and e.n_animals == 16
+    assert "16 observations, 16 animals; OLS t, 13" in ex.model_diagnostics(e)
+
+
+def test_ancova_in_the_mixed_model_equals_ols_on_the_last_day():
+    """Complete balanced days 0/3/7, every fixed effect per day: GLS with any within-animal covariance equals
+    per-day OLS (identical regressors per day; Zellner 1962), so the mixed-model ANCOVA's day-7 effect is the
+    statsmodels OLS of y7 ~ treated + y0, an independent computation."""
+    import statsmodels.formula.api as smf
+
+    s = _imbalanced_study(seed=2)
+    e = ex.longitudinal_effect(s, "y", control="ctl", treated="trt", day_model="categorical", baseline="ancova")
+    w = s.pivot(index="animal", columns="day", values="y").rename(columns={0: "y0", 3: "y3", 7: "y7"})
+    w["trt"] = s.groupby("animal")["group"].first().eq("trt").astype(float)
+    ols = smf.ols("y7 ~ trt + y0", data=w).fit()
+    assert e.estimate == pytest.approx(ols.params["trt"], abs=1e-6)
+    assert e.model.fixed.loc["baseline_c", "estimate"] == pytest.approx(ols.params["y0"], abs=1e-6)
+    assert 0.7 < (e.ci_high - e.ci_low) / np.diff(ols.conf_int().loc["trt"])[0] < 1.3   # pooled vs day-7 variance
+    assert "baseline day excluded from the response" in e.method and e.formula.count("baseline_c") == 2
+    assert e.model.n_obs == 32 and e.n_animals == 16                  # days 3 and 7 of 16 animals: no day 0
+
+
+def test_unadjusted_contrast_carries_a_baseline_imbalance_and_ancova_covers_the_truth():
+    truth = -6.0
+    s = _imbalanced_study(seed=3, effect=truth)
+    d0 = s[s.day == 0].groupby("group")["y"].mean()
+    assert d0["trt"] - d0["ctl"] > 8.0                                  # the treated group starts higher
+    kw = dict(control="ctl", treated="trt", day_model="categorical")
+    raw = ex.longitudinal_effect(s, "y", **kw)
+    adj = ex.longitudinal_effect(s, "y", **kw, baseline="ancova")
+    assert raw.adjustment == "none" and adj.adjustment.startswith("ANCOVA")
+    assert raw.ci_low > truth and raw.estimate > 0                      # biased up by the imbalance: misses truth
+    assert adj.ci_low <= truth <= adj.ci_high and adj.p < 0.05         # adjusted: covers the truth
+    # over replicates: the raw contrast is off by ~ the imbalance, the ANCOVA is not
+    raws, imbs, adjs = [], [], []
+    for seed in range(10, 30):
+        s = _imbalanced_study(seed=seed, effect=truth, days=(0, 7))
+        w = s[s.day == 0].groupby("group")["y"].mean()
+        imbs.append(w["trt"] - w["ctl"])
+        raws.append(ex.group_difference(s[s.day == 7], "y", control="ctl", treated="trt").estimate - truth)
+        adjs.append(ex.longitudinal_effect(s, "y", **kw, baseline="ancova").estimate - truth)
+    assert np.mean(raws) > 5.0 and abs(np.mean(np.subtract(raws, imbs))) < 1.0   # raw error = the imbalance
+    assert abs(np.mean(adjs)) < 3 * np.std(adjs) / np.sqrt(len(adjs)) + 0.3       # ANCOVA: no bias
+
+
+def test_treatment_by_model_interaction_and_per_model_effects():
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(24):
+        model, trt = ("A", "B")[i % 2], (i // 2) % 2 == 1
+        b = rng.normal(40.0 if model == "A" else 55.0, 3.0)
+        for d in (0, 3, 7):
+            eff = {"A": -4.0, "B": -12.0}[model] * d / 7.0 if trt else 0.0
+            rows.append(dict(animal=f"m{i}", group="trt" if trt else "ctl", model=model, day=d,
+                             y=b + eff + rng.normal(0.0, 1.0)))
+    s = pd.DataFrame(rows)
+    e = ex.longitudinal_effect(s, "y", control="ctl", treated="trt", day_model="categorical", baseline="ancova",
+                               by="model")
+    per = e.per_level
+    assert e.levels == ("A", "B") and set(per) == {"A", "B"}
+    assert per["A"].ci_low <= -4.0 <= per["A"].ci_high and per["B"].ci_low <= -12.0 <= per["B"].ci_high
+    assert e.estimate == pytest.approx(per["B"].estimate - per["A"].estimate)     # B minus A
+    assert e.ci_low <= -8.0 <= e.ci_high and e.p < 0.01
+    assert e.p == pytest.approx(e.interaction_F["p"], rel=1e-6)                     # t^2 = F for two levels
+    assert e.first_day_by_level["B"] > e.first_day_by_level["A"] + 10
+    assert list(e.per_level_table["model"]) == ["A", "B"] and "interaction" in e.method
+    with pytest.raises(StudyError, match="by='model' needs"):
+        ex.longitudinal_effect(s[s.model == "A"], "y", control="ctl", treated="trt", day_model="categorical",
+                               by="model")
+
+
+def test_ancova_names_animals_without_baseline_and_refuses_bad_input():
+    from studylib.errors import DataWarning
+
+    s = _imbalanced_study(seed=5)
+    s = s[~((s.animal == "m03") & (s.day == 0))]
+    with pytest.warns(DataWarning, match=r"no 'y' on the baseline day 0.*: m03"):
+        e = ex.longitudinal_effect(s, "y", control="ctl", treated="trt", day_model="categorical",
+                                   baseline="ancova")
+    assert e.n_animals == 15 and e.no_baseline == ("m03",)
+    s = _imbalanced_study(seed=5)
+    with pytest.raises(StudyError, match="baseline must be"):
+        ex.longitudinal_effect(s, "y", control="ctl", treated="trt", baseline="change")
+    with pytest.raises(StudyError, match="baseline_day 1 is not an imaging day"):
+        ex.longitudinal_effect(s, "y", control="ctl", treated="trt", baseline="ancova", baseline_day=1)
+    with pytest.raises(StudyError, match="at_day 0 must come after the baseline day 0"):
+        ex.longitudinal_effect(s, "y", control="ctl", treated="trt", baseline="ancova", at_day=0)
+    lin = ex.longitudinal_effect(_imbalanced_study(seed=5), "y", control="ctl", treated="trt", baseline="ancova")
+    assert lin.re_formula == "~1" and "baseline_c:day_c" in lin.formula     # 2 sessions: random slope unidentifiable
+
+
+def test_animal_table_on_the_common_day_names_animals_that_left_early():
+    from studylib.errors import DataWarning
+
+    s = pd.DataFrame({"animal": ["a1", "a1", "a2", "a2", "b1", "b1", "b2"], "group": list("aaaabbb"),
+                      "day": [0, 7, 0, 7, 0, 7, 0], "r2star": [1.0, 2, 3, 4, 5, 6, 7]})
+    assert ex.common_day(s) == 7.0 and ex.common_day(s[s.day == 0]) == 0.0
+    hist = pd.DataFrame({"animal": ["a1", "a2", "b1", "b2"], "endpoint_day": [7, 3, 7, 0], "iron": [1.0, 2, 3, 4]})
+    with pytest.warns(DataWarning) as rec:
+        t = ex.animal_table(s, hist, day="common")
+    msgs = [str(w.message) for w in rec]
+    assert any("no session on day 7, the last day every group is imaged" in m and "b2 (last imaged day 0)" in m
+               for m in msgs)
+    assert any("histology from another day: a2 (endpoint_day 3)" in m for m in msgs)
+    assert sorted(t["animal"]) == ["a1", "a2", "b1"] and (t["day"] == 7).all()
+    assert t.attrs == {"day": 7.0, "day_rule": "common", "left_out": ("b2",)}
+    assert ex.animal_table(s).attrs["day_rule"] == "last"
+    with pytest.raises(StudyError, match="no imaging day has every group"):
+        ex.common_day(pd.DataFrame({"group": ["a", "b"], "day": [0, 7]}))
+    with pytest.raises(StudyError, match="day must be None, 'common'"):
+        ex.animal_table(s, day="last")
+    suffix, method = ex.histology_day_text(t.attrs)
+    assert suffix == " on day 7" and "last imaging day every group shares" in method and "b2" in method
+    assert ex.histology_day_text(None)[0] == " at endpoint"

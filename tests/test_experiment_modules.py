@@ -330,3 +330,85 @@ def test_new_figures_draw_and_check_input():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+# ------------------------------------------------------------------------------------ baseline, interaction, common day
+
+def _blz_inter():
+    per = {"99LN": _est(-9.0, -11.0, -7.0, p=1e-6, at_day=7.0), "TS1": _est(-15.0, -17.0, -13.0, p=1e-8, at_day=7.0)}
+    return Estimate(-6.0, -9.0, -3.0, 2e-4, "interaction", details=dict(
+        per_level=per, levels=("99LN", "TS1"), by="model", at_day=7.0, adjustment="ANCOVA on day 0 r2star",
+        baseline_day=0.0, first_day_by_level={"99LN": 44.0, "TS1": 55.0}))
+
+
+def test_blz945_rows_baseline_adjusted_primary_per_model_interaction_and_common_day():
+    truth = {"effects": {"tumour_r2star_per_s_blz_minus_ctl_last_day": {"population": -12.0, "day": 7},
+                         "tumour_r2star_per_s_blz_minus_ctl_last_day_TS1": {"population": -15.5, "day": 7},
+                         "tumour_r2star_per_s_blz_minus_ctl_last_day_99LN": {"population": -9.5, "day": 7}},
+             "correlations": {"endpoint_tumour_r2star_vs_iron": 0.7}}
+    adj = _est(-12.2, -14.0, -10.0, p=1e-9, at_day=7.0, adjustment="ANCOVA on day 0 r2star", baseline_day=0.0)
+    raw = _est(-10.5, -14.6, -6.4, p=1e-5, at_day=7.0, adjustment="none")
+    corr = _est(0.8, 0.6, 0.9, p=1e-6, n=23)
+    c = blz945_femri.conclusions(adj, corr, truth, control="ctl", treated="blz", hist_col="iron", unadjusted=raw,
+                                 interaction=_blz_inter(),
+                                 histology_day={"day": 7.0, "day_rule": "common", "left_out": ("m19",)})
+    t = c.set_index("endpoint")
+    assert c["endpoint"].tolist() == ["treatment_effect", "treatment_effect_unadjusted", "effect_99LN", "effect_TS1",
+                                      "model_interaction", "histology_r"]
+    assert set(blz945_femri.ENDPOINTS) <= set(t.index) and c["role"].iloc[0] == "primary"
+    assert "ANCOVA on day 0; adjusted for tumour model" in t.loc["treatment_effect", "finding"]
+    assert "without baseline" in t.loc["treatment_effect_unadjusted", "finding"]
+    assert t.loc["effect_TS1", "truth"] == -15.5 and t.loc["effect_99LN", "truth"] == -9.5
+    assert t.loc["model_interaction", "truth"] == pytest.approx(-6.0)          # TS1 - 99LN of the true effects
+    assert t.loc["model_interaction", "paper_direction"].startswith("decrease")  # TS1 starts higher: loses more
+    assert "higher first-day R2*" in t.loc["model_interaction", "method"]
+    assert t.loc["histology_r", "finding"].endswith("on day 7") and "m19" in t.loc["histology_r", "method"]
+    assert c["agrees_with_paper"].all() and c["ci_covers_truth"].all()
+    # the other model starting higher flips the expected sign of the interaction
+    flip = dict(_blz_inter().details, first_day_by_level={"99LN": 60.0, "TS1": 40.0})
+    f = blz945_femri.conclusions(adj, corr, truth, control="ctl", treated="blz", hist_col="iron",
+                                 interaction=Estimate(-6.0, -9.0, -3.0, 2e-4, "i", details=flip)).set_index("endpoint")
+    assert not f.loc["model_interaction", "direction_matches_paper"]
+    with pytest.raises(StudyError, match="without baseline adjustment"):
+        blz945_femri.conclusions(adj, corr, truth, control="ctl", treated="blz", hist_col="iron", unadjusted=adj)
+    sessions = pd.DataFrame({"animal": [f"m{i}" for i in range(8)], "group": ["ctl", "blz"] * 4, "day": 0,
+                             "model": ["TS1"] * 4 + ["99LN"] * 4, "r2star": [50.0, 56, 52, 58, 44, 45, 43, 44]})
+    text = blz945_femri.baseline_text(sessions, adj, raw, control="ctl", treated="blz")
+    assert text.startswith("On day 0, before blz acts, blz − ctl r2star differs by +3.50") and "TS1 +6.00" in text
+    assert "-12.20" in text and "-10.50" in text and "by declaration" in text
+
+
+def test_ampb_precontrast_text_is_computed_from_the_data():
+    rng = np.random.default_rng(0)
+    rows = [dict(animal=f"m{i}", group=("vehicle", "ampb")[i % 2], day=d, r2star=40.0 + rng.normal(0, 2) + 0.5 * d)
+            for i in range(10) for d in (0, 3, 7, 10)]
+    s = pd.DataFrame(rows)
+    eff = _est(9.0, 5.0, 13.0, at_day=10.0, adjustment="none")
+    adj = _est(9.5, 7.5, 11.5, at_day=10.0, adjustment="ANCOVA on day 0 r2star", baseline_day=0.0)
+    text = ampb_ferumoxytol.precontrast_text({"agent": "ferumoxytol", "ContrastTiming": "24 h after i.v."}, s, eff,
+                                             adj, control="vehicle", treated="ampb")
+    d0 = s[s.day == 0]
+    sd = np.sqrt(d0.groupby("group")["r2star"].var().mean())                 # equal n: pooled SD
+    assert "without a pre-contrast baseline: all 40 tumour sessions were acquired after ferumoxytol" in text
+    assert f"within-group SD of {sd:.2f} 1/s" in text and "9.00 [5.00, 13.00]" in text
+    assert "CI 50% of the unadjusted width" in text
+    assert "no contrast agent" in ampb_ferumoxytol.precontrast_text({}, s, eff, control="vehicle", treated="ampb")
+    t = ampb_ferumoxytol.conclusions(eff, _est(0.8, 0.5, 0.9, n=13), {}, control="vehicle", treated="ampb",
+                                     hist_col="iba1", histology_day={"day": 10.0, "day_rule": "common",
+                                                                     "left_out": ("m01",)})
+    assert t["finding"].iloc[1].endswith("on day 10") and "left out, not imaged that day: m01" in t["method"].iloc[1]
+
+
+def test_ferumoxytol_histology_on_the_common_endpoint_day():
+    from studylib.errors import DataWarning
+
+    h = pd.DataFrame({"animal": ["m1", "m1", "m2", "m2", "m3", "m3", "m4", "m4"], "group": ["c"] * 4 + ["f"] * 4,
+                      "endpoint_day": [21, 21, 14, 14, 21, 21, 21, 21], "cd80_pct_of_f480": np.arange(8.0)})
+    with pytest.warns(DataWarning, match=r"another day than day 21.*m2 \(endpoint_day 14\)"):
+        out = ferumoxytol_therapy.histology_on_common_day(h)
+    assert sorted(out["animal"].unique()) == ["m1", "m3", "m4"] and out.attrs["left_out"] == ("m2",)
+    f = ferumoxytol_therapy.conclusions(_est(-0.03, -0.04, -0.02), _est(8.0, 4.0, 12.0, at_day=1.0),
+                                        _est(5.0, 2.0, 8.0), _est(-5.0, -8.0, -2.0), {}, control="c", treated="f",
+                                        histology_day=out.attrs).set_index("endpoint")
+    assert f.loc["cd80", "finding"].endswith(", day 21") and "left out, sampled on another day: m2" in \
+        f.loc["cd206", "method"]

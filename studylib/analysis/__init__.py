@@ -15,9 +15,9 @@ Everything public here is also reachable from the :mod:`studylib` facade (``sl.f
 
 from __future__ import annotations
 
-from .conclusions import (CONCLUSION_COLUMNS, TREATMENT_ENDPOINTS, check_effect, conclusions_table,
-                          correlation_levels_text, correlation_row, disagreements, effect_row, headline, summary_lines,
-                          treatment_and_histology)
+from .conclusions import (CONCLUSION_COLUMNS, TREATMENT_ENDPOINTS, adjustment_text, check_effect, conclusions_table,
+                          correlation_levels_text, correlation_row, disagreements, effect_row, headline,
+                          histology_day_text, summary_lines, treatment_and_histology, treatment_rows)
 from .design import (anatomy, compute_with_progress, design_table, histology_column, model_covariates,
                      pick_groups, require_verified, resolve_manifest, start, voxel_volume_mm3)
 from .effects import (Estimate, correlation_effect, group_difference, longitudinal_effect, model_diagnostics,
@@ -25,14 +25,15 @@ from .effects import (Estimate, correlation_effect, group_difference, longitudin
 from .keep import keep_tables, record
 from .maps import (background_mask, baseline_frames, fit_adc_maps, fit_dce_maps, fit_relaxation_maps, get_cache,
                    quality_variable)
-from .tables import (animal_means, animal_table, failed_fit_table, per_tumour_table, roi_tables, session_table,
-                     tumour_volumes)
+from .tables import (animal_means, animal_table, common_day, failed_fit_table, per_tumour_table, roi_tables,
+                     session_table, tumour_volumes)
 from .truth import (find_key, find_truth, load_truth, load_truth_table, true_correlation, true_correlation_parts,
                     true_effect, truth_value)
 
 __all__ = [
     "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "correlation_row", "disagreements", "effect_row",
     "headline", "summary_lines", "treatment_and_histology", "TREATMENT_ENDPOINTS", "correlation_levels_text",
+    "treatment_rows", "adjustment_text", "histology_day_text",
     "anatomy", "compute_with_progress", "design_table", "histology_column", "model_covariates", "pick_groups",
     "require_verified", "resolve_manifest", "start", "voxel_volume_mm3",
     "Estimate", "correlation_effect", "group_difference", "longitudinal_effect", "model_diagnostics",
@@ -40,7 +41,8 @@ __all__ = [
     "keep_tables", "record",
     "background_mask", "baseline_frames", "fit_adc_maps", "fit_dce_maps", "fit_relaxation_maps", "get_cache",
     "quality_variable",
-    "animal_means", "animal_table", "failed_fit_table", "per_tumour_table", "roi_tables", "session_table",
+    "animal_means", "animal_table", "common_day", "failed_fit_table", "per_tumour_table", "roi_tables",
+    "session_table",
     "tumour_volumes",
     "find_key", "find_truth", "load_truth", "load_truth_table", "true_correlation", "true_correlation_parts",
     "true_effect", "truth_value",

@@ -18,7 +18,8 @@ from ..errors import ExperimentError
 from .truth import _finite, true_correlation, true_effect
 
 __all__ = ["CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "disagreements", "summary_lines", "headline",
-           "effect_row", "correlation_row", "treatment_and_histology", "TREATMENT_ENDPOINTS", "correlation_levels_text"]
+           "effect_row", "correlation_row", "treatment_and_histology", "treatment_rows", "TREATMENT_ENDPOINTS",
+           "correlation_levels_text", "adjustment_text", "histology_day_text"]
 
 #: Conclusion table columns, in order.
 #: ``endpoint`` is the row's key (what a notebook's ``primary_endpoint`` names), ``role`` ``"primary"`` or
@@ -246,33 +247,74 @@ def correlation_row(finding: str, corr: Mapping, *, expected_sign: int, truth: f
 
 #: the endpoint keys of :func:`treatment_and_histology`
 TREATMENT_ENDPOINTS = {"treatment_effect": "tumour biomarker, treated - control on the effect's day",
-                       "histology_r": "r(tumour biomarker, histology) at the endpoint"}
+                       "histology_r": "r(tumour biomarker, histology) on the common day (or each animal's last day)"}
+
+
+def adjustment_text(effect: Mapping, note: str = "") -> str:
+    """``" (ANCOVA on day 0; <note>)"`` for a baseline-adjusted :func:`longitudinal_effect`, ``" (<note>)"``
+    without adjustment, ``""`` without either: the adjustments an effect used, for a finding's text."""
+    adj = str(effect.get("adjustment", "none") or "none")
+    day = effect.get("baseline_day")
+    quals = [] if adj == "none" else [f"ANCOVA on day {day:g}" if _finite(day) else adj]
+    quals += [note.strip(" ()")] if note.strip(" ()") else []
+    return f" ({'; '.join(quals)})" if quals else ""
+
+
+def histology_day_text(animals_attrs: Mapping | None) -> tuple[str, str]:
+    """(finding suffix, method sentence) for the day imaging is compared with histology, from the
+    ``attrs`` of :func:`studylib.analysis.animal_table` (``day``, ``day_rule``, ``left_out``)."""
+    attrs = dict(animals_attrs or {})
+    day, rule, left = attrs.get("day"), attrs.get("day_rule", "last"), tuple(attrs.get("left_out", ()))
+    if day is None or rule == "last":
+        return " at endpoint", ("; imaging on each animal's last imaging day (animals that left early are compared at "
+                                "an earlier time)")
+    why = "the last imaging day every group shares" if rule == "common" else "a fixed day"
+    gone = (f"; left out, not imaged that day: {', '.join(left)}" if left else "; no animal left out")
+    return f" on day {day:g}", f"; imaging on day {day:g}, {why}, for every analysed animal{gone}"
+
+
+def treatment_rows(study: str, effect: Mapping, corr: Mapping, truth: Mapping, *, biomarker: str,
+                   variable: str, units: str, control: str, treated: str, hist_col: str,
+                   effect_sign: int, corr_sign: int, note: str = "", histology_day: Mapping | None = None,
+                   alpha: float = 0.05) -> dict[str, dict]:
+    """The rows ``treatment_effect`` and ``histology_r`` of :func:`treatment_and_histology` (before the
+    table marks the primary), for a notebook that adds rows of its own."""
+    day = effect["at_day"]
+    unit_key = "_per_s" if units == "1/s" else ""
+    hsuffix, hmethod = histology_day_text(histology_day)
+    hist = correlation_row(f"r(tumour {biomarker}, {hist_col}){hsuffix}", corr, expected_sign=corr_sign,
+                           truth=true_correlation(truth, f"endpoint_tumour_{variable}_vs_{hist_col}"), study=study,
+                           alpha=alpha)
+    hist["method"] += hmethod
+    return {
+        "treatment_effect": effect_row(
+            f"tumour {biomarker} {treated} − {control}, day {day:g}{adjustment_text(effect, note)}", effect,
+            expected_sign=effect_sign,
+            truth=true_effect(truth, f"tumour_{variable}{unit_key}_{treated}_minus_{control}_last_day", day=day),
+            units=units, study=study, alpha=alpha),
+        "histology_r": hist,
+    }
 
 
 def treatment_and_histology(study: str, effect: Mapping, corr: Mapping, truth: Mapping, *, biomarker: str,
                             variable: str, units: str, control: str, treated: str, hist_col: str,
                             effect_sign: int, corr_sign: int, note: str = "", primary: str = "treatment_effect",
-                            alpha: float = 0.05) -> pd.DataFrame:
+                            histology_day: Mapping | None = None, alpha: float = 0.05) -> pd.DataFrame:
     """The two findings of a treatment study with an imaging-vs-histology endpoint, as a conclusions table.
 
     Endpoint ``treatment_effect``: tumour ``biomarker`` treated - control on the effect's ``at_day`` (truth key
     ``tumour_<variable>_per_s_<treated>_minus_<control>_last_day`` when the units are 1/s, else
-    ``tumour_<variable>_<treated>_minus_<control>_last_day``); endpoint ``histology_r``: r(tumour ``biomarker``,
-    ``hist_col``) at the endpoint (truth key ``endpoint_tumour_<variable>_vs_<hist_col>``).  ``note`` is appended
-    to the first finding (e.g. ``" (adjusted for tumour model)"``); ``primary`` names the primary endpoint
-    (:data:`TREATMENT_ENDPOINTS`), the other is secondary.
+    ``tumour_<variable>_<treated>_minus_<control>_last_day``); a baseline-adjusted effect says so in its finding
+    (:func:`adjustment_text`).  Endpoint ``histology_r``: r(tumour ``biomarker``, ``hist_col``) (truth key
+    ``endpoint_tumour_<variable>_vs_<hist_col>``) on the day of ``histology_day`` (the ``attrs`` of
+    :func:`studylib.analysis.animal_table`: with ``day="common"`` the last day every group is imaged, said in the
+    finding and the method with the animals left out; None: each animal's last day, "at endpoint").  ``note`` is
+    appended to the first finding (e.g. ``" (adjusted for tumour model)"``); ``primary`` names the primary
+    endpoint (:data:`TREATMENT_ENDPOINTS`), the other is secondary.
     """
-    day = effect["at_day"]
-    unit_key = "_per_s" if units == "1/s" else ""
-    rows = {
-        "treatment_effect": effect_row(
-            f"tumour {biomarker} {treated} − {control}, day {day:g}{note}", effect, expected_sign=effect_sign,
-            truth=true_effect(truth, f"tumour_{variable}{unit_key}_{treated}_minus_{control}_last_day", day=day),
-            units=units, study=study, alpha=alpha),
-        "histology_r": correlation_row(
-            f"r(tumour {biomarker}, {hist_col}) at endpoint", corr, expected_sign=corr_sign,
-            truth=true_correlation(truth, f"endpoint_tumour_{variable}_vs_{hist_col}"), study=study, alpha=alpha),
-    }
+    rows = treatment_rows(study, effect, corr, truth, biomarker=biomarker, variable=variable, units=units,
+                          control=control, treated=treated, hist_col=hist_col, effect_sign=effect_sign,
+                          corr_sign=corr_sign, note=note, histology_day=histology_day, alpha=alpha)
     return conclusions_table(rows, primary=primary, alpha=alpha)
 
 

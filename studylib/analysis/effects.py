@@ -7,6 +7,7 @@ frozen :class:`Estimate` (estimate, CI, p, method and the details of the fit).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
@@ -14,10 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ExperimentError
+from ..errors import DataWarning, ExperimentError
 
-__all__ = ["Estimate", "longitudinal_effect", "model_diagnostics", "correlation_effect", "partial_regression_effect",
-           "regression_slope", "group_difference"]
+__all__ = ["Estimate", "BASELINE_ADJUSTMENTS", "longitudinal_effect", "model_diagnostics", "correlation_effect",
+           "partial_regression_effect", "regression_slope", "group_difference"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,100 @@ def _mixed_model():
     return stats.mixed_model
 
 
+#: the baseline adjustments of :func:`longitudinal_effect`
+BASELINE_ADJUSTMENTS = ("none", "ancova")
+
+
+class _OLSFit:
+    """Ordinary least squares with t inference, offering the parts of a
+    :class:`studylib.stats.MixedModelResult` an effect reads (``fixed``, ``contrast`` and the fields of
+    :func:`model_diagnostics`).
+
+    The ANCOVA of a design with one session after baseline per animal: with one response per animal a
+    random intercept is not identifiable and the mixed model is ordinary least squares,
+    ``beta = (X'X)^-1 X'y``, ``Var(beta) = s^2 (X'X)^-1``, ``s^2 = RSS / (n - p)``, t tests with
+    ``n - p`` df (Seber & Lee 2003, *Linear Regression Analysis*, ch. 3-4).
+    """
+
+    def __init__(self, data: pd.DataFrame, formula: str, groups: str, ci: float):
+        import patsy
+        from scipy import stats as sps
+
+        self._t = sps.t
+        self._f = sps.f
+        ydf, X = patsy.dmatrices(formula, data, return_type="dataframe", NA_action="raise")
+        yv, Xv = ydf.iloc[:, 0].to_numpy(dtype=float), X.to_numpy(dtype=float)
+        n, p = Xv.shape
+        if np.linalg.matrix_rank(Xv) < p:
+            raise ExperimentError(f"design of {formula!r} is rank deficient (columns {list(X.columns)}): a group "
+                                  "or level without animals, or collinear covariates")
+        if n <= p:
+            raise ExperimentError(f"{n} animals for {p} coefficients of {formula!r}: no residual degrees of freedom")
+        self._beta = np.linalg.lstsq(Xv, yv, rcond=None)[0]
+        resid = yv - Xv @ self._beta
+        self.df_resid = n - p
+        self._cov = float(resid @ resid) / self.df_resid * np.linalg.inv(Xv.T @ Xv)
+        self.fe_names, self.ci, self.formula, self.groups = list(X.columns), ci, formula, groups
+        self.n_obs, self.n_groups = n, int(data[groups].nunique())
+        self.ddf, self.converged, self.boundary, self.warnings = f"OLS t, {self.df_resid}", True, False, []
+        self.fixed = self.contrast(pd.DataFrame(np.eye(p), index=self.fe_names, columns=self.fe_names))
+
+    def contrast(self, L, *, joint: bool = False) -> pd.DataFrame:
+        """``L beta`` with t tests (one per row) or, ``joint=True``, one F test of all rows."""
+        if isinstance(L, Mapping):
+            M, names = np.array([[float(L.get(t, 0.0)) for t in self.fe_names]]), ["contrast"]
+        else:
+            M, names = L.reindex(columns=self.fe_names, fill_value=0.0).to_numpy(dtype=float), list(L.index)
+        est, V = M @ self._beta, M @ self._cov @ M.T
+        if joint:
+            q = M.shape[0]
+            F = float(est @ np.linalg.solve(V, est)) / q
+            return pd.DataFrame([{"F": F, "num_df": q, "den_df": self.df_resid,
+                                  "p": float(self._f.sf(F, q, self.df_resid))}])
+        se = np.sqrt(np.diag(V))
+        tq = float(self._t.ppf(0.5 + self.ci / 2.0, self.df_resid))
+        return pd.DataFrame({"estimate": est, "se": se, "ci_low": est - tq * se, "ci_high": est + tq * se,
+                             "df": float(self.df_resid), "p": 2.0 * self._t.sf(np.abs(est / se), self.df_resid)},
+                            index=names)
+
+
+def _ancova_rows(d: pd.DataFrame, y: str, *, unit: str, baseline_day: float | None) -> tuple[pd.DataFrame, dict]:
+    """The response rows of an ANCOVA on the baseline value: the sessions after ``baseline_day`` with the
+    animal's baseline ``y`` as ``baseline`` and centred on the analysed animals' mean as ``baseline_c``."""
+    days = sorted(float(x) for x in d["day"].unique())
+    bday = days[0] if baseline_day is None else float(baseline_day)
+    if bday not in days:
+        raise ExperimentError(f"baseline_day {bday:g} is not an imaging day {[f'{x:g}' for x in days]}")
+    b = d[d["day"].astype(float) == bday]
+    dup = sorted(set(b.loc[b[unit].duplicated(), unit]))
+    if dup:
+        raise ExperimentError(f"animal(s) {dup} have more than one '{y}' on the baseline day {bday:g}")
+    base = b.set_index(unit)[y].astype(float)
+    post = d[d["day"].astype(float) > bday].copy()
+    if post.empty:
+        raise ExperimentError(f"no session after the baseline day {bday:g}: nothing to adjust")
+    no_base = sorted(set(post[unit]) - set(base.index))
+    no_post = sorted(set(base.index) - set(post[unit]))
+    if no_base:
+        warnings.warn(DataWarning(f"{len(no_base)} animal(s) have no '{y}' on the baseline day {bday:g} and are left "
+                                  f"out of the baseline-adjusted (ANCOVA) effect: {', '.join(no_base)}"), stacklevel=3)
+    if no_post:
+        warnings.warn(DataWarning(f"{len(no_post)} animal(s) have no session after the baseline day {bday:g} and are "
+                                  f"left out of the baseline-adjusted (ANCOVA) effect: {', '.join(no_post)}"),
+                      stacklevel=3)
+    post = post[post[unit].isin(base.index)].copy()
+    post["baseline"] = post[unit].map(base)
+    centre = float(base.loc[sorted(set(post[unit]))].mean())
+    post["baseline_c"] = post["baseline"] - centre
+    return post, dict(baseline_day=bday, baseline_mean=centre, no_baseline=tuple(no_base),
+                      no_follow_up=tuple(no_post))
+
+
 def longitudinal_effect(table: pd.DataFrame, y: str, *, control: str, treated: str, at_day: float | None = None,
                         slope: bool = False, day_model: str = "linear", group_col: str = "group",
-                        covariates: Sequence[str] = (), ddf: str = "satterthwaite", log: bool = False,
-                        unit: str = "animal", alpha: float = 0.05) -> Estimate:
+                        covariates: Sequence[str] = (), baseline: str | None = None,
+                        baseline_day: float | None = None, by: str | None = None, ddf: str = "satterthwaite",
+                        log: bool = False, unit: str = "animal", alpha: float = 0.05) -> Estimate:
     """Treated-minus-control effect from a longitudinal mixed model (animal = unit of analysis).
 
     Two models of time, both with ``treated`` = 1 for the treated group:
@@ -96,6 +187,26 @@ def longitudinal_effect(table: pd.DataFrame, y: str, *, control: str, treated: s
       difference on ``at_day``. Use it when the response is not linear in time (ferumoxytol uptake
       peaks at 24-48 h then clears; TAM depletion saturates).
 
+    **Baseline adjustment** (``baseline="ancova"``): analysis of covariance on the pre-treatment value.
+    The response is ``y`` on the days after ``baseline_day`` only (the baseline day leaves the response),
+    and the animal's own baseline ``y_i0``, centred on the analysed animals' mean ``b_i = y_i0 - mean(y_0)``,
+    enters as a covariate with a slope per day: categorical
+    ``y_ij = ... + beta_b b_i + sum_k gamma_k b_i d_k``, linear ``... + beta_b b_i + gamma b_i day_c``.
+    ``treated`` is then the difference on ``at_day`` between animals of equal baseline: a chance
+    imbalance of the groups on the baseline day no longer enters the contrast (the unadjusted contrast
+    carries ``slope x imbalance``), and the between-animal variance the baseline explains leaves the
+    error (Vickers & Altman, BMJ 2001;323:1123, doi:10.1136/bmj.323.7321.1123; EMA guideline on adjustment
+    for baseline covariates, EMA/CHMP/295050/2013).  With a single session after baseline per animal the
+    random intercept is not identifiable and the model is the classic ANCOVA by ordinary least squares,
+    ``y_1 ~ treated + b + covariates``.  Animals without a baseline value (or without a later session) are
+    left out with a :class:`studylib.errors.DataWarning` naming them.
+
+    **Interaction** (``by="model"``): one treatment effect per level of ``by`` (indicators
+    ``treated_j = treated x [by == level_j]`` replacing ``treated`` in every term, with ``C(by)``), and the
+    returned estimate is the treatment x ``by`` interaction: the difference of the two levels' effects
+    (the second level in sorted order minus the first), or, with more than two levels, NaN with the joint F
+    test of equal effects as ``p``.  ``details["per_level"]`` holds each level's effect.
+
     Fitted by :func:`studylib.stats.mixed_model` with small-sample (Satterthwaite by default) df.
 
     Parameters
@@ -104,13 +215,27 @@ def longitudinal_effect(table: pd.DataFrame, y: str, *, control: str, treated: s
     control, treated : the two group labels compared (other groups are dropped).
     at_day : the day of the difference (default: the last day).
     covariates : extra fixed-effect terms (e.g. ``"C(model)"``).
+    baseline : ``None``/``"none"`` (no adjustment) or ``"ancova"`` (the baseline value as covariate).
+    baseline_day : the pre-treatment day of ``baseline="ancova"`` (default: the first imaging day).
+    by : a column whose levels get their own treatment effect (treatment x ``by`` interaction).
     log : analyse ``log(y)`` (tumour volume); effects are then differences of logs.
 
     Returns
     -------
-    dict: ``estimate, ci_low, ci_high, p, df, term, at_day, n_animals, formula, model`` (the fit).
+    Estimate: ``estimate, ci_low, ci_high, p, method`` (in the units of ``y``) and details ``df, term, at_day,
+    n_animals, formula, re_formula, day_model, ddf, model`` (the fit), ``adjustment`` (``"none"`` or
+    ``"ANCOVA on day <d> <y>"``), with ``baseline="ancova"`` also ``baseline_day, baseline_mean,
+    no_baseline`` (animals left out), and with ``by`` also ``by, levels, per_level`` (level -> Estimate),
+    ``per_level_table``, ``interaction_F`` (the joint F test: ``F, num_df, den_df, p``) and ``first_day_by_level``
+    (each level's mean ``y`` on the first imaging day, before treatment).
+
+    Raises
+    ------
+    ExperimentError
+        a missing column or group, an unknown ``day_model`` or ``baseline``, an ``at_day`` that is not an
+        imaging day (categorical) or not after ``baseline_day``, a ``by`` level without both groups.
     """
-    need = [unit, "day", group_col, y]
+    need = [unit, "day", group_col, y] + ([by] if by else [])
     missing = [c for c in need if c not in table.columns]
     if missing:
         raise ExperimentError(f"table lacks columns {missing}; it has {list(table.columns)}")
@@ -118,6 +243,9 @@ def longitudinal_effect(table: pd.DataFrame, y: str, *, control: str, treated: s
         raise ExperimentError(f"day_model must be 'linear' or 'categorical', got {day_model!r}")
     if slope and day_model != "linear":
         raise ExperimentError("slope=True needs day_model='linear'")
+    adjustment = "none" if baseline is None else str(baseline).lower()
+    if adjustment not in BASELINE_ADJUSTMENTS:
+        raise ExperimentError(f"baseline must be None, 'none' or 'ancova', got {baseline!r}")
     d = table[table[group_col].isin([control, treated])].copy()
     for g in (control, treated):
         if not (d[group_col] == g).any():
@@ -128,39 +256,114 @@ def longitudinal_effect(table: pd.DataFrame, y: str, *, control: str, treated: s
         if (d[y] <= 0).any():
             raise ExperimentError(f"log=True needs positive '{y}'")
         d[y] = np.log(d[y].astype(float))
+    d[unit] = d[unit].astype(str)
+    info: dict[str, Any] = {}
+    if by:
+        first = d[d["day"] == d["day"].min()]
+        info["first_day_by_level"] = MappingProxyType(
+            {str(k): float(v) for k, v in first.groupby(first[by].astype(str))[y].mean().items()})
+    if adjustment == "ancova":
+        d, binfo = _ancova_rows(d, y, unit=unit, baseline_day=baseline_day)
+        info.update(binfo)
     days = sorted(d["day"].unique())
     at_day = float(max(days)) if at_day is None else float(at_day)
+    if adjustment == "ancova" and at_day <= info["baseline_day"]:
+        raise ExperimentError(f"at_day {at_day:g} must come after the baseline day {info['baseline_day']:g}")
     if at_day not in [float(x) for x in days] and day_model == "categorical":
         raise ExperimentError(f"at_day {at_day:g} is not an imaging day {[int(x) for x in days]}")
     d["treated"] = (d[group_col] == treated).astype(float)
-    d[unit] = d[unit].astype(str)
     yy = f"Q('{y}')" if not y.isidentifier() else y
+    covs = list(covariates)
+    if by:
+        d[by] = d[by].astype(str)
+        levels = sorted(d[by].unique())
+        cells = d.groupby(by)[group_col].nunique()
+        short = [lvl for lvl in levels if cells[lvl] < 2]
+        if len(levels) < 2 or short:
+            raise ExperimentError(f"by='{by}' needs at least 2 levels each with both groups; levels {levels}, "
+                                  f"without both groups: {short}")
+        trt = {lvl: f"treated_{i}" for i, lvl in enumerate(levels)}
+        for lvl, name in trt.items():
+            d[name] = d["treated"] * (d[by] == lvl)
+        covs += [f"C({by})"] if f"C({by})" not in covs else []
+    else:
+        levels, trt = [], {}
+    tnames = list(trt.values()) or ["treated"]
+    bterms = ["baseline_c"] if adjustment == "ancova" else []
     if day_model == "linear":
         d["day_c"] = d["day"].astype(float) - at_day
-        rhs = ["treated * day_c"]
-        re_formula = "~day_c"
+        if tnames == ["treated"] and not bterms:
+            rhs = ["treated * day_c"]
+        else:
+            rhs = ["day_c"] + [t for n in tnames + bterms for t in (n, f"{n}:day_c")]
+        re_formula = "~day_c" if d.groupby(unit).size().max() > 2 or not bterms else "~1"
     else:
-        rhs = ["treated"]
+        rhs = list(tnames) + bterms
         for k in days:
             if float(k) == at_day:
                 continue
             name = f"d{int(k)}" if k >= 0 else f"d_m{int(-k)}"
             d[name] = (d["day"] == k).astype(float)
-            rhs += [name, f"treated:{name}"]
+            rhs += [name] + [f"{n}:{name}" for n in tnames + bterms]
         re_formula = "~1"
-    formula = f"{yy} ~ " + " + ".join([*rhs, *covariates])
-    fit = _mixed_model()(d, formula, groups=unit, re_formula=re_formula, ddf=ddf, ci=1.0 - alpha)
-    term = "treated:day_c" if slope else "treated"
+    formula = f"{yy} ~ " + " + ".join([*rhs, *covs])
+    one_row = adjustment == "ancova" and int(d.groupby(unit).size().max()) == 1
+    if one_row:
+        fit = _OLSFit(d, formula, unit, 1.0 - alpha)
+        re_formula, fitted = "none", f"OLS {formula}, t with {fit.df_resid} df (one session after baseline per animal)"
+    else:
+        fit = _mixed_model()(d, formula, groups=unit, re_formula=re_formula, ddf=ddf, ci=1.0 - alpha)
+        fitted = f"mixed model {formula}, random {re_formula} per animal, {ddf} df"
     fx = fit.fixed
-    if term not in fx.index:
-        raise ExperimentError(f"mixed model has no term '{term}' (terms: {list(fx.index)})")
-    row = fx.loc[term]
-    method = (f"mixed model {formula}, random {re_formula} per animal, {ddf} df "
-              f"{float(row['df']):.1f}")
-    return _estimate(estimate=row["estimate"], ci_low=row["ci_low"], ci_high=row["ci_high"], p=row["p"],
-                     method=method, df=float(row["df"]), term=term, at_day=at_day,
-                n_animals=int(d[unit].nunique()), formula=formula, re_formula=re_formula, day_model=day_model,
-                ddf=ddf, model=fit)
+    terms = {lvl: (f"{n}:day_c" if slope else n) for lvl, n in (trt.items() or [("", "treated")])}
+    for term in terms.values():
+        if term not in fx.index:
+            raise ExperimentError(f"model has no term '{term}' (terms: {list(fx.index)})")
+    n_animals = int(d[unit].nunique())
+    if adjustment == "ancova":
+        bday = info["baseline_day"]
+        post = ", ".join(f"{float(x):g}" for x in days)
+        adj = f"ANCOVA on day {bday:g} {y}"
+        pre = (f"ANCOVA on the day-{bday:g} value: {y} on days {post} with the animal's day-{bday:g} {y} (centred at "
+               f"{info['baseline_mean']:.4g}) as a covariate, baseline day excluded from the response; ")
+        info = {**info, "no_baseline": info["no_baseline"] + info.pop("no_follow_up")}
+    else:
+        adj, pre = "none", ""
+    common = dict(at_day=at_day, n_animals=n_animals, formula=formula, re_formula=re_formula, day_model=day_model,
+                  ddf=ddf if not one_row else "OLS t", adjustment=adj, model=fit, **info)
+    if not by:
+        row = fx.loc[terms[""]]
+        method = f"{pre}{fitted} {float(row['df']):.1f}" if not one_row else f"{pre}{fitted}"
+        return _estimate(estimate=row["estimate"], ci_low=row["ci_low"], ci_high=row["ci_high"], p=row["p"],
+                         method=method, df=float(row["df"]), term=terms[""], **common)
+    per = {}
+    for lvl, term in terms.items():
+        r = fx.loc[term]
+        n_lvl = int(d.loc[d[by] == lvl, unit].nunique())
+        per[lvl] = _estimate(estimate=r["estimate"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"],
+                             method=f"{pre}{fitted} {float(r['df']):.1f}; term {term} ({by} {lvl}, n = {n_lvl})",
+                             df=float(r["df"]), term=term, level=lvl, n_animals=n_lvl, at_day=at_day, adjustment=adj)
+    per_table = pd.DataFrame([{by: lvl, "estimate": e.estimate, "ci_low": e.ci_low, "ci_high": e.ci_high, "p": e.p,
+                               "df": e.df, "n_animals": e.n_animals} for lvl, e in per.items()])
+    ref = terms[levels[0]]
+    L = pd.DataFrame([{terms[lvl]: 1.0, ref: -1.0} for lvl in levels[1:]], index=[f"{lvl} - {levels[0]}"
+                                                                               for lvl in levels[1:]]).fillna(0.0)
+    joint = fit.contrast(L, joint=True).iloc[0]
+    F = {k: float(joint[k]) for k in ("F", "num_df", "den_df", "p")}
+    what = "difference of slopes" if slope else f"difference on day {at_day:g}"
+    if len(levels) == 2:
+        c = fit.contrast(L).iloc[0]
+        est, lo, hi, p, df = (float(c[k]) for k in ("estimate", "ci_low", "ci_high", "p", "df"))
+        itext = f"treatment x {by} interaction: ({treated} - {control} {what}) in {levels[1]} minus in {levels[0]}"
+    else:
+        est = lo = hi = float("nan")
+        p, df = F["p"], F["den_df"]
+        itext = f"treatment x {by} interaction: F test of equal {treated} - {control} effects ({what}) in {levels}"
+    method = (f"{itext}; {pre}{fitted} {df:.1f}; per {by}: "
+              + ", ".join(f"{lvl} {e.estimate:.3g} [{e.ci_low:.3g}, {e.ci_high:.3g}]" for lvl, e in per.items()))
+    return _estimate(estimate=est, ci_low=lo, ci_high=hi, p=p, method=method, df=df, term=f"treated x {by}", by=by,
+                     levels=tuple(levels), per_level=MappingProxyType(per), per_level_table=per_table,
+                     interaction_F=MappingProxyType(F), **common)
 
 
 def model_diagnostics(effect: Mapping) -> str:

@@ -19,8 +19,8 @@ import xarray as xr
 from ..errors import DataWarning, ExperimentError
 from .design import compute_with_progress, voxel_volume_mm3
 
-__all__ = ["roi_tables", "session_table", "animal_table", "failed_fit_table", "tumour_volumes", "per_tumour_table",
-           "animal_means", "FAILED_FIT_COLUMN"]
+__all__ = ["roi_tables", "session_table", "animal_table", "common_day", "failed_fit_table", "tumour_volumes",
+           "per_tumour_table", "animal_means", "FAILED_FIT_COLUMN"]
 
 #: the per-session column of the fraction of ROI voxels whose fit failed (``fit_ok`` False)
 FAILED_FIT_COLUMN = "fit_failed_fraction"
@@ -161,12 +161,52 @@ def failed_fit_table(sessions: pd.DataFrame, *, max_difference: float | None = 0
     return out
 
 
+def common_day(sessions: pd.DataFrame, *, group_col: str = "group", day_col: str = "day") -> float:
+    """The last imaging day on which every group still has an animal: the common day of a comparison.
+
+    Animals that leave early (a humane endpoint) have an earlier last day; comparing each animal's last
+    session would compare the groups at different times.  On this day every group is observed, and the
+    animals it lacks are the ones that left before it.
+
+    ``day_col`` names the day column (e.g. a histology table's ``endpoint_day``).
+
+    Raises
+    ------
+    ExperimentError
+        the table lacks ``day_col`` or ``group_col``, or no day has every group.
+    """
+    for c in (day_col, group_col):
+        if c not in sessions.columns:
+            raise ExperimentError(f"table lacks column '{c}'; it has {list(sessions.columns)}")
+    groups = set(sessions[group_col].dropna())
+    per_day = sessions.groupby(day_col)[group_col].agg(lambda g: set(g.dropna()))
+    shared = [float(d) for d, gs in per_day.items() if gs >= groups]
+    if not shared:
+        raise ExperimentError(f"no imaging day has every group {sorted(map(str, groups))}: "
+                              f"{ {float(d): sorted(map(str, gs)) for d, gs in per_day.items()} }")
+    return max(shared)
+
+
 def animal_table(sessions: pd.DataFrame, histology: pd.DataFrame | None = None, *, day=None,
-                 histology_on: Sequence[str] = ("animal",)) -> pd.DataFrame:
-    """One row per animal: the session on ``day`` (default: each animal's last session), joined to histology.
+                 histology_on: Sequence[str] = ("animal",), group_col: str = "group") -> pd.DataFrame:
+    """One row per animal: the session on ``day``, joined to histology.
+
+    ``day``:
+
+    * ``"common"``: the last day on which every group is imaged (:func:`common_day`), so that every
+      analysed animal is compared at the same time; animals not imaged that day (they left earlier)
+      are left out with a :class:`studylib.errors.DataWarning` naming them and their last day;
+    * a number: that day, animals without it left out the same way;
+    * None: each animal's last session (animals that left early are then compared at an earlier time).
 
     Sessions whose every value is NaN (an acquired scan whose ROI had no usable voxel) and animals
-    without a histology row are left out, each with a :class:`studylib.errors.DataWarning` naming them.
+    without a histology row are left out, each with a :class:`studylib.errors.DataWarning` naming them;
+    so is a histology row taken on another day (``endpoint_day`` or ``day``) than the imaging ``day``.
+
+    Returns
+    -------
+    DataFrame, one row per animal; ``attrs`` records ``day`` (the day, or None for each animal's last),
+    ``day_rule`` (``"common"``, ``"given"`` or ``"last"``) and ``left_out`` (animals without that day).
 
     Raises
     ------
@@ -180,14 +220,30 @@ def animal_table(sessions: pd.DataFrame, histology: pd.DataFrame | None = None, 
         warnings.warn(DataWarning(f"{int(empty.sum())} acquired session(s) have no value of {values} and are left out "
                                   f"of the animal table: {gone}"), stacklevel=2)
     s = sessions[~empty]
+    left_out: tuple[str, ...] = ()
     if day is None:
+        rule = "last"
         s = s.sort_values("day").groupby("animal", as_index=False).tail(1)
     else:
-        s = s[s["day"] == day]
-        if s.empty:
-            raise ExperimentError(f"no session on day {day}; days present: {sorted(sessions['day'].unique())}")
+        rule = "common" if isinstance(day, str) and day == "common" else "given"
+        if isinstance(day, str) and day != "common":
+            raise ExperimentError(f"day must be None, 'common' or an imaging day, got {day!r}")
+        day = common_day(s, group_col=group_col) if rule == "common" else float(day)
+        on = s[s["day"].astype(float) == day]
+        if on.empty:
+            raise ExperimentError(f"no session on day {day:g}; days present: {sorted(sessions['day'].unique())}")
+        last = s.groupby("animal")["day"].max()
+        left_out = tuple(sorted(set(last.index) - set(on["animal"])))
+        if left_out:
+            why = "the last day every group is imaged" if rule == "common" else "the day of the comparison"
+            names = ", ".join(f"{a} (last imaged day {last[a]:g})" for a in left_out)
+            warnings.warn(DataWarning(f"{len(left_out)} animal(s) have no session on day {day:g}, {why}, and are "
+                                      f"left out of the animal table: {names}"), stacklevel=2)
+        s = on
     s = s.reset_index(drop=True)
+    attrs = {"day": None if rule == "last" else float(day), "day_rule": rule, "left_out": left_out}
     if histology is None:
+        s.attrs.update(attrs)
         return s
     missing = [c for c in histology_on if c not in histology.columns]
     if missing:
@@ -201,6 +257,14 @@ def animal_table(sessions: pd.DataFrame, histology: pd.DataFrame | None = None, 
         names = ", ".join(f"{r.animal} (day {r.day:g})" for r in lost.itertuples())
         warnings.warn(DataWarning(f"{len(lost)} imaged animal(s) have no histology row and are left out of the "
                                   f"imaging-vs-histology table: {names}"), stacklevel=2)
+    hday = next((c for c in ("endpoint_day", "day") if c in histology.columns and c not in histology_on), None)
+    if rule != "last" and hday is not None and hday in out.columns:
+        other = out[pd.to_numeric(out[hday], errors="coerce") != float(day)]
+        if len(other):
+            names = ", ".join(f"{r.animal} ({hday} {getattr(r, hday)})" for r in other.itertuples())
+            warnings.warn(DataWarning(f"{len(other)} animal(s) imaged on day {day:g} have histology from another day: "
+                                      f"{names}"), stacklevel=2)
+    out.attrs.update(attrs)
     return out
 
 
