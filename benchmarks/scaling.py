@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from studylib import compute  # noqa: E402
 from studylib.fit.dce import dce, population_aif, signal_to_concentration  # noqa: E402
 from studylib.fit.relaxometry import t2star  # noqa: E402
-from studylib.synth.large import lazy_study, nominal_nbytes, t10_map  # noqa: E402
+from studylib.synth.large import DCE, lazy_study, nominal_nbytes, t10_map  # noqa: E402 (DCE: truth)
 
 OUT = ROOT / "benchmarks" / "results"
 
@@ -81,10 +81,10 @@ def megre_work(spec, scale=1):
 def dce_work(spec, scale=1):
     ds = lazy_study(kind="DCE", scale=scale, **spec)
     ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), fa_deg=ds.attrs["FlipAngle"],
-                                 tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=ds.attrs["Relaxivity_per_mM_per_s"],
+                                 tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=DCE["r1_per_s_per_mM"],
                                  baseline=(1, 10))
-    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=ds.attrs["BolusArrivalTime_s"],
-                         hematocrit=ds.attrs["Hematocrit"])
+    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=DCE["bolus_arrival_s"],
+                         hematocrit=DCE["hematocrit"])
     body = ds.roi != 5
     maps = dce(ct, aif, model="extended_tofts", mask=body)
     reduced = maps.ktrans.where(maps.fit_ok & (ds.roi == 1)).mean(["z", "y", "x"])

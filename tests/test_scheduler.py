@@ -18,7 +18,7 @@ import xarray as xr
 from studylib import compute
 from studylib.fit.dce import dce, population_aif, signal_to_concentration
 from studylib.fit.relaxometry import t2star
-from studylib.synth.large import animal_table, lazy_study, t10_map
+from studylib.synth.large import DCE, animal_table, lazy_study, t10_map  # DCE: the simulator's truth
 
 SMALL = dict(n_animals=4, n_days=3, shape=(2, 24, 24), seed=5)
 
@@ -33,10 +33,10 @@ def _megre_work():
 def _dce_work():
     ds = lazy_study(n_animals=2, n_days=2, shape=(1, 20, 20), kind="DCE", seed=5)
     ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), fa_deg=ds.attrs["FlipAngle"],
-                                 tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=ds.attrs["Relaxivity_per_mM_per_s"],
+                                 tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=DCE["r1_per_s_per_mM"],
                                  baseline=(1, 10))
-    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=ds.attrs["BolusArrivalTime_s"],
-                         hematocrit=ds.attrs["Hematocrit"])
+    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=DCE["bolus_arrival_s"],
+                         hematocrit=DCE["hematocrit"])
     maps = dce(ct, aif, model="extended_tofts", mask=ds.roi == 1)
     return maps, maps.ktrans.where(ds.roi == 1).mean(["z", "y", "x"])
 

@@ -141,8 +141,8 @@ def test_sidecars_have_the_keys_the_loader_needs(ci_study):
             "T2w": ["EchoTime", "RepetitionTime", "MagneticFieldStrength"],
             "DWI": ["bValue", "MagneticFieldStrength"],
             "VFA": ["FlipAngle", "RepetitionTime", "MagneticFieldStrength"],
-            "DCE": ["FrameTimes", "FlipAngle", "RepetitionTime", "Agent", "Hematocrit", "ContrastDose_mmol_per_kg",
-                    "Relaxivity_per_mM_per_s"],
+            "DCE": ["FrameTimes", "FlipAngle", "RepetitionTime", "Agent", "ContrastDose_mmol_per_kg",
+                    "MagneticFieldStrength"],
             "F19": ["Nucleus", "ReferenceTube_mM", "MagneticFieldStrength"],
             "CEST": ["SaturationOffsets_ppm", "ReferenceVolumes", "SaturationB1_uT", "SaturationTime"],
             "WASSR": ["SaturationOffsets_ppm", "ReferenceVolumes"],
@@ -168,6 +168,143 @@ def test_sidecars_have_the_keys_the_loader_needs(ci_study):
     assert seen == set(need)
     ds = load_study(ci_study, "lactate_cest", "CEST")  # the reference volume becomes m0
     assert "m0" in ds and float(ds["offset"].min()) == -2.0 and float(ds["offset"].max()) == 2.0
+
+
+# --------------------------------------------------------------------------------------------- no truth in sidecars
+#: sidecar keys that are acquisition parameters: what the experimenter sets or knows at the scanner, so a
+#: sidecar may carry them even where truth.json records the same number (the design repeats the protocol).
+#: ``ReferenceTube_mM``: the 19F reference tube is made up at a known concentration -- an experimental fact.
+#: Everything else (bolus arrival, haematocrit, r1, T1, noise SD, any biology) must never reach a sidecar.
+ACQUISITION_KEYS = frozenset({
+    "MagneticFieldStrength", "RepetitionTime", "EchoTime", "FlipAngle", "InversionTime", "FrameTimes", "bValue",
+    "SaturationOffsets_ppm", "ReferenceVolumes", "SaturationB1_uT", "SaturationTime", "ContrastDose_mmol_per_kg",
+    "NumberOfAverages", "PhaseCycles", "PixelBandwidth_Hz", "ReferenceTube_mM",
+})
+
+
+def _numbers(obj, where=""):
+    """Every number in a JSON value, recursively, with its path (booleans are not numbers)."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, (int, float)):
+        yield where, float(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{where}/{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{where}[{i}]")
+
+
+def _truth_leaks(sidecar: dict, truth: dict) -> list[str]:
+    """Sidecar values (outside :data:`ACQUISITION_KEYS`) equal to a number anywhere in ``truth``.
+
+    Sidecars are written to 10 significant digits and truth.json to 7, so "equal" is a relative
+    difference below 1e-6 (exact for zero)."""
+    values = sorted({v for _, v in _numbers(truth)})
+    arr = np.asarray(values)
+    leaks = []
+    for key, value in sidecar.items():
+        if key in ACQUISITION_KEYS:
+            continue
+        for path, x in _numbers(value, key):
+            i = int(np.searchsorted(arr, x))
+            near = [arr[j] for j in (i - 1, i) if 0 <= j < arr.size]
+            hit = [t for t in near if (t == x if x == 0 else abs(t - x) <= 1e-6 * abs(x))]
+            if hit:
+                where = next(p for p, v in _numbers(truth) if v == hit[0])
+                leaks.append(f"{path} = {x:g} is truth.json{where}")
+    return leaks
+
+
+def test_no_sidecar_carries_a_value_from_the_truth(ci_study):
+    """Issue 14: every number in every sidecar of the ci study is compared with every number in its study's
+    truth.json (recursively); a match is allowed only for an acquisition parameter (ACQUISITION_KEYS)."""
+    root = ci_study.parent
+    df = pd.read_csv(ci_study, dtype=str, keep_default_na=False)
+    checked, leaks = 0, []
+    for study in STUDIES:
+        truth = json.loads((root / "truth" / study / "truth.json").read_text())
+        for rel in df.path[(df.study == study) & df.path.str.endswith(".json")]:
+            sidecar = json.loads((root / rel).read_text())
+            leaks += [f"{rel}: {x}" for x in _truth_leaks(sidecar, truth)]
+            checked += 1
+    assert checked > 100 and leaks == []
+    dce = json.loads((root / df.path[(df.study == "ktrans_hypoxia") & (df.kind == "DCE")
+                                     & df.path.str.endswith(".json")].iloc[0]).read_text())
+    assert not {"BolusArrivalTime_s", "Hematocrit", "Relaxivity_per_mM_per_s"} & set(dce)
+
+
+def test_the_sidecar_truth_check_finds_a_planted_value():
+    """The check above is not vacuous: the values issue 14 removed, planted back, are each found -- also
+    nested in a list -- while acquisition parameters equal to a truth number are allowed."""
+    truth = {"design": {"bolus_arrival_s": 40.0, "hematocrit": 0.42, "r1_per_s_per_mM": 2.8, "tr_ms": 4.0,
+                        "fa_vfa_deg": [2.0, 5.0]}, "sessions": [{"tumour_t1_ms": 1893.2571}]}
+    clean = {"FlipAngle": [2.0, 5.0], "FrameTimes": [0.0, 40.0], "Agent": "gadoterate", "Nucleus": "1H"}
+    assert _truth_leaks(clean, truth) == []
+    for key, value in [("BolusArrivalTime_s", 40.0), ("Hematocrit", 0.42), ("Relaxivity_per_mM_per_s", 2.8),
+                       ("T1_ms", [1000.0, 1893.257104])]:
+        found = _truth_leaks(dict(clean, **{key: value}), truth)
+        assert len(found) == 1 and found[0].startswith(key), (key, found)
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Absolute names of every module a source file imports (relative imports resolved; ``from a import b``
+    gives both ``a`` and ``a.b``, since ``b`` may be a module), and of string arguments to
+    ``importlib.import_module`` / ``__import__``."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    pkg = package.split(".")
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = pkg[: len(pkg) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            if name in ("import_module", "__import__"):
+                out.add(node.args[0].value)
+    return out
+
+
+def _imports_fit(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m == "studylib.fit" or m.startswith("studylib.fit."))
+
+
+def test_no_synth_module_imports_a_fit_kernel(tmp_path):
+    """Issue 14: the simulator never shares the fits' code.  Every module under studylib/synth (physics
+    included), read with ast, imports nothing of studylib.fit.  (The planners still take forward functions
+    from studylib.models; the independent physics in studylib/synth/physics is to replace them.)"""
+    import studylib.synth as synth_pkg
+
+    root = Path(synth_pkg.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) >= 10
+    bad = {}
+    for f in files:
+        rel = f.relative_to(root.parent.parent).with_suffix("")
+        parts = list(rel.parts)
+        package = ".".join(parts if parts[-1] == "__init__" else parts[:-1]).replace(".__init__", "")
+        hits = _imports_fit(_imported_modules(f, package))
+        if hits:
+            bad[str(rel)] = hits
+    assert bad == {}
+    # and the check sees each way of writing such an import
+    sub = tmp_path / "studylib" / "synth"
+    sub.mkdir(parents=True)
+    for src in ("from ..fit.dce import dce", "from .. import fit", "import studylib.fit.relaxometry",
+                "from studylib.fit import t2star", "import importlib\nimportlib.import_module('studylib.fit')"):
+        (sub / "x.py").write_text(src + "\n")
+        assert _imports_fit(_imported_modules(sub / "x.py", "studylib.synth")), src
+    (sub / "x.py").write_text("from ..models.dce import extended_tofts_ct\nfrom ..fitting_notes import x\n")
+    assert _imports_fit(_imported_modules(sub / "x.py", "studylib.synth")) == []
 
 
 # --------------------------------------------------------------------------------------------- physics
@@ -218,18 +355,19 @@ def test_noise_free_dwi_vfa_dce_match_forward_models(ci_clean):
     assert np.max(np.abs(vfa - model)) <= 0.51 * slope + 1e-4
     dce, slope = _zyx(f / "DCE.nii.gz")
     sc = json.loads((f / "DCE.json").read_text())
-    aif = json.loads((ci_clean / "truth" / "ktrans_hypoxia" / "truth.json").read_text())["aif"]
+    ktruth = json.loads((ci_clean / "truth" / "ktrans_hypoxia" / "truth.json").read_text())
+    aif, r1_true = ktruth["aif"], ktruth["design"]["r1_per_s_per_mM"]  # r1 is truth: not in the sidecar
     np.testing.assert_allclose(sc["FrameTimes"], aif["frame_times_s"])
     tum = m["roi"] == 1
     ct = extended_tofts_ct(sc["FrameTimes"], np.array(aif["cp_mM"]), m["ktrans_per_min"][tum], m["ve"][tum],
                            m["vp"][tum])
-    r1 = 1000.0 / m["t1_ms"][tum][:, None] + sc["Relaxivity_per_mM_per_s"] * ct
+    r1 = 1000.0 / m["t1_ms"][tum][:, None] + r1_true * ct
     model = spgr_signal([sc["FlipAngle"]], m["m0"][tum][:, None], 1000.0 / r1, sc["RepetitionTime"] * 1000)[..., 0]
     assert np.max(np.abs(dce[tum] - model)) <= 0.51 * slope + 1e-3
     # the vessel ROI follows the whole-blood AIF
     ves = m["roi"] == 3
     assert ves.any()
-    r1b = 1000.0 / KTRANS["t1_blood_ms"] + sc["Relaxivity_per_mM_per_s"] * np.array(aif["cb_mM"])
+    r1b = 1000.0 / KTRANS["t1_blood_ms"] + r1_true * np.array(aif["cb_mM"])
     vmodel = spgr_signal([sc["FlipAngle"]], KTRANS["m0_blood"], 1000.0 / r1b, sc["RepetitionTime"] * 1000)[..., 0]
     assert np.max(np.abs(dce[ves] - vmodel)) <= 0.51 * slope + 1e-3
     np.testing.assert_allclose(row.tumour_ktrans_per_min, m["ktrans_per_min"][tum].mean(), rtol=1e-5)

@@ -8,7 +8,9 @@ correlations; ``sessions.csv``; ``maps/<animal>_dayNN.npz`` true parameter maps)
 manifest.  Signals come from the forward models in :mod:`studylib.models` (one copy of the
 physics) with Rician noise from :func:`studylib.models.noise.add_rician_noise`; every
 (study, animal, day) draws from its own ``numpy.random.default_rng([seed, crc32(study),
-stream, ids])``.  Output bytes are identical on every run.
+stream, ids])``.  Output bytes are identical on every run.  Sidecars carry acquisition parameters
+only (the experimenter's knowledge); every simulated value stays in ``truth/`` (issue 14, checked by
+``tests/test_synth.py`` against ``truth.json``).
 
 =====================  =============================  ======================================  =============
 study                   kinds                          groups (demo animals per group)          days

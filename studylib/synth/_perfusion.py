@@ -11,8 +11,8 @@ collagen_adc        7 T DWI, b = 0, 200, 400, 700, 1000 s/mm2; models BK-12, ED-
                     muscle D 1.45, tissue 1.2 um2/ms; S0 1000, sigma 25.
 ktrans_hypoxia      7 T; VFA SPGR 2/5/10/15/20 deg, TR 4 ms; DCE SPGR 15 deg, TR 4 ms,    Hauge et al., J Transl Med
                     75 frames every 4 s (0-296 s), bolus arrival 40 s; gadoterate      2017;15:225 (DOI
-                    0.1 mmol/kg, r1 = 2.8 /s/mM; McGrath 2009 model B mouse AIF (whole  10.1186/s12967-017-1331-8)
-                    blood) in the vessel ROI (label 3), Cp = Cb / (1 - Hct), Hct 0.42;
+                    0.1 mmol/kg, r1 = 2.8 /s/mM; McGrath 2009 model B AIF (a rat AIF,   10.1186/s12967-017-1331-8)
+                    whole blood) in the vessel ROI (label 3), Cp = Cb / (1 - Hct), Hct 0.42;
                     extended Tofts tissue curves.  Hypoxic fraction 25 / 42 / 58 / 75 %
                     (+- 5) per model; Ktrans = (0.30 - 0.30 h) x LN(0.12) /min; ve 0.30
                     x LN(0.15); vp 0.03 x LN(0.3); Ktrans rim 1.3 : core 0.7.  T1:
@@ -20,6 +20,18 @@ ktrans_hypoxia      7 T; VFA SPGR 2/5/10/15/20 deg, TR 4 ms; DCE SPGR 15 deg, TR
                     M0 30000, sigma 20 (VFA and DCE).  Histology: pimonidazole
                     hypoxic fraction, CD31 MVD and IFP (independent of Ktrans).
 =================  ==============================================================  ==========================
+
+Sidecars carry acquisition parameters only (issue 14): field, TR, TE, flip angles, b-values, frame times,
+agent and dose -- what the experimenter knows.  The simulated bolus arrival (40 s), r1 (2.8 /s/mM) and
+haematocrit (0.42) are truth and live in ``truth.json`` (``design``) only: the analysis measures the bolus
+arrival in the vessel ROI and uses its own documented defaults for r1 (the tabulated r1 of the agent at the
+field, :mod:`studylib.models.relaxivity`: gadoterate 2.84 /s/mM at 7 T) and haematocrit (0.45).  With a
+measured AIF the r1 cancels from Ktrans, ve and vp (tissue and AIF concentrations share it); the haematocrit
+does not: Ktrans, ve and vp come out scaled by (1 - 0.45) / (1 - 0.42) = 0.948, a -5.2 % bias the
+notebook reports.  The haematocrit is one value for every animal (not drawn per animal): healthy mice
+differ by strain (e.g. about 0.50 +- 0.02 in FVB mice, Taconic's published haematology), but a
+per-animal draw changes the simulated DCE images; it belongs with the independent DCE physics of
+:mod:`studylib.synth.physics.perfusion` (per-animal AIF) when that replaces this planner.
 """
 
 from __future__ import annotations
@@ -188,9 +200,11 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                       "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "3D spoiled GRE",
                       "MRAcquisitionType": "3D", "GeneratedBy": "studylib.synth"}
             vfa_sc = dict(common, FlipAngle=list(p["fa_vfa_deg"]))
+            # acquisition parameters only (issue 14): the simulated bolus arrival, r1 and haematocrit are truth;
+            # the analysis measures the arrival in the vessel ROI and takes r1 and haematocrit as its own
+            # documented defaults (the agent's tabulated r1 at the field; mouse haematocrit 0.45)
             dce_sc = dict(common, FlipAngle=p["fa_dce_deg"], FrameTimes=t.tolist(), Agent=p["agent"],
-                          ContrastDose_mmol_per_kg=p["dose_mmol_per_kg"], Hematocrit=p["hematocrit"],
-                          Relaxivity_per_mM_per_s=r1, BolusArrivalTime_s=p["bolus_arrival_s"],
+                          ContrastDose_mmol_per_kg=p["dose_mmol_per_kg"],
                           InjectionNote="i.v. bolus via tail-vein catheter; AIF measurable in the vessel ROI (label 3)")
             truth = dict(tumour_ktrans_per_min=roi_mean(tmask, ktrans), tumour_ve=roi_mean(tmask, ve),
                          tumour_vp=roi_mean(tmask, vp), tumour_t1_ms=roi_mean(tmask, t1),

@@ -43,13 +43,15 @@ with 10 % log-normal jitter; S0 1000.  Muscle R2* 30 1/s, S0 800; other tissue 4
 air 0 (noise only).
 
 ``DCE`` (7 T, 3-D SPGR 15 deg, TR 4 ms, 75 frames every 4 s, gadoterate r1 2.8 /s/mM,
-Hct 0.42, McGrath 2009 mouse AIF arriving at 40 s, exactly as the ``ktrans_hypoxia``
+Hct 0.42, McGrath 2009 AIF (a rat AIF) arriving at 40 s, exactly as the ``ktrans_hypoxia``
 simulator): extended Tofts tissue curves (:func:`studylib.models.dce.extended_tofts_ct`),
 ``R1 = 1/T10 + r1 C``, :func:`studylib.models.relaxometry.spgr_signal`, Rician sigma 20.
 Tumour Ktrans = ``0.25 x LN(0.15)`` /min, falling to ``x (1 - 0.4 (1 - exp(-d / 5)))``
 for ``treated`` (an anti-angiogenic response); ve 0.3, vp 0.03; T10 per label (tumour 1900,
-muscle 1600, other tissue 1500, blood 2200 ms; in ``attrs["t10_ms_by_label"]`` because a
-DCE study alone has no VFA scan).
+muscle 1600, other tissue 1500, blood 2200 ms; :func:`t10_map` gives them, because a
+DCE study alone has no VFA scan).  The attrs carry acquisition parameters only: the simulated
+r1, haematocrit, bolus arrival and T10 are truth, in :data:`DCE` (pass them explicitly where a
+test or benchmark needs the exact values).
 
 Example
 -------
@@ -312,11 +314,13 @@ def lazy_study(n_animals=40, n_days=6, shape=(20, 128, 128), kind="MEGRE", seed=
         ``animal`` (``L0001``...), ``day`` (units ``day``), ``te`` (ms) or ``t`` (s),
         ``group``, ``sex``, ``acquired(animal, day)``; ``attrs``: ``study`` (``large_megre`` /
         ``large_dce``), ``kind``, ``voxel_size_mm`` (x, y, z), ``field_T``, ``tr_ms``, ``agent``,
-        ``noise_sigma``, ``FlipAngle``, ``manifest`` (``""``: nothing on disk),
+        ``noise_sigma`` (the optional ``NoiseSigma`` sidecar key: the noise SD a noise-only prescan
+        measures), ``FlipAngle``, ``manifest`` (``""``: nothing on disk),
         ``manifest_sha256`` (sha256 of the generator spec, so cache keys still change
-        with any argument), ``files`` (acquired scans), ``synthetic`` (the spec as JSON);
-        DCE adds ``Hematocrit``, ``Relaxivity_per_mM_per_s``, ``BolusArrivalTime_s``,
-        ``t10_ms_by_label``.  The attrs are copied onto ``signal`` as ``load_study`` does.
+        with any argument), ``files`` (acquired scans), ``synthetic`` (the spec as JSON).
+        Acquisition parameters only: the simulated r1, haematocrit, bolus arrival and T10 are in
+        :data:`DCE` and :func:`t10_map`, never in attrs.  The attrs are copied onto ``signal`` as
+        ``load_study`` does.
 
     Raises
     ------
@@ -364,10 +368,6 @@ def lazy_study(n_animals=40, n_days=6, shape=(20, 128, 128), kind="MEGRE", seed=
              "field_T": p["field_T"], "tr_ms": p["tr_ms"], "agent": p["agent"], "noise_sigma": p["sigma"],
              "FlipAngle": p["flip_deg"], "manifest": "", "manifest_sha256": token,
              "files": int(acquired.sum()), "synthetic": spec_json}
-    if kind == "DCE":
-        attrs.update(Hematocrit=DCE["hematocrit"], Relaxivity_per_mM_per_s=DCE["r1_per_s_per_mM"],
-                     BolusArrivalTime_s=DCE["bolus_arrival_s"],
-                     t10_ms_by_label=json.dumps({str(k): v for k, v in sorted(DCE["t10_ms"].items())}))
     ds.attrs.update(attrs)
     ds["signal"].attrs.update(attrs)
     ds["roi"].attrs["voxel_size_mm"] = attrs["voxel_size_mm"]
@@ -375,14 +375,14 @@ def lazy_study(n_animals=40, n_days=6, shape=(20, 128, 128), kind="MEGRE", seed=
 
 
 def t10_map(ds: xr.Dataset) -> xr.DataArray:
-    """Pre-contrast T1 (ms) of a DCE :func:`lazy_study`, from its ROI labels (lazy, like ``roi``).
+    """The true pre-contrast T1 (ms) of a DCE :func:`lazy_study`, from its ROI labels (lazy, like ``roi``).
 
-    The simulator uses one T10 per label (``attrs["t10_ms_by_label"]``); a real DCE study
-    would take it from a VFA fit (``fit.t1_vfa``).  Background (label 5) is NaN.
+    The simulator uses one T10 per label (``DCE["t10_ms"]``: truth, so it is not in the attrs); a real
+    DCE study would take it from a VFA fit (``fit.t1_vfa``).  Background (label 5) is NaN.
     """
-    if ds.attrs.get("kind") != "DCE" or "t10_ms_by_label" not in ds.attrs:
-        raise LargeStudyError("t10_map: expected a DCE lazy_study (attrs['t10_ms_by_label'] missing)")
-    table = {int(k): float(v) for k, v in json.loads(ds.attrs["t10_ms_by_label"]).items()}
+    if ds.attrs.get("kind") != "DCE" or not str(ds.attrs.get("study", "")).startswith("large_"):
+        raise LargeStudyError("t10_map: expected a DCE lazy_study (attrs 'kind' == 'DCE', 'study' large_dce)")
+    table = {int(k): float(v) for k, v in DCE["t10_ms"].items()}
     out = xr.full_like(ds.roi, table[0], dtype=np.float64)
     for lab, v in table.items():
         if lab:
