@@ -56,4 +56,4 @@ bench: $(STAMP) .venv-bench/.installed
 	$(PY) benchmarks/scaling.py
 
 clean-reports:
-	rm -rf reports/*.html reports/*.ipynb reports/*.json reports/*.png
+	rm -rf reports/*.html reports/*.ipynb reports/*.json reports/*.png reports/*.pdf reports/*_files

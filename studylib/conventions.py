@@ -12,7 +12,7 @@ True
 from __future__ import annotations
 
 __all__ = ["ROI_LABELS", "BACKGROUND_LABEL", "TUMOUR_LABEL", "CONTROL_WORDS", "MAP_UNITS", "QUALITY_NAMES",
-           "LABEL_SYNONYMS", "is_control_name", "label_mapping", "relabel"]
+           "LABEL_SYNONYMS", "VARIABLE_LABELS", "axis_label", "is_control_name", "label_mapping", "relabel"]
 
 #: ROI label value -> meaning (0 is nothing).  ROI sidecars may restate or rename them
 #: (``{"Labels": {"1": "tumour"}}``).
@@ -42,6 +42,62 @@ MAP_UNITS: dict[str, str] = {
     "ktrans": "1/min", "kep": "1/min", "ve": "1", "vp": "1",
     "mtr_asym": "%", "f19_mM": "mM", "s0": "a.u.", "m0": "a.u.",
 }
+
+#: variable (a map, an ROI-table or histology column) -> (words, units) for axis labels and colourbars: the
+#: one home of what a column name means to a reader (``prussian_blue_area_pct`` -> "Prussian blue area (%)").
+#: Map units come from :data:`MAP_UNITS`; a column not listed is spelled out by :func:`axis_label`'s suffix rules.
+VARIABLE_LABELS: dict[str, tuple[str, str]] = {
+    **{k: (w, MAP_UNITS[k]) for k, w in {
+        "t2star": "T2*", "r2star": "R2*", "t2": "T2", "r2": "R2", "t1": "T1", "r1": "R1", "adc": "ADC",
+        "d": "D", "d_star": "D*", "f": "perfusion fraction f", "ktrans": "Ktrans", "kep": "kep", "ve": "ve",
+        "vp": "vp", "mtr_asym": "MTRasym", "f19_mM": "19F concentration", "s0": "S0", "m0": "M0"}.items()},
+    "day": ("day", ""), "t": ("time", "s"), "group": ("group", ""), "animal": ("animal", ""), "model": ("tumour model", ""),
+    "volume_mm3": ("volume", "mm³"), "tumour_volume_mm3": ("tumour volume", "mm³"),
+    "tumour_weight_mg": ("tumour weight", "mg"), "rim_over_core": ("rim / core ratio", ""),
+    "prussian_blue_area_pct": ("Prussian blue area", "%"), "collagen_i_area_pct": ("collagen I area", "%"),
+    "iba1_cells_per_mm2": ("Iba1+ cells", "1/mm²"), "cd68_cells_per_mm2": ("CD68+ cells", "1/mm²"),
+    "hypoxic_fraction_pct": ("hypoxic fraction", "%"), "mvd_cd31_per_mm2": ("microvessel density (CD31)", "1/mm²"),
+    "ifp_mmHg": ("interstitial fluid pressure", "mmHg"), "lung_metastases_count": ("lung metastases", "count"),
+    "cd80_pct_of_f480": ("CD80+ (M1)", "% of F4/80+"), "cd206_pct_of_f480": ("CD206+ (M2)", "% of F4/80+"),
+    "mrs_lactate_ratio_post_over_pre": ("MRS lactate, post / pre", ""),
+}
+
+#: a column name's unit suffix -> its units, longest first (``_cells_per_mm2`` before ``_per_mm2``)
+_SUFFIX_UNITS: tuple[tuple[str, str, str], ...] = tuple(sorted((
+    ("_cells_per_mm2", "+ cells", "1/mm²"), ("_per_mm2", "", "1/mm²"), ("_area_pct", " area", "%"),
+    ("_pct", "", "%"), ("_mm3", "", "mm³"), ("_mm2", "", "mm²"), ("_mmHg", "", "mmHg"), ("_mg", "", "mg"),
+    ("_mm", "", "mm"), ("_count", "", "count"), ("_per_s", "", "1/s"), ("_per_min", "", "1/min"), ("_ms", "", "ms"),
+    ("_s", "", "s"), ("_um", "", "µm"), ("_mM", "", "mM"), ("_uM", "", "µM"), ("_ppm", "", "ppm"), ("_Hz", "", "Hz"),
+), key=lambda t: -len(t[0])))
+
+
+def axis_label(name, units: str | None = None) -> str:
+    """The axis label of a variable in words with its units, e.g. ``"Prussian blue area (%)"``.
+
+    ``name`` is looked up in :data:`VARIABLE_LABELS`; a name not there (a lab's own histology column) is spelled
+    out from its unit suffix (``_pct`` -> %, ``_per_mm2`` -> 1/mm², ``_mm3`` -> mm³, ``_count`` -> count, ...)
+    with underscores as spaces.  ``units`` overrides the units ("" for none).
+
+    >>> axis_label("prussian_blue_area_pct"), axis_label("r2star"), axis_label("cd3_cells_per_mm2")
+    ('Prussian blue area (%)', 'R2* (1/s)', 'cd3+ cells (1/mm²)')
+    >>> axis_label("day"), axis_label("necrosis_pct")
+    ('day', 'necrosis (%)')
+    >>> axis_label("tumour_iron_uM"), axis_label("ktrans", units="1/s")
+    ('tumour iron (µM)', 'Ktrans (1/s)')
+    """
+    key = str(name)
+    if key in VARIABLE_LABELS:
+        words, unit = VARIABLE_LABELS[key]
+    else:
+        words, unit = key, ""
+        for suffix, extra, u in _SUFFIX_UNITS:
+            if key.endswith(suffix) and len(key) > len(suffix):
+                words, unit = key[: -len(suffix)] + extra, u
+                break
+        words = words.replace("_", " ").strip()
+    unit = unit if units is None else units
+    return f"{words} ({unit})" if unit else words
+
 
 #: goodness-of-fit variables a fit may return, in order of preference
 QUALITY_NAMES: tuple[str, ...] = ("rmse", "nrmse", "rel_rmse", "rmse_mM", "r2", "r_squared", "chi2", "residual_sd")

@@ -4,7 +4,9 @@ The functions take xarray objects with the design's dimension names (``animal, d
 ``group`` along ``animal``) or tidy pandas tables (one row per animal x day, as
 :func:`studylib.roi.summarize` and :mod:`studylib.analysis` produce), never file paths.
 Nothing here computes a fit or a statistic beyond what a figure shows (means, bootstrap
-CIs drawn by seaborn).  Units are always printed on the colourbar or the axis label.
+CIs drawn by seaborn).  Units are always printed on the colourbar or the axis label; an axis named by a
+column gets its words and units from :func:`studylib.conventions.axis_label` (``prussian_blue_area_pct`` ->
+"Prussian blue area (%)"), the one table of variable labels.
 
 Functions
 ---------
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .conventions import VARIABLE_LABELS, axis_label
 from .errors import PlotInputError
 
 __all__ = [
@@ -78,7 +81,8 @@ def _as2d(a, name: str) -> np.ndarray:
 def _label(da, units: str | None, label: str | None) -> tuple[str, str]:
     if isinstance(da, xr.DataArray):
         units = units if units is not None else da.attrs.get("units", "")
-        label = label if label is not None else (da.attrs.get("long_name") or da.name or "")
+        label = label if label is not None else (da.attrs.get("long_name")
+                                                 or VARIABLE_LABELS.get(str(da.name), (da.name or "",))[0])
     return label or "", units or ""
 
 
@@ -371,7 +375,8 @@ def spaghetti(data: pd.DataFrame, y: str, *, x: str = "day", group: str = "group
     Parameters
     ----------
     data : tidy DataFrame, one row per animal x day (e.g. tumour mean R2* per session).
-    y : column to plot (put the units in ``ylabel``, e.g. ``"tumour R2* (1/s)"``).
+    y : column to plot; ``ylabel`` (e.g. ``"tumour R2* (1/s)"``) defaults to its
+        :func:`~studylib.conventions.axis_label`, as ``xlabel`` does for ``x``.
     x, group, unit : column names for the day, the treatment group and the animal.
     logy : log-scale y (tumour volumes).
     seed : seed of seaborn's bootstrap, so the figure is reproducible.
@@ -394,11 +399,11 @@ def spaghetti(data: pd.DataFrame, y: str, *, x: str = "day", group: str = "group
         ax.plot(sub[x], sub[y], color=pal[g], alpha=0.35, lw=0.8, marker=".", ms=3)
     sns.lineplot(data=d, x=x, y=y, hue=group, hue_order=groups, palette=pal, errorbar=("ci", 95),
                  n_boot=1000, seed=seed, lw=2.5, marker="o", ax=ax, err_style="band")
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel or y)
+    ax.set_xlabel(xlabel or axis_label(x))
+    ax.set_ylabel(ylabel or axis_label(y))
     if logy:
         ax.set_yscale("log")
-    ax.legend(title=group, fontsize=8)
+    ax.legend(title=axis_label(group), fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
@@ -412,7 +417,7 @@ def correlation_scatter(data: pd.DataFrame, x: str, y: str, *, hue: str | None =
     Parameters
     ----------
     data : DataFrame, one row per animal (or tumour).
-    x, y : columns (units in ``xlabel``/``ylabel``).
+    x, y : columns; ``xlabel``/``ylabel`` default to their :func:`~studylib.conventions.axis_label`.
     hue : optional column colouring the points (e.g. the PDX model).
     r, r_ci : the correlation and its CI to print in the corner (computed by the caller, e.g.
         :func:`studylib.stats` bootstrap); default: Pearson r of the plotted points.
@@ -440,8 +445,10 @@ def correlation_scatter(data: pd.DataFrame, x: str, y: str, *, hue: str | None =
     txt += f", n = {len(d)}"
     ax.text(0.02, 0.98, txt, transform=ax.transAxes, va="top", fontsize=9,
             bbox=dict(boxstyle="round", fc="white", alpha=0.8))
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel or y)
+    ax.set_xlabel(xlabel or axis_label(x))
+    ax.set_ylabel(ylabel or axis_label(y))
+    if hue is not None and ax.get_legend() is not None:
+        ax.get_legend().set_title(axis_label(hue))
     if title:
         ax.set_title(title, fontsize=10)
     return fig
@@ -518,35 +525,59 @@ def zspectra(offset_ppm, z: Mapping[str, np.ndarray] | np.ndarray, *, labels: Se
 
 def effect_vs_truth(table: pd.DataFrame, *, label: str = "finding", estimate: str = "estimate",
                     ci_low: str = "ci_low", ci_high: str = "ci_high", truth: str = "truth",
-                    units: str | None = "units", title: str | None = None):
-    """Forest plot: each estimated effect with its CI, the simulated truth (red x) and zero (grey).
+                    units: str | None = "units", direction: str | None = "paper_direction",
+                    title: str | None = None, row_height: float = 1.1, width: float = 6.0):
+    """Forest plot: each estimated effect with its CI, the simulated truth (red x), zero (grey) and the
+    side of zero the paper reports (shaded green).
 
     Parameters
     ----------
-    table : a conclusions table (see :func:`studylib.experiments.conclusions_table`), one row per
-        finding with the estimate, CI bounds, truth (may be NaN) and units.
+    table : a conclusions table (:func:`studylib.analysis.conclusions_table`), one row per finding with the
+        estimate, CI bounds, truth (may be NaN), units and the paper's direction (``"increase / positive"``,
+        ``"decrease / negative"``; another or no value: no shading).
+    row_height, width : inches per row and figure width.
 
     Returns
     -------
-    matplotlib.figure.Figure, one axes per row (effects have different units).
+    matplotlib.figure.Figure, one axes per row, each on the effect's own scale (effects have different units).
     """
     plt = _plt()
     _need_columns(table, [label, estimate, ci_low, ci_high], "table")
     n = len(table)
-    fig, axes = plt.subplots(n, 1, figsize=(6, 1.1 * n + 0.6), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(n, 1, figsize=(width, row_height * n + 0.7), squeeze=False, constrained_layout=True)
+    handles = {}
     for ax, (_, row) in zip(axes[:, 0], table.iterrows()):
         est, lo, hi = float(row[estimate]), float(row[ci_low]), float(row[ci_high])
-        ax.errorbar([est], [0], xerr=[[est - lo], [hi - est]], fmt="o", color="C0", capsize=4, label="estimate, 95% CI")
+        tr = float(row[truth]) if truth in table.columns and row[truth] is not None else float("nan")
+        ends = [v for v in (lo, hi, 0.0, tr) if np.isfinite(v)]
+        pad = 0.08 * ((max(ends) - min(ends)) or 1.0)
+        left, right = min(ends) - pad, max(ends) + pad
+        ax.set_xlim(left, right)
+        sign = _direction_sign(row[direction]) if direction and direction in table.columns else 0
+        if sign:
+            handles["paper's direction"] = ax.axvspan(*((0, right) if sign > 0 else (left, 0)), color="C2", alpha=0.12,
+                                                        lw=0)
         ax.axvline(0, color="0.6", lw=0.8)
-        if truth in table.columns and np.isfinite(float(row[truth])):
-            ax.plot([float(row[truth])], [0], "x", color="red", ms=9, mew=2, label="simulated truth")
+        handles["estimate, 95% CI"] = ax.errorbar([est], [0], xerr=[[est - lo], [hi - est]], fmt="o", color="C0",
+                                                  capsize=4)
+        if np.isfinite(tr):
+            (handles["simulated truth"],) = ax.plot([tr], [0], "x", color="red", ms=9, mew=2)
         ax.set_yticks([])
-        u = f" ({row[units]})" if units and units in table.columns and str(row[units]) else ""
+        ax.tick_params(labelsize=7)
+        u = f" ({row[units]})" if units and units in table.columns and isinstance(row[units], str) and row[units] else ""
         ax.set_title(f"{row[label]}{u}", fontsize=8, loc="left")
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize=7,
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _direction_sign(text) -> int:
+    """+1 for a paper direction "increase / positive", -1 for "decrease / negative", else 0."""
+    t = str(text or "").lower()
+    up, down = ("increase" in t or "positive" in t), ("decrease" in t or "negative" in t)
+    return int(up) - int(down)
 
 
 def time_curves(curves: xr.DataArray, *, dim: str = "t", hue: str | None = None, mean: bool = True,
@@ -587,7 +618,7 @@ def time_curves(curves: xr.DataArray, *, dim: str = "t", hue: str | None = None,
         if mean and len(vals) > 1:
             ax.plot(t, np.nanmean(vals, axis=0), color="k", lw=2.2, label="mean")
         ax.legend(fontsize=7, ncol=2)
-    ax.set_xlabel(f"{dim} ({tu})")
+    ax.set_xlabel(axis_label(dim, units=tu))
     ax.set_ylabel(f"{label} ({units})" if units else label)
     if title:
         ax.set_title(title, fontsize=10)

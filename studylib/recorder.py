@@ -11,6 +11,15 @@ an empty ROI, a singular model fit, a relaxivity held beyond its table) is recor
 (:func:`capture_warnings`, installed when this module is imported under the runner), so the report can
 list it in its "data warnings" box instead of leaving it in a cell's stderr.
 
+Under the runner every figure and every table the notebook displays is also saved beside the report
+(:func:`load_ipython_extension`, loaded by the runner into the kernel at its start): the kernel's display
+machinery gets one more formatter, for the mimetype :data:`EXPORT_MIME`, which saves a matplotlib Figure as
+``fig-<n>.svg`` and ``fig-<n>.pdf`` (the figure itself, not its PNG) and a pandas DataFrame (or Styler) in full
+as ``table-<n>.csv`` into the folder named by ``STUDYLIB_FILES``, and returns ``{"kind", "n", "files"}``, so
+the executed notebook says which output each file belongs to.  The runner
+(:mod:`studylib.workbook.downloads`) moves them beside the report and links them from it.  Outside the runner
+nothing is saved.
+
 This module sits below both :mod:`studylib.cache` and :mod:`studylib.workbook`, so neither imports
 the other.
 """
@@ -30,10 +39,19 @@ from typing import Any
 from ._atomic import atomic_write_text
 from .errors import StudyWarning, WorkbookError
 
-__all__ = ["RECORD_ENV", "record_headline", "record_conclusions", "record_cache_event", "record_warning",
+__all__ = ["RECORD_ENV", "FILES_ENV", "EXPORT_MIME", "load_ipython_extension", "record_headline", "record_conclusions", "record_cache_event", "record_warning",
            "capture_warnings", "jsonable"]
 
 RECORD_ENV = "STUDYLIB_RECORD"
+
+#: the folder the kernel saves the figures and tables it displays to (set by the runner)
+FILES_ENV = "STUDYLIB_FILES"
+
+#: the output mimetype naming the files an output was saved as: ``{"kind": "figure"|"table", "n", "files"}``
+EXPORT_MIME = "application/vnd.studylib.export+json"
+
+#: a displayed table with more cells than this is not saved as CSV (noted in the record instead)
+MAX_TABLE_CELLS = 5_000_000
 
 _RECORD: dict[str, Any] = {}
 
@@ -202,6 +220,98 @@ def _fmt(v) -> str:
         return f"{v:.4g}"
     return "—" if v is None else str(v)
 
+
+
+# ------------------------------------------------------------------ figures and tables saved beside the report
+
+_EXPORTED = {"figure": 0, "table": 0}
+
+
+def _files_dir() -> Path | None:
+    p = os.environ.get(FILES_ENV)
+    return Path(p) if p else None
+
+
+def _export_failed(what: str, err: BaseException) -> None:
+    _RECORD.setdefault("export_failures", []).append(f"{what}: {type(err).__name__}: {err}"[:300])
+    _flush_record()
+
+
+def _export_figure(fig) -> dict | None:
+    """Save a displayed matplotlib Figure as ``fig-<n>.svg`` and ``.pdf`` (TrueType fonts in the PDF, so its
+    text stays text; no creation date, so the files are reproducible); its PNG is the notebook's own."""
+    folder = _files_dir()
+    if folder is None:
+        return None
+    _EXPORTED["figure"] += 1
+    stem = f"fig-{_EXPORTED['figure']}"
+    try:
+        import matplotlib
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": stem}):
+            fig.savefig(folder / f"{stem}.svg", format="svg", bbox_inches="tight", metadata={"Date": None})
+            fig.savefig(folder / f"{stem}.pdf", format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
+    except Exception as err:  # never let saving a copy break the notebook's own output
+        _export_failed(stem, err)
+        return None
+    return {"kind": "figure", "n": _EXPORTED["figure"], "files": [f"{stem}.svg", f"{stem}.pdf"]}
+
+
+def _export_table(df) -> dict | None:
+    """Save a displayed DataFrame in full (not the truncated view) as ``table-<n>.csv``; the index is kept
+    unless it is the default 0, 1, 2, ..."""
+    import pandas as pd
+
+    folder = _files_dir()
+    if folder is None or not isinstance(df, pd.DataFrame):
+        return None
+    _EXPORTED["table"] += 1
+    n = _EXPORTED["table"]
+    try:
+        if df.size > MAX_TABLE_CELLS:
+            raise WorkbookError(f"{df.shape[0]} x {df.shape[1]} cells is more than {MAX_TABLE_CELLS}")
+        folder.mkdir(parents=True, exist_ok=True)
+        plain = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+        df.to_csv(folder / f"table-{n}.csv", index=not plain, lineterminator="\n")
+    except Exception as err:
+        _export_failed(f"table-{n}.csv", err)
+        return None
+    return {"kind": "table", "n": n, "files": [f"table-{n}.csv"], "shape": [int(df.shape[0]), int(df.shape[1])]}
+
+
+def _export(obj) -> dict | None:
+    """The saved files of a displayed object: a matplotlib Figure, a pandas DataFrame or Styler; else None."""
+    for cls in type(obj).__mro__:
+        top = (cls.__module__ or "").split(".")[0]
+        if (top, cls.__name__) == ("matplotlib", "Figure"):
+            return _export_figure(obj)
+        if (top, cls.__name__) == ("pandas", "DataFrame"):
+            return _export_table(obj)
+        if (top, cls.__name__) == ("pandas", "Styler"):
+            return _export_table(getattr(obj, "data", None))
+    return None
+
+
+def load_ipython_extension(ip) -> None:
+    """IPython extension (``--ext=studylib.recorder``, given to the kernel by the runner): when
+    ``STUDYLIB_FILES`` is set, every displayed Figure, DataFrame and Styler is also saved there (see the
+    module docstring); the output gets ``{"kind", "n", "files"}`` under :data:`EXPORT_MIME`."""
+    if _files_dir() is None or ip is None or EXPORT_MIME in ip.display_formatter.formatters:
+        return
+    from IPython.core.formatters import BaseFormatter
+    from traitlets import ObjectName, Unicode
+
+    class _ExportFormatter(BaseFormatter):
+        format_type = Unicode(EXPORT_MIME)
+        _return_type = dict
+        print_method = ObjectName("_repr_studylib_export_")
+
+        def __call__(self, obj):  # by class name: pandas and matplotlib need not be imported, whatever __module__
+            return _export(obj)
+
+    fmt = _ExportFormatter(parent=ip.display_formatter)
+    ip.display_formatter.formatters[EXPORT_MIME] = fmt
 
 
 #: public name of the JSON conversion the runner also uses for parameters

@@ -2,7 +2,9 @@
 
 Every page (index.html and each report) loads with no console errors, no page errors and no
 failed requests (the reports are offline: no CDN), and every ``<img>`` figure is decoded with a
-non-zero natural size.  Full-page screenshots are saved beside the reports (``screenshots/``).
+non-zero natural size: in the index these are the key-figure thumbnails (``<exp>_files/fig-<n>.png``), and
+its forest plot (inline SVG, one row per experiment) is drawn with a non-zero size.  Full-page screenshots
+are saved beside the reports (``screenshots/``).
 
 * ``test_toy_reports_in_browser``: toy notebooks (an ok one with figures, a failing one).
 * ``test_real_notebooks_ci_end_to_end_in_browser`` (slow): runs every experiment notebook that
@@ -60,6 +62,9 @@ TOY_FIGURES = HEADER + textwrap.dedent('''
 
     # %%
     workbook.record_headline("toy <b>headline</b>", n=2)
+    workbook.record_conclusions(pd.DataFrame({"finding": ["R2* <up>"], "role": ["primary"], "estimate": [5.0],
+                                              "ci_low": [2.0], "ci_high": [8.0], "units": ["1/s"], "truth": [6.0],
+                                              "paper_direction": ["increase / positive"]}))
     ''')
 
 TOY_BROKEN = HEADER + textwrap.dedent('''
@@ -93,9 +98,13 @@ def check_pages_in_browser(pages: list[Path], screenshot_dir: Path) -> dict[str,
                 images = page.evaluate(
                     "Array.from(document.images).map(i => ({complete: i.complete, w: i.naturalWidth, "
                     "h: i.naturalHeight, alt: i.alt}))")
+                forest = page.evaluate(
+                    "(() => { const s = document.querySelector('#forest svg'); if (!s) return null; "
+                    "const r = s.getBoundingClientRect(); return {w: r.width, h: r.height, "
+                    "rows: s.querySelectorAll('g[id^=\"axes_\"]').length}; })()")
                 page.screenshot(path=str(screenshot_dir / f"{page_path.stem}.png"), full_page=True)
                 results[page_path.name] = {"problems": problems, "images": images,
-                                           "title": page.title()}
+                                           "title": page.title(), "forest": forest}
                 page.close()
         finally:
             browser.close()
@@ -129,6 +138,15 @@ def test_toy_reports_in_browser(tmp_path):
     assert_pages_ok(results)
     assert len(results["toy_figures.html"]["images"]) == 2  # the two figures; the <img> in the table is text
     assert results["toy_figures.html"]["title"] == "toy_figures"
+    # the index: the key figure (the first) as a thumbnail, the forest plot of the one headline effect
+    index = results["index.html"]
+    assert [i["alt"] for i in index["images"]] == ["key figure of toy_figures"]
+    assert index["forest"]["rows"] == 1 and index["forest"]["w"] > 300 and index["forest"]["h"] > 50
+    page = (reports / "toy_figures.html").read_text()
+    for ext in ("svg", "pdf", "png"):  # each figure downloadable beside the report
+        assert all((reports / "toy_figures_files" / f"fig-{n}.{ext}").is_file() for n in (1, 2))
+        assert 'href="toy_figures_files/fig-2.%s"' % ext in page
+    assert (reports / "toy_figures.pdf").read_bytes()[:5] == b"%PDF-"  # Chromium is installed here
     for page in pages:
         shot = reports / "screenshots" / f"{page.stem}.png"
         assert shot.stat().st_size > 5000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -147,6 +165,19 @@ def test_real_notebooks_ci_end_to_end_in_browser(ci_reports):
     assert_pages_ok(results)
     for n in names:
         assert results[f"{n}.html"]["images"], f"{n}: the report has no figures"
+    # the index: every experiment's key figure as a thumbnail and its headline effect as a forest-plot row
+    index = results["index.html"]
+    assert sorted(i["alt"] for i in index["images"]) == sorted(f"key figure of {ci_reports['records'][n]['title']}"
+                                                               for n in names)
+    assert index["forest"]["rows"] == len(names) and index["forest"]["w"] > 300 and index["forest"]["h"] > 300
+    for n in names:  # every figure as SVG, PDF and PNG and every table as CSV beside the report, and a PDF
+        files = ci_reports["records"][n]["files"]
+        assert files["figures"] and files["tables"], n
+        for entry in files["figures"] + files["tables"]:
+            for ext in ("svg", "pdf", "png", "csv"):
+                if ext in entry:
+                    assert (reports / entry[ext]).stat().st_size > 0, (n, entry)
+        assert (reports / f"{n}.pdf").read_bytes()[:5] == b"%PDF-", n
 
 
 def test_no_report_carries_a_text_progress_bar(ci_reports):

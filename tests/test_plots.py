@@ -194,3 +194,45 @@ def test_time_curves_per_animal_and_mean():
     assert len(fig.axes[0].lines) == 1
     with pytest.raises(StudyError, match="'t' dim"):
         plots.time_curves(aif.rename(t="time"))
+
+
+def test_axes_named_by_a_column_are_labelled_in_words_with_units():
+    """A column name never reaches an axis: spaghetti and correlation_scatter label axes (and legend titles)
+    from studylib.conventions.axis_label, the one table of variable labels."""
+    from studylib.conventions import VARIABLE_LABELS, axis_label
+
+    fig = plots.spaghetti(_table(), "r2star")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("day", "R2* (1/s)")
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"r2star": rng.normal(40, 5, 12), "prussian_blue_area_pct": rng.uniform(0, 3, 12),
+                       "model": np.repeat(["TS1", "99LN"], 6)})
+    ax = plots.correlation_scatter(df, "r2star", "prussian_blue_area_pct", hue="model").axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("R2* (1/s)", "Prussian blue area (%)")
+    assert ax.get_legend().get_title().get_text() == "tumour model"
+    # every histology column the synthetic studies write has words and units, and so has a lab's own one
+    for col in ("iba1_cells_per_mm2", "hypoxic_fraction_pct", "lung_metastases_count", "ifp_mmHg"):
+        assert col in VARIABLE_LABELS and "_" not in axis_label(col) and axis_label(col).endswith(")")
+    assert axis_label("ki67_cells_per_mm2") == "ki67+ cells (1/mm²)"
+    assert axis_label("necrosis_area_pct") == "necrosis area (%)"
+    # a map without a long_name gets its words from the same table on its colourbar
+    r2, anat, roi, _ = _study()
+    fig = plots.representative_maps(r2.assign_attrs(long_name=""), anat, roi)
+    assert fig.axes[-1].get_ylabel() == "R2* (1/s)"
+
+
+def test_effect_vs_truth_shades_the_papers_side_of_zero():
+    t = pd.DataFrame(dict(finding=["up", "down", "none"], estimate=[5.0, -0.7, 1.0], ci_low=[2.0, -0.9, -1.0],
+                          ci_high=[8.0, -0.4, 3.0], truth=[6.0, np.nan, np.nan], units=["1/s", "", "%"],
+                          paper_direction=["increase / positive", "decrease / negative", ""]))
+    fig = plots.effect_vs_truth(t)
+    spans = [[p for p in ax.patches if p.get_alpha() == pytest.approx(0.12)] for ax in fig.axes]
+    assert [len(s) for s in spans] == [1, 1, 0]
+    (up,), (down,) = spans[0], spans[1]
+    assert up.get_x() == pytest.approx(0.0) and up.get_width() > 0  # from zero to the right edge
+    lo, hi = fig.axes[1].get_xlim()
+    assert up.get_x() + up.get_width() == pytest.approx(fig.axes[0].get_xlim()[1])
+    assert down.get_x() == pytest.approx(lo) and down.get_x() + down.get_width() == pytest.approx(0.0)
+    for ax in fig.axes:  # zero and the CI are inside every row's own scale
+        lo, hi = ax.get_xlim()
+        assert lo < 0 < hi

@@ -172,6 +172,50 @@ TOY_WARN = NB_HEADER + textwrap.dedent('''
     ''')
 
 
+@pytest.fixture(autouse=True)
+def _no_pdf_by_default(monkeypatch):
+    """Printing a report as PDF (headless Chromium, ~2 s a report) is tested once, in
+    ``test_figures_and_tables_beside_the_report_linked_and_a_pdf``; the other runs here skip it."""
+    monkeypatch.setenv("STUDYLIB_CHROMIUM", "none")
+
+
+TOY_FILES = NB_HEADER + textwrap.dedent('''
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_files"
+    figures = True
+
+    # %%
+    import matplotlib.pyplot as plt
+    import numpy as np, pandas as pd
+    from studylib import workbook
+    long = pd.DataFrame({"animal": [f"m{i:03d}" for i in range(150)], "r2star": np.arange(150) * 0.5})
+    long  # 150 rows: the HTML shows a truncated view, the CSV has them all
+
+    # %%
+    if figures:
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1, 2], [1, 3, 2])
+        plt.show()
+
+    # %% tags=["key-figure"]
+    if figures:
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.bar(["a", "b"], [2, 5])
+        ax.set_ylabel("R2* (1/s)")
+
+    # %%
+    workbook.record_headline("toy: 5 1/s [2, 8]", estimate=5.0, ci_low=2.0, ci_high=8.0, n_animals=4)
+    conclusions = pd.DataFrame({
+        "finding": ["R2* treated - control", "r(R2*, iron)"], "endpoint": ["r2star", "iron"],
+        "role": ["secondary", "primary"], "paper_direction": ["increase / positive", "decrease / negative"],
+        "estimate": [5.0, -0.61], "ci_low": [2.0, -0.9], "ci_high": [8.0, -0.2], "units": ["1/s", ""],
+        "truth": [6.0, None]})
+    workbook.record_conclusions(conclusions)
+    conclusions.style.format(precision=2)  # a Styler is saved as its data
+    ''')
+
+
 def make_toy_study(root: Path, notebooks: dict[str, str], animal: str = "m<01>") -> dict:
     """A one-file study + manifest and a notebooks folder with the given toy notebooks."""
     root.mkdir(parents=True, exist_ok=True)
@@ -199,7 +243,7 @@ def runs(tmp_path_factory):
     """
     env = make_toy_study(tmp_path_factory.mktemp("wb"), {"toy_ok": TOY_OK, "toy_fail": TOY_FAIL})
     kw = dict(preset="ci", reports=env["reports"], manifest=env["manifest"], notebooks_dir=env["notebooks"],
-              cache_dir=env["cache"], progress=False)
+              cache_dir=env["cache"], progress=False, pdf=False)  # PDFs: test_figures_and_tables_beside_...
     rc1 = wb.run(["toy_ok", "toy_fail"], **kw)
     first = {n: json.loads((env["reports"] / f"{n}.json").read_text()) for n in ("toy_ok", "toy_fail")}
     overhead_s = first["toy_ok"]["run_s"]
@@ -290,6 +334,131 @@ def test_index_lists_every_experiment_with_status_and_escapes(runs):
     assert html.escape(EVIL) in page and "ValueError: bad &lt;voxel&gt; &amp; co" in page
     assert "1 ok, 0 ok with warnings, 1 failed" in page
     assert runs["second"]["git"]["commit"] is None or runs["second"]["git"]["commit"][:12] in page
+
+
+@pytest.mark.slow
+def test_figures_and_tables_beside_the_report_linked_and_a_pdf(tmp_path, monkeypatch):
+    """Every displayed figure is saved as SVG + PDF (from the figure) + PNG (the notebook's own), every
+    displayed table in full as CSV, in reports/<exp>_files/, each linked from the report; the report is printed
+    as PDF where Chromium is installed (else the record says why); a rerun leaves no stale file."""
+    import base64
+
+    from studylib.workbook.downloads import find_chromium
+
+    monkeypatch.delenv("STUDYLIB_CHROMIUM")
+    env = make_toy_study(tmp_path, {"toy_files": TOY_FILES})
+    kw = dict(preset="ci", reports=env["reports"], manifest=env["manifest"], notebooks_dir=env["notebooks"],
+              cache_dir=env["cache"], progress=False)
+    assert wb.run(["toy_files"], **kw) == 0
+    reports, files = env["reports"], env["reports"] / "toy_files_files"
+    rec = json.loads((reports / "toy_files.json").read_text())
+    page = (reports / "toy_files.html").read_text()
+    assert sorted(p.name for p in files.iterdir()) == [f"fig-{n}.{e}" for n in (1, 2) for e in ("pdf", "png", "svg")] \
+        + ["table-1.csv", "table-2.csv"]
+    nb = nbformat.read(reports / "toy_files.ipynb", as_version=4)
+    pngs = [base64.b64decode(o["data"]["image/png"]) for c in nb.cells if c.cell_type == "code"
+            for o in c.outputs if "image/png" in o.get("data", {})]
+    assert pngs == [(files / f"fig-{n}.png").read_bytes() for n in (1, 2)]  # the notebook's own PNG
+    for n in (1, 2):
+        svg = (files / f"fig-{n}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and svg.rstrip().endswith("</svg>")
+        assert (files / f"fig-{n}.pdf").read_bytes()[:5] == b"%PDF-"
+        for ext in ("svg", "pdf", "png"):
+            assert f'href="toy_files_files/fig-{n}.{ext}"' in page
+        assert f'id="fig-{n}"' in page
+    long = pd.read_csv(files / "table-1.csv")  # in full, though the HTML shows a truncated view
+    assert list(long.columns) == ["animal", "r2star"] and len(long) == 150 and long["r2star"].iloc[-1] == 74.5
+    assert "m075" in set(long["animal"]) and "m075" not in page
+    styled = pd.read_csv(files / "table-2.csv")
+    assert list(styled["finding"]) == ["R2* treated - control", "r(R2*, iron)"] and styled["estimate"][1] == -0.61
+    assert 'href="toy_files_files/table-1.csv"' in page and 'href="toy_files_files/table-2.csv"' in page
+    assert 'id="figures-and-tables"' in page and ">Figures and tables (files)<" in page
+    assert rec["files"]["key_figure"] == 2  # the figure of the cell tagged key-figure
+    assert [(f["n"], f["svg"]) for f in rec["files"]["figures"]] == [(1, "toy_files_files/fig-1.svg"),
+                                                                     (2, "toy_files_files/fig-2.svg")]
+    assert [t["shape"] for t in rec["files"]["tables"]] == [[150, 2], [2, 9]]
+    exe, why = find_chromium()
+    if exe:
+        assert (reports / "toy_files.pdf").read_bytes()[:5] == b"%PDF-" and rec["outputs"]["pdf"] == "toy_files.pdf"
+        assert rec["pdf"] == {"printed": True, "note": ""} and 'href="toy_files.pdf"' in page
+    else:
+        assert not (reports / "toy_files.pdf").exists() and rec["outputs"]["pdf"] is None
+        assert rec["pdf"]["note"] == why and html.escape(why) in page
+    # the index: the key figure as a thumbnail, the primary endpoint (not the first row) in the forest plot
+    index = (reports / "index.html").read_text()
+    assert 'src="toy_files_files/fig-2.png"' in index and 'href="toy_files.html#fig-2"' in index
+    forest = re.search(r'<figure class="sl-forest" id="forest">.*?</figure>', index, re.S).group(0)
+    assert "r(R2*, iron): -0.61 [-0.9, -0.2]" in forest and "treated - control" not in forest
+    assert "n_animals = 4" in index and "estimate = 5" not in index  # the headline states the estimate
+    # rerun without figures and without a PDF: nothing stale stays beside the report, nothing half-written
+    monkeypatch.setenv("STUDYLIB_CHROMIUM", "none")
+    assert wb.run(["toy_files"], parameters={"figures": "false"}, **kw) == 0
+    assert sorted(p.name for p in files.iterdir()) == ["table-1.csv", "table-2.csv"]
+    rec = json.loads((reports / "toy_files.json").read_text())
+    assert rec["outputs"]["pdf"] is None and "turned off" in rec["pdf"]["note"]
+    assert not (reports / "toy_files.pdf").exists() and not list(reports.glob(".*"))
+    assert "no figure" in (reports / "index.html").read_text()
+
+
+def test_a_report_folder_that_cannot_be_written_changes_nothing(tmp_path, monkeypatch):
+    """The files beside a report are staged with it: a copy failing midway leaves the previous report, its
+    folder and no temporary file."""
+    run_mod = wb.run_module
+
+    reports, src = tmp_path / "reports", tmp_path / "work"
+    reports.mkdir()
+    src.mkdir()
+    for name in ("fig-1.svg", "fig-1.pdf", "table-1.csv"):
+        (src / name).write_text(f"new {name}")
+    run_mod._write_report(reports, {"x.html": "old page"}, {"x_files": src})
+    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    (src / "fig-1.svg").write_text("newer")
+    copy, calls = run_mod.shutil.copyfile, []
+
+    def failing_copy(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return copy(a, b)
+
+    monkeypatch.setattr(run_mod.shutil, "copyfile", failing_copy)
+    with pytest.raises(wb.WorkbookError, match=r"x_files/fig-1.svg: cannot write the report \(No space left"):
+        run_mod._write_report(reports, {"x.html": "new page"}, {"x_files": src})
+    after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in reports.iterdir()) == ["x.html", "x_files"]
+    monkeypatch.setattr(run_mod.shutil, "copyfile", copy)
+    run_mod._write_report(reports, {"x.html": "page without files"}, {"x_files": None})
+    assert sorted(p.name for p in reports.iterdir()) == ["x.html"]
+
+
+def test_index_forest_plot_of_primary_endpoints_and_thumbnails(tmp_path):
+    """One forest-plot row per experiment, its primary endpoint (else its first finding), on its own scale;
+    failed runs listed as not shown; the key figure's PNG as a thumbnail when it exists."""
+    cols = ["finding", "endpoint", "role", "paper_direction", "estimate", "ci_low", "ci_high", "units", "truth"]
+    recs = {
+        "ampb_ferumoxytol": [["R2* Amp B - vehicle", "r2star", "primary", "increase / positive", 10.3, 5.4, 15.2,
+                              "1/s", 9.4], ["r(R2*, Iba1)", "r", "secondary", "increase / positive", 0.8, 0.6, 0.9,
+                                            "", None]],
+        "collagen_adc": [["r(ADC, collagen)", "r", "", "decrease / negative", -0.95, -0.97, -0.91, "", None]],
+    }
+    for name, rows in recs.items():
+        rec = _fake_record(name, f"{name} headline 10.3")
+        rec.update(conclusions={"columns": cols, "data": rows}, numbers={"estimate": 10.3, "n_animals": 12},
+                   files={"key_figure": 1, "figures": [{"n": 1, "png": f"{name}_files/fig-1.png"}]})
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+    (tmp_path / "lactate_cest.json").write_text(json.dumps(_fake_record("lactate_cest", "broke", "failed")))
+    (tmp_path / "ampb_ferumoxytol_files").mkdir()
+    (tmp_path / "ampb_ferumoxytol_files" / "fig-1.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = wb.write_index(tmp_path).read_text()
+    forest = re.search(r'<figure class="sl-forest" id="forest">(.*?)</figure>', page, re.S).group(1)
+    label = html.unescape(re.search(r'aria-label="([^"]*)"', forest).group(1))
+    assert "R2* Amp B - vehicle: 10.3 [5.4, 15.2]" in label and "Iba1" not in label  # the primary, not a secondary
+    assert "r(ADC, collagen) [first finding; no primary endpoint declared]: -0.95 [-0.97, -0.91]" in label
+    assert len(re.findall(r'<g id="axes_\d+"', forest)) == 2  # one row per experiment with an effect
+    assert "Not shown (failed, or no conclusions table): lactate_cest" in forest
+    assert page.count('src="ampb_ferumoxytol_files/fig-1.png"') == 1
+    assert "collagen_adc_files" not in page  # its PNG is missing: no broken image
+    assert "estimate = 10.3" not in page and "n_animals = 12" in page  # the headline states the estimate
 
 
 @pytest.mark.slow

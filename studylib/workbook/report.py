@@ -7,6 +7,7 @@ import datetime as _dt
 import html
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Iterable
@@ -14,10 +15,11 @@ from typing import Iterable
 from .._atomic import atomic_write_text
 from ..catalog import EXPERIMENTS
 from ..recorder import _fmt
+from .downloads import downloads_section, with_download_links
 from .methods import sections_from_record
 from .provenance import provenance_base
 
-__all__ = ["REPORT_FORMAT", "render_report", "write_index"]
+__all__ = ["REPORT_FORMAT", "forest_svg", "headline_effect", "render_report", "write_index"]
 
 #: version of the report record format (``reports/<experiment>.json``)
 REPORT_FORMAT = 1
@@ -91,7 +93,11 @@ def _header_html(prov: dict) -> str:
     parts = [f'<header class="studylib-header" id="studylib-header">',
              '<div class="sl-nav"><a href="index.html">&larr; all experiments</a>'
              f'<a href="{_e(exp)}.ipynb">executed notebook (.ipynb)</a>'
-             f'<a href="{_e(exp)}.json">provenance (.json)</a><a href="#studylib-provenance">provenance</a></div>',
+             f'<a href="{_e(exp)}.json">provenance (.json)</a>'
+             + (f'<a href="{_e(prov["outputs"]["pdf"])}">PDF</a>' if (prov.get("outputs") or {}).get("pdf") else "")
+             + ('<a href="#figures-and-tables">figures and tables (files)</a>'
+                if (prov.get("files") or {}).get("figures") or (prov.get("files") or {}).get("tables") else "")
+             + '<a href="#studylib-provenance">provenance</a></div>',
              f'<h1>{_e(prov.get("title") or exp)}</h1>',
              f'<div><span class="sl-status {_status_class(status)}">{_e(status)}</span> '
              f'<span class="sl-muted">{_e(exp)} · {_e(prov.get("after", ""))} · preset {_e(prov.get("preset"))}'
@@ -158,13 +164,13 @@ def render_report(nb, prov: dict) -> str:
     exporter = HTMLExporter(config=c, template_name="studylib", extra_template_basedirs=[str(TEMPLATE_DIR)])
     exporter.embed_images = True
     exporter.log = _report_log()
-    nb = _copy_nb(nb)
+    nb = with_download_links(nb)  # a copy, with a download line under each saved figure and table
     nb.metadata["title"] = prov.get("title") or prov.get("experiment") or "report"
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb.metadata["title"]}})
     body = body.replace("<!-- studylib:css -->", f'<style type="text/css">\n{_css()}\n</style>', 1)
     body = body.replace("<!-- studylib:header -->", _header_html(prov), 1)
     # methods, ARRIVE 2.0 and animal flow after the notebook body, before the footer (listed in the contents)
-    sections = sections_from_record(prov)
+    sections = downloads_section(prov) + sections_from_record(prov)
     if "<!-- studylib:sections -->" in body:
         body = body.replace("<!-- studylib:sections -->", sections, 1)
     else:
@@ -188,22 +194,123 @@ def _report_log() -> logging.Logger:
     return log
 
 
-def _copy_nb(nb):
-    import copy
-
-    return copy.deepcopy(nb)
-
-
 def _status_badge(status: str) -> str:
     return f'<span class="sl-status {_status_class(status)}">{_e(status)}</span>'
+
+
+#: headline numbers the headline sentence states (:func:`studylib.analysis.conclusions.headline`): not repeated
+_HEADLINE_KEYS = ("estimate", "ci_low", "ci_high", "p")
+
+
+def _stated(value, text: str) -> bool:
+    """Whether ``text`` already prints the number ``value`` (to 2, 3 or 4 significant digits)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return any(f"{value:.{k}g}" in text for k in (2, 3, 4))
+
+
+def _conclusion_rows(rec: dict) -> list[dict]:
+    c = rec.get("conclusions") or {}
+    cols = c.get("columns") or []
+    return [dict(zip(cols, row)) for row in c.get("data") or [] if isinstance(row, list)]
+
+
+def headline_effect(rec: dict) -> dict | None:
+    """The experiment's headline effect from its record's conclusions table: the row whose ``role`` is
+    ``primary`` (:data:`studylib.analysis.conclusions.CONCLUSION_COLUMNS`), else the first row; None when
+    the run failed or recorded no finite estimate and CI."""
+    if rec.get("status") not in OK_STATUSES:
+        return None
+    rows = _conclusion_rows(rec)
+    row = next((r for r in rows if r.get("role") == "primary"), rows[0] if rows else None)
+    if row is None:
+        return None
+    try:
+        nums = [float(row[k]) for k in ("estimate", "ci_low", "ci_high")]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in nums) or not nums[1] <= nums[0] <= nums[2]:
+        return None
+    return {**row, "primary": row.get("role") == "primary"}
+
+
+def forest_svg(recs: list[dict]) -> tuple[str, list[str]]:
+    """Inline SVG of the forest plot of every experiment's headline effect (:func:`headline_effect`), one row
+    per experiment on the effect's own scale (:func:`studylib.plots.effect_vs_truth`: CI, zero, the simulated
+    truth, the side the paper reports), and the experiments left out; ``("", left out)`` when none has one.
+
+    Effects are not standardised: they are in 1/s, mM, %, 1/day or a correlation r, and dividing by their SE
+    would plot test statistics, not effects; each row keeps its units.
+    """
+    import io
+
+    import matplotlib
+    import pandas as pd
+
+    from .. import plots
+
+    rows, left_out = [], []
+    for r in recs:
+        eff = headline_effect(r)
+        if eff is None:
+            left_out.append(str(r.get("title") or r.get("experiment")))
+            continue
+        note = "" if eff["primary"] else " [first finding; no primary endpoint declared]"
+        rows.append({**eff, "label": f"{r.get('title') or r.get('experiment')}\n{eff.get('finding', '')}{note}"})
+    if not rows:
+        return "", left_out
+    table = pd.DataFrame(rows)
+    for col in ("truth", "units", "paper_direction"):
+        if col not in table:
+            table[col] = None
+    table["truth"] = pd.to_numeric(table["truth"], errors="coerce")
+    with matplotlib.rc_context({"svg.hashsalt": "studylib-index", "svg.fonttype": "path"}):
+        fig = plots.effect_vs_truth(table, label="label", row_height=0.95, width=7.5)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    summary = "; ".join(f"{r['label']}: {_fmt(r['estimate'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+                        for r in rows).replace("\n", ", ")
+    svg = svg.replace("<svg", f'<svg role="img" aria-label="{_e("forest plot: " + summary)}"', 1)
+    return svg, left_out
+
+
+def _forest_html(recs: list[dict]) -> str:
+    try:
+        svg, left_out = forest_svg(recs)
+    except Exception as err:  # never lose the index over its figure
+        return f'<p class="sl-muted">The forest plot could not be drawn ({_e(type(err).__name__)}: {_e(err)}).</p>'
+    if not svg:
+        return ""
+    missing = (f" Not shown (failed, or no conclusions table): {_e(', '.join(left_out))}." if left_out else "")
+    return ('<figure class="sl-forest" id="forest">' + svg + '<figcaption>Headline effect of each experiment '
+            "(its primary endpoint) with its 95% CI, each on its own scale and in its own units; grey line: no "
+            "effect; red x: the simulated truth (none on real data); green: the side of zero the paper reports."
+            f"{missing}</figcaption></figure>")
+
+
+def _thumbnail(reports: Path, rec: dict) -> str:
+    exp = str(rec.get("experiment"))
+    files = rec.get("files") or {}
+    key = files.get("key_figure")
+    fig = next((f for f in files.get("figures") or [] if f.get("n") == key and f.get("png")), None)
+    if fig is None or not (reports / fig["png"]).is_file():
+        return '<span class="sl-muted">no figure</span>'
+    return (f'<a href="{_e(exp)}.html#fig-{int(key)}"><img class="sl-thumb" src="{_e(fig["png"])}" '
+            f'alt="{_e("key figure of " + str(rec.get("title") or exp))}" loading="lazy"></a>')
 
 
 def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
     """Write ``reports/index.html`` from the ``<experiment>.json`` records in ``reports``.
 
-    Every experiment with a record is listed (registry order, then others alphabetically)
-    with its status, headline, key numbers, run time, provenance and links.  All strings
-    are HTML-escaped.
+    A forest plot of every experiment's headline effect (:func:`forest_svg`, inline SVG), then every
+    experiment with a record (registry order, then others alphabetically) with its key figure as a
+    thumbnail (``files.key_figure``, see :mod:`.downloads`), status, headline (numbers it states are not
+    repeated), run time, provenance and links.  All strings are HTML-escaped.
     """
     reports = Path(reports)
     recs = []
@@ -226,7 +333,8 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
     rows = []
     for r in recs:
         exp = str(r.get("experiment"))
-        nums = r.get("numbers") or {}
+        nums = {k: v for k, v in (r.get("numbers") or {}).items()
+                if not (k in _HEADLINE_KEYS and _stated(v, str(r.get("headline") or "")))}
         nums_s = ", ".join(f"{k} = {_fmt(v)}" for k, v in nums.items())
         err = r.get("error") or {}
         head = _e(r.get("headline") or "") or '<span class="sl-muted">no headline recorded</span>'
@@ -243,6 +351,7 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
                 f'manifest {_e(_short(man.get("sha256")))}<br>studylib {_e(r.get("studylib_version"))}')
         rows.append(
             "<tr>"
+            f'<td class="sl-thumb-cell">{_thumbnail(reports, r)}</td>'
             f'<td class="sl-left"><a href="{_e(exp)}.html"><b>{_e(r.get("title") or exp)}</b></a><br>'
             f'<span class="sl-muted">{_e(exp)} · {_e(r.get("after", ""))}</span></td>'
             f"<td>{_status_badge(str(r.get('status')))}</td>"
@@ -252,10 +361,11 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
             + (f"<br>unchanged, reused {_e(r.get('reused_at'))}" if r.get("reused_at") else "") + "</span></td>"
             f'<td class="sl-muted">{prov}</td>'
             f'<td><a href="{_e(exp)}.html">report</a><br><a href="{_e(exp)}.ipynb">notebook</a><br>'
-            f'<a href="{_e(exp)}.json">provenance</a></td>'
-            "</tr>")
+            f'<a href="{_e(exp)}.json">provenance</a>'
+            + (f'<br><a href="{_e(r["outputs"]["pdf"])}">PDF</a>' if (r.get("outputs") or {}).get("pdf") else "")
+            + "</td></tr>")
     if not rows:
-        rows.append('<tr><td colspan="6" class="sl-muted">no reports yet: run <code>studylib run</code></td></tr>')
+        rows.append('<tr><td colspan="7" class="sl-muted">no reports yet: run <code>studylib run</code></td></tr>')
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     doc = f"""<!DOCTYPE html>
 <html lang="en">
@@ -273,8 +383,9 @@ def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
 <p>{len(recs)} experiment(s): {n_ok} ok, {n_warn} ok with warnings, {len(recs) - n_ok - n_warn} failed.
 <span class="sl-muted">Index written {_e(now)} · git {_e(_short(git.get("commit")))}{" (dirty)" if git.get("dirty") else ""}
 · studylib {_e(base.get("studylib_version"))} · python {_e(base.get("python"))}</span></p>
+{_forest_html(recs)}
 <table class="sl-table" id="experiments">
-<thead><tr><th class="sl-left">experiment</th><th>status</th><th class="sl-left">headline</th><th>run time</th>
+<thead><tr><th>key figure</th><th class="sl-left">experiment</th><th>status</th><th class="sl-left">headline</th><th>run time</th>
 <th>provenance</th><th>files</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}

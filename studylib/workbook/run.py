@@ -9,6 +9,9 @@ format) with papermill and writes, per experiment,
 * ``reports/<experiment>.json``: the provenance record (git commit + dirty flag, studylib
   and package versions, python, manifest sha256, parameters, run time, status, error,
   headline, conclusions, cache hits/misses),
+* ``reports/<experiment>_files/``: every figure as ``fig-<n>.svg/.pdf/.png`` and every table as
+  ``table-<n>.csv``, linked from the report, and ``reports/<experiment>.pdf`` where headless Chromium
+  is installed (:mod:`.downloads`),
 
 then ``reports/index.html`` listing every experiment.  A notebook that fails still gets a
 report showing the failing cell and its error; the index marks it failed, the other
@@ -28,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -39,9 +43,10 @@ from ..errors import StudyError, WorkbookError
 from ..layout import check_preset, default_cache_dir, default_manifest, experiment_manifest, project_root, reports_dir
 from ..layout import notebooks_dir as notebooks_dir_default
 from ..manifest import read_manifest, sha256_file
-from ..recorder import RECORD_ENV, jsonable as _jsonable
+from ..recorder import FILES_ENV, RECORD_ENV, jsonable as _jsonable
 from .parameters import declared_parameters, load_notebook as _load_notebook, typed_parameters
 from .provenance import provenance_base
+from .downloads import collect as _collect_files, files_folder, kernel_arguments, find_chromium, print_pdf
 from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
 from .methods import record_sections, study_files_signature
 
@@ -179,7 +184,7 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
     parameters = _select_parameters(inp, parameters)
     record = workdir / f"{name}.record.json"
     env_overrides = {RECORD_ENV: str(record), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-                     "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+                     "PYDEVD_DISABLE_FILE_VALIDATION": "1", FILES_ENV: str(workdir / files_folder(name))}
     status, error = "ok", None
     try:
         # the kernel's environment is given to its kernel manager, not set in os.environ: notebooks run in
@@ -188,7 +193,8 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
                             progress_bar=({"desc": name, "leave": False, "position": 1, "file": sys.stderr}
                                           if progress else False),
                             request_save_on_cell_execute=True, cwd=str(cwd), log_output=False,
-                            execution_timeout=timeout_s, kernel_manager_class=_kernel_manager_with(env_overrides))
+                            execution_timeout=timeout_s,
+                            kernel_manager_class=_kernel_manager_with(env_overrides, kernel_arguments()))
     except PapermillExecutionError as err:
         status = "failed"
         error = {"ename": err.ename, "evalue": err.evalue, "cell_index": err.cell_index,
@@ -218,16 +224,18 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
     return status, error, records
 
 
-def _kernel_manager_with(env_overrides: dict[str, str]):
-    """A Jupyter kernel manager class whose kernels start with ``os.environ`` updated by ``env_overrides``."""
+def _kernel_manager_with(env_overrides: dict[str, str], arguments: list[str] = ()):
+    """A Jupyter kernel manager class whose kernels start with ``os.environ`` updated by ``env_overrides``
+    and with the extra command-line ``arguments``."""
     from jupyter_client.manager import AsyncKernelManager
 
-    extra = dict(env_overrides)
+    extra, args = dict(env_overrides), list(arguments)
 
     class _KernelManagerWithEnv(AsyncKernelManager):
         async def start_kernel(self, **kw):
             env = dict(kw.pop("env", None) or os.environ)
             env.update(extra)
+            kw["extra_arguments"] = list(kw.get("extra_arguments") or []) + args
             return await super().start_kernel(env=env, **kw)
 
     return _KernelManagerWithEnv
@@ -273,7 +281,7 @@ def _resolve_experiments(experiments, nbdir: Path) -> list[str]:
 def run(experiments: list[str] | None = None, preset: str = "demo", reports=None, scheduler=None,
         manifest=None, *, notebooks_dir=None, cache_dir=None, parameters: dict | None = None,
         timeout_s: float | None = None, progress: bool = True, kernel_name: str = "python3",
-        force: bool = False, jobs: int | None = None) -> int:
+        force: bool = False, jobs: int | None = None, pdf: bool | None = None) -> int:
     """Execute experiment notebooks into reports; return the exit code (0 all ok, 1 any failed).
 
     Parameters
@@ -299,6 +307,8 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     jobs : notebooks executed at the same time, each in its own kernel (default: the number of CPU cores
         available to this process, at most the number of notebooks).  The reports, records and exit code
         are those of a serial run; only the order of the progress lines differs.
+    pdf : print ``reports/<exp>.pdf`` with headless Chromium (None: when one is installed; its absence is
+        noted in the record, not an error; False: never).  See :mod:`.downloads`.
 
     Notes
     -----
@@ -352,7 +362,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
             ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m, manifest_sha=sha256_file(m),
                           cache_root=croot, scheduler=sched_param, sched_desc=sched_desc,
                           parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
-                          progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force)
+                          progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force, pdf=pdf)
             bar.update(1)
             return ok
 
@@ -449,7 +459,8 @@ def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
     except (OSError, ValueError):
         return None
     if not (isinstance(rec, dict) and rec.get("status") in OK_STATUSES and rec.get("fingerprint") == fingerprint
-            and (reports / f"{name}.html").is_file() and (reports / f"{name}.ipynb").is_file()):
+            and (reports / f"{name}.html").is_file() and (reports / f"{name}.ipynb").is_file()
+            and all((reports / f).is_file() for f in _listed_files(rec))):
         return None
     rec["reused_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     rec["reuse_count"] = int(rec.get("reuse_count", 0)) + 1
@@ -457,8 +468,22 @@ def _reuse(name: str, reports: Path, fingerprint: str) -> dict | None:
     return rec
 
 
-def _write_report(reports: Path, files: dict[str, str]) -> None:
+def _listed_files(rec: dict) -> list[str]:
+    """The files beside a report its record lists (figures, tables, the PDF), relative to the reports folder."""
+    files = rec.get("files") or {}
+    out = [v for e in (files.get("figures") or []) + (files.get("tables") or []) for k, v in e.items()
+           if k in ("png", "svg", "pdf", "csv")]
+    return out + ([rec["outputs"]["pdf"]] if (rec.get("outputs") or {}).get("pdf") else [])
+
+
+def _write_report(reports: Path, files: dict[str, str | bytes], folders: dict[str, Path | None] | None = None,
+                  remove: tuple[str, ...] = ()) -> None:
     """Write a report's files all or none: each to a temporary file first, then all renamed into place.
+
+    ``folders`` maps a folder beside the report (``<exp>_files``) to the folder whose files it gets (None or an
+    empty folder: the old one is removed); it is staged as a whole and swapped in before the files, so the
+    report never links to a missing file.  ``remove``: files of a previous report to delete (its PDF when this
+    run printed none).
 
     Raises
     ------
@@ -466,23 +491,51 @@ def _write_report(reports: Path, files: dict[str, str]) -> None:
         a file cannot be written (disk full, permission denied, ...): one line naming the path; no
         temporary file is left and the previous report, if any, stays as it was.
     """
-    staged, target = [], reports
+    staged, dirs, target = [], [], reports
     try:
-        for fname, text in files.items():
+        for fname, src in (folders or {}).items():
+            target = reports / fname
+            srcs = sorted(p for p in Path(src).iterdir() if p.is_file()) if src is not None and Path(src).is_dir() else []
+            if not srcs:
+                dirs.append((None, target))
+                continue
+            tmpd = Path(tempfile.mkdtemp(prefix=f".{fname}.{owner_tag()}-", suffix=".tmp", dir=reports))
+            dirs.append((tmpd, target))
+            for f in srcs:
+                target = reports / fname / f.name
+                shutil.copyfile(f, tmpd / f.name)
+                os.chmod(tmpd / f.name, 0o644)
+            os.chmod(tmpd, 0o755)
+        for fname, data in files.items():
             target = reports / fname
             fd, tmp = tempfile.mkstemp(prefix=f".{fname}.{owner_tag()}-", suffix=".tmp", dir=reports)
             staged.append((Path(tmp), target))
             with os.fdopen(fd, "wb") as fh:
-                fh.write(text.encode("utf-8"))
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             os.chmod(tmp, 0o644)
     except OSError as err:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        for tmpd, _ in dirs:
+            if tmpd is not None:
+                shutil.rmtree(tmpd, ignore_errors=True)
         raise WorkbookError(f"{target}: cannot write the report ({err.strerror or err}); nothing was "
                             "changed in the reports folder") from None
+    for tmpd, target in dirs:
+        old = None
+        if target.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{owner_tag()}-old-", suffix=".tmp", dir=reports))
+            os.replace(target, old / target.name)
+        if tmpd is not None:
+            os.replace(tmpd, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     for tmp, target in staged:
         os.replace(tmp, target)
+    for fname in remove:
+        with contextlib.suppress(FileNotFoundError):
+            (reports / fname).unlink()
 
 
 def clean_leftovers(reports: Path | None = None, cache_dirs=()) -> int:
@@ -502,7 +555,7 @@ def clean_leftovers(reports: Path | None = None, cache_dirs=()) -> int:
 
 
 def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
-             parameters, base, cwd, timeout_s, progress, kernel_name, force=False) -> bool:
+             parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None) -> bool:
     import nbformat
     from tqdm.auto import tqdm
 
@@ -564,16 +617,28 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
         }
         record_sections(prov, manifest, name, src)  # methods, ARRIVE, animal flow (never fails the run)
         nb = nbformat.read(out_nb, as_version=4)
-        nb.metadata["studylib"] = prov
-        try:
-            page = render_report(nb, prov)
-        except Exception as err:  # never lose the run because the HTML could not be rendered
-            prov["render_error"] = f"{type(err).__name__}: {err}"
-            page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(name)}</title></head><body>"
-                    f"{_header_html(prov)}<p>HTML rendering failed: {_e(prov['render_error'])}</p>"
-                    f"{_footer_html(prov)}</body></html>")
-        _write_report(reports, {f"{name}.ipynb": nbformat.writes(nb), f"{name}.html": page,
-                                 f"{name}.json": json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False)})
+        # figures (SVG, PDF, PNG) and tables (CSV) the kernel saved, linked from the report (.downloads)
+        prov["files"] = {**_collect_files(nb, work / files_folder(name), name),
+                         "failures": records.get("export_failures", [])}
+        chromium, why_not = find_chromium() if pdf is not False else (None, "not asked for (pdf=False)")
+        prov["outputs"]["pdf"] = f"{name}.pdf" if chromium else None
+        prov["pdf"] = {"printed": bool(chromium), "note": why_not}
+        page = _render(nb, prov, name)
+        printed = None
+        if chromium and "render_error" not in prov:
+            (work / f"{name}.html").write_text(page, encoding="utf-8")
+            note = print_pdf(work / f"{name}.html", work / f"{name}.pdf")
+            if note:  # no PDF: not an error, the record says why
+                prov["outputs"]["pdf"], prov["pdf"] = None, {"printed": False, "note": note}
+                page = _render(nb, prov, name)
+            else:
+                printed = (work / f"{name}.pdf").read_bytes()
+        out = {f"{name}.ipynb": nbformat.writes(nb), f"{name}.html": page,
+               f"{name}.json": json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False)}
+        if printed is not None:
+            out[f"{name}.pdf"] = printed
+        _write_report(reports, out, {files_folder(name): work / files_folder(name)},
+                      remove=() if printed is not None else (f"{name}.pdf",))
     msg = f"{name}: {status} in {run_s:.1f} s"
     if error:
         msg += f" ({error.get('ename')}: {str(error.get('evalue'))[:200]})"
@@ -585,4 +650,16 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
         msg += f"\n  ... {len(records['warnings']) - 5} more warning(s) in the report"
     tqdm.write(msg, file=sys.stderr)
     return status in OK_STATUSES
+
+
+def _render(nb, prov: dict, name: str) -> str:
+    """The report's HTML (``prov`` stored in the notebook's metadata first); a minimal page when nbconvert fails."""
+    nb.metadata["studylib"] = prov
+    try:
+        return render_report(nb, prov)
+    except Exception as err:  # never lose the run because the HTML could not be rendered
+        prov["render_error"] = f"{type(err).__name__}: {err}"
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(name)}</title></head><body>"
+                f"{_header_html(prov)}<p>HTML rendering failed: {_e(prov['render_error'])}</p>"
+                f"{_footer_html(prov)}</body></html>")
 
