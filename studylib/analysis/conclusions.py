@@ -245,6 +245,22 @@ def correlation_row(finding: str, corr: Mapping, *, expected_sign: int, truth: f
                         paper=citation(study), method=method, endpoint=endpoint, alpha=alpha)
 
 
+def correlation_part_rows(label: str, corr: Mapping, *, expected_sign: int, pooled_truth: float,
+                          true_parts: Mapping | None, study: str, alpha: float = 0.05) -> dict:
+    """Rows ``within_model_r`` (when clustered), ``pooled_r`` and ``between_model_r`` (when clustered) of a
+    clustered :func:`correlation_effect` result ``corr`` (its ``parts``, ``cluster``), each a
+    :func:`correlation_row` named ``"<label> within <cluster>"`` / ``pooled`` / ``between <cluster> means``
+    against the truth of that part (``true_parts``: ``within``/``between``; ``pooled_truth`` for pooled)."""
+    parts, tp, nan = corr["parts"], dict(true_parts or {}), float("nan")
+    cluster = corr.get("cluster") or "model"
+    named = {"within_model_r": ("within", f"{label} within {cluster}", tp.get("within", nan)),
+             "pooled_r": ("pooled", f"{label} pooled", pooled_truth),
+             "between_model_r": ("between", f"{label} between {cluster} means", tp.get("between", nan))}
+    return {key: correlation_row(finding, parts[part], expected_sign=expected_sign, truth=truth, study=study,
+                                 alpha=alpha)
+            for key, (part, finding, truth) in named.items() if part in parts}
+
+
 #: the endpoint keys of :func:`treatment_and_histology`
 TREATMENT_ENDPOINTS = {"treatment_effect": "tumour biomarker, treated - control on the effect's day",
                        "histology_r": "r(tumour biomarker, histology) on the common day (or each animal's last day)"}

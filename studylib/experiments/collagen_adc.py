@@ -12,7 +12,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..analysis import conclusions_table, correlation_row, effect_row, true_correlation, true_effect
+from ..analysis import conclusions_table, correlation_part_rows, effect_row, true_correlation, true_effect
 
 __all__ = ["STUDY", "ENDPOINTS", "conclusions"]
 
@@ -42,22 +42,9 @@ def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, true_parts: Ma
         collagen (within and between truths); None: NaN.
     primary : the primary endpoint's key; the others are secondary (Holm-adjusted).
     """
-    parts = corr["parts"]
-    tp = dict(true_parts or {})
-    nan = float("nan")
-    label = "r(tumour ADC, collagen I area %)"
-    cluster = corr.get("cluster") or "model"
-    rows = {}
-    if "within" in parts:
-        rows["within_model_r"] = correlation_row(f"{label} within {cluster}", parts["within"], expected_sign=-1,
-                                                 truth=tp.get("within", nan), study=STUDY, alpha=alpha)
-    rows["pooled_r"] = correlation_row(f"{label} pooled", parts["pooled"], expected_sign=-1,
-                                       truth=true_correlation(truth, "tumour_adc_vs_collagen_i_area_pct"), study=STUDY,
-                                       alpha=alpha)
-    if "between" in parts:
-        rows["between_model_r"] = correlation_row(f"{label} between {cluster} means", parts["between"],
-                                                  expected_sign=-1, truth=tp.get("between", nan), study=STUDY,
-                                                  alpha=alpha)
+    rows = correlation_part_rows("r(tumour ADC, collagen I area %)", corr, expected_sign=-1,
+                                 pooled_truth=true_correlation(truth, "tumour_adc_vs_collagen_i_area_pct"),
+                                 true_parts=true_parts, study=STUDY, alpha=alpha)
     rows["slope"] = effect_row("tumour ADC slope per collagen I fraction", slope, expected_sign=-1,
                                truth=true_effect(truth, "adc_slope_um2_per_ms_per_collagen_fraction"),
                                units="µm²/ms per fraction", study=STUDY, alpha=alpha)

@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..analysis import (conclusions_table, correlation_effect, correlation_row, effect_row, true_correlation,
-                        true_effect)
+from ..analysis import (conclusions_table, correlation_effect, correlation_part_rows, correlation_row, effect_row,
+                        true_correlation, true_effect)
 from ..errors import ExperimentError
 
 __all__ = ["STUDY", "ENDPOINTS", "other_correlations", "conclusions", "KINETIC_TRUTH", "hematocrit_sensitivity",
@@ -79,22 +79,11 @@ def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, beyond: Mappin
         ``between``, ``partial``); None: NaN.
     primary : the primary endpoint's key; the others are secondary (Holm-adjusted).
     """
-    parts = corr["parts"]
     tp = dict(true_parts or {})
     nan = float("nan")
-    label = f"r(tumour Ktrans, {hist_col})"
-    cluster = corr.get("cluster") or "model"
-    rows = {}
-    if "within" in parts:
-        rows["within_model_r"] = correlation_row(f"{label} within {cluster}", parts["within"], expected_sign=-1,
-                                                 truth=tp.get("within", nan), study=STUDY, alpha=alpha)
-    rows["pooled_r"] = correlation_row(f"{label} pooled", parts["pooled"], expected_sign=-1,
-                                       truth=true_correlation(truth, f"tumour_ktrans_vs_{hist_col}"), study=STUDY,
-                                       alpha=alpha)
-    if "between" in parts:
-        rows["between_model_r"] = correlation_row(f"{label} between {cluster} means", parts["between"],
-                                                  expected_sign=-1, truth=tp.get("between", nan), study=STUDY,
-                                                  alpha=alpha)
+    rows = correlation_part_rows(f"r(tumour Ktrans, {hist_col})", corr, expected_sign=-1,
+                                 pooled_truth=true_correlation(truth, f"tumour_ktrans_vs_{hist_col}"),
+                                 true_parts=tp, study=STUDY, alpha=alpha)
     if beyond is not None:
         covs = " and ".join(beyond.get("covariates", ()))
         rows["beyond_mvd_ifp"] = correlation_row(f"partial r(tumour Ktrans, {hist_col}) beyond {covs}", beyond,

@@ -8,6 +8,9 @@
 :mod:`.parameters`  ``studylib run -p name=value``: checked and typed against the notebook
 :mod:`.status`      ``studylib status``: up to date / stale (why) / failed / never run
 :mod:`.export`      ``studylib export`` (BIDS derivatives) and ``studylib add-roi``
+:mod:`.methods`     each report's methods section, ARRIVE 2.0 Essential 10, animal flow (:mod:`.animals`)
+:mod:`.downloads`   figures (SVG/PDF/PNG) and tables (CSV) beside each report
+:mod:`.scaffold`    ``studylib new``: a lab's own study folder and generic notebook
 ==================  ===================================================================
 
 The notebook side (:func:`record_headline`, :func:`record_conclusions`) is :mod:`studylib.recorder`;
