@@ -119,10 +119,10 @@ def test_run_with_a_parameter_then_status(ci_study, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ampb_ferumoxytol: stale" in out and "t2star_method 'loglinear' -> None" in out
 
-    before = {p.name: p.read_bytes() for p in reports.iterdir()}
+    before = {str(p.relative_to(reports)): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
     assert main(["run", "ampb_ferumoxytol", *common, "-p", "no_such=1"]) == 1
     err = capsys.readouterr().err
     assert "no parameter 'no_such'" in err and "t2star_method" in err and "Traceback" not in err
     assert main(["run", "ampb_ferumoxytol", *common, "-p", "alpha=abc"]) == 1
     assert "alpha='abc' is not a number" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in reports.iterdir()} == before  # nothing ran
+    assert {str(p.relative_to(reports)): p.read_bytes() for p in reports.rglob("*") if p.is_file()} == before  # nothing ran

@@ -642,7 +642,7 @@ def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_previous_rep
     first = subprocess.run([sys.executable, "-c", code, "0", *args], cwd=tmp_path, env=envvars,
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    before = {p.name: p.read_bytes() for p in env["reports"].iterdir()}
+    before = {str(p.relative_to(env["reports"])): p.read_bytes() for p in env["reports"].rglob("*") if p.is_file()}
     small, big = (env["reports"] / "toy_warn.ipynb").stat().st_size, (env["reports"] / "toy_warn.html").stat().st_size
     assert small < big
     limit = (small + big) // 2  # the notebook fits, the HTML does not
@@ -651,7 +651,7 @@ def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_previous_rep
     assert failed.returncode == 1
     assert failed.stderr.count("error:") == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert f"error: {env['reports'] / 'toy_warn.html'}: cannot write the report (File too large)" in failed.stderr
-    after = {p.name: p.read_bytes() for p in env["reports"].iterdir()}
+    after = {str(p.relative_to(env["reports"])): p.read_bytes() for p in env["reports"].rglob("*") if p.is_file()}
     assert after == before  # nothing changed: no partial report, no temporary file
 
 
