@@ -95,6 +95,8 @@ def check_pages_in_browser(pages: list[Path], screenshot_dir: Path) -> dict[str,
                 page.on("pageerror", lambda e, pr=problems: pr.append(f"page error: {e}"))
                 page.on("requestfailed", lambda r, pr=problems: pr.append(f"request failed: {r.url}"))
                 page.goto(page_path.resolve().as_uri(), wait_until="load")
+                # every image decoded (or failed) before it is checked: no race with the decoder
+                page.evaluate("Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null)))")
                 images = page.evaluate(
                     "Array.from(document.images).map(i => ({complete: i.complete, w: i.naturalWidth, "
                     "h: i.naturalHeight, alt: i.alt}))")

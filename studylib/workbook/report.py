@@ -301,7 +301,7 @@ def _thumbnail(reports: Path, rec: dict) -> str:
     if fig is None or not (reports / fig["png"]).is_file():
         return '<span class="sl-muted">no figure</span>'
     return (f'<a href="{_e(exp)}.html#fig-{int(key)}"><img class="sl-thumb" src="{_e(fig["png"])}" '
-            f'alt="{_e("key figure of " + str(rec.get("title") or exp))}" loading="lazy"></a>')
+            f'alt="{_e("key figure of " + str(rec.get("title") or exp))}"></a>')
 
 
 def write_index(reports, *, names: Iterable[str] | None = None) -> Path:
