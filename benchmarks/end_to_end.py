@@ -59,11 +59,11 @@ import platform  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _memory import TreeRSS  # noqa: E402  (benchmarks/, the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 # a child timing the "before" code imports studylib from the baseline copy instead of this tree
@@ -201,47 +201,6 @@ def resident_fraction(files) -> float | None:
 
 # ------------------------------------------------------------------------------ measuring (child side)
 
-class TreeRSS:
-    """Peak summed RSS of this process and its descendants (distributed workers), sampled every 50 ms."""
-
-    def __init__(self, dt=0.05):
-        import psutil
-
-        self.dt, self.peak, self._proc = dt, 0, psutil.Process()
-        self._stop = threading.Event()
-
-    def _sample(self):
-        import psutil
-
-        total = 0
-        try:
-            total = self._proc.memory_info().rss
-            for c in self._proc.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        self.peak = max(self.peak, total)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.dt)
-
-    def __enter__(self):
-        self._sample()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self._sample()
-
-
 def _read_nibabel(p) -> int:
     import nibabel as nib
 
@@ -308,7 +267,7 @@ def run_pipeline(cfg) -> dict:
 
         client.run(_imports)
         out["cluster_start_s"] = round(time.perf_counter() - t_c, 2)
-    with TreeRSS() as tree:
+    with TreeRSS(dt=0.05) as tree:
         t0 = time.perf_counter()
         c0 = time.process_time()
         import inspect

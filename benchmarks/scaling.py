@@ -36,7 +36,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,6 +46,7 @@ import psutil  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _memory import TreeRSS  # noqa: E402  (benchmarks/, the script's own folder)
 from studylib import compute  # noqa: E402
 from studylib.fit.dce import dce, population_aif, signal_to_concentration  # noqa: E402
 from studylib.fit.relaxometry import t2star  # noqa: E402
@@ -97,50 +97,6 @@ def synth_only(ds):
 
 
 # ------------------------------------------------------------------------------ measuring
-
-class TreeRSS:
-    """Peak resident memory of this process and all its descendants, sampled in a thread."""
-
-    def __init__(self, dt=0.02):
-        self.dt = dt
-        self.peak = 0
-        self.peak_self = 0
-        self._stop = threading.Event()
-        self._proc = psutil.Process()
-
-    def _sample(self):
-        total = own = 0
-        try:
-            own = self._proc.memory_info().rss
-            total = own
-            for c in self._proc.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        self.peak = max(self.peak, total)
-        self.peak_self = max(self.peak_self, own)
-        return total
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.dt)
-
-    def __enter__(self):
-        self.start = self._sample()
-        self.peak = self.start
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self._sample()
-
 
 def timed(obj):
     t0 = time.perf_counter()
