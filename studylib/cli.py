@@ -134,6 +134,19 @@ _CACHE_HELP = ("folder of the derived cache (default: env STUDYLIB_CACHE, else b
                "data/<preset>/derived or <manifest folder>/derived); use it when the data are read-only")
 
 
+def _report_options(p: argparse.ArgumentParser, *, param_help: str) -> None:
+    """The options ``run`` and ``status`` share: which experiments, on which data, into which reports."""
+    p.add_argument("experiments", nargs="*")
+    p.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
+    p.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
+    p.add_argument("--manifest", default=None)
+    p.add_argument("--notebooks", default=None,
+                   help="folder of the notebooks (default <project>/notebooks; with a --manifest in a study folder "
+                        "made by `studylib new`, its notebooks/, and its reports/ for --reports)")
+    p.add_argument("--cache", default=None, help=_CACHE_HELP)
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help=param_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studylib", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a non-empty --out or over a --manifest that no earlier synth run wrote")
     s.set_defaults(func=_cmd_synth)
 
-    n = sub.add_parser("new", help="a new study folder: empty manifest, animals.csv, study.yaml and a generic notebook")
+    n = sub.add_parser("new", help="a new study folder: empty manifest, animals.csv, study.json and a generic notebook")
     n.add_argument("folder", help="the study folder (new or empty)")
     n.add_argument("--biomarker", required=True, help="r2star, t2, t1, adc, ktrans, cest or f19")
     n.add_argument("--design", default="longitudinal", help="longitudinal (mixed model over days, default) or "
@@ -167,36 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=_cmd_new)
 
     r = sub.add_parser("run", help="execute experiment notebooks into HTML reports")
-    r.add_argument("experiments", nargs="*")
-    r.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
-    r.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
-    r.add_argument("--manifest", default=None)
-    r.add_argument("--notebooks", default=None,
-                   help="folder of the notebooks (default <project>/notebooks; with a --manifest in a study folder "
-                        "made by `studylib new`, its notebooks/, and its reports/ for --reports)")
+    _report_options(r, param_help="a notebook parameter (repeatable), typed like its default in the notebook's "
+                                  "parameters cell, e.g. -p t2star_method=loglinear -p alpha=0.01; an unknown name "
+                                  "is an error")
     r.add_argument("--scheduler", default=None,
                    help="threads (default), local, or a scheduler address tcp://host:port (env STUDYLIB_SCHEDULER)")
     r.add_argument("--force", action="store_true",
                    help="execute notebooks even when their last successful report is still current")
-    r.add_argument("--cache", default=None, help=_CACHE_HELP)
-    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a notebook parameter (repeatable), typed like its default in the notebook's parameters "
-                        "cell, e.g. -p t2star_method=loglinear -p alpha=0.01; an unknown name is an error")
     r.add_argument("--jobs", "-j", type=int, default=None,
                    help="notebooks executed at the same time, each in its own kernel (default: the CPU cores)")
     r.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("status", help="which reports are up to date, stale (and why), failed or never run")
-    st.add_argument("experiments", nargs="*")
-    st.add_argument("--preset", default="demo", choices=["demo", "ci", "large"])
-    st.add_argument("--reports", default=None, help="reports folder (default <project>/reports)")
-    st.add_argument("--manifest", default=None)
-    st.add_argument("--notebooks", default=None,
-                    help="folder of the notebooks (default <project>/notebooks; with a --manifest in a study folder "
-                        "made by `studylib new`, its notebooks/, and its reports/ for --reports)")
-    st.add_argument("--cache", default=None, help=_CACHE_HELP)
-    st.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="the parameters the reports should have been run with (as given to run)")
+    _report_options(st, param_help="the parameters the reports should have been run with (as given to run)")
     st.set_defaults(func=_cmd_status)
 
     im = sub.add_parser("import", help="convert ParaVision or DICOM scans to NIfTI + sidecars and manifest rows")
