@@ -243,7 +243,7 @@ print(f"pooled over the tumour: effects {pooled['effect_42']:.2f} % (4.2 ppm) an
       f"outside the calibrated span (above pH {pooled['ph_at_span_end']:.2f}, or no measurable 5.5 ppm effect)"))
 counts
 
-# %%
+# %% tags=["key-figure"]
 ph = exp.ph_map(effects, se, cal, k=k_detect).compute()
 fig = plots.map_over_anatomy(m0.sel(one), ph["ph"].sel(one), mask=(tumour & (ph["status"] == 0)).sel(one),
                              units="pH", label="pHe (acidoCEST)", cmap="viridis", vmin=6.2, vmax=7.4,

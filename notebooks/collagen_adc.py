@@ -111,7 +111,7 @@ slope = sl.regression_slope(animals, col, "adc", x_scale=0.01, alpha=alpha)
 print(sl.correlation_levels_text(corr, x="ADC", y="collagen I", cluster=cluster, alpha=alpha))
 corr["table"]
 
-# %%
+# %% tags=["key-figure"]
 pooled = corr["parts"]["pooled"]
 fig = plots.correlation_scatter(animals, col, "adc", hue="group", xlabel="collagen I area (%)",
                                 ylabel="tumour ADC (µm²/ms)", r=pooled["estimate"],

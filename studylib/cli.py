@@ -69,7 +69,8 @@ def _cmd_run(args) -> int:
     notebooks, reports = _study_folders(args)
     return run(args.experiments or None, preset=args.preset, reports=reports,
                scheduler=args.scheduler, manifest=args.manifest, force=args.force, cache_dir=args.cache,
-               jobs=args.jobs, parameters=parse_assignments(args.param), notebooks_dir=notebooks)
+               jobs=args.jobs, parameters=parse_assignments(args.param), notebooks_dir=notebooks,
+               pdf=False if args.no_pdf else None)
 
 
 def _cmd_status(args) -> int:
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="execute notebooks even when their last successful report is still current")
     r.add_argument("--jobs", "-j", type=int, default=None,
                    help="notebooks executed at the same time, each in its own kernel (default: the CPU cores)")
+    r.add_argument("--no-pdf", action="store_true",
+                   help="do not print reports/<experiment>.pdf with headless Chromium (default: print it when "
+                        "Chromium is installed; env STUDYLIB_CHROMIUM=none does the same)")
     r.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("status", help="which reports are up to date, stale (and why), failed or never run")

@@ -20,7 +20,8 @@ from studylib.cache import Cache, manifest_rows
 from studylib.conventions import MAP_UNITS, ROI_LABELS
 from studylib.errors import DataFileError, ExperimentError, StudyError, WorkbookError
 from studylib.manifest import read_manifest, resolve_path, write_manifest
-from studylib.workbook.export import EXPORT_MARKER, MAP_STEPS, MAP_SUFFIXES, export_bids, register_roi
+from studylib.workbook.export import (EXPORT_MARKER, MAP_STEPS, MAP_SUFFIXES, export_bids, register_roi, session_label,
+                                      subject_label)
 
 EXP = "ampb_ferumoxytol"
 
@@ -300,3 +301,37 @@ def test_an_experiment_without_a_map_step_exports_its_roi_labels(study, tmp_path
         assert np.array_equal(img.affine, raw.affine) and img.shape == raw.shape[:3]
         assert set(np.unique(np.asanyarray(img.dataobj))) <= {0, *ROI_LABELS}
     assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+
+
+def test_maps_a_notebook_keeps_are_exported_on_their_scans_grid(tiny_study, tmp_path):
+    """A map computed in the notebook (here MTRasym of the tiny study's CEST scans) is exported once kept with
+    ``sl.keep_maps``: ``MTRasymmap`` (%, custom, in .bidsignore) on the CEST scan's affine, bit for bit."""
+    import studylib as sl
+    from studylib.errors import ExperimentError
+
+    cache = tmp_path / "derived"
+    ds = sl.load_study(tiny_study, "tiny", "CEST")
+    res = sl.mtr_asym(ds["signal"].sortby("offset"), ds["m0"], deltas_ppm=(0.4,)).compute()
+    maps = res.sel(delta=0.4, drop=True)
+    key = sl.keep_maps("tiny", tiny_study, cache, maps=maps, source_kind="CEST", name="cest_maps")
+    assert key
+    out = tmp_path / "bids"
+    result = export_bids("tiny", out, manifest=tiny_study, reports=tmp_path / "none", cache_dir=cache)
+    assert "cest_maps" in result.steps
+    for animal, day in [("m01", 0), ("m01", 7), ("m02", 0), ("m03", 0), ("m03", 7)]:
+        stem = out / f"sub-{subject_label(animal)}" / f"ses-{session_label(day)}" / "anat"
+        nii = stem / f"sub-{subject_label(animal)}_ses-{session_label(day)}_MTRasymmap.nii.gz"
+        img = nib.load(nii)
+        raw = nib.load(tiny_study.parent / f"raw/tiny/{animal}/day{day:02d}/CEST.nii.gz")
+        np.testing.assert_array_equal(img.affine, raw.affine)
+        want = maps["mtr_asym"].sel(animal=animal, day=day).transpose("z", "y", "x").values.astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(img.dataobj), np.transpose(want, (2, 1, 0)))
+        assert _sidecar(nii)["Units"] == "%"
+    assert "*_MTRasymmap.*" in (out / ".bidsignore").read_text()
+
+    with pytest.raises(ExperimentError, match="not an image kind"):
+        sl.keep_maps("tiny", tiny_study, cache, maps=maps, source_kind="CESTX")
+    with pytest.raises(ExperimentError, match="scan-grid dims"):
+        sl.keep_maps("tiny", tiny_study, cache, maps=maps.isel(z=0), source_kind="CEST")
+    with pytest.raises(ExperimentError, match="needs a name"):
+        sl.keep_maps("tiny", tiny_study, cache, maps=maps["mtr_asym"].rename(None), source_kind="CEST")

@@ -99,9 +99,11 @@ def test_run_with_a_parameter_then_status(ci_study, tmp_path, capsys):
     assert main(["status", "ampb_ferumoxytol", *common]) == 1
     assert "ampb_ferumoxytol: never run" in capsys.readouterr().out
 
-    assert main(["run", "ampb_ferumoxytol", *common, "-p", "t2star_method=loglinear", "--jobs", "1"]) == 0
+    assert main(["run", "ampb_ferumoxytol", *common, "-p", "t2star_method=loglinear", "--jobs", "1", "--no-pdf"]) == 0
     rec = json.loads((reports / "ampb_ferumoxytol.json").read_text())
     assert rec["status"] in ("ok", "ok with warnings")
+    assert rec["pdf"] == {"printed": False, "note": "not asked for (pdf=False)"}  # --no-pdf, whatever is installed
+    assert rec["outputs"]["pdf"] is None and not (reports / "ampb_ferumoxytol.pdf").exists()
     assert rec["parameters"]["t2star_method"] == "loglinear"
     assert rec["parameters_given"] == {"t2star_method": "loglinear"}
     page = (reports / "ampb_ferumoxytol.html").read_text()

@@ -22,7 +22,7 @@ from .design import (anatomy, compute_with_progress, design_table, histology_col
                      pick_groups, require_verified, resolve_manifest, start, voxel_volume_mm3)
 from .effects import (Estimate, correlation_effect, group_difference, longitudinal_effect, model_diagnostics,
                       partial_regression_effect, regression_slope)
-from .keep import keep_tables, record
+from .keep import keep_maps, keep_tables, record
 from .maps import (background_mask, baseline_frames, fit_adc_maps, fit_dce_maps, fit_relaxation_maps, get_cache,
                    quality_variable)
 from .tables import (animal_means, animal_table, common_day, failed_fit_table, per_tumour_table, roi_tables,
@@ -39,7 +39,7 @@ __all__ = [
     "require_verified", "resolve_manifest", "start", "voxel_volume_mm3",
     "Estimate", "correlation_effect", "group_difference", "longitudinal_effect", "model_diagnostics",
     "partial_regression_effect", "regression_slope",
-    "keep_tables", "record",
+    "keep_maps", "keep_tables", "record",
     "background_mask", "baseline_frames", "fit_adc_maps", "fit_dce_maps", "fit_relaxation_maps", "get_cache",
     "quality_variable",
     "animal_means", "animal_table", "common_day", "failed_fit_table", "per_tumour_table", "roi_tables",

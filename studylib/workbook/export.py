@@ -19,9 +19,10 @@ Suffixes (map, cache entry, units in the file):
 * ``desc-<fit>fit_mask``: 1 where that fit succeeded (``fit_ok``); ``dseg``: the ROI labels (values of
   :data:`studylib.conventions.ROI_LABELS`, meanings in ``dseg.tsv``).
 
-``T2map`` (``t2``) and ``MTRasymmap`` (``mtr_asym``, %) are reserved for T2 and CEST maps: no cached
-map step produces them yet (the CEST notebooks compute MTRasym in the notebook), so nothing is
-exported for them today.  Every image has exactly the affine (qform = sform, code 1) and matrix of
+Maps a notebook computes itself (T2/R2 and T1/R1 of the generic notebooks, MTRasym of a CEST notebook,
+19F) are exported once the notebook keeps them with :func:`studylib.analysis.keep_maps` (a cache entry
+naming the scan kind they lie on): ``T2map``/``R2map``/``T1map``/``R1map`` (BIDS), ``MTRasymmap`` (%) and
+``F19map`` (mM) (custom), any other variable as ``<variable>map`` with its own units (custom).  Every image has exactly the affine (qform = sform, code 1) and matrix of
 the raw scan it was fitted from; the sidecar names that scan (``Sources``, a BIDS URI
 ``bids:raw:<path in the manifest folder>`` with ``raw`` in ``DatasetLinks``) and the ``Units``.
 Maps are float32 (NaN outside the fitted ROIs), read back bit for bit as ``float32(cached map)``
@@ -65,7 +66,7 @@ from ..conventions import MAP_UNITS, ROI_LABELS
 from ..errors import DataFileError, ExperimentError, ManifestError, StudyError, WorkbookError
 from ..layout import default_cache_dir, experiment_manifest, reports_dir, resolve_manifest
 
-__all__ = ["EXPORT_MARKER", "BIDS_VERSION", "MAP_SUFFIXES", "MAP_STEPS", "ExportResult", "export_bids",
+__all__ = ["EXPORT_MARKER", "BIDS_VERSION", "MAP_SUFFIXES", "MAP_STEPS", "map_suffix", "ExportResult", "export_bids",
            "RoiRegistration", "register_roi", "session_label", "subject_label"]
 
 #: marker file of a folder written by :func:`export_bids` (a later export may replace the folder)
@@ -79,7 +80,24 @@ MAP_SUFFIXES: dict[str, tuple[str, str, bool]] = {
     "adc": ("ADCmap", MAP_UNITS["adc"], False), "ktrans": ("Ktransmap", MAP_UNITS["ktrans"], False),
     "kep": ("kepmap", MAP_UNITS["kep"], False), "ve": ("vemap", MAP_UNITS["ve"], False),
     "vp": ("vpmap", MAP_UNITS["vp"], False), "mtr_asym": ("MTRasymmap", MAP_UNITS["mtr_asym"], False),
+    "r2": ("R2map", "1/s", True), "r1": ("R1map", "1/s", True),
+    "fluorine_mM": ("F19map", MAP_UNITS["f19_mM"], False), "f19_mM": ("F19map", MAP_UNITS["f19_mM"], False),
 }
+
+
+def map_suffix(var: str, attrs: dict | None = None) -> tuple[str, str, bool]:
+    """(file suffix, units in the file, BIDS-defined?) of map variable ``var``.
+
+    A variable :data:`MAP_SUFFIXES` does not know (a notebook's own map kept with
+    :func:`studylib.analysis.keep_maps`) gets the custom suffix ``<var without punctuation>map`` and the
+    units of its ``units`` attribute (``"n/a"`` without one).
+
+    >>> map_suffix("t2"), map_suffix("cbv_ratio", {"units": "1"})
+    (('T2map', 's', True), ('cbvratiomap', '1', False))
+    """
+    if var in MAP_SUFFIXES:
+        return MAP_SUFFIXES[var]
+    return re.sub(r"[^A-Za-z0-9]", "", var) + "map", str((attrs or {}).get("units") or "n/a"), False
 
 #: (units in studylib, units in the file) -> factor
 _UNIT_FACTORS = {("ms", "s"): 1e-3, ("a.u.", "arbitrary"): 1.0}
@@ -208,6 +226,32 @@ def _entry_params(cache, name: str, record: dict | None) -> tuple[dict | None, s
         if e.name == name:
             return e.params or {}, f"the latest cache entry {name}/{e.key[:12]}"
     return None, "the step's defaults (no run and no cache entry found)"
+
+
+def _kept_entries(cache, record: dict | None, present: set, notes: list) -> list[tuple[str, str, str]]:
+    """(name, key, source kind) of each map entry a notebook kept (:func:`studylib.analysis.keep_maps`):
+    the entry of the recorded run where the run record lists one, else the latest."""
+    from ..analysis.keep import KEPT_MAPS_PARAM
+    from ..cache import MARKER
+
+    events = [(ev.get("name"), ev.get("key")) for ev in ((record or {}).get("cache") or {}).get("events", [])]
+    out = []
+    for e in cache.entries():
+        if not (isinstance(e.params, dict) and KEPT_MAPS_PARAM in e.params):
+            continue
+        key = e.key
+        for name, prefix in reversed(events):
+            hits = [f for f in sorted((cache.dir / e.name).glob(f"{prefix}*")) if name == e.name and prefix
+                    and ".tmp-" not in f.name and (f / MARKER).is_file()]
+            if hits:
+                key = hits[0].name
+                break
+        kind = e.params[KEPT_MAPS_PARAM]
+        if kind not in present:
+            notes.append(f"kept maps {e.name} are on {kind} scans, which the manifest no longer lists: not exported")
+            continue
+        out.append((e.name, key, kind))
+    return out
 
 
 def _fit_step(step: MapStep, mpath: Path, study: str, params: dict | None, cache_dir: Path):
@@ -339,6 +383,7 @@ def export_bids(experiment: str, out, *, preset: str = "demo", manifest=None, re
         The manifest has no images of the kinds the experiment's maps are fitted from.
     """
     from ..cache import Cache, code_hash
+    from ..io.load import load_study
     from ..io.nifti import check_same_grid, read_header, to_design_order, write_nifti
 
     out = Path(out).expanduser().resolve()
@@ -355,15 +400,17 @@ def export_bids(experiment: str, out, *, preset: str = "demo", manifest=None, re
         raise ExperimentError(f"{mpath}: study {experiment!r} has no {need} images to fit its maps from (image kinds "
                               f"in the manifest: {sorted(present) or 'none'})")
     steps = [s for s in steps if set(s.kinds) <= present]
-    if not steps:
-        notes.append(f"no cached map step for the kinds {', '.join(kinds) or 'none'} (steps exist for MEGRE, DWI, "
-                     "VFA + DCE): only the ROI labels are exported")
     _check_target(out)
     record = _run_record(experiment, reports, mpath)
     if cache_dir is None:
         run_cache = ((record or {}).get("parameters") or {}).get("cache_dir")
         cache_dir = Path(run_cache) if run_cache else default_cache_dir(preset, mpath)
     cache = Cache(experiment, cache_dir, verbose=False)
+    kept = _kept_entries(cache, record, present, notes)
+    if not steps and not kept:
+        notes.append(f"no cached map step for the kinds {', '.join(kinds) or 'none'} (steps exist for MEGRE, DWI, "
+                     "VFA + DCE) and no maps kept by the notebook (analysis.keep_maps): only the ROI labels are "
+                     "exported")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.export-tmp-{uuid.uuid4().hex}"
@@ -384,6 +431,22 @@ def export_bids(experiment: str, out, *, preset: str = "demo", manifest=None, re
                                      "params": params}
             files += _write_step(step, maps, dsets, rows, base, stage, subjects, sessions, read_header,
                                  check_same_grid, to_design_order)
+        for name, key, kind in kept:  # maps a notebook computed itself and kept (analysis.keep_maps)
+            maps = cache.load(name, key)
+            if kind not in loaded:
+                loaded[kind] = load_study(mpath, experiment, kind)
+            written = {Path(f).name.split("_", 2)[-1].split(".")[0] for f in files}
+            clash = [v for v in maps.data_vars if v != "fit_ok" and map_suffix(v, maps[v].attrs)[0] in written]
+            if clash:
+                notes.append(f"kept maps {name}: {', '.join(clash)} not exported (a map step wrote that suffix)")
+            variables = tuple(v for v in maps.data_vars if v != "fit_ok" and v not in clash)
+            step = MapStep(name, (kind,), variables, re.sub(r"[^A-Za-z0-9]", "", name.removesuffix("_maps")))
+            done_steps[name] = {"params_from": "maps kept by the notebook (studylib.analysis.keep_maps)",
+                                "cache_key": key, "params": {"source_kind": kind, "variables": list(variables)},
+                                "custom_suffixes": [map_suffix(v, maps[v].attrs)[0] for v in variables
+                                                    if not map_suffix(v, maps[v].attrs)[2]]}
+            files += _write_step(step, maps, {kind: loaded[kind]}, rows, base, stage, subjects, sessions,
+                                 read_header, check_same_grid, to_design_order)
         if not loaded:  # no map step: the ROI files themselves, checked against their sessions' scans
             files += _write_dseg_files(rows, base, stage, subjects, sessions, labels)
         for kind, ds in loaded.items():
@@ -436,7 +499,7 @@ def _write_step(step, maps, dsets, rows, base, stage, subjects, sessions, read_h
             if var not in maps.data_vars:
                 continue
             kind = "VFA" if (step.name == "dce_maps" and var == "t1") else step.kinds[0]
-            suffix, units, bids = MAP_SUFFIXES[var]
+            suffix, units, bids = map_suffix(var, maps[var].attrs)
             factor = _factor(var, units)
             arr = maps[var].sel(animal=animal, day=day).transpose("z", "y", "x").values
             xyz = to_design_order(np.asarray(arr, dtype=np.float64) * factor)
@@ -577,7 +640,8 @@ def _write_top(stage, experiment, mpath, df, rows, subjects, labels, record, ste
     for sub, animal in sorted(subjects.items()):
         part.append("\t".join([f"sub-{sub}", animal, *[str(animals.loc[animal, c]) or "n/a" for c in cols]]))
     atomic_write_text(stage / "participants.tsv", "\n".join(part) + "\n")
-    custom = sorted(s for s, _u, bids in MAP_SUFFIXES.values() if not bids)
+    custom = sorted({s for s, _u, bids in MAP_SUFFIXES.values() if not bids}
+                    | {s for st in steps.values() for s in st.get("custom_suffixes", ())})
     atomic_write_text(stage / ".bidsignore", "".join(f"*_{s}.*\n" for s in custom))
     _write_json(stage / EXPORT_MARKER, {"GeneratedBy": "studylib.export", "experiment": experiment,
                                         "manifest": str(mpath)})

@@ -72,6 +72,15 @@ class Recipe:
 _DESIGN_COORDS = ('maps = maps.assign_coords({c: ds.coords[c] for c in ("group", "sex", "model", "acquired") '
                   'if c in ds.coords})')
 
+
+
+def _keep(kind: str, name: str) -> str:
+    """The cell lines keeping maps computed in the notebook for ``studylib export`` (analysis.keep_maps)."""
+    return ("\n# the maps computed here, kept for `studylib export` (cached fit steps are exported on their own)\n"
+            f'sl.keep_maps(study, manifest, cache_dir, maps=maps[[v for v in [*variables, "fit_ok"] if v in maps]],\n'
+            f'             source_kind={kind}, name="{name}")')
+
+
 #: biomarker -> :class:`Recipe`
 BIOMARKERS: dict[str, Recipe] = {
     "r2star": Recipe(
@@ -91,7 +100,7 @@ BIOMARKERS: dict[str, Recipe] = {
         'fit = sl.t2(ds["signal"].reset_coords(drop=True), method=fit_method,\n'
         '            background=sl.background_mask(ds).reset_coords(drop=True),\n'
         '            mask=ds["roi"].isin(fit_labels).reset_coords(drop=True), drop_first_echo=drop_first_echo)\n'
-        'maps = sl.compute_with_progress(fit, label="fitting T2")\n' + _DESIGN_COORDS,
+        'maps = sl.compute_with_progress(fit, label="fitting T2")\n' + _DESIGN_COORDS + _keep('"MSME"', "t2_maps"),
         "Mono-exponential T2/R2 per voxel of the multi-spin-echo train inside `fit_labels`, noise SD from "
         "the background ROI (label 5)."),
     "t1": Recipe(
@@ -104,7 +113,8 @@ BIOMARKERS: dict[str, Recipe] = {
         'mask = ds["roi"].isin(fit_labels).reset_coords(drop=True)\n'
         'fit = (sl.t1_vfa(signal, tr_ms=ds.attrs.get("tr_ms"), method=vfa_method, mask=mask) if t1_kind == "VFA"\n'
         "       else sl.t1_ir(signal, mask=mask))\n"
-        'maps = sl.compute_with_progress(fit, label=f"fitting T1 ({t1_kind})")\n' + _DESIGN_COORDS,
+        'maps = sl.compute_with_progress(fit, label=f"fitting T1 ({t1_kind})")\n' + _DESIGN_COORDS
+        + _keep("t1_kind", "t1_maps"),
         "T1/R1 per voxel inside `fit_labels`: DESPOT1 from the variable-flip-angle series (nominal "
         "angles: a flip-angle error b gives T1 ~ b² T1) or a three-parameter inversion-recovery fit.",
         cmap="viridis"),
@@ -144,7 +154,7 @@ BIOMARKERS: dict[str, Recipe] = {
         'res = sl.mtr_asym(signal, ds["m0"].reset_coords(drop=True), b0_ppm=None if b0 is None else b0["b0_ppm"],\n'
         "                  deltas_ppm=(delta_ppm,), mask=analysed)\n"
         'maps = sl.compute_with_progress(res, label="B0 and MTRasym").sel(delta=delta_ppm, drop=True)\n'
-        + _DESIGN_COORDS,
+        + _DESIGN_COORDS + _keep('"CEST"', "cest_maps"),
         "MTR asymmetry 100·[Z(−Δ) − Z(+Δ)] at `delta_ppm`, with each voxel's water shift (B0) from the "
         "WASSR scans (maximum-symmetry centre frequency) unless `b0_from` says otherwise.", cmap="viridis"),
     "f19": Recipe(
@@ -152,7 +162,8 @@ BIOMARKERS: dict[str, Recipe] = {
         "false_positive_rate = 0.005  # per-voxel false-positive rate of the 19F detection threshold in noise",
         'ds = sl.load_study(manifest, study, "F19")',
         "quant = sl.fluorine_quantify(ds, false_positive_rate=false_positive_rate)\n"
-        'maps = sl.compute_with_progress(quant, label="19F quantification")\n' + _DESIGN_COORDS,
+        'maps = sl.compute_with_progress(quant, label="19F quantification")\n' + _DESIGN_COORDS
+        + _keep('"F19"', "f19_maps"),
         "19F nuclei per voxel against the reference tube (label 4), counted where the signal exceeds the "
         "detection threshold set by `false_positive_rate` in Rician noise (noise SD from the background "
         "ROI, label 5); the tumour mean concentration counts undetected voxels as 0.", cmap="inferno"),
@@ -166,7 +177,7 @@ _LONGITUDINAL = '''# %% [markdown]
 # groups make z-tests too liberal). `day_model="linear"` fits a random intercept and slope per animal
 # instead. Any convergence or singular-fit diagnosis is printed below the table.
 
-# %%
+# %% tags=["key-figure"]
 fig = plots.spaghetti(sessions, variable, ylabel="{axis}", title="tumour {words} per animal")
 
 # %%
@@ -181,7 +192,7 @@ _ENDPOINT = '''# %% [markdown]
 # One value per animal: its tumour mean on `effect_day` (None: each animal's last imaging day);
 # treated − control with Welch's t-test (unequal variances) and its CI.
 
-# %%
+# %% tags=["key-figure"]
 animals = sl.animal_table(sessions, day=effect_day)
 fig = plots.group_strips(animals, {{variable: "{axis}"}}, group="group", order=[control, treated])
 
