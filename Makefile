@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: reports test venv chromium bench clean-reports lab
+.PHONY: reports test venv chromium bids-validator bench clean-reports lab
 
 venv: $(STAMP)
 
@@ -39,7 +39,16 @@ lab: $(STAMP)
 	@$(VENV)/bin/jupytext-config --settings-file $(LAB_SETTINGS) set-default-viewer python >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=$(NOTEBOOKS) $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-test: $(STAMP) chromium
+# The BIDS validator (npm bids-validator 1.x, node >= 18) checks `studylib export` folders in the tests;
+# installed into .tools/ (node and npm from Debian's packages when missing).
+BIDS_VALIDATOR := .tools/bids-validator/node_modules/.bin/bids-validator
+bids-validator: $(BIDS_VALIDATOR)
+$(BIDS_VALIDATOR):
+	@command -v npm >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	npm install --silent --no-audit --no-fund --prefix .tools/bids-validator bids-validator@1.15.0
+
+test: $(STAMP) chromium $(BIDS_VALIDATOR)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Peers (osipy needs Python >= 3.12) live in .venv-bench; the benchmarks call them there and

@@ -6,7 +6,8 @@
     DIR/dataset_description.json            DatasetType "derivative", GeneratedBy (studylib version, code
                                             sha256, the run's provenance when there is one), DatasetLinks
     DIR/dseg.tsv                            label value -> meaning (studylib.conventions + the ROI sidecars)
-    DIR/participants.tsv                    participant_id, animal, group, sex, model
+    DIR/participants.tsv (+ .json)          participant_id, animal, group, sex, model (+ column descriptions)
+    DIR/README                              what the folder is and where it came from
     DIR/.bidsignore                         the custom suffixes below (not in the BIDS specification)
     DIR/sub-<animal>/ses-day<d>/anat/sub-<animal>_ses-day<d>_<suffix>.nii.gz (+ .json)
 
@@ -98,6 +99,12 @@ def map_suffix(var: str, attrs: dict | None = None) -> tuple[str, str, bool]:
     if var in MAP_SUFFIXES:
         return MAP_SUFFIXES[var]
     return re.sub(r"[^A-Za-z0-9]", "", var) + "map", str((attrs or {}).get("units") or "n/a"), False
+
+#: participants.tsv column -> its description (participants.json)
+_PARTICIPANT_COLUMNS = {"animal": "the animal's identifier in the study manifest",
+                        "group": "treatment group (manifest column group)",
+                        "sex": "sex of the animal (F/M; manifest column sex)",
+                        "model": "tumour model or cell line (manifest column model)"}
 
 #: (units in studylib, units in the file) -> factor
 _UNIT_FACTORS = {("ms", "s"): 1e-3, ("a.u.", "arbitrary"): 1.0}
@@ -640,12 +647,19 @@ def _write_top(stage, experiment, mpath, df, rows, subjects, labels, record, ste
     for sub, animal in sorted(subjects.items()):
         part.append("\t".join([f"sub-{sub}", animal, *[str(animals.loc[animal, c]) or "n/a" for c in cols]]))
     atomic_write_text(stage / "participants.tsv", "\n".join(part) + "\n")
+    _write_json(stage / "participants.json", {c: {"Description": d} for c, d in _PARTICIPANT_COLUMNS.items()
+                                              if c == "animal" or c in cols})
+    title = f"studylib {experiment}" + (f": {exp.title}" if exp else "")
+    atomic_write_text(stage / "README", f"{title}\n\nFitted maps and ROI labels exported by studylib from the study "
+                      f"listed in {mpath.name} (BIDS derivatives; dataset_description.json names the run and the code). "
+                      "Each map lies on its raw scan's matrix and affine; dseg.tsv gives the label meanings; custom "
+                      "map suffixes are listed in .bidsignore.\n")
     custom = sorted({s for s, _u, bids in MAP_SUFFIXES.values() if not bids}
                     | {s for st in steps.values() for s in st.get("custom_suffixes", ())})
     atomic_write_text(stage / ".bidsignore", "".join(f"*_{s}.*\n" for s in custom))
     _write_json(stage / EXPORT_MARKER, {"GeneratedBy": "studylib.export", "experiment": experiment,
                                         "manifest": str(mpath)})
-    return ["dataset_description.json", "dseg.tsv", "participants.tsv", ".bidsignore"]
+    return ["dataset_description.json", "dseg.tsv", "participants.tsv", "participants.json", "README", ".bidsignore"]
 
 
 # ----------------------------------------------------------------------------------------- ROI back in
