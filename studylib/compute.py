@@ -183,9 +183,15 @@ def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit
         if n_workers < 1 or threads_per_worker < 1:
             raise SchedulerError(f"n_workers and threads_per_worker must be >= 1, got {n_workers}, "
                                  f"{threads_per_worker}")
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                               processes=True, memory_limit=memory_limit, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+        # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in each worker's environment before it starts; any
+        # explicit threshold switches off glibc's dynamic mmap threshold, so every scan-sized array is a fresh
+        # mmap whose pages fault in zeroed: measured here, numpy and the NIfTI reader ran 1.5x slower in such a
+        # worker than in the parent, and the quick end-to-end study took 4.7 s on one worker with it vs 3.7 s
+        # without (2 workers 2.9 vs 2.0 s) for 5-10 % more worker peak RSS.  Workers we start run without it.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                   processes=True, memory_limit=memory_limit, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
         client = Client(cluster, set_as_default=True)
     else:
         try:
