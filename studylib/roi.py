@@ -223,18 +223,22 @@ def _voxel_volume(ds, roi, voxel_volume_mm3) -> float:
 
 
 def _stack(ds, roi, variables, id_dims, spatial):
-    """(variable, *id, *spatial) values, (*id, *spatial) fit_ok, roi -- aligned, spatial in one chunk."""
+    """([(*id, *spatial) values per variable], (*id, *spatial) fit_ok, roi) -- aligned, spatial in one chunk.
+
+    The variables stay separate arrays (the kernel stacks each block in numpy): a concatenation along a new
+    ``variable`` dim would add stack, concatenate and rechunk tasks per scan and break the fusion of the
+    read, fit and statistics of one scan into one task chain.
+    """
     order = id_dims + spatial
-    vals = xr.concat([ds[v].astype("float64").broadcast_like(roi).transpose(*order) for v in variables],
-                     dim=pd.Index(variables, name="variable"), coords="minimal", compat="override")
+    vals = [ds[v].astype("float64").broadcast_like(roi).transpose(*order) for v in variables]
     if "fit_ok" in ds.data_vars:
         ok = ds["fit_ok"].astype(bool).broadcast_like(roi).transpose(*order)
     else:
         ok = xr.ones_like(roi, dtype=bool).transpose(*order)
     lab = roi.transpose(*order)
-    if any(a.chunks is not None for a in (vals, ok, lab)):
+    if any(a.chunks is not None for a in (*vals, ok, lab)):
         sp = {d: -1 for d in spatial}
-        vals = vals.chunk({**sp, "variable": -1})
+        vals = [v.chunk(sp) for v in vals]
         ok = ok.chunk(sp)
         lab = lab.chunk(sp)
     return vals, ok, lab
@@ -348,7 +352,9 @@ def summarize(maps, roi: xr.DataArray, *, labels: Mapping = DEFAULT_LABELS, voxe
     vals, ok, lab = _stack(ds, roi, variables, id_dims, spatial)
     label_values = list(labs)
 
-    def kern(v, f, lm):
+    def kern(*arrays):
+        *vs, f, lm = arrays
+        v = np.stack(vs, axis=-len(spatial) - 1)  # (..., variable, *spatial)
         sh = v.shape
         nvox = int(np.prod(sh[len(sh) - len(spatial):]))
         v2 = v.reshape(sh[:-len(spatial)] + (nvox,))
@@ -356,10 +362,11 @@ def summarize(maps, roi: xr.DataArray, *, labels: Mapping = DEFAULT_LABELS, voxe
         l2 = lm.reshape(lm.shape[:-len(spatial)] + (nvox,))
         return roi_stats_kernel(v2, f2, l2, label_values, pct, thr)
 
-    res = xr.apply_ufunc(kern, vals, ok, lab, input_core_dims=[["variable"] + spatial, spatial, spatial],
+    res = xr.apply_ufunc(kern, *vals, ok, lab, input_core_dims=[spatial] * (len(vals) + 2),
                          output_core_dims=[["label", "variable", "stat"]], dask="parallelized",
                          output_dtypes=[np.float64],
-                         dask_gufunc_kwargs={"output_sizes": {"label": len(label_values), "stat": len(names)}})
+                         dask_gufunc_kwargs={"output_sizes": {"label": len(label_values), "variable": len(variables),
+                                                              "stat": len(names)}})
     res = res.assign_coords(label=label_values, stat=names, variable=variables).transpose(*id_dims, "label",
                                                                                         "variable", "stat")
     res, group, acq = _compute_all(res, ds, roi, id_dims)   # one pass over all scans
@@ -436,8 +443,7 @@ def histograms(maps, roi: xr.DataArray, *, variable: str | None = None, bins=50,
         edges = np.asarray(bins, dtype=float)
         if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0) or not np.all(np.isfinite(edges)):
             raise RoiError(f"bins edges must be finite and strictly increasing, got {edges.tolist()}")
-    vals, ok, lab = _stack(ds, roi, [var], id_dims, spatial)
-    vals = vals.isel(variable=0, drop=True)
+    (vals,), ok, lab = _stack(ds, roi, [var], id_dims, spatial)
     label_values = list(labs)
 
     def kern(v, f, lm):
