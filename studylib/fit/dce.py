@@ -180,7 +180,7 @@ def _baseline_slice(baseline, n, source):
     return sl
 
 
-def signal_to_concentration(signal, *, t10_ms, fa_deg, tr_ms, r1_per_mM_s, baseline):
+def signal_to_concentration(signal, *, t10_ms, fa_deg, tr_ms, r1_per_mM_s, baseline, b1=None):
     """Contrast-agent concentration (mM) from SPGR DCE signal.
 
     Parameters
@@ -194,6 +194,11 @@ def signal_to_concentration(signal, *, t10_ms, fa_deg, tr_ms, r1_per_mM_s, basel
         Pre-contrast frames whose mean is the baseline signal: ``5`` = frames 0-4;
         ``(1, 5)`` = frames 1-4 (skipping a first frame before steady state, as OSIPI's
         reference conversion does).
+    b1 : None, float or DataArray over (a subset of) the voxel dims
+        Relative flip angle (actual / nominal, e.g. from a B1 map): the conversion uses
+        ``fa_deg * b1`` per voxel.  ``None`` = 1 (the nominal angle).  Use the same map as the
+        VFA T10 fit (:func:`studylib.fit.t1_vfa` ``b1=``): a 10 % B1 error left in both biases T10 by
+        ~20 % and the concentration with it.
 
     Returns
     -------
@@ -221,17 +226,28 @@ def signal_to_concentration(signal, *, t10_ms, fa_deg, tr_ms, r1_per_mM_s, basel
         t10 = t10_ms
     else:
         t10 = _positive("t10_ms", t10_ms)
+    if b1 is None:
+        b1v = 1.0
+    elif isinstance(b1, xr.DataArray):
+        extra = set(b1.dims) - (set(signal.dims) - {"t"})
+        if extra:
+            raise FitInputError(f"b1 has dims {sorted(extra)} that the signal's voxels do not have")
+        b1v = b1
+        if b1.chunks is None and not np.all(np.isfinite(b1.values) & (b1.values > 0) | np.isnan(b1.values)):
+            raise FitInputError("b1 (relative flip angle) must be > 0 where finite")
+    else:
+        b1v = _positive("b1", b1)
     s_base = signal.isel(t=sl).mean("t")
     sig = signal.chunk({"t": -1}) if signal.chunks is not None else signal
 
-    def _conv(s, sb, t10v):
-        return _m.spgr_concentration(s, sb, fa, tr, t10v, r1)
+    def _conv(s, sb, t10v, b1x):
+        return _m.spgr_concentration(s, sb, fa * np.asarray(b1x, dtype=float), tr, t10v, r1)
 
-    out = xr.apply_ufunc(_conv, sig, s_base, t10, input_core_dims=[["t"], [], []], output_core_dims=[["t"]],
-                         dask="parallelized", output_dtypes=[float])
+    out = xr.apply_ufunc(_conv, sig, s_base, t10, b1v, input_core_dims=[["t"], [], [], []],
+                         output_core_dims=[["t"]], dask="parallelized", output_dtypes=[float])
     out = out.transpose(*signal.dims)
     out.attrs = {"units": "mM", "long_name": "contrast agent concentration", "fa_deg": fa, "tr_ms": tr,
-                 "r1_per_mM_s": r1}
+                 "r1_per_mM_s": r1, "b1": "map" if isinstance(b1, xr.DataArray) else float(b1v)}
     out["t"] = signal["t"]
     return out.rename("concentration")
 

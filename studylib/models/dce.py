@@ -680,8 +680,8 @@ def spgr_r1_from_signal(s, s_baseline, fa_deg, tr_ms, t10_ms):
         Signal over time (any units).
     s_baseline : array_like (...)
         Pre-contrast signal (mean of the baseline frames), same units.
-    fa_deg : float
-        Flip angle in degrees.
+    fa_deg : float or array_like (...)
+        Flip angle in degrees: the nominal one, or per voxel the actual one (nominal x relative B1).
     tr_ms : float
         Repetition time in ms.
     t10_ms : array_like (...)
@@ -703,7 +703,8 @@ def spgr_r1_from_signal(s, s_baseline, fa_deg, tr_ms, t10_ms):
     s = np.asarray(s, dtype=float)
     sb = np.asarray(s_baseline, dtype=float)[..., None]
     t10 = np.asarray(t10_ms, dtype=float)[..., None]
-    a = np.deg2rad(float(fa_deg))
+    a = np.deg2rad(np.asarray(fa_deg, dtype=float))
+    a = a[..., None] if a.ndim else a
     tr_s = float(tr_ms) / 1000.0
     e10 = np.exp(-tr_ms / t10)
     amp = sb * (1.0 - np.cos(a) * e10) / (1.0 - e10)
