@@ -191,7 +191,7 @@ def test_tumour_pool_table_recovers_a_lactate_pool():
 
 def test_lactate_truth_and_conclusions():
     ts = pd.DataFrame({"animal": ["a", "a", "b", "b"], "day": [0, 1, 0, 1],
-                       "tumour_lactate_pool_pct": [0.7, 1.0, 0.6, 1.1]})
+                       "tumour_lactate_effect_0p4_pct": [0.7, 1.0, 0.6, 1.1]})
     assert lactate_cest.true_pool_change(ts, pre_day=0, post_day=1) == pytest.approx(0.4)
     assert math.isnan(lactate_cest.true_pool_change(None, pre_day=0, post_day=1))
     assert math.isnan(lactate_cest.true_pool_change(ts, pre_day=0, post_day=7))

@@ -1,5 +1,6 @@
 """Lactate CEST (LATEST) after pyruvate (DeBrosse et al., Sci Rep 2016): ROI tables of CEST maps,
-tumour Z-spectra, the lactate pool of ROI-mean spectra, and the conclusions.
+tumour Z-spectra, the lactate pool of ROI-mean spectra, the calibration of each readout against the
+simulated lactate concentration, and the conclusions.
 
 The B0 map, MTRasym and pool fits themselves are :mod:`studylib.fit.cest`; the paired test is
 :func:`studylib.stats.paired_change`.
@@ -20,7 +21,7 @@ from ..errors import ExperimentError
 from ..fit.cest import lorentzian_pools
 
 __all__ = ["STUDY", "ENDPOINTS", "reading", "cest_session_table", "roi_mean_spectra", "tumour_pool_table", "true_change",
-           "true_pool_change", "conclusions"]
+           "true_band_change", "true_pool_change", "calibration", "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "lactate_cest"
@@ -29,8 +30,15 @@ STUDY = "lactate_cest"
 ENDPOINTS = {
     "mtrasym_change": "tumour MTRasym at the lactate offset, post - pre infusion, B0-corrected (paired)",
     "mtrasym_change_uncorrected": "the same without B0 correction (what skipping it does)",
+    "band_change": "tumour MTRasym integrated over a band around the lactate offset, post - pre, B0-corrected",
     "pool_change": "tumour lactate pool amplitude post - pre (Lorentzian fit of ROI-mean spectra)",
 }
+
+#: the truth column (simulator's ``sessions.csv``) each readout of the session table estimates
+TRUTH_OF = {"mtr_0p4": "tumour_mtrasym_0p4_pct", "mtr_band": "tumour_mtrasym_band_pct",
+            "lactate_pool_pct": "tumour_lactate_effect_0p4_pct"}
+#: units of each readout (the band value is an integral of MTRasym over offset)
+UNITS = {"mtr_0p4": "%", "mtr_band": "%·ppm", "lactate_pool_pct": "%"}
 
 
 def cest_session_table(results: Mapping[str, xr.Dataset | xr.DataArray], roi: xr.DataArray, *,
@@ -101,29 +109,82 @@ def tumour_pool_table(z_corrected: xr.DataArray, roi: xr.DataArray, *, offsets_p
             .assign(roi="tumour"))
 
 
-def true_change(truth: Mapping) -> float:
-    """The simulated animals' true tumour MTRasym(0.4 ppm) change post - pre (%); NaN without truth."""
-    eff = find_key(truth, "tumour_mtrasym_0p4_pct_post_minus_pre") or {}
+def true_change(truth: Mapping, key: str = "tumour_mtrasym_0p4_pct_post_minus_pre") -> float:
+    """The simulated animals' true tumour change post - pre of ``key`` (default MTRasym(0.4 ppm), %); NaN
+    without truth."""
+    eff = find_key(truth, key) or {}
     return float(eff.get("sample", np.nan)) if isinstance(eff, Mapping) else float("nan")
 
 
-def true_pool_change(truth_sessions: pd.DataFrame | None, *, pre_day, post_day) -> float:
-    """Mean over animals of the true tumour lactate pool change (%), from the truth's ``sessions.csv``."""
-    if truth_sessions is None or "tumour_lactate_pool_pct" not in truth_sessions.columns:
+def true_band_change(truth: Mapping, band_ppm) -> float:
+    """True tumour change of the MTRasym band integral (%·ppm) when the simulator's band is ``band_ppm``; else NaN."""
+    eff = find_key(truth, "tumour_mtrasym_band_pct_post_minus_pre") or {}
+    if not isinstance(eff, Mapping) or not np.allclose(eff.get("band_ppm", [np.nan] * 2), list(band_ppm)):
         return float("nan")
-    w = truth_sessions.pivot_table(index="animal", columns="day", values="tumour_lactate_pool_pct")
+    return float(eff.get("sample", np.nan))
+
+
+def true_pool_change(truth_sessions: pd.DataFrame | None, *, pre_day, post_day,
+                     column: str = "tumour_lactate_effect_0p4_pct") -> float:
+    """Mean over animals of the true tumour change of ``column`` (from the truth's ``sessions.csv``).
+
+    The default is what a lactate pool amplitude claims to be: the physics' lactate effect at its offset,
+    ``Z(+0.4 ppm; no lactate) - Z(+0.4 ppm)`` in % of S0 (the simulator's Bloch-McConnell spectra).
+    """
+    if truth_sessions is None or column not in truth_sessions.columns:
+        return float("nan")
+    w = truth_sessions.pivot_table(index="animal", columns="day", values=column)
     return float((w[post_day] - w[pre_day]).mean()) if {pre_day, post_day} <= set(w.columns) else float("nan")
 
 
+def calibration(sessions: pd.DataFrame, truth_sessions: pd.DataFrame | None, *,
+                measures=("mtr_0p4", "mtr_band", "lactate_pool_pct"), roi: str = "tumour") -> pd.DataFrame | None:
+    """Each readout against the simulated tumour lactate concentration, one row per readout.
+
+    ``y = a + b c`` by ordinary least squares over sessions (``c`` = true ROI-mean lactate, mM; ``y`` in
+    ``units``, :data:`UNITS`):
+    ``slope_per_mM`` (b), ``intercept``, Pearson ``r``; and ``bias`` = mean of readout - its physics truth
+    (:data:`TRUTH_OF`, same units) with ``truth_slope_per_mM``, the slope of that truth on ``c``.
+
+    Returns None without truth (real data) or without the ``tumour_lactate_mM`` column.
+    """
+    if truth_sessions is None or "tumour_lactate_mM" not in truth_sessions.columns:
+        return None
+    t = truth_sessions.set_index(["animal", "day"])
+    s = sessions[sessions["roi"] == roi].set_index(["animal", "day"])
+    rows = []
+    for m in measures:
+        if m not in s.columns:
+            continue
+        truth_col = TRUTH_OF.get(m)
+        d = pd.DataFrame({"y": s[m], "c": t["tumour_lactate_mM"].reindex(s.index)})
+        if truth_col in t.columns:
+            d["truth"] = t[truth_col].reindex(s.index)
+        d = d.dropna(subset=["y", "c"])
+        if len(d) < 3 or d["c"].std() == 0:
+            continue
+        b, a = np.polyfit(d["c"], d["y"], 1)
+        row = dict(measure=m, units=UNITS.get(m, ""), n_sessions=len(d), slope_per_mM=b, intercept=a,
+                   r=float(np.corrcoef(d["c"], d["y"])[0, 1]), truth=truth_col or "", bias=np.nan,
+                   truth_slope_per_mM=np.nan)
+        if "truth" in d and d["truth"].notna().all():
+            row["bias"] = float((d["y"] - d["truth"]).mean())
+            row["truth_slope_per_mM"] = float(np.polyfit(d["c"], d["truth"], 1)[0])
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
 def conclusions(paired: Mapping, paired_uncorrected: Mapping, truth: Mapping, *, delta_ppm: float = 0.4,
+                band: Mapping | None = None, band_name: str = "", true_band: float = float("nan"),
                 pool: Mapping | None = None, true_pool: float = float("nan"), primary: str = "mtrasym_change",
                 alpha: float = 0.05) -> pd.DataFrame:
     """Conclusions of ``lactate_cest``.
 
     Row 1: paired post - pre change of tumour MTRasym(``delta_ppm``), B0-corrected; row 2: the same without
-    B0 correction (expected to miss the truth); row 3, when ``pool`` is given: the lactate pool amplitude
-    change of the Lorentzian fit.  ``primary`` names the primary endpoint (:data:`ENDPOINTS`), the others are
-    secondary (Holm-adjusted).
+    B0 correction (expected to miss the truth); when ``band`` is given, the change of the MTRasym integral
+    over ``band_name`` ppm (%·ppm); when ``pool`` is given, the lactate pool amplitude change of the Lorentzian fit
+    (truth: the physics' lactate effect, :func:`true_pool_change`).  ``primary`` names the primary endpoint
+    (:data:`ENDPOINTS`), the others are secondary (Holm-adjusted).
     """
     paper = citation(STUDY)
     truth_change = true_change(truth)
@@ -136,6 +197,11 @@ def conclusions(paired: Mapping, paired_uncorrected: Mapping, truth: Mapping, *,
                      ci_high=paired_uncorrected["ci_high"], p=paired_uncorrected["p"], expected_sign=1,
                      truth=truth_change, units="%", paper=paper, method=paired_uncorrected["method"], alpha=alpha),
     ]))
+    if band is not None:
+        rows["band_change"] = check_effect(f"tumour MTRasym integral {band_name} ppm post - pre, B0-corrected",
+                                           estimate=band["estimate"], ci_low=band["ci_low"], ci_high=band["ci_high"],
+                                           p=band["p"], expected_sign=1, truth=true_band, units="%·ppm", paper=paper,
+                                           method=band["method"], alpha=alpha)
     if pool is not None:
         rows["pool_change"] = (check_effect("tumour lactate pool amplitude post - pre (Lorentzian fit)",
                                  estimate=pool["estimate"], ci_low=pool["ci_low"], ci_high=pool["ci_high"],
@@ -149,7 +215,8 @@ def _row(table: pd.DataFrame, endpoint: str):
     return hit.iloc[0] if len(hit) else None
 
 
-def reading(table: pd.DataFrame, paired: Mapping, paired_uncorrected: Mapping) -> str:
+def reading(table: pd.DataFrame, paired: Mapping, paired_uncorrected: Mapping,
+            calib: pd.DataFrame | None = None) -> str:
     """What the conclusions table says, written from its numbers (nothing decided in advance).
 
     Parameters
@@ -157,6 +224,7 @@ def reading(table: pd.DataFrame, paired: Mapping, paired_uncorrected: Mapping) -
     table : :func:`conclusions` (endpoints ``mtrasym_change`` and ``mtrasym_change_uncorrected``).
     paired, paired_uncorrected : the :func:`studylib.stats.paired_change` results behind those rows
         (``per_animal`` with a ``change`` column when available).
+    calib : :func:`calibration` (optional): one line per readout with its slope, r and bias.
 
     Returns
     -------
@@ -188,4 +256,13 @@ def reading(table: pd.DataFrame, paired: Mapping, paired_uncorrected: Mapping) -
     if a is not None and b is not None and a["ci_high"] > a["ci_low"]:
         lines.append(f"Skipping B0 correction makes the CI {(b['ci_high'] - b['ci_low']) / (a['ci_high'] - a['ci_low']):.1f}"
                      " times as wide.")
+    for r in ([] if calib is None else calib.itertuples()):
+        line = (f"{r.measure} vs the simulated tumour lactate ({r.n_sessions} sessions): "
+                f"{r.slope_per_mM:+.3g} {r.units}/mM, r = {r.r:.2f}")
+        if np.isfinite(r.bias):
+            ratio = (f", {r.slope_per_mM / r.truth_slope_per_mM:.2g} times the physics' slope"
+                     if r.truth_slope_per_mM else "")
+            line += (f"; the physics' {r.truth} rises {r.truth_slope_per_mM:+.3g} {r.units}/mM{ratio}; "
+                     f"mean bias against it {r.bias:+.3g} {r.units}")
+        lines.append(line + ".")
     return "\n".join(lines)

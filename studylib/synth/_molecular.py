@@ -12,29 +12,34 @@ fluorine19_pfc      9.4 T; 19F bSSFP (63 deg, TR/TE 4.7/2.4 ms, 10 averages) + 1
                     reference tube (label 4) 400 mM 19F; 19F signal 0.08 per mM with
                     sigma 1 (tumour SNR ~ 1-18, tube ~ 32).  Lung metastases: Poisson
                     0.2 / 2 / 20 (x the animal's 19F relative to its line).
-lactate_cest        9.4 T; CEST (B1 0.8 uT, 3 s) at 49 offsets -2..2 ppm (0.05 ppm steps  DeBrosse et al., Sci Rep
-                    within +-0.9 ppm) + an unsaturated reference volume (index 0,       2016;6:19517 (DOI
-                    listed as 300 ppm in ``ReferenceVolumes``); WASSR (B1 0.1 uT) at    10.1038/srep19517)
-                    41 offsets -1..1 ppm + reference.  Lorentzian pools: water (0.85,
-                    FWHM 0.9 ppm; WASSR 0.9, 0.25 ppm), MT (0.10 at -2 ppm, FWHM 25),
-                    lactate at +0.4 ppm (FWHM 0.5): tumour 0.70 +- 0.08 % pre, + 0.35
-                    +- 0.05 % post pyruvate; muscle 0.25 %, tissue 0.20 %.  B0 shift:
-                    smooth per-animal field within +-0.3 ppm (+ N(0, 0.03) re-shim
-                    offset post).  3 animals, day 0 = pre, day 1 = post infusion
-                    (same imaging session, ~40 min apart; ``notes`` says which).
-                    M0 1000 (tumour), sigma 4.  SEL-MQC MRS lactate ratio in histology.
+lactate_cest        9.4 T; CEST (B1 0.8 uT, 3 s CW from equilibrium) at 49 offsets -2..2   DeBrosse et al., Sci Rep
+                    ppm (0.05 ppm steps within +-0.9 ppm) + an unsaturated reference    2016;6:19517 (DOI
+                    (index 0, 300 ppm); WASSR (B1 0.3 uT, 0.5 s) at 41 offsets -1..1    10.1038/srep19517)
+                    ppm + reference.  Z from the Bloch-McConnell equations
+                    (``physics.cest``): water, lactate -OH (+0.4 ppm, kb 500 /s) and a
+                    semisolid pool per class (``CEST_TISSUES``), via lookup tables over
+                    lactate (Chebyshev nodes) and the B0-shifted offset axis.  Lactate:
+                    tumour 20 +- 2 mM pre, x (1.40 +- 0.05) post pyruvate (voxel
+                    jitter LN(0.1)); muscle 4 mM, other tissue 2 mM.  B0 shift: smooth
+                    per-animal field within +-0.3 ppm (+ N(0, 0.03) re-shim offset
+                    post).  3 animals, day 0 = pre, day 1 = post infusion (same imaging
+                    session, ~40 min apart; ``notes`` says which).  M0 1000 (tumour),
+                    sigma 4.  SEL-MQC MRS lactate ratio (true post/pre x LN(0.05)) in
+                    histology.  All pool parameters chosen, not from a paper.
 =================  ==============================================================  ===========================
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from ..models.cest import zspectrum
 from ..models.fluorine import AVOGADRO, fluorine_signal
 from ..models.relaxometry import monoexp_signal
 from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
 from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
+from .physics import cest as bm
 
 F19_LINES = ("67NR", "168FARN", "4T1")
 
@@ -51,14 +56,20 @@ _CEST_OFFSETS = np.round(np.concatenate([np.arange(-2.0, -0.95, 0.2), np.arange(
                                          np.arange(1.0, 2.0001, 0.2)]), 4)
 _WASSR_OFFSETS = np.round(np.arange(-1.0, 1.0001, 0.05), 4)
 
+#: Bloch-McConnell pools per tissue class: overrides of :data:`studylib.synth.physics.cest.LACTATE_PRESET`
+#: (lactate -OH +0.4 ppm, kb 500 /s; semisolid pool kc 30 /s, T2c 10 us at -2.5 ppm).  Chosen to be
+#: plausible at 9.4 T, not taken from a paper.
+CEST_TISSUES = {"tumour": dict(t1a_s=2.2, t2a_s=0.050, fc=0.08),
+                "muscle": dict(t1a_s=1.9, t2a_s=0.030, fc=0.12),
+                "tissue": dict(t1a_s=2.0, t2a_s=0.040, fc=0.10)}
+
 CEST = dict(field_T=9.4, offsets_ppm=_CEST_OFFSETS, wassr_offsets_ppm=_WASSR_OFFSETS, reference_offset_ppm=300.0,
-            b1_uT=0.8, sat_time_s=3.0, wassr_b1_uT=0.1, wassr_sat_time_s=0.5, tr_s=5.0, te_s=0.004,
-            water=(0.85, 0.0, 0.9), mt=(0.10, -2.0, 25.0), lactate_center_ppm=0.4, lactate_fwhm_ppm=0.5,
-            wassr_water=(0.9, 0.0, 0.25), wassr_mt=(0.01, -2.0, 25.0),
-            lactate_pre_pct=0.70, lactate_pre_sd=0.08, lactate_rise_pct=0.35, lactate_rise_sd=0.05,
-            lactate_muscle_pct=0.25, lactate_tissue_pct=0.20, b0_max_ppm=0.3, reshim_sd_ppm=0.03,
+            b1_uT=0.8, sat_time_s=3.0, wassr_b1_uT=0.3, wassr_sat_time_s=0.5, tr_s=5.0, te_s=0.004,
+            lactate_center_ppm=0.4, band_ppm=(0.2, 0.6), tissues=CEST_TISSUES,
+            lactate_pre_mM=20.0, lactate_pre_sd_mM=2.0, lactate_rise=0.40, lactate_rise_sd=0.05,
+            lactate_muscle_mM=4.0, lactate_tissue_mM=2.0, lactate_jitter=0.1, b0_max_ppm=0.3, reshim_sd_ppm=0.03,
             m0_tumour=1000.0, m0_muscle=850.0, m0_tissue=900.0, sigma=4.0,
-            mrs_ratio=1.4, mrs_sd=0.08, volume_mm3=120.0, volume_sd=0.2)
+            mrs_sd=0.05, volume_mm3=120.0, volume_sd=0.2, table_step_ppm=0.01, table_nodes=4)
 
 
 # --------------------------------------------------------------------------------------------- 19F
@@ -164,21 +175,88 @@ def b0_field(grid, coeffs, max_ppm) -> np.ndarray:
     return max_ppm * f / max(np.abs(f).max(), 1e-12)
 
 
+def _cest_tables(p, tumour_max_mM):
+    """Bloch-McConnell lookup tables per tissue class for the CEST and the WASSR scan (acquisition sidecars).
+
+    Lactate from 0 (the lactate-free reference of the truth) to ``tumour_max_mM`` in the tumour, to the
+    fixed concentration of muscle and other tissue.
+    Offset grids cover every acquired offset minus the largest B0 shift (``b0_max_ppm``) with 0.05 ppm to
+    spare -- away from the semisolid centre (-2.5 ppm), where its lineshape is floored (not smooth).
+    """
+    conc = {"tumour": (0.0, tumour_max_mM), "muscle": (0.0, p["lactate_muscle_mM"]),
+            "tissue": (0.0, p["lactate_tissue_mM"])}
+    out = {}
+    for scan, offs, b1, tsat in (("CEST", p["offsets_ppm"], p["b1_uT"], p["sat_time_s"]),
+                                 ("WASSR", p["wassr_offsets_ppm"], p["wassr_b1_uT"], p["wassr_sat_time_s"])):
+        reach = float(np.max(np.abs(offs))) + p["b0_max_ppm"] + 0.05
+        for cls, over in p["tissues"].items():
+            tissue = replace(bm.LACTATE_PRESET, solute_ppm=p["lactate_center_ppm"], **over)
+            out[scan, cls] = bm.zspectrum_table(
+                tissue, concentration_mM=conc[cls], grid_ppm=(-reach, reach), step_ppm=p["table_step_ppm"],
+                n_concentration=p["table_nodes"], reference_ppm=p["reference_offset_ppm"], b0_T=p["field_T"],
+                b1_uT=b1, t_sat_s=tsat)
+    return out
+
+
+def _class_masks(tmask, lab):
+    return {"tumour": tmask, "muscle": (lab == 2) & ~tmask, "tissue": (lab != 5) & (lab != 2) & ~tmask}
+
+
+def _zimage(tables, scan, classes, offs, lac, b0):
+    """Z (fraction of M0) per voxel, shape ``lac.shape + (n_offsets,)``, and the reference-scan Z: each tissue
+    class from its table (vectorised over its voxels); background (no signal) 1."""
+    z = np.ones(lac.shape + (len(offs),))
+    ref = np.ones(lac.shape)
+    for cls, m in classes.items():
+        if m.any():
+            z[m] = tables[scan, cls](offs, lac[m], b0[m])
+            ref[m] = tables[scan, cls].reference_z(lac[m])
+    return z, ref
+
+
 def plan_cest(ctx: Context) -> StudyPlan:
+    """LATEST pre/post pyruvate with Z-spectra from the Bloch-McConnell equations (:mod:`.physics.cest`).
+
+    Water + lactate -OH + semisolid MT pools per tissue class (:data:`CEST_TISSUES`), continuous-wave
+    saturation for the sidecar's ``SaturationTime`` from equilibrium at ``SaturationB1_uT``; CEST, its
+    unsaturated reference (300 ppm) and WASSR from the same physics.  Per voxel only the lactate
+    concentration and the B0 shift vary: a lookup table per class (:func:`.physics.cest.zspectrum_table`)
+    is evaluated on the shifted offset axis.  Truth: lactate (mM), MTRasym(0.4 ppm) and the lactate effect
+    ``Z(+0.4 ppm; no lactate) - Z(+0.4 ppm)`` of the noise-free, B0-free physics (% of the reference S0),
+    and the MTRasym integral over ``band_ppm`` (%·ppm).  WASSR at 0.3 uT: at 0.1 uT the Bloch-McConnell water dip
+    (FWHM < 0.05 ppm at 9.4 T) is narrower than the 0.05 ppm offset spacing and the B0 fit failed in about
+    half the voxels; at 0.3 uT (FWHM ~0.2 ppm) it succeeds everywhere.
+    """
     p = CEST
     grid = ctx.grid(16.0)
     body = Body()
     animals = make_animals(ctx, [("pyruvate", "lymphoma")], [0, 1], sex="F")
     for a in animals:
         r = ctx.rng(1, a.index)
-        pre = p["lactate_pre_pct"] + p["lactate_pre_sd"] * r.standard_normal()
-        a.params.update(lactate_pct={0: pre, 1: pre + p["lactate_rise_pct"] + p["lactate_rise_sd"] * r.standard_normal()},
-                        b0_coeffs=r.normal(0, 1, 6), reshim=p["reshim_sd_ppm"] * r.standard_normal(),
+        pre = p["lactate_pre_mM"] + p["lactate_pre_sd_mM"] * r.standard_normal()
+        ratio = 1.0 + p["lactate_rise"] + p["lactate_rise_sd"] * r.standard_normal()
+        a.params.update(lactate_mM={0: pre, 1: pre * ratio}, b0_coeffs=r.normal(0, 1, 6),
+                        reshim=p["reshim_sd_ppm"] * r.standard_normal(),
                         volume=p["volume_mm3"] * lognormal_mean1(r, p["volume_sd"]),
-                        mrs_ratio=p["mrs_ratio"] * lognormal_mean1(r, p["mrs_sd"]))
+                        mrs_ratio=ratio * lognormal_mean1(r, p["mrs_sd"]))
         a.notes = {0: "pre pyruvate infusion", 1: "post pyruvate infusion (~40 min)"}
     offs = np.asarray(p["offsets_ppm"])
     woffs = np.asarray(p["wassr_offsets_ppm"])
+    delta = p["lactate_center_ppm"]
+    # the tumour table spans twice the highest animal mean (the voxel pattern has mean 1, log-normal sd 0.1)
+    tables = _cest_tables(p, 2.0 * max(max(a.params["lactate_mM"].values()) for a in animals))
+    tum_cest = tables["CEST", "tumour"]
+
+    band = np.linspace(*p["band_ppm"], 21)
+
+    def physics_truth(table, lac):
+        """MTRasym(delta) (%), its integral over ``band_ppm`` (%·ppm, trapezoid on 21 points) and the lactate
+        effect at +delta (%), all of the reference S0, B0-free; shape of ``lac``."""
+        z = table(np.concatenate([[-delta, delta], -band, band]), lac)
+        z0 = table([delta], np.zeros_like(lac))[..., 0]
+        ref = table.reference_z(lac)
+        asym = 100 * (z[..., 2:2 + band.size] - z[..., 2 + band.size:]) / ref[..., None]
+        return 100 * (z[..., 0] - z[..., 1]) / ref, np.trapezoid(asym, band, axis=-1), 100 * (z0 - z[..., 1]) / ref
 
     def sessions():
         for a in animals:
@@ -186,24 +264,21 @@ def plan_cest(ctx: Context) -> StudyPlan:
                 tmask, rim = Tumour(2.2, 0.5, a.params["volume"]).masks(grid)
                 lab = label_map(grid, body.masks(grid), [(1, tmask)])
                 rv = ctx.rng(3, a.index, d)
-                w = spatial_pattern(tmask, rim, 1.0, 1.0, 0.1, rv)
-                lac = np.select([tmask, lab == 2], [a.params["lactate_pct"][d] * w, p["lactate_muscle_pct"]],
-                                p["lactate_tissue_pct"]) / 100.0
+                w = spatial_pattern(tmask, rim, 1.0, 1.0, p["lactate_jitter"], rv)
+                classes = _class_masks(tmask, lab)
+                lac = np.select([tmask, lab == 2, lab != 5], [a.params["lactate_mM"][d] * w, p["lactate_muscle_mM"],
+                                                             p["lactate_tissue_mM"]], 0.0)
                 b0 = b0_field(grid, a.params["b0_coeffs"], p["b0_max_ppm"] - abs(a.params["reshim"]))
                 b0 = b0 + (a.params["reshim"] if d == 1 else 0.0)
                 m0 = np.select([tmask, lab == 2, lab == 5], [p["m0_tumour"], p["m0_muscle"], 0.0], p["m0_tissue"])
-                shp = grid.shape + (3,)
-                amps = np.stack([np.full(grid.shape, p["water"][0]), np.full(grid.shape, p["mt"][0]), lac], -1)
-                cens = np.broadcast_to([p["water"][1], p["mt"][1], p["lactate_center_ppm"]], shp)
-                fwhm = np.broadcast_to([p["water"][2], p["mt"][2], p["lactate_fwhm_ppm"]], shp)
-                z = zspectrum(offs, amps, cens, fwhm, b0)
-                z_true = zspectrum(offs, amps, cens, fwhm, 0.0)
-                mtr = mtrasym_pct(offs, z_true, p["lactate_center_ppm"])
-                cest = np.concatenate([m0[..., None], m0[..., None] * z], -1)
-                wamps = np.stack([np.full(grid.shape, p["wassr_water"][0]), np.full(grid.shape, p["wassr_mt"][0])], -1)
-                wz = zspectrum(woffs, wamps, np.broadcast_to([p["wassr_water"][1], p["wassr_mt"][1]], grid.shape + (2,)),
-                               np.broadcast_to([p["wassr_water"][2], p["wassr_mt"][2]], grid.shape + (2,)), b0)
-                wassr = np.concatenate([m0[..., None], m0[..., None] * wz], -1)
+                z, zref = _zimage(tables, "CEST", classes, offs, lac, b0)
+                wz, wref = _zimage(tables, "WASSR", classes, woffs, lac, b0)
+                cest = m0[..., None] * np.concatenate([zref[..., None], z], -1)
+                wassr = m0[..., None] * np.concatenate([wref[..., None], wz], -1)
+                mtr, mtr_band, effect = np.zeros(grid.shape), np.zeros(grid.shape), np.zeros(grid.shape)
+                for cls, m in classes.items():
+                    if m.any():
+                        mtr[m], mtr_band[m], effect[m] = physics_truth(tables["CEST", cls], lac[m])
                 common = {"MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "RepetitionTime": p["tr_s"],
                           "EchoTime": p["te_s"], "ReferenceVolumes": [0], "PulseSequenceType": "CEST-prepared RARE",
                           "MRAcquisitionType": "2D", "Session": a.notes[d], "GeneratedBy": "studylib.synth",
@@ -212,37 +287,60 @@ def plan_cest(ctx: Context) -> StudyPlan:
                            SaturationB1_uT=p["b1_uT"], SaturationTime=p["sat_time_s"])
                 wsc = dict(common, SaturationOffsets_ppm=[p["reference_offset_ppm"]] + woffs.tolist(),
                            SaturationB1_uT=p["wassr_b1_uT"], SaturationTime=p["wassr_sat_time_s"])
-                truth = dict(tumour_lactate_pool_pct=roi_mean(tmask, 100 * lac),
-                             tumour_mtrasym_0p4_pct=roi_mean(tmask, mtr), muscle_mtrasym_0p4_pct=roi_mean(lab == 2, mtr),
+                muscle = lab == 2
+                truth = dict(tumour_lactate_mM=roi_mean(tmask, lac), muscle_lactate_mM=roi_mean(muscle, lac),
+                             tumour_mtrasym_0p4_pct=roi_mean(tmask, mtr), muscle_mtrasym_0p4_pct=roi_mean(muscle, mtr),
+                             tumour_mtrasym_band_pct=roi_mean(tmask, mtr_band),
+                             tumour_lactate_effect_0p4_pct=roi_mean(tmask, effect),
                              tumour_b0_shift_ppm=roi_mean(tmask, b0), b0_abs_max_ppm=float(np.abs(b0[lab != 5]).max()),
                              tumour_volume_mm3=a.params["volume"],
                              tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
                 yield Session(a, d, [Scan("CEST", cest, p["sigma"], csc), Scan("WASSR", wassr, p["sigma"], wsc)], lab,
                               {1: "tumour", 2: "muscle", 5: "background"}, truth,
-                              {"b0_shift_ppm": b0, "lactate_pool": lac, "m0": m0, "mtrasym_0p4_pct": mtr})
+                              {"b0_shift_ppm": b0, "lactate_mM": lac, "m0": m0, "mtrasym_0p4_pct": mtr,
+                               "mtrasym_band_pct": mtr_band, "lactate_effect_0p4_pct": effect})
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=1,
                  mrs_lactate_ratio_post_over_pre=a.params["mrs_ratio"]) for a in animals]
     cols = ["animal", "group", "model", "sex", "endpoint_day", "mrs_lactate_ratio_post_over_pre"]
 
-    # MTRasym is linear in the lactate amplitude: its population rise is the rise of the pool's asymmetry
-    lac_only = zspectrum(offs, [p["lactate_rise_pct"] / 100], [p["lactate_center_ppm"]], [p["lactate_fwhm_ppm"]])
-    pop_mtrasym_rise = float(mtrasym_pct(offs, lac_only, p["lactate_center_ppm"]))
+    # population values of the physics at the design's mean tumour lactate (B0-free, tumour tissue)
+    pop_pre = p["lactate_pre_mM"]
+    pop_post = pop_pre * (1 + p["lactate_rise"])
+    pop_mtr, pop_band, pop_eff = physics_truth(tum_cest, np.array([pop_pre, pop_post]))
+    lo, hi = 0.5 * pop_pre, 1.5 * pop_post  # the secant slope over the range the study covers
+    cal_mtr, _, cal_eff = physics_truth(tum_cest, np.array([lo, hi]))
 
     def summarise(st):
         by = {(r["animal"], r["day"]): r for r in st}
-        diffs = [by[(a.id, 1)]["tumour_mtrasym_0p4_pct"] - by[(a.id, 0)]["tumour_mtrasym_0p4_pct"]
-                 for a in animals if (a.id, 0) in by and (a.id, 1) in by]
+
+        def change(key):
+            return [by[(a.id, 1)][key] - by[(a.id, 0)][key] for a in animals if (a.id, 0) in by and (a.id, 1) in by]
+
+        def effect(key, population, direction="post > pre"):
+            diffs = change(key)
+            return {"sample": float(np.mean(diffs)) if diffs else float("nan"), "per_animal": diffs,
+                    "population": float(population), "direction": direction}
+
         return {"effects": {
-            "tumour_mtrasym_0p4_pct_post_minus_pre": {
-                "sample": float(np.mean(diffs)) if diffs else float("nan"),
-                "per_animal": diffs, "population_lactate_pool_pct": p["lactate_rise_pct"],
-                "population": pop_mtrasym_rise,
-                "direction": "post > pre"},
+            "tumour_mtrasym_0p4_pct_post_minus_pre": effect("tumour_mtrasym_0p4_pct", pop_mtr[1] - pop_mtr[0]),
+            "tumour_mtrasym_band_pct_post_minus_pre": dict(effect("tumour_mtrasym_band_pct",
+                                                                   pop_band[1] - pop_band[0]), band_ppm=p["band_ppm"]),
+            "tumour_lactate_effect_0p4_pct_post_minus_pre": effect("tumour_lactate_effect_0p4_pct",
+                                                                   pop_eff[1] - pop_eff[0]),
+            "tumour_lactate_mM_post_minus_pre": effect("tumour_lactate_mM", pop_post - pop_pre),
             "tumour_mtrasym_0p4_pct_by_day": {"sample": group_means(st, "tumour_mtrasym_0p4_pct", by="day")}},
+            "calibration": {
+                "tumour_mtrasym_0p4_pct_per_mM": float((cal_mtr[1] - cal_mtr[0]) / (hi - lo)),
+                "tumour_lactate_effect_0p4_pct_per_mM": float((cal_eff[1] - cal_eff[0]) / (hi - lo)),
+                "tumour_mtrasym_0p4_pct_at_0_mM": float(physics_truth(tum_cest, np.zeros(1))[0][0]),
+                "range_mM": [lo, hi],
+                "note": "secant slopes of the B0-free Bloch-McConnell physics of tumour tissue over range_mM"},
             "correlations": {}}
 
     design = dict(p)
     design["days"] = [0, 1]
     design["day_meaning"] = {"0": "pre pyruvate infusion", "1": "post pyruvate infusion, same session (~40 min)"}
+    design["physics"] = ("Bloch-McConnell (water, lactate -OH, semisolid MT), CW saturation from equilibrium; "
+                         "studylib.synth.physics.cest lookup tables")
     return StudyPlan("lactate_cest", grid, animals, sessions, cols, rows, design, summarise)

@@ -31,6 +31,11 @@ Analytical comparison (:func:`zspectrum_r1rho`): the eigenvalue approximation of
 
 with ``Z(t) = (cos^2 theta - Z_ss) exp(-R1rho t) + Z_ss`` for a finite saturation.
 
+Lookup table (:func:`zspectrum_table`, :class:`ZSpectrumTable`): for images, Z is computed once on a
+fine offset grid at Chebyshev nodes of the solute concentration and evaluated per voxel by a cubic
+spline in offset and the Chebyshev series in concentration; a uniform field shift ``dB0`` moves every
+pool together, so ``Z(x; c, dB0) = Z(x - dB0; c, 0)`` exactly and B0 is applied by shifting the axis.
+
 Default pools (:data:`LACTATE_PRESET`, :data:`AMIDE_PRESET`): water T1/T2 2.0 s / 40 ms at 9.4 T,
 semisolid fc 0.10, kc 30 /s, T2c 10 us, centred at -2.5 ppm, solute T2 50 ms; lactate -OH at
 +0.4 ppm with kb 500 /s (one exchangeable proton per molecule); amide at +3.5 ppm with kb 30 /s.
@@ -48,7 +53,7 @@ import numpy as np
 from ...errors import SynthError
 
 __all__ = ["CestTissue", "LACTATE_PRESET", "AMIDE_PRESET", "GAMMA_HZ_PER_T", "solute_fraction",
-           "semisolid_lineshape", "zspectrum", "zspectrum_r1rho"]
+           "semisolid_lineshape", "zspectrum", "zspectrum_r1rho", "ZSpectrumTable", "zspectrum_table"]
 
 GAMMA_HZ_PER_T = 42.577478518e6  # proton gamma / 2 pi (Hz/T), CODATA 2018
 WATER_PROTON_MOLAR = 2 * 55.5  # mol/L of water protons (pure water)
@@ -228,3 +233,130 @@ def zspectrum_r1rho(offsets_ppm, tissue=LACTATE_PRESET, *, b0_T=9.4, b1_uT=0.8, 
     if t_sat_s is None:
         return z_ss
     return (c2 - z_ss) * np.exp(-r1rho * t_sat_s) + z_ss
+
+
+# ----------------------------------------------------------------------------------------- lookup table
+@dataclass(frozen=True)
+class ZSpectrumTable:
+    """Bloch-McConnell Z on a fine offset grid x Chebyshev series in solute concentration.
+
+    Built by :func:`zspectrum_table`; call it to evaluate.  ``spline`` holds the cubic-spline
+    coefficients in offset of each Chebyshev coefficient in concentration, shape
+    ``(4, n_grid - 1, n_cheb)`` (highest power first, ``scipy.interpolate.CubicSpline.c`` layout);
+    ``reference`` the Chebyshev coefficients of ``Z`` at ``reference_ppm`` (the far-off-resonant
+    reference scan, not shifted by B0: the spectrum is flat there).
+    """
+
+    grid_ppm: np.ndarray
+    spline: np.ndarray
+    concentration_mM: tuple
+    reference_ppm: float
+    reference: np.ndarray
+    tissue: CestTissue
+    b1_uT: float
+    t_sat_s: float | None
+
+    def _cheb(self, concentration_mM, shape):
+        lo, hi = self.concentration_mM
+        c = np.broadcast_to(np.asarray(concentration_mM, dtype=float), shape)
+        if not np.all(np.isfinite(c)):
+            raise SynthError("concentration_mM must be finite")
+        tol = 1e-9 * max(1.0, hi)
+        if np.any(c < lo - tol) or np.any(c > hi + tol):
+            raise SynthError(f"concentration_mM spans [{c.min():.4g}, {c.max():.4g}] mM, outside the table's "
+                             f"[{lo:.4g}, {hi:.4g}] mM: build the table over the whole range")
+        n = self.reference.size
+        u = np.zeros(shape) if hi == lo else (2.0 * c - (lo + hi)) / (hi - lo)
+        return np.polynomial.chebyshev.chebvander(u, n - 1)  # (..., n)
+
+    def __call__(self, offsets_ppm, concentration_mM, b0_shift_ppm=0.0, *, block=4096):
+        """``Z(offsets - dB0; c)``, shape ``broadcast(c, dB0).shape + (n_offsets,)``.
+
+        Parameters
+        ----------
+        offsets_ppm : array_like (n,), nominal saturation offsets (ppm).
+        concentration_mM : array_like (...), solute concentration per voxel (mM) within the table's range.
+        b0_shift_ppm : array_like (...), water frequency offset per voxel (ppm).
+        block : voxels per internal batch (bounds temporary memory).
+        """
+        x = _offsets(offsets_ppm)
+        c = np.asarray(concentration_mM, dtype=float)
+        b = np.asarray(b0_shift_ppm, dtype=float)
+        shape = np.broadcast_shapes(c.shape, b.shape)
+        if not np.all(np.isfinite(b)):
+            raise SynthError("b0_shift_ppm must be finite")
+        cheb = self._cheb(c, shape).reshape(-1, self.reference.size)
+        shift = np.broadcast_to(b, shape).reshape(-1)
+        g = self.grid_ppm
+        h = g[1] - g[0]
+        lo_q, hi_q = (x.min() - shift.max(), x.max() - shift.min()) if shift.size else (x.min(), x.max())
+        if lo_q < g[0] - 1e-9 or hi_q > g[-1] + 1e-9:
+            raise SynthError(f"offsets - b0 shift span [{lo_q:.3f}, {hi_q:.3f}] ppm, outside the table's "
+                             f"[{g[0]:.3f}, {g[-1]:.3f}] ppm")
+        m = self.reference.size
+        rows = self.spline.transpose(1, 0, 2).reshape(g.size - 1, 4 * m)  # per grid cell: (t^3, t^2, t, 1) x cheb
+        out = np.empty((shift.size, x.size))
+        for s in range(0, shift.size, block):  # batches of voxels, not a voxel loop
+            q = x[None, :] - shift[s:s + block, None]
+            i = np.clip(np.floor((q - g[0]) / h).astype(int), 0, g.size - 2)
+            t = q - g[i]
+            powers = np.stack([t ** 3, t ** 2, t, np.ones_like(t)], -1)  # (nb, n, 4)
+            w = (powers[..., :, None] * cheb[s:s + block, None, None, :]).reshape(t.shape + (4 * m,))
+            out[s:s + block] = np.einsum("vnk,vnk->vn", rows[i], w)
+        return out.reshape(shape + (x.size,))
+
+    def reference_z(self, concentration_mM):
+        """Z of the reference scan at ``reference_ppm``, shape of ``concentration_mM``."""
+        c = np.asarray(concentration_mM, dtype=float)
+        return self._cheb(c, c.shape) @ self.reference
+
+
+def zspectrum_table(tissue=LACTATE_PRESET, *, concentration_mM=(0.0, 40.0), grid_ppm=(-3.0, 3.0),
+                    step_ppm=0.01, n_concentration=6, reference_ppm=300.0, b0_T=9.4, b1_uT=0.8, t_sat_s=None):
+    """Tabulate :func:`zspectrum` for evaluation on images (:class:`ZSpectrumTable`).
+
+    ``Z(x; c) ~= sum_m a_m(x) T_m(u)``, ``u = (2c - lo - hi) / (hi - lo)``, with ``a_m`` interpolated from the
+    Bloch-McConnell solution at the ``n_concentration`` Chebyshev-Gauss-Lobatto nodes in ``[lo, hi]`` (one
+    ``zspectrum`` call per node, steady state or ``t_sat_s`` from equilibrium) and a not-a-knot cubic spline in
+    offset on a uniform grid of ``step_ppm``.  A field shift is applied by shifting the axis (module notes).
+
+    Parameters
+    ----------
+    tissue : CestTissue (its ``solute_mM`` is replaced by the nodes).
+    concentration_mM : (lo, hi) solute concentration range (mM); ``lo == hi`` gives a table in offset only.
+    grid_ppm : (lo, hi) offset range of the table (ppm); must hold every ``offset - dB0`` queried.
+    step_ppm : grid spacing (ppm).
+    n_concentration : Chebyshev nodes (degree + 1), >= 2 unless ``lo == hi``.
+    reference_ppm : offset of the reference (S0) scan (ppm), tabulated in concentration only.
+    b0_T, b1_uT, t_sat_s : as :func:`zspectrum`.
+
+    Returns
+    -------
+    ZSpectrumTable.  Accuracy against direct :func:`zspectrum`: ``tests/test_synth_cest_physics.py``.
+
+    References
+    ----------
+    Chebyshev interpolation at Lobatto nodes: Trefethen, Approximation Theory and Approximation Practice
+    (SIAM 2013), ch. 2-3.
+    """
+    from scipy.interpolate import CubicSpline
+
+    lo, hi = (float(v) for v in concentration_mM)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
+        raise SynthError(f"concentration_mM must be (lo, hi) with 0 <= lo <= hi, got {concentration_mM!r}")
+    g0, g1 = (float(v) for v in grid_ppm)
+    if not (np.isfinite(g0) and np.isfinite(g1) and g1 > g0 and step_ppm > 0 and (g1 - g0) / step_ppm >= 4):
+        raise SynthError(f"grid_ppm {grid_ppm!r} / step_ppm {step_ppm!r}: need lo < hi and >= 4 steps")
+    n = 1 if hi == lo else int(n_concentration)
+    if n < 1 or (hi > lo and n < 2):
+        raise SynthError(f"n_concentration must be >= 2 for a concentration range, got {n_concentration!r}")
+    grid = np.linspace(g0, g1, int(round((g1 - g0) / step_ppm)) + 1)
+    nodes = np.array([lo]) if n == 1 else lo + (hi - lo) * (1 - np.cos(np.pi * np.arange(n) / (n - 1))) / 2
+    offs = np.concatenate([grid, [reference_ppm]])
+    z = np.stack([zspectrum(offs, replace(tissue, solute_mM=float(c)), b0_T=b0_T, b1_uT=b1_uT, t_sat_s=t_sat_s)
+                  for c in nodes], -1)  # (n_grid + 1, n)
+    u = np.zeros(1) if n == 1 else (2 * nodes - (lo + hi)) / (hi - lo)
+    coef = np.linalg.solve(np.polynomial.chebyshev.chebvander(u, n - 1), z.T).T  # (n_grid + 1, n)
+    spline = CubicSpline(grid, coef[:-1], axis=0).c
+    return ZSpectrumTable(grid, spline, (lo, hi), float(reference_ppm), coef[-1], tissue, float(b1_uT),
+                          None if t_sat_s is None else float(t_sat_s))
