@@ -378,21 +378,19 @@ def test_blz945_rows_baseline_adjusted_primary_per_model_interaction_and_common_
     assert "-12.20" in text and "-10.50" in text and "by declaration" in text
 
 
-def test_ampb_precontrast_text_is_computed_from_the_data():
+def test_ampb_delta_text_is_computed_from_the_data():
     rng = np.random.default_rng(0)
-    rows = [dict(animal=f"m{i}", group=("vehicle", "ampb")[i % 2], day=d, r2star=40.0 + rng.normal(0, 2) + 0.5 * d)
+    rows = [dict(animal=f"m{i}", group=("vehicle", "ampb")[i % 2], day=d, r2star_pre=40.0 + rng.normal(0, 2) + 0.5 * d)
             for i in range(10) for d in (0, 3, 7, 10)]
     s = pd.DataFrame(rows)
+    s["delta_r2star"] = 8.0 + 4.0 * (s["group"] == "ampb") + rng.normal(0, 1, len(s))
+    s["r2star"] = s["r2star_pre"] + s["delta_r2star"]
+    eff = _est(4.0, 2.0, 6.0, at_day=10.0, adjustment="none")
+    absolute = _est(9.0, 5.0, 13.0, at_day=10.0, adjustment="none")
+    text = ampb_ferumoxytol.delta_text(s, eff, absolute, control="vehicle", treated="ampb")
+    assert text.startswith("40 of 40 post-contrast sessions have their pre-contrast scan")
+    assert "4.00 [2.00, 6.00]" in text and "9.00 [5.00, 13.00]" in text and "CI is 50% of the other" in text
     eff = _est(9.0, 5.0, 13.0, at_day=10.0, adjustment="none")
-    adj = _est(9.5, 7.5, 11.5, at_day=10.0, adjustment="ANCOVA on day 0 r2star", baseline_day=0.0)
-    text = ampb_ferumoxytol.precontrast_text({"agent": "ferumoxytol", "ContrastTiming": "24 h after i.v."}, s, eff,
-                                             adj, control="vehicle", treated="ampb")
-    d0 = s[s.day == 0]
-    sd = np.sqrt(d0.groupby("group")["r2star"].var().mean())                 # equal n: pooled SD
-    assert "without a pre-contrast baseline: all 40 tumour sessions were acquired after ferumoxytol" in text
-    assert f"within-group SD of {sd:.2f} 1/s" in text and "9.00 [5.00, 13.00]" in text
-    assert "CI 50% of the unadjusted width" in text
-    assert "no contrast agent" in ampb_ferumoxytol.precontrast_text({}, s, eff, control="vehicle", treated="ampb")
     t = ampb_ferumoxytol.conclusions(eff, _est(0.8, 0.5, 0.9, n=13), {}, control="vehicle", treated="ampb",
                                      hist_col="iba1", histology_day={"day": 10.0, "day_rule": "common",
                                                                      "left_out": ("m01",)})

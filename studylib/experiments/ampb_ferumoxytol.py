@@ -1,89 +1,180 @@
-"""Amp B and ferumoxytol in glioma (Yang et al., Neuro-Oncology 2017): the notebook's conclusions, and what
-comparing post-contrast R2* without a pre-contrast scan implies.
+"""Amp B and ferumoxytol in glioma (Yang et al., Neuro-Oncology 2017): the notebook's conclusions and its pre-/post-
+contrast pairing, ΔR2* = R2*(post) − R2*(pre) per session.
 
-Everything else the notebook does is a generic step of :mod:`studylib.analysis`."""
+Each imaging day ``d`` has a pre-contrast MEGRE (the day before, just before the i.v. ferumoxytol: no ``Agent`` in
+its sidecar) and the post-contrast MEGRE 24 h after the injection (``Agent`` ferumoxytol).  Both are ordinary
+``MEGRE`` scans of the manifest on their own days; :func:`contrast_phases` reads which is which from the sidecars
+and :func:`delta_table` pairs them.  Everything else the notebook does is a generic step of
+:mod:`studylib.analysis`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from ..analysis import TREATMENT_ENDPOINTS, group_difference, treatment_and_histology
+from ..analysis import (TREATMENT_ENDPOINTS, conclusions_table, effect_row, group_difference, treatment_rows,
+                        true_effect)
 from ..errors import ExperimentError
+from ..io.sidecar import read_sidecar
+from ..manifest import read_manifest, resolve_path
 
-__all__ = ["STUDY", "ENDPOINTS", "conclusions", "precontrast_text"]
+__all__ = ["STUDY", "ENDPOINTS", "conclusions", "contrast_phases", "delta_table", "delta_text"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "ampb_ferumoxytol"
 
 #: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
-ENDPOINTS = dict(TREATMENT_ENDPOINTS)
+ENDPOINTS = dict(TREATMENT_ENDPOINTS, absolute_r2star="post-contrast tumour R2* (native + accumulated iron), "
+                                                      "treated - control on the effect's day")
+
+
+def contrast_phases(manifest, study: str = STUDY, kind: str = "MEGRE") -> pd.DataFrame:
+    """Which ``kind`` scan of each animal and day was taken before and which after the contrast agent.
+
+    A scan is post-contrast when its sidecar names an ``Agent``, pre-contrast otherwise (BIDS: the agent of a
+    contrast-enhanced acquisition); ``ContrastTiming`` is carried along for the record.
+
+    Parameters
+    ----------
+    manifest : path of ``data_manifest.csv``.
+    study, kind : the manifest's study and image kind.
+
+    Returns
+    -------
+    DataFrame ``animal, group, day, phase`` (``"pre"``/``"post"``), ``agent``, ``timing``, sorted by animal and day.
+
+    Raises
+    ------
+    ExperimentError
+        no ``kind`` scan with a sidecar for ``study`` in the manifest.
+    """
+    df = read_manifest(manifest)
+    base = Path(manifest).resolve().parent
+    rows = df[(df["study"] == study) & (df["kind"] == kind) & df["path"].str.endswith(".json")]
+    if rows.empty:
+        raise ExperimentError(f"{manifest}: study {study!r} has no {kind} sidecars to tell pre- from post-contrast")
+    out = []
+    for r in rows.itertuples(index=False):
+        sc = read_sidecar(resolve_path(base, r.path))
+        agent = sc.get("Agent") or ""
+        out.append(dict(animal=r.animal, group=r.group, day=int(r.day), phase="post" if agent else "pre",
+                        agent=agent, timing=sc.get("ContrastTiming", "")))
+    return pd.DataFrame(out).sort_values(["animal", "day"], kind="mergesort").reset_index(drop=True)
+
+
+def delta_table(sessions: pd.DataFrame, phases: pd.DataFrame, *, y: str = "r2star",
+                max_gap_days: float = 2.0) -> pd.DataFrame:
+    """The post-contrast sessions, each with its own pre-contrast value and ``delta_<y> = y(post) - y(pre)``.
+
+    A post-contrast session of an animal is paired with that animal's latest pre-contrast session before it,
+    at most ``max_gap_days`` earlier and after the animal's previous post-contrast session (so a pre scan is
+    never paired across an injection).  Unpaired post sessions keep ``delta_<y>`` NaN (the mixed model then
+    leaves them out).
+
+    Parameters
+    ----------
+    sessions : one row per animal x day (:func:`studylib.analysis.roi_tables`), columns ``animal, day, y``.
+    phases : :func:`contrast_phases`.
+    y : the variable.
+
+    Returns
+    -------
+    DataFrame: the post-contrast rows of ``sessions`` (``day`` = the post-contrast day) with ``<y>_pre``,
+    ``pre_day`` and ``delta_<y>``.
+    """
+    for name, t, cols in (("sessions", sessions, ("animal", "day", y)), ("phases", phases, ("animal", "day", "phase"))):
+        miss = [c for c in cols if c not in t.columns]
+        if miss:
+            raise ExperimentError(f"{name} table lacks columns {miss}; it has {list(t.columns)}")
+    ph = phases[["animal", "day", "phase"]].copy()
+    ph["day"] = ph["day"].astype(float)
+    s = sessions.copy()
+    s["day"] = s["day"].astype(float)
+    s = s.merge(ph, on=["animal", "day"], how="left", validate="one_to_one")
+    if s["phase"].isna().any():
+        bad = s.loc[s["phase"].isna(), ["animal", "day"]].to_records(index=False).tolist()
+        raise ExperimentError(f"sessions without a scan in the phases table: {bad[:5]}")
+    post, pre = s[s["phase"] == "post"].copy(), s[s["phase"] == "pre"]
+    pre_val, pre_day = np.full(len(post), np.nan), np.full(len(post), np.nan)
+    for i, (animal, day) in enumerate(zip(post["animal"], post["day"])):
+        earlier_post = post[(post["animal"] == animal) & (post["day"] < day)]["day"]
+        after = earlier_post.max() if len(earlier_post) else -np.inf
+        cand = pre[(pre["animal"] == animal) & (pre["day"] < day) & (pre["day"] > after)
+                   & (pre["day"] >= day - max_gap_days)]
+        if len(cand):
+            last = cand.loc[cand["day"].idxmax()]
+            pre_val[i], pre_day[i] = last[y], last["day"]
+    post[f"{y}_pre"] = pre_val
+    post["pre_day"] = pre_day
+    post[f"delta_{y}"] = post[y] - post[f"{y}_pre"]
+    return post.drop(columns="phase").reset_index(drop=True)
+
+
+def delta_text(delta: pd.DataFrame, effect: Mapping, absolute: Mapping, *, control: str, treated: str,
+               y: str = "r2star", alpha: float = 0.05) -> str:
+    """What the pre-contrast scans add, computed from the data.
+
+    ``delta`` is :func:`delta_table`, ``effect`` the treated - control contrast of ``delta_<y>`` and ``absolute``
+    that of the post-contrast ``y`` (:func:`studylib.analysis.longitudinal_effect`).  Says how many sessions are
+    paired, how far pre-contrast ``y`` rises from the first to the last day (iron of earlier doses left in the
+    tissue, plus any native change), the two contrasts and their CI widths.
+    """
+    dy = f"delta_{y}"
+    for c in ("animal", "group", "day", y, f"{y}_pre", dy):
+        if c not in delta.columns:
+            raise ExperimentError(f"delta table lacks column '{c}'; it has {list(delta.columns)}")
+    paired = delta.dropna(subset=[dy])
+    n_post, n_pair = int(delta[y].notna().sum()), len(paired)
+    first, last = float(paired["day"].min()), float(paired["day"].max())
+    pre_first = paired[paired["day"] == first].groupby("group")[f"{y}_pre"].mean()
+    pre_last = paired[paired["day"] == last].groupby("group")[f"{y}_pre"].mean()
+    rise = "; ".join(f"{g} {pre_first.get(g, np.nan):.1f} → {pre_last.get(g, np.nan):.1f} 1/s"
+                     for g in (control, treated))
+    d_pre = group_difference(paired[paired["day"] == last], f"{y}_pre", control=control, treated=treated, alpha=alpha)
+    ci = f"{100 * (1 - alpha):g} %"
+    w = (effect["ci_high"] - effect["ci_low"]) / (absolute["ci_high"] - absolute["ci_low"])
+    return (f"{n_pair} of {n_post} post-contrast sessions have their pre-contrast scan (the day before, just before "
+            f"the injection); Δ{y} = post − pre removes each animal's native {y} from the contrast. Pre-contrast "
+            f"tumour {y} before the first and the last paired post-contrast day (mean per group): {rise} — iron of "
+            f"earlier doses left in the tissue, so a post-contrast {y} mixes all doses given so far. Before the last "
+            f"dose {treated} − {control} already differs by {d_pre.estimate:+.2f} [{d_pre.ci_low:.2f}, "
+            f"{d_pre.ci_high:.2f}] 1/s ({ci} CI, Welch p = {d_pre.p:.2g}). On day {effect['at_day']:g}, Δ{y} "
+            f"{treated} − {control} = {effect['estimate']:.2f} [{effect['ci_low']:.2f}, {effect['ci_high']:.2f}] 1/s "
+            f"(the last dose's iron), the post-contrast {y} alone {absolute['estimate']:.2f} "
+            f"[{absolute['ci_low']:.2f}, {absolute['ci_high']:.2f}] 1/s (native + every dose); the Δ{y} CI is "
+            f"{w:.0%} of the other's width.")
 
 
 def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str, treated: str,
                 hist_col: str = "iba1_cells_per_mm2", primary: str = "treatment_effect",
-                histology_day: Mapping | None = None, alpha: float = 0.05) -> pd.DataFrame:
-    """Conclusions of ``ampb_ferumoxytol``: Amp B raises tumour R2* (more iron-laden macrophages); tumour R2* tracks
-    ``hist_col`` on the day of ``histology_day`` (the animal table's ``attrs``; None: each animal's last day)."""
-    return treatment_and_histology(STUDY, effect, corr, truth, biomarker="R2*", variable="r2star", units="1/s",
-                                   control=control, treated=treated, hist_col=hist_col, effect_sign=+1,
-                                   corr_sign=+1, note="", primary=primary, histology_day=histology_day, alpha=alpha)
+                histology_day: Mapping | None = None, alpha: float = 0.05, variable: str = "r2star",
+                absolute: Mapping | None = None) -> pd.DataFrame:
+    """Conclusions of ``ampb_ferumoxytol``: Amp B raises the tumour iron signal (more iron-laden macrophages); the
+    signal tracks ``hist_col`` on the day of ``histology_day`` (the animal table's ``attrs``; None: each animal's
+    last day).
 
-
-def precontrast_text(attrs: Mapping, sessions: pd.DataFrame, effect: Mapping, adjusted: Mapping | None = None, *,
-                     control: str, treated: str, y: str = "r2star", alpha: float = 0.05) -> str:
-    """What comparing R2* without a pre-contrast scan implies, computed from the data.
-
-    With a contrast agent in every session, tumour ``R2* = R2*_native + dR2*``, ``dR2* ~ r2* [Fe]``
-    (Daldrup-Link, Radiology 2017;284:616, doi:10.1148/radiol.2017162759): the treated - control contrast is a
-    difference of total R2*, an iron difference only when native R2* does not differ between the groups, and
-    the between-animal spread of native R2* stays in the error.  A pre-contrast scan per session would give
-    ``dR2* = R2*_post - R2*_pre`` per animal.
-
-    Parameters
-    ----------
-    attrs : the loaded study's attributes (``ds.attrs``: ``agent``, ``ContrastTiming``), from the sidecars.
-    sessions : one row per animal x day (``animal, group, day, y``).
-    effect : the unadjusted treated - control effect (:func:`studylib.analysis.longitudinal_effect`).
-    adjusted : the same contrast with ``baseline="ancova"`` on the first (already post-contrast) day, or None.
-
-    Returns
-    -------
-    str: the scans, the day-0 group difference and within-group SD (Welch, pooled SD), the effect, and what
-    a pre-contrast scan would change.
+    ``variable`` is what ``effect`` and ``corr`` measure: ``"delta_r2star"`` (ΔR2* = post − pre-contrast, truth
+    keys ``tumour_delta_r2star_per_s_<treated>_minus_<control>_last_day`` and
+    ``endpoint_tumour_delta_r2star_vs_<hist_col>``) or ``"r2star"`` (post-contrast R2*).  ``absolute``, the
+    treated - control contrast of post-contrast R2*, adds the secondary row ``absolute_r2star`` (truth key
+    ``tumour_r2star_per_s_<treated>_minus_<control>_last_day``).
     """
-    for c in ("animal", "group", "day", y):
-        if c not in sessions.columns:
-            raise ExperimentError(f"sessions table lacks column '{c}'; it has {list(sessions.columns)}")
-    agent = attrs.get("agent")
-    timing = attrs.get("ContrastTiming")
-    n = int(sessions[y].notna().sum())
-    if not agent:
-        return (f"The sidecars name no contrast agent: the {n} sessions measure native {y}, and the contrast is not "
-                "a ferumoxytol (iron uptake) measurement.")
-    d0 = float(sessions["day"].min())
-    first = sessions[(sessions["day"] == d0) & sessions["group"].isin([control, treated])].dropna(subset=[y])
-    diff0 = group_difference(first, y, control=control, treated=treated, alpha=alpha)
-    sd = first.groupby("group")[y].agg(["var", "count"])
-    pooled_sd = float(np.sqrt(((sd["count"] - 1) * sd["var"]).sum() / (sd["count"] - 1).sum()))
-    when = f" ({timing})" if timing else ""
-    ci = f"{100 * (1 - alpha):g} %"
-    out = [f"R2* is compared without a pre-contrast baseline: all {n} tumour sessions were acquired after {agent}{when}"
-           f" and none before it, so tumour R2* = native R2* + ΔR2*({agent}), and the {treated} − {control} contrast "
-           f"on day {effect['at_day']:g}, {effect['estimate']:.2f} [{effect['ci_low']:.2f}, {effect['ci_high']:.2f}] 1/s, "
-           f"is a difference of total R2*.",
-           f"It measures iron only if native tumour R2* (haemorrhage, oedema, endogenous iron) does not differ between "
-           f"the groups: randomisation makes that true on average, but these data cannot check it.",
-           f"The spread of native R2* between animals stays in the error: on day {d0:g}, the first scan (already after "
-           f"{agent}), tumour R2* has a within-group SD of {pooled_sd:.2f} 1/s and {treated} − {control} differs by "
-           f"{diff0.estimate:+.2f} [{diff0.ci_low:.2f}, {diff0.ci_high:.2f}] 1/s ({ci} CI, Welch p = {diff0.p:.2g}); "
-           f"that SD bounds the native part a per-animal ΔR2* (a pre-contrast scan each session) would remove."]
-    if adjusted is not None and str(adjusted.get("adjustment", "none")) != "none":
-        w = (adjusted["ci_high"] - adjusted["ci_low"]) / (effect["ci_high"] - effect["ci_low"])
-        out.append(f"The closest adjustment the design allows, ANCOVA on the day-{adjusted['baseline_day']:g} value "
-                   f"(native R2* plus the iron before treatment), gives {adjusted['estimate']:.2f} "
-                   f"[{adjusted['ci_low']:.2f}, {adjusted['ci_high']:.2f}] 1/s (CI {w:.0%} of the unadjusted width; a "
-                   "sensitivity analysis, not the declared primary).")
-    return " ".join(out)
+    if variable not in ("r2star", "delta_r2star"):
+        raise ExperimentError(f"variable must be 'r2star' or 'delta_r2star', got {variable!r}")
+    biomarker = "ΔR2* (post − pre-contrast)" if variable == "delta_r2star" else "R2*"
+    rows = treatment_rows(STUDY, effect, corr, truth, biomarker=biomarker, variable=variable, units="1/s",
+                          control=control, treated=treated, hist_col=hist_col, effect_sign=+1, corr_sign=+1,
+                          histology_day=histology_day, alpha=alpha)
+    if absolute is not None:
+        day = absolute["at_day"]
+        rows["absolute_r2star"] = effect_row(
+            f"tumour R2* post-contrast (native + all doses' iron) {treated} − {control}, day {day:g}", absolute,
+            expected_sign=+1, truth=true_effect(truth, f"tumour_r2star_per_s_{treated}_minus_{control}_last_day",
+                                                day=day),
+            units="1/s", study=STUDY, alpha=alpha)
+    if primary not in rows:
+        raise ExperimentError(f"primary endpoint {primary!r} is not a finding here; the findings are {list(rows)}")
+    return conclusions_table(rows, primary=primary, alpha=alpha)

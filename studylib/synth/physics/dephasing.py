@@ -36,16 +36,35 @@ Monte Carlo: at ``zeta = 0.05`` the late-echo log-slope agrees with ``R2'`` to a
 
 Cost: ``n_spins x n_spheres`` dipole evaluations, computed once per tissue class (a class is one
 ``(zeta, dchi, B0)``); a voxel's curve is then looked up from its class, never simulated per voxel.
+
+Analytic voxel-wise form (:func:`gre_voxel_signal`).  Doing the ``r`` integral of the
+independent-perturber average in closed form (``v = (r/a)^3``, ``int_1^inf (1 - cos(c/v)) dv =
+|c| Si(|c|) + cos c - 1``) gives the magnitude of the same signal for any ``(zeta, dw_s)``:
+
+    |s(TE)| = exp(-zeta f_s(dw_s TE)),
+    f_s(x) = int_0^1 [ |x P| Si(|x P|) + cos(x P) - 1 ] d mu ,    P = 3 mu^2 - 1 ,
+
+Yablonskiy & Haacke's universal sphere function in the form this derivation gives (their eq. for
+spheres, written with ``mu = cos theta``): ``f_s(x) -> (2/5) x^2`` for ``x << 1`` (the Gaussian
+regime above) and ``f_s(x) -> 2 pi x / (3 sqrt 3) - 1`` for ``x >> 1`` (the exponential regime,
+``R2' = 1.2092 zeta dw_s``).  :func:`static_dephasing_function` tabulates ``f_s`` once (Gauss-Legendre
+in ``mu``, 0 <= x <= 200) and interpolates, so a whole image of voxels with their own ``zeta`` and
+``dchi`` costs one interpolation per voxel and echo; beyond the table the asymptote is used (its error
+there is < 3e-4).  ``tests/test_dephasing_voxelwise.py`` checks it against the Monte Carlo above.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+from scipy.special import sici
 
 from ...errors import SynthError
 
 __all__ = ["GAMMA_RAD_PER_S_PER_T", "sphere_frequency", "r2prime_static_dephasing", "gaussian_regime_decay",
-           "crossover_time_ms", "static_dephasing_signal", "true_r2star", "gre_class_signals"]
+           "crossover_time_ms", "static_dephasing_signal", "true_r2star", "gre_class_signals",
+           "static_dephasing_function", "zeta_for_r2prime", "gre_voxel_signal"]
 
 #: proton gyromagnetic ratio (rad s^-1 T^-1), CODATA 2018
 GAMMA_RAD_PER_S_PER_T = 2.6752218744e8
@@ -232,3 +251,125 @@ def gre_class_signals(te_ms, classes, *, b0_T, seed=0, n_spins=100_000, n_sphere
         out[k] = s0 * decay * np.abs(s)
         r2s[k] = true_r2star(r2, zeta, c["dchi_ppm"], b0_T)
     return out, r2s
+
+
+# ------------------------------------------------------------------------------------------ analytic, voxel-wise
+#: largest ``x = dw_s TE`` tabulated; beyond it ``f_s`` is its asymptote ``2 pi x / (3 sqrt 3) - 1``
+#: (measured error of the asymptote: 5e-4 at x = 100, < 3e-4 beyond 200)
+_FS_X_MAX = 200.0
+
+
+def _fs_quadrature(x: np.ndarray, n_nodes: int) -> np.ndarray:
+    """``f_s(x)`` by Gauss-Legendre quadrature in ``mu`` on [0, 1] with ``n_nodes`` nodes (the phase
+    ``x P`` spans ``3 x`` rad: a few nodes per radian resolve the oscillation)."""
+    u, w = np.polynomial.legendre.leggauss(int(n_nodes))
+    mu, w = 0.5 * (u + 1.0), 0.5 * w
+    out = np.empty(x.shape)
+    for start in range(0, x.size, 256):  # blocks of the table, memory ~ 256 x n_nodes
+        c = np.abs(np.multiply.outer(x[start:start + 256], 3.0 * mu ** 2 - 1.0))
+        si, _ = sici(c)
+        out[start:start + 256] = (c * si + np.cos(c) - 1.0) @ w
+    return out
+
+
+@lru_cache(maxsize=1)
+def _fs_table() -> tuple[np.ndarray, np.ndarray]:
+    """The tabulated ``(x, f_s(x))``, computed once per process (~0.3 s).
+
+    Steps 0.005 up to x = 10 (200 nodes), 0.05 up to 100 (800 nodes), 0.1 up to 200 (1500 nodes): the
+    quadrature agrees with 3000 nodes to 1e-11; linear interpolation errs by ``<= f_s'' h^2 / 8``
+    (``f_s'' <= 0.8``: 2.5e-6 below x = 10, < 1e-4 above).
+    """
+    parts = [(np.arange(0.0, 10.0, 0.005), 200), (np.arange(10.0, 100.0, 0.05), 800),
+             (np.arange(100.0, _FS_X_MAX + 0.05, 0.1), 1500)]
+    return (np.concatenate([x for x, _ in parts]), np.concatenate([_fs_quadrature(x, n) for x, n in parts]))
+
+
+def static_dephasing_function(x) -> np.ndarray:
+    """Yablonskiy-Haacke universal function of randomly placed magnetised spheres, ``f_s(x)``, ``x = dw_s TE``.
+
+    ``f_s(x) = int_0^1 [|x P| Si(|x P|) + cos(x P) - 1] d mu``, ``P = 3 mu^2 - 1`` (module notes), so that
+    ``|s(TE)| = exp(-zeta f_s(dw_s TE))``.  Tabulated once per process and linearly interpolated;
+    asymptote beyond ``x = 200``.
+
+    Parameters
+    ----------
+    x : array_like
+        ``dw_s TE`` (dimensionless, >= 0), any shape.
+
+    Returns
+    -------
+    ndarray, shape of ``x``.
+
+    >>> f = static_dephasing_function([0.01, 100.0])
+    >>> round(float(f[0] / (0.4 * 0.01 ** 2)), 3), round(float(f[1] - (2 * np.pi / (3 * np.sqrt(3)) * 100 - 1)), 3)
+    (1.0, 0.0)
+    """
+    x = np.asarray(x, dtype=float)
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise SynthError("x = dw_s * TE must be finite and non-negative")
+    tx, tf = _fs_table()
+    return np.where(x <= _FS_X_MAX, np.interp(x, tx, tf), SPHERE_CONSTANT * x - 1.0)
+
+
+def _array(name, value, *, lo=0.0, lo_open=False, hi=None):
+    a = np.asarray(value, dtype=float)
+    bad = ~np.isfinite(a) | ((a <= lo) if lo_open else (a < lo))
+    if hi is not None:
+        bad |= a >= hi
+    if np.any(bad):
+        rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and < {hi:g}" if hi is not None else "")
+        raise SynthError(f"{name} must be finite and {rng}; {int(bad.sum())} value(s) are not "
+                         f"(e.g. {a[bad].flat[0]!r})")
+    return a
+
+
+def zeta_for_r2prime(r2prime_per_s, dchi_ppm, b0_T) -> np.ndarray:
+    """Sphere volume fraction whose long-TE ``R2' = 2 pi zeta dw_s / (3 sqrt 3)`` is ``r2prime_per_s``.
+
+    ``zeta = R2' / (1.2092 dw_s)``, ``dw_s = gamma dchi B0 / 3``; vectorised over ``r2prime_per_s``
+    (and ``dchi_ppm``).  Raises :class:`SynthError` where ``zeta`` would reach 0.5 (not dilute).
+    """
+    r2p = _array("r2prime_per_s", r2prime_per_s)
+    dw = GAMMA_RAD_PER_S_PER_T * _array("dchi_ppm", dchi_ppm, lo_open=True) * 1e-6 * _positive("b0_T", b0_T) / 3.0
+    zeta = r2p / (SPHERE_CONSTANT * dw)
+    _array("zeta (from r2prime_per_s)", zeta, hi=0.5)
+    return zeta
+
+
+def gre_voxel_signal(te_ms, *, s0, r2_per_s, zeta, dchi_ppm, b0_T) -> np.ndarray:
+    """Magnitude multi-echo GRE signal of every voxel, ``S0 exp(-R2 TE) exp(-zeta f_s(dw_s TE))``.
+
+    The analytic static-dephasing signal (Yablonskiy & Haacke, MRM 1994;32:749,
+    doi:10.1002/mrm.1910320610) of water around randomly placed magnetised spheres, each voxel with its
+    own sphere volume fraction and susceptibility difference; :func:`static_dephasing_signal` is the
+    Monte Carlo of the same theory.  Its true relaxation rate (what a mono-exponential fit of long-TE
+    echoes should find) is ``R2* = R2 + R2'`` (:func:`true_r2star`).
+
+    Parameters
+    ----------
+    te_ms : array_like (n_te,)
+        Echo times (ms).
+    s0 : array_like
+        Signal at TE = 0 (a.u.), voxel shape (broadcast with the others).
+    r2_per_s : array_like
+        Intrinsic (mono-exponential) relaxation rate R2 (1/s), > 0.
+    zeta : array_like
+        Sphere volume fraction, 0 <= zeta < 0.5 (0: no perturbers).
+    dchi_ppm : array_like
+        Sphere - water volume susceptibility difference (SI ppm), > 0.
+    b0_T : float
+        Main field (T).
+
+    Returns
+    -------
+    ndarray, shape ``broadcast(s0, r2_per_s, zeta, dchi_ppm) + (n_te,)`` (a.u.).
+    """
+    te = _echo_times(te_ms) * 1e-3
+    s0 = _array("s0", s0)
+    r2 = _array("r2_per_s", r2_per_s, lo_open=True)
+    zeta = _array("zeta", zeta, hi=0.5)
+    dw = GAMMA_RAD_PER_S_PER_T * _array("dchi_ppm", dchi_ppm, lo_open=True) * 1e-6 * _positive("b0_T", b0_T) / 3.0
+    s0, r2, zeta, dw = np.broadcast_arrays(s0, r2, zeta, dw)
+    fs = static_dephasing_function(dw[..., None] * te)
+    return s0[..., None] * np.exp(-r2[..., None] * te - zeta[..., None] * fs)
