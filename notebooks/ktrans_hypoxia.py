@@ -24,9 +24,12 @@
 # inversely with the hypoxic fraction, and this was not explained by MVD or IFP.
 #
 # **Design of this study** (simulated): the four PDX models, several tumours each, one session at 7 T:
-# variable-flip-angle SPGR (2–20°) for the pre-contrast T1, then dynamic SPGR (15°, 4 s per frame, ~5 min)
-# with an i.v. bolus of gadoterate; a vessel ROI gives a measured arterial input function (AIF). Histology:
-# pimonidazole hypoxic fraction, CD31 MVD and IFP.
+# a B1 map (relative flip angle, AFI), variable-flip-angle SPGR (2–20°) for the pre-contrast T1, then dynamic
+# SPGR (15°, 4 s per frame, ~5 min) with an i.v. bolus of gadoterate; a vessel ROI in every animal gives that
+# animal's arterial input function (AIF). Histology: pimonidazole hypoxic fraction, CD31 MVD and IFP.
+# The simulated images come from physics the fit does not share (`studylib.synth.physics.perfusion`): a
+# different AIF in every animal (amplitude, arrival, width, washout), the extended Tofts model convolved in
+# continuous time, and SPGR signal under a smooth transmit (B1) field.
 #
 # **Physics in brief.** The gadolinium agent shortens T1 in proportion to its concentration,
 # R1(t) = R1,0 + r1·C(t), and a spoiled gradient echo turns R1 into signal, so with the pre-contrast T1 map
@@ -46,7 +49,9 @@ cache_dir = None  # None: data/<preset>/derived
 scheduler = None  # None/"threads", "local" or a dask scheduler address
 reports_dir = None  # set by `studylib run`; unused here
 dce_model = "extended_tofts"  # "tofts", "extended_tofts" or "patlak"
-aif_source = "cohort"  # "cohort": mean of the measured vessel AIFs; "animal": each animal's own
+aif_source = "animal"  # "animal": each animal's own vessel AIF (see section 3); "cohort": their mean
+b1_map = True  # correct the flip angles with the study's B1map scans (when the manifest lists them)
+population_aif = "mcgrath_rat"  # population AIF of the AIF comparison (section 7; a rat AIF: no mouse one in the library)
 n_baseline = None  # pre-contrast frames; None: before the bolus arrival measured in the vessel ROI
 r1_per_mM_s = None  # agent r1 (1/(s mM)); None: a measured value in the sidecars, else the Agent's tabulated r1 at the field
 hematocrit = None  # None: a measured value in the sidecars, else the mouse default 0.45
@@ -77,30 +82,44 @@ sl.require_verified(manifest)
 # %%
 vfa = sl.load_study(manifest, study, "VFA")
 dce = sl.load_study(manifest, study, "DCE")
+b1 = exp.b1_scans(manifest, study) if b1_map else None
 design = sl.design_table(dce)
 design
 
 # %% [markdown]
 # ## 3. T1, concentration, AIF and tracer-kinetic maps
-# VFA T1 (DESPOT1) in tumour, muscle and vessel; SPGR signal → R1 → concentration with the agent's r1;
-# the AIF from the vessel ROI (whole blood → plasma with the haematocrit); then the kinetic model fitted
-# in every tumour and muscle voxel.
+# VFA T1 (DESPOT1) in tumour, muscle and vessel with the measured flip angles (B1 map); SPGR signal → R1 →
+# concentration with the agent's r1; the AIF from the vessel ROI (whole blood → plasma with the
+# haematocrit); then the kinetic model fitted in every tumour and muscle voxel.
+#
+# **Which AIF.** The AIF differs between mice (injected dose per blood volume, cardiac output, injection
+# timing), and Ktrans scales inversely with its amplitude: a cohort-mean AIF hands each animal's deviation
+# to its Ktrans, which is what the study compares between animals. Each animal's own vessel ROI is noisier
+# than the cohort mean, but that noise is small beside the differences between animals (section 7 refits
+# with the animal's own, the cohort-mean and a population AIF), so the default is the animal's own AIF
+# (`aif_source`). **B1.** At 7 T the transmit field is not uniform: a flip angle off by a factor b makes
+# the VFA T1 about b² times the truth and Ktrans about 1/b², differently in each animal, so the B1 map is
+# used for both the VFA and the dynamic flip angles.
 
 # %%
+print(exp.b1_text(exp.b1_table(b1)))
 maps, aif = sl.fit_dce_maps(vfa, dce, model=dce_model, aif_source=aif_source, n_baseline=n_baseline,
-                            r1_per_mM_s=r1_per_mM_s, hematocrit=hematocrit,
+                            r1_per_mM_s=r1_per_mM_s, hematocrit=hematocrit, b1=b1,
                             cache_dir=cache_dir, study=study)
 maps
 
 # %%
-fig = plots.time_curves(aif, title=f"arterial input function (plasma, {aif_source})")
+fig = plots.time_curves(aif, title=f"arterial input functions (plasma, used: {aif.attrs['used']})")
+aifs = exp.aif_table(aif)
+print(exp.aif_text(aifs))
+aifs
 
 # %% [markdown]
 # ## 4. Quality control
 # Ktrans over a pre-contrast frame, one representative tumour per PDX model; then the fit quality with
 # failed voxels in red, and the T1 map.
 
-# %%
+# %% tags=["key-figure"]
 anat = sl.anatomy(dce)
 fig = plots.representative_maps(maps["ktrans"], anat, dce["roi"], title=f"tumour Ktrans ({dce_model})",
                                 cmap="inferno")
@@ -168,6 +187,16 @@ others
 # (`studylib.analysis.maps.DEFAULT_HEMATOCRIT`), to 0.50 (healthy FVB females 50.4 ± 2.2 %, Taconic's published
 # haematology); strains differ, and a lab that measures its animals' haematocrit passes it as `hematocrit`.
 
+# %% [markdown]
+# **The AIF choice.** Each tumour's ROI-mean curve refitted with the animal's own AIF, the cohort mean of the
+# measured AIFs and the population AIF `population_aif` (shifted to the animal's measured arrival): the
+# correlation with hypoxia under each (the truth comparison is in section 8).
+
+# %%
+aif_choice = exp.aif_choice_table(dce, maps, aif, n_baseline=n_baseline, r1_per_mM_s=r1_per_mM_s, b1=b1,
+                                  model=dce_model, population=population_aif)
+exp.aif_choice_summary(aif_choice, histology, hyp)
+
 # %%
 hct_assumed = float(aif.attrs["hematocrit"])
 hct_table = exp.hematocrit_sensitivity(animals, assumed=hct_assumed, hematocrits=hematocrit_range, slope=slope)
@@ -203,6 +232,16 @@ recovery = exp.recovery_vs_truth(animals, sl.load_truth_table(manifest, study, "
                                  assumed_hematocrit=hct_assumed, simulated_hematocrit=hct_simulated, alpha=alpha)
 print(exp.recovery_text(recovery, assumed=hct_assumed, simulated=hct_simulated))
 recovery
+
+# %% [markdown]
+# The measured AIFs against the simulated ones (arrival, peak), and the tumour Ktrans of each AIF choice
+# against the truth: median bias and the scatter (SD of log fitted / true) the choice adds.
+
+# %%
+aif_vs_truth = exp.aif_table(aif, truth)
+print(exp.aif_text(aif_vs_truth, assumed_hematocrit=hct_assumed, simulated_hematocrit=hct_simulated))
+truth_sessions = sl.load_truth_table(manifest, study, "sessions.csv")
+exp.aif_choice_summary(aif_choice, histology, hyp, truth_sessions)
 
 # %%
 fig = plots.effect_vs_truth(conclusions)

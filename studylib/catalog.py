@@ -93,7 +93,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                "Ktrans (Tofts / extended Tofts) vs hypoxic fraction", "Hauge et al., J Transl Med 2017",
                "Hauge et al., J Transl Med 2017;15:225",
                "Ktrans correlates inversely with the pimonidazole hypoxic fraction",
-               ("VFA", "DCE")),
+               ("VFA", "DCE", "B1map")),
     Experiment("fluorine19_pfc", "19F perfluorocarbon imaging of macrophages",
                "19F PFC signal vs metastatic potential (67NR/168FARN/4T1)", "Makela et al., MRM 2018",
                "Makela et al., MRM 2018;80:1138 (doi:10.1002/mrm.27081)",

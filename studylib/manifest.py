@@ -41,7 +41,7 @@ __all__ = [
 
 #: Known values of the ``kind`` column.
 KINDS: tuple[str, ...] = ("MEGRE", "MSME", "VFA", "IR", "VTR", "DWI", "DCE", "CEST", "WASSR", "F19", "T2w",
-                          "roi", "histology")
+                          "B1map", "roi", "histology")
 #: Kinds stored as NIfTI images (everything except ``histology``).
 IMAGE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "histology")
 #: Kinds whose images carry an acquisition axis described by the sidecar.

@@ -268,7 +268,8 @@ DEFAULT_HEMATOCRIT = 0.45
 def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tofts", aif_source: str = "cohort",
                  n_baseline: int | None = None, t1_method: str = "nonlinear", labels: Sequence[int] = (1, 2),
                  vessel_label: int = 3, r1_per_mM_s: float | None = None, hematocrit: float | None = None,
-                 cache_dir=None, study: str | None = None) -> tuple[xr.Dataset, xr.DataArray]:
+                 b1: xr.Dataset | None = None, cache_dir=None,
+                 study: str | None = None) -> tuple[xr.Dataset, xr.DataArray]:
     """Pre-contrast T1, concentration, measured AIF and tracer-kinetic maps, with Dask and cached.
 
     1. T10 from the VFA series (:func:`studylib.fit.relaxometry.t1_vfa`, DESPOT1) in tumour, muscle
@@ -284,6 +285,12 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
     r1 and haematocrit default to the sidecars' ``Relaxivity_per_mM_per_s`` and ``Hematocrit``, else to
     :func:`default_relaxivity` (the agent's tabulated r1 at the field) and :data:`DEFAULT_HEMATOCRIT`; the
     pre-contrast frames to :func:`baseline_frames`.
+
+    ``b1``: the study's ``B1map`` scans (``load_study(manifest, study, "B1map")``, the relative flip angle
+    actual / nominal, background excluded) or None (nominal angles).  With a map the VFA fit
+    (:func:`studylib.fit.t1_vfa` ``b1=``), the concentration (:func:`studylib.fit.dce.signal_to_concentration`
+    ``b1=``) and each vessel AIF (flip angle x the median B1 in its vessel ROI) use the actual angles: at 7 T
+    a flip angle off by a factor b scales the VFA T1 by ~b^2 and Ktrans by ~1/b^2 when left uncorrected.
 
     Returns
     -------
@@ -311,13 +318,30 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
         hematocrit = DEFAULT_HEMATOCRIT
     hct = float(_attr(dce, hematocrit, "Hematocrit", "hematocrit"))
     nb = baseline_frames(dce, n_baseline, vessel_label=vessel_label)
+    if b1 is not None:
+        if not isinstance(b1, xr.Dataset) or "signal" not in b1:
+            raise ExperimentError(f"b1 must be the loaded B1map scans (load_study(manifest, study, 'B1map')), "
+                                  f"got {type(b1).__name__}")
+        for c in ("animal", "day"):
+            if not np.array_equal(np.asarray(b1[c].values), np.asarray(dce[c].values)):
+                raise ExperimentError(f"B1map and DCE scans differ in '{c}': {b1[c].values.tolist()} vs "
+                                      f"{dce[c].values.tolist()}")
     params = dict(model=model, aif_source=aif_source, n_baseline=nb, t1_method=t1_method, labels=list(labels),
                   vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr)
+    if b1 is not None:
+        params["b1_map"] = True
 
     def compute():
         v, d = _bare(vfa), _bare(dce)
+        b1m = None
+        if b1 is not None:  # the measured relative flip angle, in the body where it is a plausible one
+            from ..fit.relaxometry import B1_RANGE
+
+            bb = _bare(b1)
+            b1m = bb["signal"].where((bb["roi"] != BACKGROUND_LABEL) & (bb["signal"] >= B1_RANGE[0])
+                                     & (bb["signal"] <= B1_RANGE[1])).compute()
         t1 = t1_vfa(v["signal"], tr_ms=vfa.attrs.get("tr_ms"), method=t1_method,
-                    mask=v["roi"].isin([*labels, vessel_label]))
+                    mask=v["roi"].isin([*labels, vessel_label]), b1=b1m)
         t1 = compute_with_progress(t1, label=f"T1 (VFA, {t1_method}) on {int(vfa['acquired'].sum())} scans")
         vessel = d["roi"] == vessel_label
         aifs, names = [], []
@@ -332,7 +356,11 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                             .median(skipna=True))
                 if not np.isfinite(t1b):
                     continue
-                aifs.append(aif_from_roi(d["signal"].sel(animal=a, day=day), ves, t10_blood_ms=t1b, fa_deg=fa,
+                fa_ves = fa
+                if b1m is not None:
+                    b1v = float(b1m.sel(animal=a, day=day).where(ves).median(skipna=True))
+                    fa_ves = fa * b1v if np.isfinite(b1v) else fa
+                aifs.append(aif_from_roi(d["signal"].sel(animal=a, day=day), ves, t10_blood_ms=t1b, fa_deg=fa_ves,
                                          tr_ms=tr, r1_per_mM_s=r1, hematocrit=hct, baseline=nb))
                 names.append(str(a))
         if not aifs:
@@ -342,7 +370,7 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
         aif = aif.transpose("animal", "t")
         cohort = aif.mean("animal")
         ct = signal_to_concentration(d["signal"], t10_ms=t1["t1"].where(t1["fit_ok"]), fa_deg=fa, tr_ms=tr,
-                                     r1_per_mM_s=r1, baseline=nb)
+                                     r1_per_mM_s=r1, baseline=nb, b1=b1m)
         mask = d["roi"].isin(list(labels))
         if aif_source == "cohort":
             maps = dce_fit(ct, cohort.reset_coords(drop=True), model=model, mask=mask)
@@ -361,7 +389,9 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
 
     cache = get_cache(study, manifest, cache_dir)
     out = cache.get_or_compute("dce_maps", compute,
-                               inputs=[manifest_rows(manifest, study=study, kinds=["VFA", "DCE", "roi"])],
+                               inputs=[manifest_rows(manifest, study=study,
+                                                     kinds=["VFA", "DCE", "roi"] + (["B1map"] if b1 is not None
+                                                                                   else []))],
                                params=params,
                                code=("studylib.analysis.maps", "studylib.fit.dce", "studylib.fit.relaxometry",
                                      "studylib.io.load"),

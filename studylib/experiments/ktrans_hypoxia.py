@@ -8,7 +8,10 @@ slope are secondary.
 
 Analysis parameters the data do not give (issue 14): the sidecars carry acquisition parameters only, so
 the bolus arrival is measured in the vessel ROI, r1 is the agent's tabulated value at the field and the
-haematocrit is the mouse default.  :func:`hematocrit_sensitivity` shows, from the fitted numbers alone,
+haematocrit is the mouse default.  The flip angle is corrected with the study's B1 map when it has one
+(:func:`b1_scans`, :func:`b1_table`: what leaving it uncorrected would do); each animal's AIF is measured in
+its vessel ROI (:func:`aif_table`) and :func:`aif_choice_table` refits the tumour curves with the animal's own,
+the cohort-mean and a population AIF.  :func:`hematocrit_sensitivity` shows, from the fitted numbers alone,
 how Ktrans, ve and vp move with the haematocrit; :func:`recovery_vs_truth` (simulated data only) measures
 the bias of the fitted values against the truth.
 """
@@ -24,9 +27,11 @@ import pandas as pd
 from ..analysis import (conclusions_table, correlation_effect, correlation_part_rows, correlation_row, effect_row,
                         true_correlation, true_effect)
 from ..errors import ExperimentError
+from ..fit.relaxometry import B1_RANGE
 
 __all__ = ["STUDY", "ENDPOINTS", "other_correlations", "conclusions", "KINETIC_TRUTH", "hematocrit_sensitivity",
-           "hematocrit_text", "recovery_vs_truth", "recovery_text"]
+           "hematocrit_text", "recovery_vs_truth", "recovery_text", "b1_scans", "b1_table", "b1_text", "aif_table",
+           "aif_text", "aif_choice_table", "aif_choice_summary"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "ktrans_hypoxia"
@@ -241,3 +246,196 @@ def recovery_text(table: pd.DataFrame, *, assumed: float, simulated: float | Non
                 f"{exp:+.1f} % to all three (and to the Ktrans slope; the correlations are unchanged); the rest is "
                 f"the fit's own bias: {'; '.join(rest)}.")
     return txt
+
+
+# --------------------------------------------------------------------------------------------- B1
+def b1_scans(manifest, study: str = STUDY):
+    """The study's ``B1map`` scans (relative flip angle, actual / nominal) loaded lazily, or None (with a note)
+    when the manifest lists none: the fit then uses the nominal flip angles."""
+    from ..io import load_study
+    from ..manifest import read_manifest
+
+    rows = read_manifest(manifest)
+    if not ((rows["study"] == study) & (rows["kind"] == "B1map")).any():
+        print(f"no B1map scans for '{study}': T1 and concentrations use the nominal flip angles")
+        return None
+    return load_study(manifest, study, "B1map")
+
+
+def b1_table(b1, *, label: int = 1) -> pd.DataFrame:
+    """Per scan, the median relative flip angle ``b`` (actual / nominal) in the ROI ``label`` and what leaving it
+    uncorrected would do: VFA T1 x ``b^2`` and Ktrans, ve, vp x ``1/b^2`` (small-angle, short-TR SPGR: the
+    apparent T1 of DESPOT1 is ``b^2 T1`` and the concentration scales as ``1/b^2``; checked against the exact
+    SPGR physics in ``tests/test_independent_physics.py``: T1 x0.721, Ktrans +38.6 % at b = 0.85).
+
+    Returns DataFrame ``animal, day, b1_median, b1_p05, b1_p95, t1_factor_uncorrected, ktrans_bias_uncorrected_pct``.
+    """
+    cols = ["animal", "day", "b1_median", "b1_p05", "b1_p95", "t1_factor_uncorrected", "ktrans_bias_uncorrected_pct"]
+    if b1 is None:
+        return pd.DataFrame(columns=cols)
+    sig, roi = b1["signal"], b1["roi"]
+    rows = []
+    for a in b1["animal"].values:
+        for d in b1["day"].values:
+            if "acquired" in b1.coords and not bool(b1["acquired"].sel(animal=a, day=d)):
+                continue
+            v = np.asarray(sig.sel(animal=a, day=d).where(roi.sel(animal=a, day=d) == label).values, float)
+            v = v[np.isfinite(v) & (v >= B1_RANGE[0]) & (v <= B1_RANGE[1])]  # a plausible relative flip angle
+            if v.size == 0:
+                continue
+            med = float(np.median(v))
+            rows.append(dict(animal=str(a), day=int(d), b1_median=med, b1_p05=float(np.percentile(v, 5)),
+                             b1_p95=float(np.percentile(v, 95)), t1_factor_uncorrected=med ** 2,
+                             ktrans_bias_uncorrected_pct=100.0 * (med ** -2 - 1.0)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def b1_text(table: pd.DataFrame) -> str:
+    """The B1 correction in words, from :func:`b1_table`."""
+    if table.empty:
+        return ("No B1 map: T1 and Ktrans assume the nominal flip angles; at 7 T a flip angle off by a factor b "
+                "scales the VFA T1 by about b^2 and Ktrans, ve, vp by about 1/b^2.")
+    b = table["b1_median"]
+    k = table["ktrans_bias_uncorrected_pct"]
+    return (f"B1 map: the tumours' median relative flip angle ranges {b.min():.2f} to {b.max():.2f} over "
+            f"{len(table)} scans; uncorrected, T1 would be x{b.min() ** 2:.2f} to x{b.max() ** 2:.2f} and Ktrans "
+            f"{k.min():+.0f} % to {k.max():+.0f} % off (median {k.median():+.0f} %), differently in every animal. "
+            "The fit uses the map (VFA T1 and the dynamic flip angle).")
+
+
+# --------------------------------------------------------------------------------------------- AIF
+def aif_table(aif, truth: Mapping | None = None) -> pd.DataFrame:
+    """Each animal's measured plasma AIF: bolus arrival (piecewise constant-quadratic regression,
+    :func:`studylib.fit.dce.bolus_arrival_time`, Cheong et al. 2003) and peak (the largest frame), and, with a
+    simulated ``truth``, their errors against the continuous-time AIF the simulation used (``truth["aif"]``):
+    the arrival error (s), the peak error against the true continuous peak and against the true plasma
+    concentration at the frames (what 4 s sampling can show at best).  The measured peak carries the assumed
+    haematocrit: ``(1 - Hct_true) / (1 - Hct_assumed)``.
+
+    Returns DataFrame ``animal, arrival_s, peak_mM`` (+ ``true_arrival_s, arrival_error_s, true_peak_mM,
+    peak_error_pct, true_peak_at_frames_mM, peak_error_at_frames_pct`` with truth).
+    """
+    from ..fit.dce import bolus_arrival_time
+
+    if not hasattr(aif, "dims") or "animal" not in aif.dims or "t" not in aif.dims:
+        raise ExperimentError(f"aif must be the measured AIFs over (animal, t), got {getattr(aif, 'dims', aif)!r}")
+    bat = bolus_arrival_time(aif.transpose("animal", "t"))
+    arr = np.asarray(bat["bat_s"].where(bat["fit_ok"]).values, float)
+    peak = np.asarray(aif.max("t").values, float)
+    out = pd.DataFrame({"animal": [str(a) for a in aif["animal"].values], "arrival_s": arr, "peak_mM": peak})
+    animals = ((truth or {}).get("aif") or {}).get("animals") or {}
+    if animals:
+        true = pd.DataFrame([dict(animal=str(k), true_arrival_s=v["arrival_s"], true_peak_mM=v["peak_plasma_mM"],
+                                  true_peak_at_frames_mM=v["peak_plasma_at_frames_mM"]) for k, v in animals.items()])
+        out = out.merge(true, on="animal", how="left")
+        out["arrival_error_s"] = out["arrival_s"] - out["true_arrival_s"]
+        out["peak_error_pct"] = 100.0 * (out["peak_mM"] / out["true_peak_mM"] - 1.0)
+        out["peak_error_at_frames_pct"] = 100.0 * (out["peak_mM"] / out["true_peak_at_frames_mM"] - 1.0)
+    return out
+
+
+def aif_text(table: pd.DataFrame, *, assumed_hematocrit: float | None = None,
+             simulated_hematocrit: float | None = None) -> str:
+    """The measured AIFs in words (and their errors against the simulated AIFs when known)."""
+    txt = (f"Measured AIFs ({len(table)} animals): bolus arrival {table['arrival_s'].min():.1f} to "
+           f"{table['arrival_s'].max():.1f} s, plasma peak {table['peak_mM'].min():.2f} to "
+           f"{table['peak_mM'].max():.2f} mM (CV {100 * table['peak_mM'].std() / table['peak_mM'].mean():.0f} % "
+           "between animals).")
+    if "arrival_error_s" in table:
+        e = table["arrival_error_s"].dropna()
+        txt += (f" Against the simulated AIFs: arrival error median {e.median():+.1f} s (range {e.min():+.1f} to "
+                f"{e.max():+.1f}); peak error median {table['peak_error_pct'].median():+.1f} % (range "
+                f"{table['peak_error_pct'].min():+.0f} to {table['peak_error_pct'].max():+.0f} %) against the "
+                f"continuous peak, {table['peak_error_at_frames_pct'].median():+.1f} % against the true "
+                "concentration at the frames")
+        if assumed_hematocrit is not None and simulated_hematocrit is not None:
+            h = 100.0 * ((1 - simulated_hematocrit) / (1 - assumed_hematocrit) - 1)
+            txt += f"; the haematocrit assumption alone gives {h:+.1f} %"
+        txt += "."
+    return txt
+
+
+def aif_choice_table(dce, maps, aif, *, n_baseline: int | None = None, r1_per_mM_s: float | None = None, b1=None,
+                     label: int = 1, population: str = "mcgrath_rat", model: str = "extended_tofts") -> pd.DataFrame:
+    """Tumour kinetics of each scan refitted with three AIFs: the animal's own measured AIF, the cohort mean of
+    the measured AIFs, and a population AIF (``population``, :func:`studylib.fit.dce.population_aif`, on a 0.5 s
+    grid, shifted to the animal's measured arrival, plasma with the same haematocrit).
+
+    The tumour curve is the ROI-mean signal, converted with the ROI-median T1 of ``maps`` and the ROI-median
+    flip-angle factor of ``b1`` (one curve per scan, so the three AIFs are compared on the same data; the
+    voxel-wise maps of the notebook use ``aif_source`` only).  McGrath et al. 2009 (``mcgrath_rat``) is a rat
+    AIF: no published mouse population AIF is in the library.
+
+    ``n_baseline`` and ``r1_per_mM_s`` as :func:`studylib.analysis.fit_dce_maps` (None: the same defaults).
+
+    Returns DataFrame ``animal, day, aif, ktrans, ve, vp, fit_ok`` (one row per scan and AIF).
+    """
+    import xarray as xr
+
+    from ..analysis.maps import baseline_frames, default_relaxivity
+    from ..fit.dce import bolus_arrival_time, dce as dce_fit, population_aif, signal_to_concentration
+
+    n_baseline = baseline_frames(dce, n_baseline)
+    r1_per_mM_s = default_relaxivity(dce, r1_per_mM_s)
+
+    t = np.asarray(dce["t"].values, float)
+    fa, tr = float(dce.attrs["FlipAngle"]), float(dce.attrs["tr_ms"])
+    hct = float(aif.attrs.get("hematocrit", 0.45))
+    tumour = dce["roi"] == label
+    bat = bolus_arrival_time(aif.transpose("animal", "t"))
+    arrival = dict(zip([str(a) for a in aif["animal"].values], np.asarray(bat["bat_s"].values, float)))
+    cohort = aif.mean("animal").reset_coords(drop=True)
+    tf = np.arange(0.0, t[-1] + 0.25, 0.5)
+    rows = []
+    for a in dce["animal"].values:
+        for d in dce["day"].values:
+            if "acquired" in dce.coords and not bool(dce["acquired"].sel(animal=a, day=d)):
+                continue
+            m = tumour.sel(animal=a, day=d).compute()
+            if not bool(m.any()):
+                continue
+            sig = dce["signal"].sel(animal=a, day=d).where(m).mean(("z", "y", "x")).compute()
+            t10 = float(np.nanmedian(np.asarray(maps["t1"].sel(animal=a, day=d).where(m).values, float)))
+            bf = 1.0
+            if b1 is not None:
+                bv = np.asarray(b1["signal"].sel(animal=a, day=d).where(m).values, float)
+                bv = bv[np.isfinite(bv) & (bv >= B1_RANGE[0]) & (bv <= B1_RANGE[1])]
+                bf = float(np.median(bv)) if bv.size else 1.0
+            ct = signal_to_concentration(sig.expand_dims(voxel=[0]), t10_ms=t10, fa_deg=fa * bf, tr_ms=tr,
+                                         r1_per_mM_s=r1_per_mM_s, baseline=n_baseline)
+            own = aif.sel(animal=str(a)).reset_coords(drop=True) if str(a) in arrival else cohort
+            delay = arrival.get(str(a), np.nanmedian(list(arrival.values())))
+            pop = population_aif(tf, population, delay_s=float(delay), hematocrit=hct)
+            for name, cp in (("animal", own), ("cohort", cohort), ("population", pop)):
+                res = dce_fit(ct, xr.DataArray(np.asarray(cp.values, float), dims="t",
+                                               coords={"t": np.asarray(cp["t"].values, float)}), model=model)
+                rows.append(dict(animal=str(a), day=int(d), aif=name,
+                                 **{k: float(res[k].values[0]) if k in res else float("nan")
+                                    for k in ("ktrans", "ve", "vp")}, fit_ok=bool(res["fit_ok"].values[0])))
+    return pd.DataFrame(rows, columns=["animal", "day", "aif", "ktrans", "ve", "vp", "fit_ok"])
+
+
+def aif_choice_summary(table: pd.DataFrame, histology: pd.DataFrame, hist_col: str,
+                       truth_sessions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per AIF choice: the pooled correlation of tumour Ktrans with ``hist_col`` and, with the simulated truth,
+    the median bias of Ktrans (%) and the SD of ``log(fitted / true)`` (%, the scatter the AIF choice adds).
+
+    Returns DataFrame ``aif, n, r_pooled, ktrans_median_bias_pct, ktrans_log_sd_pct`` (bias NaN without truth).
+    """
+    h = histology.assign(animal=histology["animal"].astype(str))[["animal", hist_col]]
+    tr = None
+    if truth_sessions is not None and not truth_sessions.empty:
+        tr = truth_sessions.assign(animal=truth_sessions["animal"].astype(str))[["animal", "tumour_ktrans_per_min"]]
+    rows = []
+    for name, g in table[table["fit_ok"]].groupby("aif", sort=False):
+        j = g.merge(h, on="animal")
+        r = float(np.corrcoef(j["ktrans"], j[hist_col])[0, 1]) if len(j) >= 3 else float("nan")
+        bias = sd = float("nan")
+        if tr is not None:
+            k = g.merge(tr, on="animal")
+            lr = np.log(k["ktrans"] / k["tumour_ktrans_per_min"])
+            lr = lr[np.isfinite(lr)]
+            if lr.size >= 2:
+                bias, sd = 100 * (math.exp(float(np.median(lr))) - 1), 100 * float(np.std(lr, ddof=1))
+        rows.append(dict(aif=name, n=len(g), r_pooled=r, ktrans_median_bias_pct=bias, ktrans_log_sd_pct=sd))
+    return pd.DataFrame(rows, columns=["aif", "n", "r_pooled", "ktrans_median_bias_pct", "ktrans_log_sd_pct"])

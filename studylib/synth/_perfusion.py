@@ -9,16 +9,22 @@ collagen_adc        7 T DWI, b = 0, 200, 400, 700, 1000 s/mm2; models BK-12, ED-
                     fraction + N(0, 0.05) um2/ms (core +0.08, 4 % jitter, ROI mean
                     exact); IVIM f = 0.05, D* = 20 um2/ms (negligible for b >= 200);
                     muscle D 1.45, tissue 1.2 um2/ms; S0 1000, sigma 25.
-ktrans_hypoxia      7 T; VFA SPGR 2/5/10/15/20 deg, TR 4 ms; DCE SPGR 15 deg, TR 4 ms,    Hauge et al., J Transl Med
-                    75 frames every 4 s (0-296 s), bolus arrival 40 s; gadoterate      2017;15:225 (DOI
-                    0.1 mmol/kg, r1 = 2.8 /s/mM; McGrath 2009 model B AIF (a rat AIF,   10.1186/s12967-017-1331-8)
-                    whole blood) in the vessel ROI (label 3), Cp = Cb / (1 - Hct), Hct 0.42;
-                    extended Tofts tissue curves.  Hypoxic fraction 25 / 42 / 58 / 75 %
-                    (+- 5) per model; Ktrans = (0.30 - 0.30 h) x LN(0.12) /min; ve 0.30
-                    x LN(0.15); vp 0.03 x LN(0.3); Ktrans rim 1.3 : core 0.7.  T1:
-                    tumour 1900 x LN(0.08), muscle 1600, tissue 1500, blood 2200 ms;
-                    M0 30000, sigma 20 (VFA and DCE).  Histology: pimonidazole
-                    hypoxic fraction, CD31 MVD and IFP (independent of Ktrans).
+ktrans_hypoxia      7 T; B1 map (AFI, relative flip angle, noise SD 0.02); VFA SPGR          Hauge et al., J Transl Med
+                    2/5/10/15/20 deg, TR 4 ms; DCE SPGR 15 deg, TR 4 ms, 75 frames     2017;15:225 (DOI
+                    every 4 s (0-296 s); gadoterate 0.1 mmol/kg, r1 = 2.8 /s/mM.      10.1186/s12967-017-1331-8)
+                    Independent physics (:mod:`.physics.perfusion`): per-animal plasma
+                    AIF (``animal_aifs``: population shape arriving at 40 s, amplitude
+                    LN(0.20), arrival N(0, 3 s), width LN(0.15), washout LN(0.25)); the
+                    vessel ROI (label 3) holds whole blood = plasma x (1 - Hct), Hct
+                    0.42; extended Tofts convolved in closed form (continuous time)
+                    with the animal's AIF, sampled at the frames; SPGR with a smooth
+                    relative flip-angle field (per-animal calibration 1 + N(0, 0.05),
+                    RMS 0.08, correlation length 4 mm) in both VFA and DCE.  Hypoxic
+                    fraction 25 / 42 / 58 / 75 % (+- 5) per model; Ktrans = (0.30 -
+                    0.30 h) x LN(0.12) /min; ve 0.30 x LN(0.15); vp 0.03 x LN(0.3);
+                    Ktrans rim 1.3 : core 0.7.  T1: tumour 1900 x LN(0.08), muscle
+                    1600, tissue 1500, blood 2200 ms; M0 30000, sigma 20 (VFA and DCE).
+                    Histology: pimonidazole hypoxic fraction, CD31 MVD and IFP.
 =================  ==============================================================  ==========================
 
 Sidecars carry acquisition parameters only (issue 14): field, TR, TE, flip angles, b-values, frame times,
@@ -29,20 +35,22 @@ field, :mod:`studylib.models.relaxivity`: gadoterate 2.84 /s/mM at 7 T) and haem
 measured AIF the r1 cancels from Ktrans, ve and vp (tissue and AIF concentrations share it); the haematocrit
 does not: Ktrans, ve and vp come out scaled by (1 - 0.45) / (1 - 0.42) = 0.948, a -5.2 % bias the
 notebook reports.  The haematocrit is one value for every animal (not drawn per animal): healthy mice
-differ by strain (e.g. about 0.50 +- 0.02 in FVB mice, Taconic's published haematology), but a
-per-animal draw changes the simulated DCE images; it belongs with the independent DCE physics of
-:mod:`studylib.synth.physics.perfusion` (per-animal AIF) when that replaces this planner.
+differ by strain (e.g. about 0.50 +- 0.02 in FVB mice, Taconic's published haematology).  The B1 field
+and the AIF parameters are truth (``truth.json`` animals/aif, the ``b1`` map); the B1 map scan is a
+measurement of the field (noisy), the AIF is measured by the analysis in the vessel ROI.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import numpy as np
 
-from ..models.dce import MCGRATH_2009_MODEL_B, blood_to_plasma, extended_tofts_ct, mcgrath_rat_aif
 from ..models.diffusion import UM2_PER_MS_TO_MM2_PER_S, ivim_signal
-from ..models.relaxometry import spgr_signal
 from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
 from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
+from .physics import acquisition as perf_acq
+from .physics import perfusion as perf
 
 PDX_MODELS = ("BK-12", "ED-15", "HL-16", "LA-19")
 
@@ -56,6 +64,8 @@ COLLAGEN = dict(field_T=7.0, b_s_per_mm2=[0.0, 200.0, 400.0, 700.0, 1000.0], te_
 KTRANS = dict(field_T=7.0, fa_vfa_deg=[2.0, 5.0, 10.0, 15.0, 20.0], tr_ms=4.0, te_ms=1.5, fa_dce_deg=15.0,
               dt_s=4.0, n_frames=75, bolus_arrival_s=40.0, agent="gadoterate", dose_mmol_per_kg=0.1,
               r1_per_s_per_mM=2.8, hematocrit=0.42,
+              aif_variation=dict(amplitude_sd=0.20, arrival_sd_s=3.0, width_sd=0.15, washout_sd=0.25),
+              b1_calibration_sd=0.05, b1_rms=0.08, b1_length_mm=4.0, b1_map_sigma=0.02,
               hypoxic_pct={"BK-12": 25.0, "ED-15": 42.0, "HL-16": 58.0, "LA-19": 75.0}, hypoxic_sd_pct=5.0,
               ktrans_intercept=0.30, ktrans_slope=0.30, ktrans_sd=0.12, ve=0.30, ve_sd=0.15, vp=0.03, vp_sd=0.3,
               w_rim=1.3, w_core=0.7, jitter=0.10,
@@ -145,6 +155,17 @@ def frame_times_s(p=KTRANS) -> np.ndarray:
     return np.arange(p["n_frames"]) * p["dt_s"]
 
 
+def _aif_record(shape: perf.AifShape, hct: float, t: np.ndarray) -> dict:
+    """Truth of one animal's AIF: its parameters, the plasma and blood curves at the frames, the continuous
+    peak (on the 0.05 s grid) and the peak an instantaneous sampling at the frames shows."""
+    fine = perf.fine_grid(float(t.max()), 0.05)
+    cpf = perf.plasma_aif(fine, shape)
+    cp = perf.plasma_aif(t, shape)
+    return dict(asdict(shape), peak_plasma_mM=float(cpf.max()), peak_time_s=float(fine[int(np.argmax(cpf))]),
+                peak_plasma_at_frames_mM=float(cp.max()), peak_blood_mM=float(cpf.max() * (1.0 - hct)),
+                cp_mM=cp.tolist(), cb_mM=(cp * (1.0 - hct)).tolist())
+
+
 def plan_ktrans(ctx: Context) -> StudyPlan:
     p = KTRANS
     grid = ctx.grid(16.0)
@@ -162,12 +183,17 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                         mvd=p["mvd_per_mm2"][a.model] * lognormal_mean1(r, 0.2),
                         ifp=p["ifp_mmHg"][a.model] * lognormal_mean1(r, 0.25))
     t = frame_times_s(p)
-    cb = mcgrath_rat_aif(t, delay_s=p["bolus_arrival_s"])
-    cp = blood_to_plasma(cb, p["hematocrit"])
+    hct = p["hematocrit"]
+    population = replace(perf.MOUSE_AIF_SHAPE, arrival_s=p["bolus_arrival_s"])
+    shapes = perf.animal_aifs(len(animals), ctx.rng(5, 0), shape=population, **p["aif_variation"])
+    for a, shape in zip(animals, shapes):
+        a.params["aif"] = _aif_record(shape, hct, t)
+        a.params["b1_mean"] = float(1.0 + p["b1_calibration_sd"] * ctx.rng(6, a.index).standard_normal())
     r1 = p["r1_per_s_per_mM"]
+    b1_length_vox = p["b1_length_mm"] / grid.voxel_mm[0]
 
     def sessions():
-        for a in animals:
+        for a, shape in zip(animals, shapes):
             d = 0
             tmask, rim = Tumour(2.2, 0.5, a.params["volume"]).masks(grid)
             bm = body.masks(grid)
@@ -189,13 +215,21 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
             t1 = by_label(a.params["t1"] * wt, p["t1_muscle_ms"], p["t1_tissue_ms"], p["t1_blood_ms"])
             m0 = by_label(p["m0"], p["m0_muscle"], p["m0_tissue"], p["m0_blood"])
             m0 = np.where(lab == 5, 0.0, m0)
-            body_m = lab != 5
+            # relative flip angle: a smooth transmit field around the animal's calibration (independent physics)
+            b1 = perf_acq.smooth_field(grid.shape, ctx.rng(7, a.index, d), rms=p["b1_rms"], length_vox=b1_length_vox,
+                                       mean=a.params["b1_mean"])
             ct = np.zeros(grid.shape + (t.size,))
-            ct[body_m] = extended_tofts_ct(t, cp, ktrans[body_m], ve[body_m], vp[body_m])
-            ct[lab == 3] = cb  # vessel: whole-blood concentration
+            # extended Tofts in continuous time (closed-form convolution with the animal's own AIF), at the frames:
+            # per tumour voxel, once for muscle and once for the rest of the body (one set of kinetics each)
+            ct[tmask] = perf.tissue_concentration(t, ktrans[tmask], ve[tmask], vp[tmask], shape)
+            for m_, kin in (((lab == 2) & ~tmask, mk), ((lab != 5) & (lab != 3) & (lab != 2) & ~tmask, tk)):
+                ct[m_] = perf.tissue_concentration(t, kin["ktrans"], kin["ve"], kin["vp"], shape)
+            ct[lab == 3] = perf.plasma_aif(t, shape) * (1.0 - hct)  # vessel: whole blood = plasma x (1 - Hct)
             r1t = 1000.0 / t1[..., None] + r1 * ct
-            dce = spgr_signal([p["fa_dce_deg"]], m0[..., None], 1000.0 / r1t, p["tr_ms"])[..., 0]
-            vfa = spgr_signal(p["fa_vfa_deg"], m0, t1, p["tr_ms"])
+            dce = perf.spgr_signal(m0[..., None], r1t, p["fa_dce_deg"], p["tr_ms"], b1=b1[..., None])
+            vfa = perf.spgr_signal(m0[..., None], 1000.0 / t1[..., None], p["fa_vfa_deg"], p["tr_ms"],
+                                   b1=b1[..., None])
+            b1_img = np.where(lab == 5, 0.0, b1)  # the B1 map is measured in the body only
             common = {"RepetitionTime": p["tr_ms"] / 1000.0, "EchoTime": p["te_ms"] / 1000.0,
                       "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "3D spoiled GRE",
                       "MRAcquisitionType": "3D", "GeneratedBy": "studylib.synth"}
@@ -206,14 +240,21 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
             dce_sc = dict(common, FlipAngle=p["fa_dce_deg"], FrameTimes=t.tolist(), Agent=p["agent"],
                           ContrastDose_mmol_per_kg=p["dose_mmol_per_kg"],
                           InjectionNote="i.v. bolus via tail-vein catheter; AIF measurable in the vessel ROI (label 3)")
+            b1_sc = {"MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "MRAcquisitionType": "3D",
+                     "PulseSequenceType": "actual flip-angle imaging (AFI, dual-TR spoiled GRE)",
+                     "B1MapUnits": "relative flip angle (actual / nominal)", "GeneratedBy": "studylib.synth"}
             truth = dict(tumour_ktrans_per_min=roi_mean(tmask, ktrans), tumour_ve=roi_mean(tmask, ve),
                          tumour_vp=roi_mean(tmask, vp), tumour_t1_ms=roi_mean(tmask, t1),
                          muscle_t1_ms=roi_mean(lab == 2, t1), blood_t1_ms=p["t1_blood_ms"],
+                         tumour_b1=roi_mean(tmask, b1), vessel_b1=roi_mean(lab == 3, b1),
+                         aif_arrival_s=shape.arrival_s, aif_peak_plasma_mM=a.params["aif"]["peak_plasma_mM"],
+                         aif_peak_plasma_at_frames_mM=a.params["aif"]["peak_plasma_at_frames_mM"],
                          hypoxic_pct=a.params["hypoxic_pct"], tumour_volume_mm3=a.params["volume"],
                          tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
-            yield Session(a, d, [Scan("VFA", vfa, p["sigma"], vfa_sc), Scan("DCE", dce, p["sigma"], dce_sc)], lab,
+            yield Session(a, d, [Scan("VFA", vfa, p["sigma"], vfa_sc), Scan("DCE", dce, p["sigma"], dce_sc),
+                                 Scan("B1map", b1_img, p["b1_map_sigma"], b1_sc)], lab,
                           {1: "tumour", 2: "muscle", 3: "vessel", 5: "background"}, truth,
-                          {"ktrans_per_min": ktrans, "ve": ve, "vp": vp, "t1_ms": t1, "m0": m0})
+                          {"ktrans_per_min": ktrans, "ve": ve, "vp": vp, "t1_ms": t1, "m0": m0, "b1": b1})
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=0,
                  hypoxic_fraction_pct=a.params["hypoxic_pct"], mvd_cd31_per_mm2=a.params["mvd"],
@@ -233,9 +274,12 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                 "tumour_ktrans_vs_hypoxic_fraction_pct": pearson(k, [hist[i]["hypoxic_fraction_pct"] for i in ids]),
                 "tumour_ktrans_vs_mvd_cd31_per_mm2": pearson(k, [hist[i]["mvd_cd31_per_mm2"] for i in ids]),
                 "tumour_ktrans_vs_ifp_mmHg": pearson(k, [hist[i]["ifp_mmHg"] for i in ids])},
-            "aif": {"model": "McGrath 2009 model B (whole blood, mM)", "params": dict(MCGRATH_2009_MODEL_B),
-                    "bolus_arrival_s": p["bolus_arrival_s"], "hematocrit": p["hematocrit"],
-                    "frame_times_s": t.tolist(), "cb_mM": cb.tolist(), "cp_mM": cp.tolist()}}
+            "aif": {"model": "studylib.synth.physics.perfusion plasma AIF A1 tau e^(-m1 tau) + A2 (e^(-m2 tau) - "
+                             "e^(-m1 tau)) per animal (animal_aifs); whole blood = plasma x (1 - Hct) in the vessel",
+                    "population": asdict(population), "variation": dict(p["aif_variation"]), "hematocrit": hct,
+                    "frame_times_s": t.tolist(),
+                    "animals": {a.id: {k2: v for k2, v in a.params["aif"].items() if k2 not in ("cp_mM", "cb_mM")}
+                                for a in animals}}}
 
     design = dict(p)
     design["days"] = [0]

@@ -282,6 +282,8 @@ def _fit_step(step: MapStep, mpath: Path, study: str, params: dict | None, cache
         names = {"model": "model", "aif_source": "aif_source", "n_baseline": "n_baseline", "t1_method": "t1_method",
                  "labels": "labels", "vessel_label": "vessel_label", "r1": "r1_per_mM_s", "hematocrit": "hematocrit"}
         kw = {names[k]: (tuple(v) if k == "labels" else v) for k, v in p.items() if k in names}
+        if p.get("b1_map"):  # the maps were fitted with the study's B1 map
+            kw["b1"] = load_study(mpath, study, "B1map")
         maps, _aif = fit_dce_maps(vfa, dce, cache_dir=cache_dir, study=study, **kw)
         return maps, {"DCE": dce, "VFA": vfa}
     raise ExperimentError(f"no export for map step {step.name!r}")  # pragma: no cover - MAP_STEPS is closed
