@@ -52,6 +52,10 @@ day_model = "categorical"  # "linear": random intercept + slope per animal; "cat
 baseline = "ancova"  # "ancova": adjust for each animal's day-0 R2* (ANCOVA); None: no baseline adjustment
 primary_endpoint = "treatment_effect"  # declared before the data: the baseline-adjusted effect (exp.ENDPOINTS)
 max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
+impute_failed = True  # sensitivity row: the failed-fit voxels' R2* at the echo train's bound (1000/TE_min)
+power_n_sim = 300  # simulated studies of the fitted design for its power (ARRIVE: sample size)
+smallest_effect = None  # smallest R2* effect of interest (1/s); None: study.json's smallest_effect_of_interest
+seed = 0
 alpha = 0.05
 
 # %%
@@ -102,9 +106,12 @@ fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], an
 summary, sessions = sl.roi_tables(maps, ds, variables=["r2star", "t2star"],
                                   max_failed_difference=max_failed_difference)
 display(sl.failed_fit_table(sessions, max_difference=None))  # noqa: F821 (IPython)
+sessions_imputed, r2star_bound = None, sl.echo_train_bound(ds, "r2star")
+if impute_failed:  # sensitivity: failed voxels (the most iron-laden fail first) at the fastest resolvable decay
+    _, sessions_imputed = sl.roi_tables(maps, ds, variables=["r2star"], impute_failed={"r2star": r2star_bound})
 sessions
 
-# %%
+# %% tags=["key-figure"]
 fig = plots.spaghetti(sessions, "r2star", ylabel="tumour R2* (1/s)", title="tumour R2* per animal")
 
 # %% [markdown]
@@ -126,7 +133,26 @@ print(f"difference on day {effect['at_day']:g}; adjustment: {effect['adjustment'
 print(sl.model_diagnostics(effect))
 if effect["adjustment"] != "none":
     print(exp.baseline_text(sessions, effect, unadjusted, control=control, treated=treated, alpha=alpha))
+imputed = None
+if sessions_imputed is not None:
+    imputed = sl.longitudinal_effect(sessions_imputed, "r2star", control=control, treated=treated, at_day=effect_day,
+                                     day_model=day_model, covariates=covariates, baseline=baseline)
+    print(exp.imputation_text(effect, imputed, sessions, value=r2star_bound))
 effect["model"].fixed
+
+# %% [markdown]
+# ### Power of this design (ARRIVE item 2)
+# The fitted model simulated on this study's own animals and sessions, refitted each time: the post-hoc power
+# for the observed effect (a function of its p-value, not a justification of the sample size, which has to
+# be made before the data) and, when the study declares one (`smallest_effect` or `study.json`'s
+# `smallest_effect_of_interest`), the power for the smallest effect of interest.
+
+# %%
+if smallest_effect is None:
+    smallest_effect = sl.smallest_effect_of_interest(sl.study_info(manifest, study))
+power = sl.effect_power(effect, smallest_effect=smallest_effect, n_sim=power_n_sim, seed=seed, units="1/s",
+                        alpha=alpha)
+print(power["text"])
 
 # %% [markdown]
 # ### Treatment × tumour model
@@ -145,16 +171,31 @@ if covariates:
 # ## 7. Imaging vs histology
 # Tumour R2\* against the Prussian-blue iron area on a common day: the last imaging day every group shares, so
 # that no animal is compared at an earlier time; animals that left before it are named and left out.
+# BLZ945 removes iron-laden TAMs and the two models start with different TAM content, so R2\* and iron both
+# differ between the group × model cells by design: the r pooled over all animals mostly restates that
+# difference. The question "does R2\* track iron within a group?" is answered by the **within-cell** correlation
+# (repeated-measures / partial r with cell indicators, Fisher-z CI and p with df = n − cells − 1); the pooled r
+# is kept as a descriptive row. CI and p of each part come from the same Fisher-z approximation (p < α exactly
+# when the CI excludes 0); the t test of r, t = r √(df/(1 − r²)), tests the same null with the same df and is
+# not printed beside it (a Pearson-r p from `scipy.stats.pearsonr` uses df = n − 2, right only for the pooled r).
 
 # %%
 histology = sl.load_histology(manifest, study)
-animals = sl.animal_table(sessions, histology, day="common")
+animals = exp.histology_cells(sl.animal_table(sessions, histology, day="common"))
 print(f"imaging vs histology on day {animals.attrs['day']:g}; left out: {list(animals.attrs['left_out']) or 'none'}")
 hist_col = sl.histology_column(histology, ("prussian", "iron"))
-corr = sl.correlation_effect(animals, "r2star", hist_col, alpha=alpha)
-fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "model" in animals else "group",
-                                xlabel="tumour R2* (1/s)", r=corr["estimate"],
-                                r_ci=(corr["ci_low"], corr["ci_high"]))
+corr = sl.correlation_effect(animals, "r2star", hist_col, cluster="cell", alpha=alpha)
+display(corr["table"])  # noqa: F821 (IPython)
+truth_sessions = sl.load_truth_table(manifest, study, "sessions.csv")
+true_parts = sl.analysis.true_correlation_parts(
+    None if truth_sessions is None else exp.histology_cells(
+        truth_sessions[truth_sessions["day"].astype(float) == animals.attrs["day"]]),
+    "tumour_r2star_per_s", hist_col, cluster="cell", histology=histology)
+print(sl.correlation_levels_text(corr, x="tumour R2*", y=hist_col, cluster="cell", alpha=alpha))
+pooled = corr["parts"]["pooled"]
+fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="cell", xlabel="tumour R2* (1/s)",
+                                r=pooled["estimate"], r_ci=(pooled["ci_low"], pooled["ci_high"]),
+                                title=f"pooled r (descriptive); within-cell r = {corr['estimate']:.2f}")
 
 # %% [markdown]
 # ## 8. Conclusions: the paper's finding, and the simulated truth
@@ -163,8 +204,9 @@ fig = plots.correlation_scatter(animals, "r2star", hist_col, hue="model" if "mod
 truth = sl.load_truth(manifest, study)
 conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated, hist_col=hist_col,
                               primary=primary_endpoint, unadjusted=unadjusted, interaction=interaction,
-                              histology_day=animals.attrs, alpha=alpha)
-sl.record(conclusions, study=study)
+                              histology_day=animals.attrs, alpha=alpha, imputed=imputed, imputed_value=r2star_bound,
+                              true_parts=true_parts)
+sl.record(conclusions, study=study, **power["numbers"])
 print(sl.summary_lines(conclusions))
 conclusions
 

@@ -123,13 +123,12 @@ def test_fluorine_conclusions_rows_truth_and_no_truth():
     truth = {"effects": {"tumour_f19_mM_line_means": {"sample": {"67NR": 2.0, "4T1": 9.0}}},
              "correlations": {"tumour_f19_mM_vs_lung_metastases_count": 0.8}}
     lines = ["67NR", "168FARN", "4T1"]
-    args = (_est(7.5, 5.0, 10.0), {"p": 0.001, "method": "JT"}, _est(20.0, 10.0, 30.0), {"p": 0.01, "method": "JT"},
-            _est(0.7, 0.4, 0.9))
+    args = (_est(7.5, 5.0, 10.0), _est(6.0, 3.0, 9.0, p=0.001), _est(20.0, 10.0, 30.0), _est(0.7, 0.4, 0.9))
     c = fluorine19_pfc.conclusions(*args, truth, lines=lines)
-    assert list(c.columns) == CONCLUSION_COLUMNS and len(c) == 3
-    assert c["truth"].iloc[0] == 7.0 and c["ci_covers_truth"].iloc[0]
-    assert math.isnan(c["truth"].iloc[1]) and c["ci_covers_truth"].iloc[1] is None
-    assert c["truth"].iloc[2] == 0.8 and c["p"].iloc[0] == 0.001  # the ordered test's p, the Welch CI
+    assert list(c.columns) == CONCLUSION_COLUMNS and len(c) == 4
+    assert c["truth"].iloc[0] == 7.0 and c["ci_covers_truth"].iloc[0] and c["truth"].iloc[1] == 7.0
+    assert math.isnan(c["truth"].iloc[2]) and c["ci_covers_truth"].iloc[2] is None
+    assert c["truth"].iloc[3] == 0.8 and c["p"].iloc[0] == 0.001  # the ordered test's p with its own (inverted) CI
     bare = fluorine19_pfc.conclusions(*args, {}, lines=lines)  # real data: no truth anywhere
     assert bare["truth"].isna().all() and bare["ci_covers_truth"].isna().all()
 
@@ -353,9 +352,10 @@ def test_blz945_rows_baseline_adjusted_primary_per_model_interaction_and_common_
                                  interaction=_blz_inter(),
                                  histology_day={"day": 7.0, "day_rule": "common", "left_out": ("m19",)})
     t = c.set_index("endpoint")
-    assert c["endpoint"].tolist() == ["treatment_effect", "treatment_effect_unadjusted", "effect_99LN", "effect_TS1",
-                                      "model_interaction", "histology_r"]
-    assert set(blz945_femri.ENDPOINTS) <= set(t.index) and c["role"].iloc[0] == "primary"
+    assert c["endpoint"].tolist() == ["treatment_effect", "effect_99LN", "effect_TS1", "model_interaction",
+                                      "histology_r", "treatment_effect_unadjusted"]  # sensitivity rows come last
+    assert t.loc["treatment_effect_unadjusted", "role"] == "sensitivity" and c["role"].iloc[0] == "primary"
+    assert set(blz945_femri.ENDPOINTS) - set(t.index) == {"histology_r_pooled", "treatment_effect_imputed"}
     assert "ANCOVA on day 0; adjusted for tumour model" in t.loc["treatment_effect", "finding"]
     assert "without baseline" in t.loc["treatment_effect_unadjusted", "finding"]
     assert t.loc["effect_TS1", "truth"] == -15.5 and t.loc["effect_99LN", "truth"] == -9.5

@@ -15,18 +15,18 @@ Everything public here is also reachable from the :mod:`studylib` facade (``sl.f
 
 from __future__ import annotations
 
-from .conclusions import (CONCLUSION_COLUMNS, TREATMENT_ENDPOINTS, adjustment_text, check_effect, conclusions_table,
+from .conclusions import (CONCLUSION_COLUMNS, NOT_TESTED_ROLES, POOLED_HISTOLOGY_ENDPOINT, ROLES, TREATMENT_ENDPOINTS, adjustment_text, check_effect, conclusions_table,
                           correlation_levels_text, correlation_part_rows, correlation_row, disagreements, effect_row,
                           headline, histology_day_text, summary_lines, treatment_and_histology, treatment_rows)
 from .design import (anatomy, compute_with_progress, design_table, histology_column, model_covariates,
                      pick_groups, require_verified, resolve_manifest, start, voxel_volume_mm3)
-from .effects import (Estimate, correlation_effect, group_difference, longitudinal_effect, model_diagnostics,
-                      partial_regression_effect, regression_slope)
+from .effects import (POWER_KEYS, Estimate, correlation_effect, effect_power, group_difference, longitudinal_effect,
+                      model_diagnostics, partial_regression_effect, regression_slope)
 from .keep import keep_maps, keep_tables, record
 from .maps import (background_mask, baseline_frames, fit_adc_maps, fit_dce_maps, fit_relaxation_maps, get_cache,
                    quality_variable)
-from .tables import (animal_means, animal_table, common_day, failed_fit_table, per_tumour_table, roi_tables,
-                     session_table, tumour_volumes)
+from .tables import (animal_means, animal_table, common_day, echo_train_bound, failed_fit_table, per_tumour_table,
+                     roi_tables, session_table, tumour_volumes)
 from .truth import (find_key, find_truth, load_truth, load_truth_table, true_correlation, true_correlation_parts,
                     true_effect, truth_value)
 
@@ -34,17 +34,18 @@ __all__ = [
     "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "correlation_row", "disagreements", "effect_row",
     "headline", "summary_lines", "treatment_and_histology", "TREATMENT_ENDPOINTS", "correlation_levels_text",
     "correlation_part_rows",
-    "treatment_rows", "adjustment_text", "histology_day_text",
+    "treatment_rows", "adjustment_text", "histology_day_text", "ROLES", "NOT_TESTED_ROLES",
+    "POOLED_HISTOLOGY_ENDPOINT",
     "anatomy", "compute_with_progress", "design_table", "histology_column", "model_covariates", "pick_groups",
     "require_verified", "resolve_manifest", "start", "voxel_volume_mm3",
     "Estimate", "correlation_effect", "group_difference", "longitudinal_effect", "model_diagnostics",
-    "partial_regression_effect", "regression_slope",
+    "partial_regression_effect", "regression_slope", "effect_power", "POWER_KEYS",
     "keep_maps", "keep_tables", "record",
     "background_mask", "baseline_frames", "fit_adc_maps", "fit_dce_maps", "fit_relaxation_maps", "get_cache",
     "quality_variable",
     "animal_means", "animal_table", "common_day", "failed_fit_table", "per_tumour_table", "roi_tables",
     "session_table",
-    "tumour_volumes",
+    "tumour_volumes", "echo_train_bound",
     "find_key", "find_truth", "load_truth", "load_truth_table", "true_correlation", "true_correlation_parts",
     "true_effect", "truth_value",
 ]

@@ -17,22 +17,33 @@ from ..catalog import citation
 from ..errors import ExperimentError
 from .truth import _finite, true_correlation, true_effect
 
-__all__ = ["CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "disagreements", "summary_lines", "headline",
-           "effect_row", "correlation_row", "treatment_and_histology", "treatment_rows", "TREATMENT_ENDPOINTS",
-           "correlation_levels_text", "adjustment_text", "histology_day_text"]
+__all__ = ["CONCLUSION_COLUMNS", "ROLES", "NOT_TESTED_ROLES", "check_effect", "conclusions_table", "disagreements",
+           "summary_lines", "headline", "effect_row", "correlation_row", "treatment_and_histology", "treatment_rows", "TREATMENT_ENDPOINTS",
+           "correlation_levels_text", "adjustment_text", "histology_day_text", "POOLED_HISTOLOGY_ENDPOINT"]
 
 #: Conclusion table columns, in order.
-#: ``endpoint`` is the row's key (what a notebook's ``primary_endpoint`` names), ``role`` ``"primary"`` or
-#: ``"secondary"``, ``p_holm`` the Holm-adjusted p across the secondary findings (NaN for the primary).
+#: ``endpoint`` is the row's key (what a notebook's ``primary_endpoint`` names), ``role`` one of :data:`ROLES`,
+#: ``p_holm`` the Holm-adjusted p across the secondary findings (NaN for every other role).
 CONCLUSION_COLUMNS = [
     "finding", "endpoint", "role", "paper", "paper_direction", "estimate", "ci_low", "ci_high", "units", "p",
     "p_holm", "method", "significant", "direction_matches_paper", "truth", "ci_covers_truth", "agrees_with_paper",
 ]
 
 
+#: the roles of a conclusions row.  ``primary``: the one declared confirmatory finding, tested at alpha;
+#: ``secondary``: the other findings, Holm-adjusted among themselves; ``sensitivity``: the primary effect
+#: re-estimated under another assumption (no baseline adjustment, failed fits imputed at the fit's bound), and
+#: ``descriptive``: a number shown for context (a pooled r beside the within-group one) -- neither is a new
+#: hypothesis, so neither enters the Holm family nor :func:`disagreements`; their ``p`` is shown unadjusted.
+ROLES = ("primary", "secondary", "sensitivity", "descriptive")
+
+#: the roles kept out of the Holm family and out of :func:`disagreements`
+NOT_TESTED_ROLES = ("sensitivity", "descriptive")
+
+
 def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float, expected_sign: int,
                  p: float | None = None, truth: float | None = None, units: str = "", paper: str = "",
-                 method: str = "", endpoint: str = "", alpha: float = 0.05) -> dict[str, Any]:
+                 method: str = "", endpoint: str = "", role: str = "", alpha: float = 0.05) -> dict[str, Any]:
     """Compare one estimated effect with the paper's finding and with the simulated truth.
 
     Parameters
@@ -47,6 +58,8 @@ def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float
     method : how the estimate was obtained (model, df method, CI method).
     endpoint : the row's key in its notebook (e.g. ``"within_model_r"``); :func:`conclusions_table`
         sets it from the keys of a mapping of rows.
+    role : ``""`` (decided by :func:`conclusions_table`: primary or secondary), ``"sensitivity"`` or
+        ``"descriptive"`` (:data:`ROLES`; kept out of the Holm family).
     alpha : significance level.
 
     Returns
@@ -76,13 +89,16 @@ def check_effect(finding: str, *, estimate: float, ci_low: float, ci_high: float
         raise ExperimentError(f"{finding}: estimate {estimate} lies outside its CI [{ci_low}, {ci_high}]")
     if expected_sign not in (1, -1):
         raise ExperimentError(f"{finding}: expected_sign must be +1 or -1, got {expected_sign!r}")
+    if role not in ("",) + NOT_TESTED_ROLES:
+        raise ExperimentError(f"{finding}: role must be '', 'sensitivity' or 'descriptive', got {role!r} (primary "
+                              "and secondary are set by conclusions_table)")
     if p is not None and not (_finite(p) and 0.0 <= float(p) <= 1.0):
         raise ExperimentError(f"{finding}: p must be a number in [0, 1], got {p!r}")
     significant = (float(p) < alpha) if p is not None else not (ci_low <= 0.0 <= ci_high)
     direction = bool(np.sign(estimate) == expected_sign)
     has_truth = _finite(truth)
     return dict(
-        finding=finding, endpoint=str(endpoint), role="", paper=paper,
+        finding=finding, endpoint=str(endpoint), role=role, paper=paper,
         paper_direction="increase / positive" if expected_sign > 0 else "decrease / negative", estimate=estimate,
         ci_low=ci_low, ci_high=ci_high, units=units, p=float(p) if p is not None else float("nan"),
         p_holm=float("nan"), method=method, significant=bool(significant),
@@ -101,7 +117,9 @@ def conclusions_table(checks: Sequence[Mapping[str, Any]] | Mapping[str, Mapping
     (``p_holm``; Holm 1979, Scand J Stat 6:65, which controls the family-wise error rate under any
     dependence, :func:`studylib.stats.holm`).  A secondary row is ``significant`` when
     ``p_holm < alpha`` (rows without a p-value keep their CI-based verdict), and ``agrees_with_paper``
-    is recomputed from it.
+    is recomputed from it.  Rows built with ``role="sensitivity"`` or ``"descriptive"``
+    (:data:`NOT_TESTED_ROLES`) keep that role, come last, stay out of the Holm family (``p_holm`` NaN) and
+    keep their unadjusted verdict: they re-estimate or describe, they test no new hypothesis.
 
     Parameters
     ----------
@@ -148,14 +166,19 @@ def conclusions_table(checks: Sequence[Mapping[str, Any]] | Mapping[str, Mapping
             raise ExperimentError(f"primary endpoint {primary!r} names {'no' if not hits else 'more than one'} "
                                   f"finding; the endpoints are {keys}")
         first = hits[0]
-    rows = [rows[first]] + [r for i, r in enumerate(rows) if i != first]
+    if rows[first]["role"] in NOT_TESTED_ROLES:
+        raise ExperimentError(f"primary endpoint {primary!r} is a {rows[first]['role']} row; the primary must be a "
+                              "finding of its own")
+    tested = [r for i, r in enumerate(rows) if i != first and r["role"] not in NOT_TESTED_ROLES]
+    other = [r for i, r in enumerate(rows) if i != first and r["role"] in NOT_TESTED_ROLES]
+    rows = [rows[first]] + tested + other
     table = pd.DataFrame(rows, columns=CONCLUSION_COLUMNS)
-    table["role"] = ["primary"] + ["secondary"] * (len(table) - 1)
+    table["role"] = ["primary"] + ["secondary"] * len(tested) + [r["role"] for r in other]
     table["p_holm"] = np.nan
-    if len(table) > 1:
+    if tested:
         from ..stats import holm
 
-        sec = table.index[1:]
+        sec = table.index[1:1 + len(tested)]
         table.loc[sec, "p_holm"] = holm(table.loc[sec, "p"].to_numpy(dtype=float))
         has_p = table["p_holm"].notna() & (table["role"] == "secondary")
         table.loc[has_p, "significant"] = table.loc[has_p, "p_holm"] < alpha
@@ -173,6 +196,8 @@ def disagreements(table: pd.DataFrame, *, require_significance: bool = True) -> 
     """
     out = []
     for _, r in table.iterrows():
+        if r.get("role", "") in NOT_TESTED_ROLES:  # a sensitivity or descriptive row tests nothing new
+            continue
         if not r["direction_matches_paper"]:
             out.append(f"{r['finding']}: estimate {r['estimate']:.3g} is not in the paper's direction "
                        f"({r['paper_direction']})")
@@ -190,12 +215,18 @@ def summary_lines(table: pd.DataFrame) -> str:
     """The verdict for the notebook, computed from the table: the primary endpoint first, then how many
     secondary findings agree with the paper after Holm adjustment, then every issue."""
     bad = disagreements(table)
+    roles = table["role"] if "role" in table.columns else pd.Series([""] * len(table), index=table.index)
+    extra = table[roles.isin(NOT_TESTED_ROLES)]
+    table = table[~roles.isin(NOT_TESTED_ROLES)]
     n = len(table)
     lines = [f"Primary endpoint: {headline(table)}."]
     if n > 1:
         sec = table.iloc[1:]
         lines.append(f"Secondary findings: {int(sec['agrees_with_paper'].sum())} of {n - 1} agree with the paper "
                      "(direction and significance, Holm-adjusted across the secondary findings).")
+    for i in range(len(extra)):
+        lines.append(f"{str(extra['role'].iloc[i]).capitalize()} (not Holm-counted, not a finding of its own): "
+                     f"{headline(extra, i)}.")
     if not bad:
         truth = table["ci_covers_truth"].dropna()
         cover = (" and every 95 % CI covers the simulated truth" if len(truth) and truth.astype(bool).all()
@@ -226,23 +257,23 @@ def headline(table: pd.DataFrame, row: int = 0, *, against: str = "paper") -> st
 
 
 def effect_row(finding: str, effect: Mapping, *, expected_sign: int, truth: float, units: str, study: str,
-               endpoint: str = "", alpha: float = 0.05) -> dict:
+               endpoint: str = "", role: str = "", alpha: float = 0.05) -> dict:
     """:func:`check_effect` for a :func:`longitudinal_effect` / :func:`group_difference` result."""
     method = effect.get("method") or (f"mixed model {effect.get('formula', '')}, random {effect.get('re_formula', '')} "
                                       f"per animal, {effect.get('ddf', '')} df {effect.get('df', float('nan')):.1f}")
     return check_effect(finding, estimate=effect["estimate"], ci_low=effect["ci_low"], ci_high=effect["ci_high"],
                         p=effect.get("p"), expected_sign=expected_sign, truth=truth, units=units,
-                        paper=citation(study), method=method, endpoint=endpoint, alpha=alpha)
+                        paper=citation(study), method=method, endpoint=endpoint, role=role, alpha=alpha)
 
 
 def correlation_row(finding: str, corr: Mapping, *, expected_sign: int, truth: float, study: str,
-                    endpoint: str = "", alpha: float = 0.05) -> dict:
+                    endpoint: str = "", role: str = "", alpha: float = 0.05) -> dict:
     """:func:`check_effect` for a :func:`correlation_effect` (or :func:`partial_regression_effect`) result:
     r is unitless, and its method text (Fisher-z or exact CI, the df, n) goes in the ``method`` column."""
     method = corr["method"] if "n = " in corr["method"] else f"{corr['method']}, n = {corr['n']}"
     return check_effect(finding, estimate=corr["estimate"], ci_low=corr["ci_low"], ci_high=corr["ci_high"],
                         p=corr.get("p"), expected_sign=expected_sign, truth=truth, units="",
-                        paper=citation(study), method=method, endpoint=endpoint, alpha=alpha)
+                        paper=citation(study), method=method, endpoint=endpoint, role=role, alpha=alpha)
 
 
 def correlation_part_rows(label: str, corr: Mapping, *, expected_sign: int, pooled_truth: float,
@@ -263,7 +294,12 @@ def correlation_part_rows(label: str, corr: Mapping, *, expected_sign: int, pool
 
 #: the endpoint keys of :func:`treatment_and_histology`
 TREATMENT_ENDPOINTS = {"treatment_effect": "tumour biomarker, treated - control on the effect's day",
-                       "histology_r": "r(tumour biomarker, histology) on the common day (or each animal's last day)"}
+                       "histology_r": "r(tumour biomarker, histology) on the common day (or each animal's last day); "
+                                      "within groups when the correlation is clustered"}
+
+#: the extra row of :func:`treatment_rows` when its correlation is clustered (role ``"descriptive"``)
+POOLED_HISTOLOGY_ENDPOINT = {"histology_r_pooled": "r(tumour biomarker, histology) pooled over the groups "
+                                                   "(descriptive: it mostly restates the group difference)"}
 
 
 def adjustment_text(effect: Mapping, note: str = "") -> str:
@@ -289,33 +325,68 @@ def histology_day_text(animals_attrs: Mapping | None) -> tuple[str, str]:
     return f" on day {day:g}", f"; imaging on day {day:g}, {why}, for every analysed animal{gone}"
 
 
+def _histology_rows(study: str, corr: Mapping, truth: Mapping, *, biomarker: str, variable: str, hist_col: str,
+                    corr_sign: int, histology_day: Mapping | None, true_parts: Mapping | None,
+                    alpha: float) -> dict[str, dict]:
+    """``histology_r`` (and ``histology_r_pooled``) of :func:`treatment_rows`."""
+    hsuffix, hmethod = histology_day_text(histology_day)
+    pooled_truth = true_correlation(truth, f"endpoint_tumour_{variable}_vs_{hist_col}")
+    parts = corr.get("parts") if isinstance(corr, Mapping) and "parts" in corr else None
+    within = dict(parts).get("within") if parts else None
+    if within is None or corr.get("level") != "within":
+        hist = correlation_row(f"r(tumour {biomarker}, {hist_col}){hsuffix}", corr, expected_sign=corr_sign,
+                               truth=pooled_truth, study=study, alpha=alpha)
+        hist["method"] += hmethod + ("; pooled over the groups: it mixes the group difference with the tracking "
+                                     "within a group" if not parts or corr.get("level") == "pooled" else "")
+        return {"histology_r": hist}
+    cluster = corr.get("cluster") or "group"
+    tp = dict(true_parts or {})
+    hist = correlation_row(f"r(tumour {biomarker}, {hist_col}) within {cluster}{hsuffix}", within,
+                           expected_sign=corr_sign, truth=tp.get("within", float("nan")), study=study, alpha=alpha)
+    hist["method"] += (f"{hmethod}; answers whether tumour {biomarker} tracks {hist_col} within a {cluster} "
+                       f"(each animal compared with the others of its {cluster})")
+    pooled = correlation_row(f"r(tumour {biomarker}, {hist_col}) pooled over {cluster}s{hsuffix}",
+                             parts["pooled"], expected_sign=corr_sign, truth=tp.get("pooled", pooled_truth),
+                             study=study, role="descriptive", alpha=alpha)
+    pooled["method"] += (f"{hmethod}; descriptive: pooled over the {cluster}s it mostly restates the difference "
+                         f"between {cluster} means, it does not answer whether {biomarker} tracks {hist_col} within "
+                         f"a {cluster}")
+    return {"histology_r": hist, "histology_r_pooled": pooled}
+
+
 def treatment_rows(study: str, effect: Mapping, corr: Mapping, truth: Mapping, *, biomarker: str,
                    variable: str, units: str, control: str, treated: str, hist_col: str,
                    effect_sign: int, corr_sign: int, note: str = "", histology_day: Mapping | None = None,
-                   alpha: float = 0.05) -> dict[str, dict]:
+                   alpha: float = 0.05, true_parts: Mapping | None = None) -> dict[str, dict]:
     """The rows ``treatment_effect`` and ``histology_r`` of :func:`treatment_and_histology` (before the
-    table marks the primary), for a notebook that adds rows of its own."""
+    table marks the primary), for a notebook that adds rows of its own.
+
+    With a clustered ``corr`` (:func:`studylib.analysis.correlation_effect` with ``cluster=``, level
+    ``"within"``), ``histology_r`` is the within-cluster r (does the biomarker track histology within a
+    group?) against ``true_parts["within"]`` (:func:`studylib.analysis.true_correlation_parts`), and the pooled r
+    becomes the row ``histology_r_pooled``, role ``"descriptive"`` (not Holm-counted), against
+    ``true_parts["pooled"]`` or the truth's ``endpoint_tumour_<variable>_vs_<hist_col>``.  An unclustered
+    ``corr`` gives the single pooled ``histology_r`` row as before, its method saying it is pooled.
+    """
     day = effect["at_day"]
     unit_key = "_per_s" if units == "1/s" else ""
-    hsuffix, hmethod = histology_day_text(histology_day)
-    hist = correlation_row(f"r(tumour {biomarker}, {hist_col}){hsuffix}", corr, expected_sign=corr_sign,
-                           truth=true_correlation(truth, f"endpoint_tumour_{variable}_vs_{hist_col}"), study=study,
-                           alpha=alpha)
-    hist["method"] += hmethod
+    hrows = _histology_rows(study, corr, truth, biomarker=biomarker, variable=variable, hist_col=hist_col,
+                            corr_sign=corr_sign, histology_day=histology_day, true_parts=true_parts, alpha=alpha)
     return {
         "treatment_effect": effect_row(
             f"tumour {biomarker} {treated} − {control}, day {day:g}{adjustment_text(effect, note)}", effect,
             expected_sign=effect_sign,
             truth=true_effect(truth, f"tumour_{variable}{unit_key}_{treated}_minus_{control}_last_day", day=day),
             units=units, study=study, alpha=alpha),
-        "histology_r": hist,
+        **hrows,
     }
 
 
 def treatment_and_histology(study: str, effect: Mapping, corr: Mapping, truth: Mapping, *, biomarker: str,
                             variable: str, units: str, control: str, treated: str, hist_col: str,
                             effect_sign: int, corr_sign: int, note: str = "", primary: str = "treatment_effect",
-                            histology_day: Mapping | None = None, alpha: float = 0.05) -> pd.DataFrame:
+                            histology_day: Mapping | None = None, alpha: float = 0.05,
+                            true_parts: Mapping | None = None) -> pd.DataFrame:
     """The two findings of a treatment study with an imaging-vs-histology endpoint, as a conclusions table.
 
     Endpoint ``treatment_effect``: tumour ``biomarker`` treated - control on the effect's ``at_day`` (truth key
@@ -326,11 +397,14 @@ def treatment_and_histology(study: str, effect: Mapping, corr: Mapping, truth: M
     :func:`studylib.analysis.animal_table`: with ``day="common"`` the last day every group is imaged, said in the
     finding and the method with the animals left out; None: each animal's last day, "at endpoint").  ``note`` is
     appended to the first finding (e.g. ``" (adjusted for tumour model)"``); ``primary`` names the primary
-    endpoint (:data:`TREATMENT_ENDPOINTS`), the other is secondary.
+    endpoint (:data:`TREATMENT_ENDPOINTS`), the other is secondary.  A clustered ``corr`` (``cluster="group"``)
+    makes ``histology_r`` the within-group r and adds the pooled one as the descriptive row
+    ``histology_r_pooled`` (:func:`treatment_rows`, ``true_parts``).
     """
     rows = treatment_rows(study, effect, corr, truth, biomarker=biomarker, variable=variable, units=units,
                           control=control, treated=treated, hist_col=hist_col, effect_sign=effect_sign,
-                          corr_sign=corr_sign, note=note, histology_day=histology_day, alpha=alpha)
+                          corr_sign=corr_sign, note=note, histology_day=histology_day, alpha=alpha,
+                          true_parts=true_parts)
     return conclusions_table(rows, primary=primary, alpha=alpha)
 
 

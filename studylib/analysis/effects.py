@@ -7,6 +7,7 @@ frozen :class:`Estimate` (estimate, CI, p, method and the details of the fit).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,7 +19,7 @@ import pandas as pd
 from ..errors import DataWarning, ExperimentError
 
 __all__ = ["Estimate", "BASELINE_ADJUSTMENTS", "longitudinal_effect", "model_diagnostics", "correlation_effect",
-           "partial_regression_effect", "regression_slope", "group_difference"]
+           "partial_regression_effect", "regression_slope", "group_difference", "effect_power", "POWER_KEYS"]
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,10 @@ def correlation_effect(data: pd.DataFrame, x: str, y: str, *, cluster: str | Non
       indicators (``df = n - k - 1 - q``): does y track x within a tumour model?
     * ``between`` (``cluster`` given): the correlation of the ``k`` cluster means (``df = k - 2 - q``).
 
+    The t test of r, ``t = r sqrt(df/(1 - r^2))``, tests the same null with the same df (exactly, under
+    normality); it is not reported beside the Fisher-z CI, because CI and p must come from one method.  A
+    Pearson p with ``df = n - 2`` (``scipy.stats.pearsonr``) is the right df for the pooled part only.
+
     Parameters
     ----------
     data : one row per animal / tumour.
@@ -527,3 +532,71 @@ def group_difference(table: pd.DataFrame, y: str, *, control: str, treated: str,
                      p=res.pvalue, df=float(res.df), n_animals=len(a) + len(b),
                 method=f"Welch t-test, df {float(res.df):.1f}, n = {len(a)} + {len(b)}")
 
+
+
+#: the headline numbers :func:`effect_power` results are recorded under (``sl.record(..., **power["numbers"])``),
+#: read back by the report's ARRIVE "sample size" item (:mod:`studylib.workbook.animals`)
+POWER_KEYS = ("power_observed", "power_observed_ci_low", "power_observed_ci_high", "power_observed_effect",
+              "power_sesoi", "power_sesoi_ci_low", "power_sesoi_ci_high", "power_sesoi_effect", "power_alpha",
+              "power_n_sim", "power_units", "power_method")
+
+
+def effect_power(effect: Mapping, *, smallest_effect: float | None = None, n_sim: int = 300, seed: int = 0,
+                 units: str = "", alpha: float = 0.05) -> dict:
+    """Power of the design behind ``effect`` (a :func:`longitudinal_effect`), from a simulation of its fitted model.
+
+    Two numbers, never a prospective sample-size justification (which must be made before the data):
+
+    * **post-hoc power for the observed effect**: the fitted model, with its own design (the same animals,
+      sessions and covariates), simulated ``n_sim`` times with the treatment coefficient equal to the
+      estimate, each study refitted and tested like the original
+      (:func:`studylib.stats.fitted_design_power`).  It is a monotone function of the observed p (about 0.5
+      when p = alpha) and adds no evidence (Hoenig & Heisey, Am Stat 2001;55:19,
+      doi:10.1198/000313001300339897); it is reported because ARRIVE asks how sensitive the design was.
+    * **power for the smallest effect of interest** (``smallest_effect``, in the effect's units, the sign
+      taken from the estimate), when the study declares one: the same simulation with that true effect.
+
+    An effect fitted by ordinary least squares (ANCOVA with one session after baseline) uses the exact
+    noncentral-t power (:func:`studylib.stats.t_test_power`) instead of a simulation.
+
+    Returns
+    -------
+    dict ``observed`` and ``sesoi`` (:class:`studylib.stats.DesignPower` or None), ``numbers`` (the
+    :data:`POWER_KEYS` present, scalars for :func:`studylib.analysis.record`) and ``text`` (one paragraph).
+    """
+    from .. import stats
+
+    if not isinstance(effect, Mapping) or "model" not in effect or "term" not in effect:
+        raise ExperimentError("effect_power needs a longitudinal_effect result (with its fitted 'model' and 'term')")
+    if effect.get("by"):
+        raise ExperimentError("effect_power: pass the single treatment effect, not the interaction (by=...)")
+    if smallest_effect is not None and not (np.isfinite(smallest_effect) and smallest_effect != 0):
+        raise ExperimentError(f"smallest_effect must be a finite non-zero number, got {smallest_effect!r}")
+    model, term = effect["model"], effect["term"]
+    sesoi = None if smallest_effect is None else math.copysign(abs(float(smallest_effect)), effect["estimate"])
+
+    def one(value):
+        if isinstance(model, _OLSFit):
+            row = model.fixed.loc[term]
+            return stats.t_test_power(float(value), float(row["se"]), float(row["df"]), alpha=alpha)
+        return stats.fitted_design_power(model, term, effect=float(value), n_sim=n_sim, alpha=alpha, seed=seed)
+
+    obs = one(effect["estimate"])
+    low = one(sesoi) if sesoi is not None else None
+    nums = {"power_observed": obs.power, "power_observed_ci_low": obs.ci_low, "power_observed_ci_high": obs.ci_high,
+            "power_observed_effect": obs.effect, "power_alpha": alpha, "power_n_sim": obs.n_sim,
+            "power_units": units, "power_method": obs.method}
+    u = f" {units}" if units else ""
+    ci = (f" (95 % CI {obs.ci_low:.2f}-{obs.ci_high:.2f} over {obs.n_sim} simulated studies)" if obs.n_sim
+          else " (exact)")
+    text = (f"Post-hoc power of this design for the observed effect ({obs.effect:.3g}{u}) at alpha = {alpha:g}: "
+            f"{obs.power:.2f}{ci}; {obs.method}. This is a function of the observed p-value, not a prospective "
+            "sample-size justification.")
+    if low is not None:
+        nums.update(power_sesoi=low.power, power_sesoi_ci_low=low.ci_low, power_sesoi_ci_high=low.ci_high,
+                    power_sesoi_effect=low.effect)
+        text += (f" Power for the declared smallest effect of interest ({low.effect:.3g}{u}): {low.power:.2f}"
+                 + (f" ({low.ci_low:.2f}-{low.ci_high:.2f})" if low.n_sim else "") + ".")
+    else:
+        text += " No smallest effect of interest is declared, so no power for it is given."
+    return {"observed": obs, "sesoi": low, "numbers": nums, "text": text}

@@ -20,14 +20,69 @@ from ..errors import DataWarning, ExperimentError
 from .design import compute_with_progress, voxel_volume_mm3
 
 __all__ = ["roi_tables", "session_table", "animal_table", "common_day", "failed_fit_table", "tumour_volumes",
-           "per_tumour_table", "animal_means", "FAILED_FIT_COLUMN"]
+           "per_tumour_table", "animal_means", "FAILED_FIT_COLUMN", "echo_train_bound"]
 
 #: the per-session column of the fraction of ROI voxels whose fit failed (``fit_ok`` False)
 FAILED_FIT_COLUMN = "fit_failed_fraction"
 
+_FAILED_VAR = "_fit_failed"  # the 0/1 failed-fit indicator tabulated beside imputed maps
+
+
+def echo_train_bound(ds: xr.Dataset, variable: str = "r2star") -> float:
+    """The fastest decay a multi-echo train can resolve: ``R2* = 1000 / TE_min`` (1/s), ``T2* = TE_min`` (ms).
+
+    The T2* fit (:func:`studylib.models.relaxometry.fit_monoexp`) bounds the rate only from below
+    (``R > 1e-9`` 1/ms) and has no upper bound: a voxel fails (``fit_ok`` False: ``R <= 0``, ``S0 <= 0`` or a
+    non-finite result) rather than being clipped.  The bound of the *measurement* is the first echo: a voxel
+    with ``T2* < TE_min`` has lost more than 1 - 1/e of its signal before the first sample, so the data
+    cannot tell its R2* from any larger value.  Imputing failed voxels there (:func:`roi_tables`,
+    ``impute_failed``) is the sensitivity analysis for "the failed voxels were the most iron-laden": it
+    pushes their R2* as far up as the echo train supports.
+
+    Parameters
+    ----------
+    ds : the loaded multi-echo study, with a ``te`` coordinate in ms.
+    variable : ``"r2star"`` (returns 1000 / TE_min, 1/s) or ``"t2star"`` (returns TE_min, ms).
+    """
+    if "te" not in ds.coords:
+        raise ExperimentError(f"echo_train_bound needs the study's 'te' coordinate (ms); it has {list(ds.coords)}")
+    te = np.asarray(ds["te"].values, dtype=float)
+    te = te[np.isfinite(te) & (te > 0)]
+    if te.size == 0:
+        raise ExperimentError("echo_train_bound: the 'te' coordinate has no positive echo time")
+    if variable == "r2star":
+        return float(1000.0 / te.min())
+    if variable == "t2star":
+        return float(te.min())
+    raise ExperimentError(f"echo_train_bound: variable must be 'r2star' or 't2star', got {variable!r}")
+
+
+def _impute_failed(sub: xr.Dataset, ds: xr.Dataset, impute: Mapping[str, float], labels) -> xr.Dataset:
+    """``sub`` with every failed voxel of an acquired scan inside ``labels`` set to ``impute[variable]`` and
+    counted as fitted, plus the 0/1 indicator :data:`_FAILED_VAR` of the failed voxels (its ROI mean is the
+    failed fraction the original ``fit_ok`` gives)."""
+    if "fit_ok" not in sub.data_vars:
+        raise ExperimentError("impute_failed needs the maps' 'fit_ok' (which voxels failed); the maps have none")
+    bad = {k: v for k, v in impute.items() if k not in sub.data_vars or not np.isfinite(float(v))}
+    if bad:
+        raise ExperimentError(f"impute_failed: {bad} names a variable not tabulated ({list(sub.data_vars)}) or a "
+                              "non-finite value")
+    ok = sub["fit_ok"].astype(bool)
+    fill = ~ok & ds["roi"].isin(list(labels))
+    if "acquired" in ds.coords or "acquired" in ds.data_vars:
+        fill = fill & ds["acquired"].astype(bool)
+    out = sub.copy()
+    for v, value in impute.items():
+        out[v] = sub[v].where(~fill, float(value))
+        out[v].attrs = dict(sub[v].attrs, imputed=f"failed voxels set to {float(value):g}")
+    out[_FAILED_VAR] = fill.astype(float)
+    out["fit_ok"] = ok | fill
+    return out
+
 def roi_tables(maps: xr.Dataset, ds: xr.Dataset, *, variables: Sequence[str],
                labels: Mapping[int, str] | None = None, roi: str = "tumour",
-               max_failed_difference: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+               max_failed_difference: float = 0.05,
+               impute_failed: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ROI summary (tidy, :func:`studylib.roi.summarize`) and the per-session table of ``roi``.
 
     Voxels whose fit failed (``fit_ok`` False) are left out of the ROI statistics; the most extreme
@@ -45,6 +100,13 @@ def roi_tables(maps: xr.Dataset, ds: xr.Dataset, *, variables: Sequence[str],
     roi : the ROI of the per-session table.
     max_failed_difference : largest tolerated difference (fraction, 0-1) of the mean failed-fit fraction
         between groups on one day before a warning.
+    impute_failed : ``{variable: value}``: the sensitivity analysis of the failed voxels.  Instead of
+        leaving them out, every failed voxel (``fit_ok`` False) of an acquired scan inside the ROIs gets
+        ``value`` for that variable (e.g. ``{"r2star": echo_train_bound(ds)}``: the failed voxels as the
+        fastest decay the echo train resolves) and enters the statistics; the other variables are not
+        tabulated for those voxels' sake (list only the imputed ones).  :data:`FAILED_FIT_COLUMN` stays the
+        fraction of voxels that failed, and ``sessions.attrs["imputed"]`` records the values.  Voxels not
+        fitted because their data were not finite are imputed too (the maps do not tell them apart).
 
     Returns
     -------
@@ -61,11 +123,19 @@ def roi_tables(maps: xr.Dataset, ds: xr.Dataset, *, variables: Sequence[str],
     if missing:
         raise ExperimentError(f"maps lack variable(s) {missing} (have {list(maps.data_vars)})")
     sub = maps[keep + (["fit_ok"] if "fit_ok" in maps.data_vars else [])]
+    if impute_failed:
+        sub = _impute_failed(sub, ds, dict(impute_failed), labels)
     summary = roimod.summarize(sub, ds["roi"], labels=labels, voxel_volume_mm3=voxel_volume_mm3(ds))
     if "model" in ds.coords and "model" not in summary.columns:
         models = dict(zip(np.asarray(ds["animal"].values), np.asarray(ds["model"].values)))
         if any(str(m) for m in models.values()):
             summary.insert(summary.columns.get_loc("group") + 1, "model", summary["animal"].map(models))
+    if impute_failed:
+        sessions = session_table(summary, roi=roi, variables=keep + [_FAILED_VAR])
+        sessions[FAILED_FIT_COLUMN] = sessions.pop(_FAILED_VAR)
+        summary = summary[summary["variable"] != _FAILED_VAR].reset_index(drop=True)
+        sessions.attrs["imputed"] = {k: float(v) for k, v in dict(impute_failed).items()}
+        return summary, sessions
     sessions = session_table(summary, roi=roi, variables=keep)
     if FAILED_FIT_COLUMN in sessions.columns:
         failed_fit_table(sessions, max_difference=max_failed_difference, roi=roi)

@@ -16,7 +16,8 @@ from ..analysis import (adjustment_text, check_effect, conclusions_table, effect
 from ..catalog import citation
 from ..errors import ExperimentError
 
-__all__ = ["STUDY", "ENDPOINTS", "MODEL_ENDPOINT", "conclusions", "baseline_text"]
+__all__ = ["STUDY", "ENDPOINTS", "SENSITIVITY", "MODEL_ENDPOINT", "conclusions", "baseline_text", "imputation_text",
+           "histology_cells"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "blz945_femri"
@@ -31,8 +32,15 @@ ENDPOINTS = {
                                    "imbalance of the groups)",
     "model_interaction": "treatment x tumour model: the BLZ945 - control effect in one model minus in the other "
                          "(ANCOVA)",
-    "histology_r": "r(tumour R2*, histology) on the last day every group is imaged",
+    "histology_r": "r(tumour R2*, histology) within a group x tumour model cell, on the last day every group is "
+                   "imaged: does R2* track iron within a group?",
+    "histology_r_pooled": "the same r pooled over the cells (descriptive: mostly the difference between groups)",
+    "treatment_effect_imputed": "the primary effect with the failed-fit voxels' R2* imputed at the echo train's "
+                                "bound instead of left out (sensitivity)",
 }
+
+#: rows that re-estimate the primary under another assumption (role "sensitivity", not Holm-counted)
+SENSITIVITY = ("treatment_effect_unadjusted", "treatment_effect_imputed")
 
 #: the key of the per-model rows (one per tumour model: BLZ945 - control in that model, ANCOVA)
 MODEL_ENDPOINT = "effect_{model}"
@@ -45,7 +53,8 @@ def _truth_key(treated: str, control: str, level: str = "") -> str:
 def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str, treated: str,
                 hist_col: str = "prussian_blue_area_pct", primary: str = "treatment_effect",
                 unadjusted: Mapping | None = None, interaction: Mapping | None = None,
-                histology_day: Mapping | None = None, alpha: float = 0.05) -> pd.DataFrame:
+                histology_day: Mapping | None = None, alpha: float = 0.05, imputed: Mapping | None = None,
+                imputed_value: float | None = None, true_parts: Mapping | None = None) -> pd.DataFrame:
     """Conclusions of ``blz945_femri`` (:data:`ENDPOINTS`): BLZ945 lowers tumour R2* (fewer iron-laden TAMs).
 
     Parameters
@@ -53,8 +62,15 @@ def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str,
     effect : the model-adjusted treatment effect (:func:`studylib.analysis.longitudinal_effect`; the notebook's
         is baseline-adjusted, ``baseline="ancova"``), row ``treatment_effect``.
     corr : r(tumour R2*, ``hist_col``), row ``histology_r``; ``histology_day`` the ``attrs`` of the animal table
-        (the day imaging meets histology).
-    unadjusted : the same contrast without the baseline, row ``treatment_effect_unadjusted`` (sensitivity).
+        (the day imaging meets histology).  Clustered (``correlation_effect(..., cluster="cell")``, see
+        :func:`histology_cells`), ``histology_r`` is the within-cell r against ``true_parts["within"]``
+        (:func:`studylib.analysis.true_correlation_parts`) and the pooled r is the descriptive row
+        ``histology_r_pooled``.
+    unadjusted : the same contrast without the baseline, row ``treatment_effect_unadjusted`` (role
+        ``"sensitivity"``: not Holm-counted).
+    imputed : the primary effect (same model) on the tumour table whose failed voxels' R2* were imputed at
+        ``imputed_value`` 1/s (:func:`studylib.analysis.roi_tables`, ``impute_failed``), row
+        ``treatment_effect_imputed`` (role ``"sensitivity"``), against the same truth as the primary.
     interaction : ``longitudinal_effect(..., by="model")``: one row per model (``effect_<model>``, truth key
         ``..._last_day_<model>``) and the row ``model_interaction`` (second model minus first; its truth the
         difference of the models' true effects).  Its expected sign comes from the pre-treatment data, not from
@@ -65,8 +81,9 @@ def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str,
     study = STUDY
     rows = treatment_rows(study, effect, corr, truth, biomarker="R2*", variable="r2star", units="1/s",
                           control=control, treated=treated, hist_col=hist_col, effect_sign=-1, corr_sign=+1,
-                          note=" (adjusted for tumour model)", histology_day=histology_day, alpha=alpha)
-    hist = rows.pop("histology_r")
+                          note=" (adjusted for tumour model)", histology_day=histology_day, alpha=alpha,
+                          true_parts=true_parts)
+    hist = {k: rows.pop(k) for k in ("histology_r", "histology_r_pooled") if k in rows}
     if unadjusted is not None:
         if str(unadjusted.get("adjustment", "none")) != "none":
             raise ExperimentError("unadjusted: pass the effect without baseline adjustment (baseline=None)")
@@ -74,11 +91,60 @@ def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str,
             f"tumour R2* {treated} − {control}, day {unadjusted['at_day']:g} without baseline (sensitivity)",
             unadjusted, expected_sign=-1, truth=true_effect(truth, _truth_key(treated, control),
                                                             day=unadjusted["at_day"]),
-            units="1/s", study=study, alpha=alpha)
+            units="1/s", study=study, role="sensitivity", alpha=alpha)
+    if imputed is not None:
+        if imputed_value is None or not np.isfinite(imputed_value):
+            raise ExperimentError("imputed: pass imputed_value, the R2* (1/s) the failed voxels were imputed at")
+        if str(imputed.get("adjustment", "none")) != str(effect.get("adjustment", "none")):
+            raise ExperimentError(f"imputed: fit it like the primary (adjustment {effect.get('adjustment')!r}, got "
+                                  f"{imputed.get('adjustment')!r})")
+        row = effect_row(
+            f"tumour R2* {treated} − {control}, day {imputed['at_day']:g}, failed voxels at R2* = "
+            f"{imputed_value:.0f} 1/s (sensitivity)", imputed, expected_sign=-1,
+            truth=true_effect(truth, _truth_key(treated, control), day=imputed["at_day"]), units="1/s", study=study,
+            role="sensitivity", alpha=alpha)
+        row["method"] = (f"as the primary, on the tumour table with every failed-fit voxel's R2* set to "
+                         f"{imputed_value:.4g} 1/s (1000/TE_min: the fastest decay the echo train resolves) instead of "
+                         f"left out; {row['method']}")
+        rows["treatment_effect_imputed"] = row
     if interaction is not None:
         rows.update(_interaction_rows(interaction, truth, control=control, treated=treated, alpha=alpha))
-    rows["histology_r"] = hist
+    rows.update(hist)
     return conclusions_table(rows, primary=primary, alpha=alpha)
+
+
+def histology_cells(animals: pd.DataFrame, *, group: str = "group", model: str = "model",
+                    name: str = "cell") -> pd.DataFrame:
+    """``animals`` with a column ``name`` = group x tumour model (``"<group> <model>"``; the group alone without a
+    model column): the clusters of the within-group imaging-vs-histology correlation.  The group and model
+    means of R2* and iron differ by design (BLZ945 removes iron-laden TAMs; the models start with different
+    TAM content), so within a cell is where "does R2* track iron" is not the group difference restated."""
+    if group not in animals.columns:
+        raise ExperimentError(f"animals lacks column '{group}'; it has {list(animals.columns)}")
+    out = animals.copy()
+    has_model = model in out.columns and out[model].astype(str).str.len().gt(0).any()
+    out[name] = out[group].astype(str) + ((" " + out[model].astype(str)) if has_model else "")
+    return out
+
+
+def imputation_text(primary: Mapping, imputed: Mapping, sessions: pd.DataFrame, *, value: float,
+                    group_col: str = "group") -> str:
+    """What imputing the failed voxels did, from the numbers: the failed fraction per group on the effect's
+    day and the primary effect with and without imputation."""
+    from ..analysis.tables import FAILED_FIT_COLUMN
+
+    day = float(primary["at_day"])
+    d = sessions[sessions["day"].astype(float) == day]
+    frac = ("; ".join(f"{g} {100 * v:.2f} %" for g, v in d.groupby(group_col)[FAILED_FIT_COLUMN].mean().items())
+            if FAILED_FIT_COLUMN in d.columns else "not recorded")
+    shift = imputed["estimate"] - primary["estimate"]
+    return (f"Failed-fit voxels on day {day:g} (mean fraction of the tumour per group): {frac}. With them left out the "
+            f"effect is {primary['estimate']:.2f} [{primary['ci_low']:.2f}, {primary['ci_high']:.2f}] 1/s; with "
+            f"their R2* imputed at {value:.0f} 1/s (1000/TE_min) it is {imputed['estimate']:.2f} "
+            f"[{imputed['ci_low']:.2f}, {imputed['ci_high']:.2f}] 1/s ({shift:+.2f} 1/s). The imputation is an "
+            "extreme assumption (every failed voxel decays as fast as the echo train can resolve), so the two "
+            "bracket the effect if the failures are the most iron-laden voxels; it is a sensitivity analysis, "
+            "not Holm-counted.")
 
 
 def _interaction_rows(inter: Mapping, truth: Mapping, *, control: str, treated: str, alpha: float) -> dict:

@@ -21,17 +21,21 @@ from ..errors import ExperimentError
 from ..fit.fluorine import fluorine_per_roi
 from ..models.fluorine import AVOGADRO, F_ATOMS_PER_MACROPHAGE
 
-__all__ = ["STUDY", "ENDPOINTS", "fluorine_animal_table", "quality_table", "representative_animals", "true_line_difference",
+__all__ = ["STUDY", "ENDPOINTS", "ordered_shift", "fluorine_animal_table", "quality_table", "representative_animals", "true_line_difference",
            "conclusions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "fluorine19_pfc"
 
-#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+#: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is.  Each row's CI and p come
+#: from one method, so p < alpha exactly when its CI excludes 0.
 ENDPOINTS = {
-    "tumour_19f_trend": "tumour 19F, most minus least metastatic line (ordered Jonckheere-Terpstra trend)",
-    "metastases_trend": "lung metastases, most minus least metastatic line (ordered trend)",
-    "19f_vs_metastases": "r(tumour 19F, lung metastases) over animals",
+    "tumour_19f_trend": "tumour 19F ordered trend over the lines: Jonckheere-Terpstra, two-sided permutation p, with "
+                        "the Hodges-Lehmann-type shift (last minus first line under a linear trend) and its CI from "
+                        "inverting the same test",
+    "tumour_19f_difference": "tumour 19F, most minus least metastatic line: Welch t difference, CI and p",
+    "metastases_difference": "lung metastases, most minus least metastatic line: Welch t difference, CI and p",
+    "19f_vs_metastases": "r(tumour 19F, lung metastases) over animals (Fisher-z CI and p)",
 }
 
 
@@ -122,29 +126,137 @@ def true_line_difference(truth: Mapping, lines: Sequence[str]) -> float:
     return float(line_truth.get(lines[-1], np.nan) - line_truth.get(lines[0], np.nan))
 
 
-def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, metastases_trend: Mapping, corr: Mapping,
-                truth: Mapping, *, lines: Sequence[str], primary: str = "tumour_19f_trend",
-                alpha: float = 0.05) -> pd.DataFrame:
-    """Conclusions of ``fluorine19_pfc``.
+def _pair_slopes(gs: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
+    """Every between-group pair's slope ``(b - a) / (s_j - s_i)``, a in group i < j, b in group j."""
+    out = []
+    for i in range(len(gs)):
+        for j in range(i + 1, len(gs)):
+            out.append(((gs[j][None, :] - gs[i][:, None]) / (scores[j] - scores[i])).ravel())
+    return np.sort(np.concatenate(out))
 
-    Row 1: tumour 19F, last line minus first (mM; Welch CI of ``diff``), with the p-value of the ordered
-    (Jonckheere-Terpstra) test ``trend``; row 2: the same for lung metastases; row 3: tumour 19F vs lung
-    metastases (Pearson r, Fisher-z CI and p).  Truth: the simulated animals' true line means and correlation.
-    ``primary`` names the primary endpoint (:data:`ENDPOINTS`), the others are secondary (Holm-adjusted).
+
+def _jt_at(gs, scores, delta: float) -> float:
+    """The JT statistic of the groups shifted back by ``delta`` per unit score (ties count one half)."""
+    tot = 0.0
+    for i in range(len(gs)):
+        for j in range(i + 1, len(gs)):
+            d = (gs[j][None, :] - delta * scores[j]) - (gs[i][:, None] - delta * scores[i])
+            tot += float(np.sum(d > 0) + 0.5 * np.sum(d == 0))
+    return tot
+
+
+def ordered_shift(groups: Sequence, *, n_perm: int = 20000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Ordered trend over k groups: the Jonckheere-Terpstra test and the shift it estimates, from one method.
+
+    Model: group ``i`` (in the hypothesised order) is shifted by ``delta s_i``, ``s_i = i / (k - 1)``, so ``delta``
+    is the last-minus-first difference under a linear trend.  ``J(delta)`` is the JT statistic of
+    ``y - delta s`` (Jonckheere, Biometrika 1954;41:133, doi:10.1093/biomet/41.1-2.133); it counts the
+    between-group pairs whose slope ``(b - a)/(s_j - s_i)`` exceeds ``delta``, so it falls with ``delta``.  Under
+    ``H0(delta)`` the shifted values are exchangeable and ``J(delta)`` has the permutation distribution of JT for
+    these group sizes, whatever ``delta`` (the same ``n_perm`` random label permutations of ``N`` distinct
+    values serve every ``delta``).  Hence, from one null distribution:
+
+    * ``p`` = the two-sided permutation p of ``H0: delta = 0``,
+      ``(1 + #{|J* - E| >= |J(0) - E|}) / (1 + n_perm)``;
+    * the ``1 - alpha`` CI = every ``delta`` whose own two-sided p is ``>= alpha`` (test inversion), an interval
+      between two pairwise slopes;
+    * the estimate (Hodges-Lehmann type) = the median pairwise slope, where ``J(delta)`` crosses ``E[J]``
+      (Hodges & Lehmann, Ann Math Stat 1963;34:598, doi:10.1214/aoms/1177704172; the two-group case is the
+      Hodges-Lehmann shift and its Mann-Whitney interval).
+
+    So ``p < alpha`` exactly when the CI excludes 0 (a bound exactly at 0, possible with tied data, is moved to
+    the side ``p`` says).  The permutation null is that of distinct values; tied values make it approximate.
+
+    Returns
+    -------
+    dict ``estimate, ci_low, ci_high, p`` (two-sided), ``statistic`` (J at delta = 0), ``expected`` (E[J]),
+    ``n`` (group sizes), ``method``.
     """
+    gs = [np.asarray(g, dtype=float).ravel() for g in groups]
+    gs = [g[np.isfinite(g)] for g in gs]
+    if len(gs) < 2 or any(g.size == 0 for g in gs):
+        raise ExperimentError(f"ordered_shift needs >= 2 groups with finite values, got sizes {[g.size for g in gs]}")
+    if not (isinstance(n_perm, (int, np.integer)) and n_perm >= 99):
+        raise ExperimentError(f"ordered_shift needs n_perm >= 99 permutations, got {n_perm!r}")
+    k = len(gs)
+    scores = np.arange(k) / (k - 1)
+    n = np.array([g.size for g in gs])
+    N = int(n.sum())
+    E = (N ** 2 - float(np.sum(n ** 2))) / 4.0
+    labels = np.repeat(np.arange(k), n)
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.broadcast_to(np.arange(N, dtype=float), (int(n_perm), N)), axis=1)
+    null = np.zeros(int(n_perm))
+    for i in range(k):
+        a = perms[:, labels == i]
+        for j in range(i + 1, k):
+            b = perms[:, labels == j]
+            null += np.sum(b[:, None, :] > a[:, :, None], axis=(1, 2))
+    dev = np.sort(np.abs(null - E))
+
+    def p_of(j: float) -> float:
+        hits = dev.size - np.searchsorted(dev, abs(j - E) - 1e-9, side="left")
+        return float((hits + 1) / (dev.size + 1))
+
+    J0 = _jt_at(gs, scores, 0.0)
+    p = p_of(J0)
+    w = _pair_slopes(gs, scores)
+    M = w.size
+    # on (w_m, w_{m+1}) (1-based m; w_0 = -inf, w_{M+1} = +inf) J = M - m: keep the m whose J is accepted
+    ok = [m for m in range(M + 1) if p_of(M - m) >= alpha]
+    if ok:
+        lo = w[ok[0] - 1] if ok[0] >= 1 else -np.inf
+        hi = w[ok[-1]] if ok[-1] < M else np.inf
+    else:  # no delta accepted (alpha above the largest attainable p): the CI shrinks to the estimate
+        lo = hi = float(np.median(w))
+    est = float(np.median(w))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ExperimentError(f"ordered_shift: groups of sizes {n.tolist()} are too small for a finite "
+                              f"{100 * (1 - alpha):g} % interval (alpha below the smallest attainable p)")
+    lo, hi = min(float(lo), est), max(float(hi), est)
+    tiny = np.nextafter(0.0, 1.0)
+    if p < alpha:  # the test rejects 0: the CI lies on the estimate's side
+        lo, hi = (max(lo, tiny), hi) if est > 0 else (lo, min(hi, -tiny))
+    else:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    return dict(estimate=est, ci_low=lo, ci_high=hi, p=p, statistic=J0, expected=E, n=n.tolist(),
+                method=(f"Jonckheere-Terpstra ordered trend, two-sided permutation p ({n_perm} permutations, seed "
+                        f"{seed}); Hodges-Lehmann-type shift (median pairwise slope, last minus first line under a "
+                        f"linear trend) with its {100 * (1 - alpha):g} % CI by inverting the same test; J = {J0:g} "
+                        f"(E = {E:g}), n = {'+'.join(map(str, n.tolist()))}"))
+
+
+def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, corr: Mapping, truth: Mapping, *,
+                lines: Sequence[str], primary: str = "tumour_19f_trend", alpha: float = 0.05) -> pd.DataFrame:
+    """Conclusions of ``fluorine19_pfc`` (:data:`ENDPOINTS`); every row's CI and p from one method.
+
+    Rows: ``tumour_19f_trend`` the ordered trend of tumour 19F (``trend``: :func:`ordered_shift`, its
+    Hodges-Lehmann-type shift with the CI of the inverted Jonckheere-Terpstra test and that test's p);
+    ``tumour_19f_difference`` tumour 19F last line minus first (``diff``: Welch t CI and Welch p,
+    :func:`studylib.analysis.group_difference`); ``metastases_difference`` the same for lung metastases (no
+    truth); ``19f_vs_metastases`` tumour 19F vs lung metastases (Pearson r, Fisher-z CI and p).  Truth: the
+    simulated animals' true line means (last minus first, for both 19F rows) and correlation.  ``primary`` names
+    the primary endpoint, the others are secondary (Holm-adjusted).
+    """
+    for name, r in (("diff", diff), ("trend", trend), ("metastases", metastases), ("corr", corr)):
+        missing = [k for k in ("estimate", "ci_low", "ci_high", "p", "method") if k not in r]
+        if missing:
+            raise ExperimentError(f"{name} lacks {missing}: each row needs an estimate with its CI and the p of the "
+                                  "same method (trend: ordered_shift, not jonckheere_terpstra alone)")
     paper = citation(STUDY)
-    rows = dict(zip(ENDPOINTS, [
-        check_effect(f"tumour 19F {lines[-1]} - {lines[0]} (ordered trend {' < '.join(lines)})",
-                     estimate=diff["estimate"], ci_low=diff["ci_low"], ci_high=diff["ci_high"], p=trend["p"],
-                     expected_sign=1, truth=true_line_difference(truth, lines), units="mM", paper=paper,
-                     method=f"Welch CI; p: {trend['method']}", alpha=alpha),
-        check_effect(f"lung metastases {lines[-1]} - {lines[0]} (ordered trend)",
-                     estimate=metastases["estimate"], ci_low=metastases["ci_low"], ci_high=metastases["ci_high"],
-                     p=metastases_trend["p"], expected_sign=1, truth=None, units="count", paper=paper,
-                     method=f"Welch CI; p: {metastases_trend['method']}", alpha=alpha),
-        check_effect("tumour 19F vs lung metastases (r)", estimate=corr["estimate"], ci_low=corr["ci_low"],
-                     ci_high=corr["ci_high"], p=corr["p"], expected_sign=1,
-                     truth=true_correlation(truth, "tumour_f19_mM_vs_lung_metastases_count"), units="",
-                     paper=paper, method=corr["method"], alpha=alpha),
-    ]))
+    true_diff = true_line_difference(truth, lines)
+
+    def row(finding, r, *, truth, units):
+        return check_effect(finding, estimate=r["estimate"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"],
+                            expected_sign=1, truth=truth, units=units, paper=paper, method=r["method"], alpha=alpha)
+    rows = {
+        "tumour_19f_trend": row(f"tumour 19F ordered trend {' < '.join(lines)} ({lines[-1]} - {lines[0]} shift, "
+                                "Jonckheere-Terpstra)", trend, truth=true_diff, units="mM"),
+        "tumour_19f_difference": row(f"tumour 19F {lines[-1]} - {lines[0]} (Welch)", diff, truth=true_diff,
+                                     units="mM"),
+        "metastases_difference": row(f"lung metastases {lines[-1]} - {lines[0]} (Welch)", metastases, truth=None,
+                                     units="count"),
+        "19f_vs_metastases": row("tumour 19F vs lung metastases (r)", corr,
+                                 truth=true_correlation(truth, "tumour_f19_mM_vs_lung_metastases_count"), units=""),
+    }
     return conclusions_table(rows, primary=primary, alpha=alpha)

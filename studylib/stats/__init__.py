@@ -36,7 +36,8 @@ from .design_correlation import (CorrelationPart, DesignCorrelation, PartialRegr
 from .group_tests import jonckheere_terpstra, kruskal_pairwise, paired_change
 from .growth import GrowthResult, tumour_growth
 from .mixed import DEFAULT_OPTIMIZERS, MixedModelResult, mixed_model
-from .power import PowerResult, SimulationResult, power_simulation, simulate_rejection, wilson_interval
+from .power import (DesignPower, PowerResult, SimulationResult, fitted_design_power, power_simulation,
+                    simulate_rejection, t_test_power, wilson_interval)
 
 __all__ = [
     "StatsInputError", "StatsFitWarning", "mixed_model", "MixedModelResult", "DEFAULT_OPTIMIZERS",
@@ -46,6 +47,7 @@ __all__ = [
     "regression", "RegressionResult", "group_compare", "holm", "per_animal_slopes", "slope_ttest",
     "jonckheere_terpstra", "kruskal_pairwise", "paired_change",
     "simulate_rejection", "SimulationResult", "power_simulation", "PowerResult", "wilson_interval",
+    "fitted_design_power", "t_test_power", "DesignPower",
 ]
 
 _ = (numeric_column, require_columns)  # re-exported for callers that check their own tables

@@ -22,7 +22,8 @@ from . import lmm as core
 from .common import StatsInputError, formula_variables, require_columns
 from .mixed import MixedModelResult, _categories, normalize_ddf
 
-__all__ = ["SimulationResult", "simulate_rejection", "PowerResult", "power_simulation", "wilson_interval"]
+__all__ = ["SimulationResult", "simulate_rejection", "PowerResult", "power_simulation", "wilson_interval",
+           "DesignPower", "fitted_design_power", "t_test_power"]
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -249,3 +250,86 @@ def power_simulation(result: MixedModelResult, term: str, *, n_per_group: Sequen
                      "n_sim": r.n_sim, "n_failed": r.n_failed, "n_singular": r.n_singular})
     bar.close()
     return PowerResult(pd.DataFrame(rows), term, fixed[term], alpha)
+
+
+@dataclass(frozen=True)
+class DesignPower:
+    """Power of one fitted design's test of one coefficient for one assumed true value.
+
+    ``power`` with its ``ci_low``/``ci_high`` (Wilson 95 % interval of the Monte Carlo proportion; equal to
+    ``power`` when it is computed exactly), ``effect`` the assumed true coefficient, ``alpha``, ``n_sim``
+    simulated studies analysed (0 when exact), ``n_failed`` refits that failed, ``method`` in words.
+    """
+
+    power: float
+    ci_low: float
+    ci_high: float
+    effect: float
+    alpha: float
+    n_sim: int
+    n_failed: int
+    method: str
+
+
+def t_test_power(effect: float, se: float, df: float, *, alpha: float = 0.05) -> DesignPower:
+    """Exact power of the two-sided t test of a linear-model coefficient whose true value is ``effect``.
+
+    ``T = b/se(b)`` is noncentral t with ``df`` degrees of freedom and noncentrality ``delta = effect/se``
+    (``se`` the coefficient's standard error at the fitted design and residual variance), so
+    ``power = P(T > t_{1-alpha/2}) + P(T < -t_{1-alpha/2})`` (e.g. Cohen 1988, *Statistical Power Analysis for
+    the Behavioral Sciences*, ch. 2; scipy's ``nct``).  This is the limit of :func:`fitted_design_power` for an
+    ordinary-least-squares model, without Monte Carlo error.
+    """
+    for name, v in (("effect", effect), ("se", se), ("df", df)):
+        if not np.isfinite(v):
+            raise StatsInputError(f"t_test_power: {name} must be finite, got {v!r}")
+    if se <= 0 or df <= 0:
+        raise StatsInputError(f"t_test_power: se and df must be > 0, got se={se!r}, df={df!r}")
+    if not 0 < alpha < 1:
+        raise StatsInputError(f"alpha must be in (0, 1), got {alpha!r}")
+    tc = stats.t.ppf(1 - alpha / 2, df)
+    nc = effect / se
+    pw = float(stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc))
+    return DesignPower(pw, pw, pw, float(effect), float(alpha), 0, 0,
+                       f"exact noncentral t (df {df:g}, noncentrality {nc:.3g}) at the fitted design and residual SD")
+
+
+def fitted_design_power(result: MixedModelResult, term: str, *, effect: float | None = None, n_sim: int = 300,
+                        alpha: float = 0.05, seed: int = 0) -> DesignPower:
+    """Power of a fitted mixed model's own design to detect ``term``, by simulating that design.
+
+    The truth is the fitted model (its fixed effects, random-effect covariance and residual variance) with
+    the coefficient of ``term`` set to ``effect`` (default: its estimate, giving the *post-hoc* power for
+    the observed effect, which is a function of the observed p-value and says nothing the p-value does not;
+    Hoenig & Heisey, Am Stat 2001;55:19, doi:10.1198/000313001300339897).  Every simulated study keeps the
+    fitted data's rows exactly (animals, sessions, covariate values such as a baseline), draws new animal
+    effects and residuals, refits the same formula and random effects and tests ``term`` with the same df
+    method (:func:`simulate_rejection`).  Unlike :func:`power_simulation`, any fixed-effect formula works,
+    because no new design is built.
+
+    Returns
+    -------
+    DesignPower (Wilson 95 % interval of the simulated proportion).
+    """
+    if not isinstance(result, MixedModelResult):
+        raise StatsInputError(f"result must be a MixedModelResult from mixed_model, got {type(result).__name__}")
+    if term not in result.fe_names:
+        raise StatsInputError(f"term {term!r} is not in the model; terms are {result.fe_names}")
+    if not (isinstance(n_sim, (int, np.integer)) and n_sim >= 10):
+        raise StatsInputError(f"n_sim must be an integer >= 10, got {n_sim!r}")
+    fixed = dict(zip(result.fe_names, result.params.to_numpy()))
+    if effect is not None:
+        if not np.isfinite(effect):
+            raise StatsInputError(f"effect must be finite, got {effect!r}")
+        fixed[term] = float(effect)
+    ddf = normalize_ddf(result.ddf)
+    sim = simulate_rejection(result.data, result.formula, term=term, fixed=fixed, cov_re=result.cov_re.to_numpy(),
+                             residual_var=result.residual_var, groups=result.groups,
+                             truth_re_formula=result.re_formula, analyses={"model": (result.re_formula, ddf)},
+                             n_sim=int(n_sim), alpha=alpha, seed=seed, progress=False)
+    r = sim.table.iloc[0]
+    return DesignPower(float(r.rejection_rate), float(r.ci_low), float(r.ci_high), float(fixed[term]), float(alpha),
+                       int(r.n_sim), int(r.n_failed),
+                       f"{int(r.n_sim)} simulated studies of the fitted design ({result.n_groups} animals, "
+                       f"{result.n_obs} sessions), refitted {result.formula} with random {result.re_formula} per "
+                       f"{result.groups}, {ddf} df, seed {seed}")

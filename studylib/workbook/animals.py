@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import DataFileError
 
 __all__ = ["ANIMALS_FILE", "STUDY_FILE", "ANIMAL_COLUMNS", "STUDY_FIELDS", "ARRIVE_ITEMS", "read_animals",
-           "read_study_info", "animal_flow", "arrive_items"]
+           "read_study_info", "study_info", "smallest_effect_of_interest", "animal_flow", "arrive_items"]
 
 ANIMALS_FILE = "animals.csv"
 STUDY_FILE = "study.json"
@@ -49,6 +49,9 @@ STUDY_FIELDS: dict[str, str] = {
     "design": "study design: the groups compared, the control, the timeline",
     "experimental_unit": "the experimental unit (animal, tumour, cage)",
     "sample_size_rationale": "how the sample size was decided (e.g. a power calculation)",
+    "smallest_effect_of_interest": "the smallest effect of the primary endpoint worth detecting, in its units "
+                                   "(a number, or text starting with one: \"5 1/s\"); the report gives the "
+                                   "design's power for it",
     "inclusion_criteria": "criteria for including animals or data points",
     "exclusion_criteria": "criteria for excluding animals or data points, set a priori",
     "randomisation": "how animals were allocated to groups and the order of treatments and scans",
@@ -199,6 +202,14 @@ def _check_fields(path, obj: dict, where: str) -> dict:
                             f"{', '.join(STUDY_FIELDS)}")
     out = {}
     for k, v in obj.items():
+        if k == "smallest_effect_of_interest" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not (math.isfinite(v) and v != 0):
+                raise DataFileError(f"{path}: {where}{k} must be a finite non-zero number, got {v!r}")
+            out[k] = f"{v:g}"
+            continue
+        if k == "smallest_effect_of_interest" and isinstance(v, str) and _leading_number(v) is None:
+            raise DataFileError(f"{path}: {where}{k} must be a number or text starting with one "
+                                f"(e.g. \"5 1/s\"), got {json.dumps(v)[:80]}")
         if isinstance(v, str) and v.strip():
             out[k] = v.strip()
         elif isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v):
@@ -252,6 +263,37 @@ def read_study_info(path, study: str, studies=None) -> tuple[dict, list[str]]:
         raise DataFileError(f"{path}: the manifest lists {len(studies)} studies: write "
                             "{\"studies\": {\"<study>\": {...}}} to say which study the facts belong to")
     return _check_fields(path, doc, ""), notes
+
+
+def _leading_number(text: str) -> float | None:
+    import re
+
+    m = re.match(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", str(text))
+    if m is None:
+        return None
+    v = float(m.group(1))
+    return v if math.isfinite(v) and v != 0 else None
+
+
+def study_info(manifest, study: str) -> dict:
+    """The ``study.json`` facts of ``study`` beside ``manifest`` (:func:`read_study_info`); ``{}`` without one.
+
+    For a notebook (``sl.study_info(manifest, study)``), e.g. to read the declared smallest effect of
+    interest (:func:`smallest_effect_of_interest`).
+    """
+    from ..manifest import read_manifest
+
+    manifest = Path(manifest)
+    rows = read_manifest(manifest)
+    info, _ = read_study_info(manifest.parent / STUDY_FILE, study, sorted(set(rows["study"])) or [study])
+    return info
+
+
+def smallest_effect_of_interest(info: dict) -> float | None:
+    """The number ``study.json``'s ``smallest_effect_of_interest`` starts with (units of the primary endpoint),
+    or None when the study declares none."""
+    v = (info or {}).get("smallest_effect_of_interest")
+    return None if v is None else _leading_number(v if isinstance(v, str) else str(v))
 
 
 # --------------------------------------------------------------------------- the animal flow
@@ -367,9 +409,48 @@ def _n_text(flow: dict, stage: str = "enrolled") -> str:
     return ", ".join(f"{g} n = {c[g]}" for g in flow["groups"]) + f" (total {c['total']})"
 
 
+def _power_text(numbers: dict | None, info: dict) -> tuple[str | None, str | None]:
+    """(post-hoc power for the observed effect, power for the smallest effect of interest) from the run's
+    recorded numbers (:data:`studylib.analysis.effects.POWER_KEYS`, written by
+    :func:`studylib.analysis.effect_power`), or None each when the run recorded none."""
+    n = numbers or {}
+
+    def f(v):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+        return v if math.isfinite(v) else None
+
+    pw, a = f(n.get("power_observed")), f(n.get("power_alpha"))
+    if pw is None:
+        return None, None
+    u = f" {n['power_units']}" if n.get("power_units") else ""
+    ns = int(f(n.get("power_n_sim")) or 0)
+
+    def ci(prefix):
+        lo, hi = f(n.get(f"{prefix}_ci_low")), f(n.get(f"{prefix}_ci_high"))
+        return f" (95 % CI {lo:.2f}–{hi:.2f}, {ns} simulated studies)" if ns and lo is not None and hi is not None \
+            else " (exact noncentral t)"
+    eff = f(n.get("power_observed_effect"))
+    obs = (f"post-hoc power {pw:.2f}{ci('power_observed')} for the observed primary effect"
+           + (f" ({eff:.3g}{u})" if eff is not None else "") + (f" at α = {a:g}" if a is not None else "")
+           + ", from the fitted model simulated on the study's own design: computed after the data, a function of "
+             "the observed p-value, not a prospective sample-size justification")
+    ps, es = f(n.get("power_sesoi")), f(n.get("power_sesoi_effect"))
+    if ps is None:
+        return obs, None
+    return obs, (f"power {ps:.2f}{ci('power_sesoi')} for the declared smallest effect of interest ({es:.3g}{u}), "
+                 "same simulation")
+
+
 def arrive_items(*, rows, animals, info: dict, flow: dict, findings: list[dict], statistics: list[str],
-                 procedures: list[str], measures: list[str]) -> list[dict]:
+                 procedures: list[str], measures: list[str], numbers: dict | None = None) -> list[dict]:
     """The ARRIVE 2.0 Essential 10, each item a list of entries (label, value or None, source).
+
+    ``numbers`` are the run's recorded headline numbers; the power of the design (item 2) comes from their
+    ``power_*`` keys (:func:`studylib.analysis.effect_power`), the smallest effect of interest from
+    ``study.json``.
 
     ``findings`` are the run's conclusions rows (dicts; a ``role``/``endpoint`` column equal to
     ``"primary"`` marks the primary endpoint), ``statistics`` one line per statistical method the run
@@ -387,8 +468,12 @@ def arrive_items(*, rows, animals, info: dict, flow: dict, findings: list[dict],
     items = {1: [_entry("groups and timeline (manifest)", design_data if groups else None, "manifest"),
                  _entry("design", info.get("design"), sfile),
                  _entry("experimental unit", info.get("experimental_unit"), sfile)]}
+    p_obs, p_sesoi = _power_text(numbers, info)
     items[2] = [_entry("animals per group (manifest" + (f", {afile})" if animals else ")"), _n_text(flow), "manifest"),
-                _entry("how the sample size was decided", info.get("sample_size_rationale"), sfile)]
+                _entry("how the sample size was decided", info.get("sample_size_rationale"), sfile),
+                _entry("power of the design for the observed effect (post hoc)", p_obs, "run"),
+                _entry("smallest effect of interest", info.get("smallest_effect_of_interest"), sfile),
+                _entry("power for the smallest effect of interest", p_sesoi, "run")]
     exc = [f"{e['animal']} ({e['group']}): " + (f"day {e['day']}: " if e["day"] is not None and e["source"] != "manifest"
                                                  else "") + e["reason"] for e in flow["exclusions"]]
     items[3] = [_entry("inclusion criteria", info.get("inclusion_criteria"), sfile),

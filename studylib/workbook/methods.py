@@ -477,7 +477,7 @@ def build_report_sections(manifest, experiment: str, prov: dict | None = None, *
     text = "\n\n".join(f"{h}. {t}" for h, t in paragraphs)
     procedures = [a["text"] for a in acq]
     arrive = arrive_items(rows=rows, animals=animals, info=info, flow=flow, findings=findings, statistics=stats,
-                          procedures=procedures, measures=measures)
+                          procedures=procedures, measures=measures, numbers=prov.get("numbers"))
     methods = {"paragraphs": [{"heading": h, "text": t} for h, t in paragraphs], "text": text,
                "acquisition": acq, "roi_labels": {str(k): v for k, v in labels.items()}, "statistics": stats,
                "parameters": {k: v for k, v in params.items() if k not in ("manifest", "reports_dir", "cache_dir")},
