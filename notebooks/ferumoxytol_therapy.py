@@ -112,7 +112,7 @@ tumours = sl.per_tumour_table(summary, volumes, variables=["r2star", "t2star"])
 sessions = sl.animal_means(tumours, variables=["r2star", "t2star"])
 sessions
 
-# %%
+# %% tags=["key-figure"]
 fig = plots.spaghetti(sessions, "volume_mm3", ylabel="mean tumour volume (mm³)", logy=True,
                       title="tumour growth (log scale)")
 

@@ -146,6 +146,14 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_tags_one_key_figure_cell(nb):
+    """The report index shows the first figure of the cell tagged ``key-figure`` as the experiment's
+    thumbnail (studylib.workbook.downloads): each notebook says which figure that is, exactly once."""
+    tagged = re.findall(r"^# %%.*tags=\[[^\]]*\bkey-figure\b", nb.read_text(encoding="utf-8"), flags=re.M)
+    assert len(tagged) == 1, f"{nb.name}: {len(tagged)} cells tagged key-figure"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebooks_import_only_the_facade_plots_and_their_own_module(nb):
     tree = ast.parse(nb.read_text(encoding="utf-8"))
     allowed = {"studylib", "studylib.plots", f"studylib.experiments.{nb.stem}"}
