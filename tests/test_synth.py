@@ -141,7 +141,8 @@ def test_sidecars_have_the_keys_the_loader_needs(ci_study):
             "VFA": ["FlipAngle", "RepetitionTime", "MagneticFieldStrength"],
             "DCE": ["FrameTimes", "FlipAngle", "RepetitionTime", "Agent", "ContrastDose_mmol_per_kg",
                     "MagneticFieldStrength"],
-            "F19": ["Nucleus", "ReferenceTube_mM", "MagneticFieldStrength"],
+            "F19": ["Nucleus", "ReferenceTubePFC_mM", "ReferenceTubeFluorinesPerMolecule", "MagneticFieldStrength",
+                    "FlipAngle", "RepetitionTime", "EchoTime"],
             "CEST": ["SaturationOffsets_ppm", "ReferenceVolumes", "SaturationB1_uT", "SaturationTime"],
             "WASSR": ["SaturationOffsets_ppm", "ReferenceVolumes"],
             "roi": ["Labels"]}
@@ -171,12 +172,14 @@ def test_sidecars_have_the_keys_the_loader_needs(ci_study):
 # --------------------------------------------------------------------------------------------- no truth in sidecars
 #: sidecar keys that are acquisition parameters: what the experimenter sets or knows at the scanner, so a
 #: sidecar may carry them even where truth.json records the same number (the design repeats the protocol).
-#: ``ReferenceTube_mM``: the 19F reference tube is made up at a known concentration -- an experimental fact.
+#: ``ReferenceTube_mM`` / ``ReferenceTubePFC_mM`` + ``ReferenceTubeFluorinesPerMolecule``: the 19F reference tube is
+#: made up at a known concentration of a known compound -- an experimental fact; ``ExcitationBandwidth_Hz`` is the pulse.
 #: Everything else (bolus arrival, haematocrit, r1, T1, noise SD, any biology) must never reach a sidecar.
 ACQUISITION_KEYS = frozenset({
     "MagneticFieldStrength", "RepetitionTime", "EchoTime", "FlipAngle", "InversionTime", "FrameTimes", "bValue",
     "SaturationOffsets_ppm", "ReferenceVolumes", "SaturationB1_uT", "SaturationTime", "ContrastDose_mmol_per_kg",
     "NumberOfAverages", "PhaseCycles", "PixelBandwidth_Hz", "ReferenceTube_mM", "ReceiveCoilChannels",
+    "ReferenceTubePFC_mM", "ReferenceTubeFluorinesPerMolecule", "ExcitationBandwidth_Hz",
 })
 
 
@@ -350,17 +353,28 @@ def test_noise_free_dwi_vfa_dce_match_forward_models(ci_clean):
 
 
 def test_noise_free_f19_and_cest_match_forward_models(ci_clean):
-    from studylib.synth._molecular import CEST, F19
+    from studylib.synth._molecular import CEST, F19, F19_RELAXATION
+    from studylib.synth.physics import ssfp
 
     row = _sessions(ci_clean, "fluorine19_pfc").iloc[-1]
     f = ci_clean / "raw" / "fluorine19_pfc" / row.animal / "day01"
     sig, slope = _zyx(f / "F19.nii.gz")
     m = _maps(ci_clean, "fluorine19_pfc", row.animal, 1)
     sc = json.loads((f / "F19.json").read_text())
-    assert np.max(np.abs(sig - F19["signal_per_mM"] * m["f19_mM"])) <= 0.51 * slope + 1e-4
+    # the 19F image is the bSSFP Bloch steady state of each class (tests/test_synth_f19_physics.py has the rest)
+    expect = np.zeros(sig.shape)
+    for cls, mask in (("tumour", m["roi"] == 1), ("tube", m["roi"] == 4)):
+        t1, t2 = F19_RELAXATION[cls]
+        expect[mask] = F19["gain_per_mM"] * ssfp.pfc_bssfp_signal(
+            m["pfc_mM"][mask], ssfp.PFCE, t1_ms=t1, t2_ms=t2, tr_ms=sc["RepetitionTime"] * 1e3,
+            te_ms=sc["EchoTime"] * 1e3, flip_deg=sc["FlipAngle"], field_t=sc["MagneticFieldStrength"],
+            excitation_bandwidth_hz=sc["ExcitationBandwidth_Hz"], b0_ppm=m["b0_ppm"][mask],
+            n_cycles=sc["PhaseCycles"])
+    assert np.max(np.abs(sig - expect)) <= 0.51 * slope + 1e-4
     tube = m["roi"] == 4
-    np.testing.assert_allclose(sig[tube] / F19["signal_per_mM"], sc["ReferenceTube_mM"], rtol=1e-3)
+    np.testing.assert_allclose(m["f19_mM"][tube], sc["ReferenceTubePFC_mM"] * sc["ReferenceTubeFluorinesPerMolecule"])
     assert m["f19_mM"][(m["roi"] == 2) | (m["roi"] == 5)].max() == 0  # no 19F background
+    assert sig[(m["roi"] == 2) | (m["roi"] == 5)].max() == 0
 
     row = _sessions(ci_clean, "lactate_cest").iloc[-1]
     f = ci_clean / "raw" / "lactate_cest" / row.animal / f"day{int(row.day):02d}"

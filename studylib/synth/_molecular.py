@@ -3,15 +3,19 @@
 =================  ==============================================================  ===========================
 study               design and true values (chosen to be plausible)                   source
 =================  ==============================================================  ===========================
-fluorine19_pfc      9.4 T; 19F bSSFP (63 deg, TR/TE 4.7/2.4 ms, 10 averages) + 1H T2w    Makela et al., MRM
-                    (RARE TE 30 ms, TR 2.5 s) on the same grid, day 1 (24 h after     2018;80:1138 (DOI
-                    i.v. PFC on day 0); lines 67NR / 168FARN / 4T1 (``group`` =        10.1002/mrm.27081)
-                    ``model``); tumour 19F (mM of 19F nuclei) 15 / 55 / 120 x LN(0.3);
+fluorine19_pfc      9.4 T; 19F bSSFP (63 deg, TR/TE 4.7/2.4 ms, 10 averages, 4 phase        Makela et al., MRM
+                    cycles, mean magnitude) + 1H T2w (RARE TE 30 ms, TR 2.5 s) on the     2018;80:1138 (DOI
+                    same grid, day 1 (24 h after i.v. PFC on day 0); lines 67NR /        10.1002/mrm.27081)
+                    168FARN / 4T1 (``group`` = ``model``); tumour 19F (mM of 19F nuclei)
+                    15 / 55 / 120 x LN(0.3) as PFCE (20 F, one line: PFC = 19F / 20);
                     rim : core weights 1.2 : 0.9 (67NR), 2.5 : 0.4 (168FARN), 3 : 0.3
                     (4T1), rim = outer 20 % of the radius; no 19F elsewhere in the body;
-                    reference tube (label 4) 400 mM 19F; 19F signal 0.08 per mM with
-                    sigma 1 (tumour SNR ~ 1-18, tube ~ 32).  Lung metastases: Poisson
-                    0.2 / 2 / 20 (x the animal's 19F relative to its line).
+                    reference tube (label 4) 20 mM PFCE = 400 mM 19F.  Signal: Bloch
+                    steady state (``physics.ssfp``), T1/T2 1300/250 ms (tumour),
+                    1000/400 ms (tube) -- chosen; B0 within +-0.05 ppm per animal;
+                    gain 0.55 per mM 19F, sigma 1, one receive channel (tumour SNR
+                    ~1-12, tube ~55).  Lung metastases: Poisson 0.2 / 2 / 20 (x the
+                    animal's 19F relative to its line).
 lactate_cest        9.4 T; CEST (B1 0.8 uT, 3 s CW from equilibrium) at 49 offsets -2..2   DeBrosse et al., Sci Rep
                     ppm (0.05 ppm steps within +-0.9 ppm) + an unsaturated reference    2016;6:19517 (DOI
                     (index 0, 300 ppm); WASSR (B1 0.3 uT, 0.5 s) at 41 offsets -1..1    10.1038/srep19517)
@@ -35,20 +39,30 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..models.fluorine import AVOGADRO, fluorine_signal
+from ..models.fluorine import AVOGADRO
 from ..models.relaxometry import monoexp_signal
 from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
 from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
 from .physics import cest as bm
+from .physics import ssfp
 
 F19_LINES = ("67NR", "168FARN", "4T1")
 
+#: 19F T1, T2 (ms) of PFCE per environment, chosen (no measured value for these conditions was found in the
+#: search corpus).  PFC 19F T1 shortens with dissolved O2, inversely linear in pO2 from ~1-4 s without O2 to
+#: 0.3-0.5 s at high pO2 (Clark et al., Adv Exp Med Biol 1984;180:835): the air-equilibrated tube is given the
+#: shorter T1, the tumour (lower pO2) a longer one; the tumour's PFC sits in macrophages (compartmentalised,
+#: slower motion), given a shorter T2 than the free emulsion.  bSSFP weights ~T2/T1, so the tumour 19F is read
+#: low against the tube unless relaxation is corrected for.
+F19_RELAXATION = {"tumour": (1300.0, 250.0), "tube": (1000.0, 400.0)}
+
 F19 = dict(field_T=9.4, flip_deg=63.0, tr_s=0.0047, te_s=0.0024, averages=10, bandwidth_hz=50000.0,
+           phase_cycles=4, phase_cycle_combination="mean", excitation_bandwidth_hz=2000.0, b0_max_ppm=0.05,
            t2w_te_ms=30.0, t2w_tr_s=2.5, t2_tumour_ms=45.0, t2_muscle_ms=25.0, t2_tissue_ms=35.0,
            pd_tumour=1000.0, pd_muscle=750.0, pd_tissue=850.0, pd_tube=900.0, t2_tube_ms=200.0, t2w_sigma=25.0,
            f19_mM={"67NR": 15.0, "168FARN": 55.0, "4T1": 120.0}, f19_sd=0.3,
            rim_weights={"67NR": (1.2, 0.9), "168FARN": (2.5, 0.4), "4T1": (3.0, 0.3)}, rim_start=0.8, jitter=0.15,
-           signal_per_mM=0.08, sigma=1.0, tube_mM=400.0,
+           gain_per_mM=0.55, sigma=1.0, tube_pfc_mM=20.0,
            mets_lambda={"67NR": 0.2, "168FARN": 2.0, "4T1": 20.0},
            volume_mm3={"67NR": 110.0, "168FARN": 90.0, "4T1": 80.0}, volume_sd=0.3, volume_cap_mm3=180.0)
 
@@ -73,7 +87,33 @@ CEST = dict(field_T=9.4, offsets_ppm=_CEST_OFFSETS, wassr_offsets_ppm=_WASSR_OFF
 
 
 # --------------------------------------------------------------------------------------------- 19F
+def _f19_signal(pfc, classes, b0_ppm, p):
+    """Noise-free 19F bSSFP magnitude per voxel from :func:`.physics.ssfp.pfc_bssfp_signal`: each class
+    (``tumour``, ``tube``) with its own T1/T2 (:data:`F19_RELAXATION`), the voxel's B0 shift, the sidecar's
+    TR, TE, flip angle, phase cycles and excitation band; times the receiver gain.  Only voxels holding PFC
+    are computed (the rest is 0: tissue has no 19F)."""
+    out = np.zeros(pfc.shape)
+    for cls, m in classes.items():
+        m = m & (pfc > 0)
+        if m.any():
+            t1, t2 = F19_RELAXATION[cls]
+            out[m] = p["gain_per_mM"] * ssfp.pfc_bssfp_signal(
+                pfc[m], ssfp.PFCE, t1_ms=t1, t2_ms=t2, tr_ms=p["tr_s"] * 1e3, flip_deg=p["flip_deg"],
+                te_ms=p["te_s"] * 1e3, field_t=p["field_T"], excitation_bandwidth_hz=p["excitation_bandwidth_hz"],
+                b0_ppm=b0_ppm[m], n_cycles=p["phase_cycles"], combine=p["phase_cycle_combination"])
+    return out
+
+
 def plan_fluorine(ctx: Context) -> StudyPlan:
+    """Makela et al. 2018 with the 19F images from the Bloch-equation bSSFP steady state (:mod:`.physics.ssfp`).
+
+    PFCE (20 equivalent fluorines, one line, transmitter on it) in the tumour and in the reference tube, each
+    with its own T1/T2 (:data:`F19_RELAXATION`), 4 phase cycles combined as the mean magnitude, a smooth
+    per-animal B0 shift (off-resonance: the banding profile).  Truth: PFC (mM of molecules) and 19F nuclei
+    (mM) per voxel and ROI, the true T1/T2 and the noise-free relaxation weighting of tumour and tube.  The
+    sidecar gives the acquisition (TR, TE, flip, phase cycles, excitation band) and the tube as made up
+    (``ReferenceTubePFC_mM``, ``ReferenceTubeFluorinesPerMolecule``), never a relaxation time.
+    """
     p = F19
     grid = ctx.grid(16.0)
     body = Body(tube=(-6.6, 6.2, 0.8, 0.8))
@@ -84,7 +124,10 @@ def plan_fluorine(ctx: Context) -> StudyPlan:
         a.params.update(f19_mM=p["f19_mM"][a.model] * rel, f19_rel=rel,
                         volume=float(min(p["volume_mm3"][a.model] * lognormal_mean1(r, p["volume_sd"]),
                                          p["volume_cap_mm3"])),
-                        mets=int(r.poisson(p["mets_lambda"][a.model] * rel)), cd68_noise=lognormal_mean1(r, 0.2))
+                        mets=int(r.poisson(p["mets_lambda"][a.model] * rel)), cd68_noise=lognormal_mean1(r, 0.2),
+                        b0_coeffs=ctx.rng(5, a.index).normal(0, 1, 6))
+    n_f = ssfp.excited_fluorines(ssfp.PFCE, field_t=p["field_T"], excitation_bandwidth_hz=p["excitation_bandwidth_hz"])
+    tube_pfc = p["tube_pfc_mM"]
 
     def sessions():
         for a in animals:
@@ -94,9 +137,14 @@ def plan_fluorine(ctx: Context) -> StudyPlan:
             lab = label_map(grid, bm, [(1, tmask)])
             rv = ctx.rng(3, a.index, d)
             w = spatial_pattern(tmask, rim, *p["rim_weights"][a.model], p["jitter"], rv)
+            # truth in 19F nuclei (mM); PFCE molecules = 19F / 20 (every fluorine of PFCE is in the excited band)
             f19 = np.where(tmask, a.params["f19_mM"] * w, 0.0)
-            f19 = np.where(lab == 4, p["tube_mM"], f19)
-            s19 = fluorine_signal(f19, p["signal_per_mM"])
+            f19 = np.where(lab == 4, tube_pfc * ssfp.PFCE.fluorines_per_molecule, f19)
+            pfc = f19 / ssfp.PFCE.fluorines_per_molecule
+            f19_excited = pfc * n_f
+            b0 = b0_field(grid, a.params["b0_coeffs"], p["b0_max_ppm"])
+            classes = {"tumour": tmask, "tube": lab == 4}
+            s19 = _f19_signal(pfc, classes, b0, p)
             pd = np.select([tmask, lab == 2, lab == 4, lab == 5], [p["pd_tumour"], p["pd_muscle"], p["pd_tube"], 0.0],
                            p["pd_tissue"])
             t2 = np.select([tmask, lab == 2, lab == 4], [p["t2_tumour_ms"], p["t2_muscle_ms"], p["t2_tube_ms"]],
@@ -104,24 +152,38 @@ def plan_fluorine(ctx: Context) -> StudyPlan:
             t2w = monoexp_signal([p["t2w_te_ms"]], pd, t2)[..., 0]
             vv = grid.voxel_volume_mm3
             atoms = float(f19[tmask].sum() * 1e-3 * vv * 1e-6 * AVOGADRO)  # mM * L -> mmol; *1e-3 -> mol
+            # relaxation + off-resonance weighting per mM of excited 19F (noise-free; the receiver gain divided out)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                weight = np.where(f19_excited > 0, s19 / (p["gain_per_mM"] * f19_excited), np.nan)
+            # ROI weighting as a reference-tube quantification of the ROI total sees it: signal sum / 19F sum
+            w_t, w_ref = (float(s19[m].sum() / (p["gain_per_mM"] * f19_excited[m].sum())) for m in (tmask, lab == 4))
             sc19 = {"FlipAngle": p["flip_deg"], "RepetitionTime": p["tr_s"], "EchoTime": p["te_s"],
                     "MagneticFieldStrength": p["field_T"], "Nucleus": "19F", "PulseSequenceType": "bSSFP",
-                    "NumberOfAverages": p["averages"], "PhaseCycles": 4, "PixelBandwidth_Hz": p["bandwidth_hz"],
-                    "ReferenceTube_mM": p["tube_mM"], "MRAcquisitionType": "3D",
-                    "ReferenceTubeNote": "label 4; concentration of 19F nuclei in mM",
+                    "NumberOfAverages": p["averages"], "PhaseCycles": p["phase_cycles"],
+                    "PhaseCycleCombination": "mean of the magnitude images",
+                    "PixelBandwidth_Hz": p["bandwidth_hz"], "ExcitationBandwidth_Hz": p["excitation_bandwidth_hz"],
+                    "ReferenceTubePFC_mM": tube_pfc, "ReferenceTubeFluorinesPerMolecule": n_f,
+                    "ReferenceTubeCompound": "PFCE (perfluoro-15-crown-5 ether) emulsion in agarose",
+                    "MRAcquisitionType": "3D",
+                    "ReferenceTubeNote": "label 4; PFC molecules (mM) and 19F per molecule in the excited band",
                     "ContrastTiming": "24 h after i.v. perfluorocarbon", "GeneratedBy": "studylib.synth"}
             sc1 = {"EchoTime": p["t2w_te_ms"] / 1000.0, "RepetitionTime": p["t2w_tr_s"],
                    "MagneticFieldStrength": p["field_T"], "Nucleus": "1H", "PulseSequenceType": "RARE",
                    "MRAcquisitionType": "2D", "GeneratedBy": "studylib.synth"}
             truth = dict(tumour_f19_mM=roi_mean(tmask, f19), tumour_rim_f19_mM=roi_mean(rim, f19),
                          tumour_core_f19_mM=roi_mean(tmask & ~rim, f19), tumour_f19_atoms=atoms,
-                         tube_f19_mM=p["tube_mM"], signal_per_mM=p["signal_per_mM"],
+                         tumour_pfc_mM=roi_mean(tmask, pfc), tube_pfc_mM=tube_pfc, tube_f19_mM=tube_pfc * n_f,
+                         tumour_bssfp_weight=w_t, tube_bssfp_weight=w_ref, tumour_over_tube_weight=w_t / w_ref,
+                         tumour_b0_ppm=roi_mean(tmask, b0), tube_b0_ppm=roi_mean(lab == 4, b0),
+                         receiver_gain_per_mM=p["gain_per_mM"],
                          tumour_volume_mm3=a.params["volume"], tumour_volume_roi_mm3=float(tmask.sum()) * vv,
                          noise_sigma_f19=p["sigma"], noise_sigma_t2w=p["t2w_sigma"])
             a.params["f19_atoms"] = atoms
-            yield Session(a, d, [Scan("F19", s19, p["sigma"], sc19), Scan("T2w", t2w, p["t2w_sigma"], sc1)], lab,
+            yield Session(a, d, [Scan("F19", s19, p["sigma"], sc19, receive_channels=1),
+                                 Scan("T2w", t2w, p["t2w_sigma"], sc1)], lab,
                           {1: "tumour", 2: "muscle", 4: "reference_tube", 5: "background"}, truth,
-                          {"f19_mM": f19, "rim": rim.astype(np.float32)})
+                          {"f19_mM": f19, "pfc_mM": pfc, "b0_ppm": b0, "bssfp_weight": weight,
+                           "rim": rim.astype(np.float32)})
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=1,
                  lung_metastases_count=a.params["mets"],
@@ -139,12 +201,21 @@ def plan_fluorine(ctx: Context) -> StudyPlan:
                                                     / group_means(st, "tumour_core_f19_mM")[g]
                                                     for g in group_means(st, "tumour_rim_f19_mM")},
                                          "direction": "rim > core in 168FARN and 4T1"}},
+            "relaxation": {
+                "tumour_over_tube_weight": {"sample": group_means(st, "tumour_over_tube_weight"),
+                                            "note": "noise-free bSSFP weighting (relaxation, B0, phase cycling) of "
+                                                    "tumour over tube; reference-tube quantification without a "
+                                                    "relaxation correction reads the tumour 19F times this"},
+                "t1_t2_ms": {k: list(v) for k, v in F19_RELAXATION.items()}},
             "correlations": {
                 "tumour_f19_mM_vs_lung_metastases_count": pearson(f, [hist[i]["lung_metastases_count"] for i in ids]),
                 "tumour_f19_mM_vs_cd68_cells_per_mm2": pearson(f, [hist[i]["cd68_cells_per_mm2"] for i in ids])}}
 
     design = dict(p)
     design["days"] = [1]
+    design["relaxation_ms"] = {k: list(v) for k, v in F19_RELAXATION.items()}
+    design["physics"] = ("balanced SSFP steady state from the Bloch equations (studylib.synth.physics.ssfp), "
+                         "PFCE one line, 4 phase cycles (mean magnitude), per-animal B0 shift")
     return StudyPlan("fluorine19_pfc", grid, animals, sessions, cols, rows, design, summarise)
 
 
