@@ -5,8 +5,12 @@ raw NIfTI + JSON sidecars, ROI label maps and histology tables under ``<out>/raw
 (the layout of ``docs/conventions.md``), the truth under ``<out>/truth/<study>/``
 (``truth.json``: design, per-animal biology, per-session ROI means, true effects and
 correlations; ``sessions.csv``; ``maps/<animal>_dayNN.npz`` true parameter maps) and the
-manifest.  Signals come from the forward models in :mod:`studylib.models` (one copy of the
-physics) with Rician noise from :func:`studylib.models.noise.add_rician_noise`; every
+manifest.  Signals come from the planners' physics (:mod:`studylib.synth.physics` where a planner uses
+it); the writer adds complex Gaussian noise (SD ``sigma`` per channel) on L receive channels with smooth
+normalised sensitivities, combined by root-sum-of-squares (``ReceiveCoilChannels`` in the sidecar: 4 for
+the 1H studies, 1 for ``fluorine19_pfc``; L = 1 is Rician noise), and writes ``roi.nii.gz`` as a simulated
+rater draws it (tumours and muscle outlined with a smooth boundary error of 1 voxel RMS,
+:func:`studylib.synth.physics.acquisition.rater_labels`; the true label map stays in ``truth/``).  Every
 (study, animal, day) draws from its own ``numpy.random.default_rng([seed, crc32(study),
 stream, ids])``.  Output bytes are identical on every run.  Sidecars carry acquisition parameters
 only (the experimenter's knowledge); every simulated value stays in ``truth/`` (issue 14, checked by

@@ -9,7 +9,8 @@ import numpy as np
 
 from ._phantom import Grid, rng_for
 
-__all__ = ["Preset", "PRESETS", "Context", "Animal", "Scan", "Session", "StudyPlan", "DEFAULT_SEED"]
+__all__ = ["Preset", "PRESETS", "Context", "Animal", "Scan", "Session", "StudyPlan", "DEFAULT_SEED",
+           "DEFAULT_RECEIVE_CHANNELS", "RECEIVE_CHANNELS", "RATER", "receive_channels"]
 
 #: seed used when none is given (the committed demo manifest is generated with it)
 DEFAULT_SEED = 20240611
@@ -84,14 +85,39 @@ class Animal:
     notes: dict = field(default_factory=dict)  # day -> manifest note
 
 
+#: receive channels L (combined by root-sum-of-squares) of a study's coil when its planner leaves
+#: ``Scan.receive_channels`` unset: a 4-channel mouse surface array for the 1H tumour studies; one channel for
+#: the 19F study, whose 1H/19F coil is taken to be a single-channel volume coil (the 19F analysis's Rayleigh
+#: statistics assume one channel).  Chosen, not taken from the papers.
+DEFAULT_RECEIVE_CHANNELS = 4
+RECEIVE_CHANNELS: dict[str, int] = {"fluorine19_pfc": 1}
+
+#: the simulated rater who draws ``roi.nii.gz`` (:func:`studylib.synth.physics.acquisition.rater_labels`):
+#: RMS boundary displacement and its in-plane correlation length, in voxels
+RATER = {"rms_vox": 1.0, "length_vox": 2.0}
+
+
+def receive_channels(study: str, scan: "Scan") -> int:
+    """The scan's receive channels: its own ``receive_channels``, else the study's default."""
+    if scan.receive_channels is not None:
+        return int(scan.receive_channels)
+    return int(RECEIVE_CHANNELS.get(study, DEFAULT_RECEIVE_CHANNELS))
+
+
 @dataclass
 class Scan:
-    """One raw image: kind, noise-free signal ``(z, y, x[, n])``, noise sigma, sidecar."""
+    """One raw image: kind, noise-free signal ``(z, y, x[, n])``, noise sigma, sidecar.
+
+    ``sigma`` is the noise SD per receive channel (per real and imaginary part); ``receive_channels``
+    the number L of channels combined by root-sum-of-squares (``None``: the study's default,
+    :data:`RECEIVE_CHANNELS`), written to the sidecar as ``ReceiveCoilChannels``.
+    """
 
     kind: str
     data: np.ndarray
     sigma: float
     sidecar: dict
+    receive_channels: int | None = None
 
 
 @dataclass

@@ -11,12 +11,12 @@ from .. import layout
 from ..catalog import EXPERIMENTS
 from ..errors import SynthError
 from ..manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
-from ..models.noise import add_rician_noise
-from ._common import DEFAULT_SEED, PRESETS, Context, StudyPlan
+from ._common import DEFAULT_SEED, PRESETS, RATER, Context, StudyPlan, receive_channels
 from ._iron import plan_ampb, plan_blz945, plan_ferumoxytol_therapy
 from ._molecular import plan_cest, plan_fluorine
 from ._perfusion import plan_collagen, plan_ktrans
 from ._write import _jsonable, atomic_write_bytes, csv_bytes, json_bytes, write_npz
+from .physics.acquisition import add_coil_noise_rss_zyx, coil_sensitivities, dice, rater_labels
 
 __all__ = ["SynthError", "STUDIES", "STUDY_KINDS", "MANIFEST_COLUMNS", "generate", "plan"]
 
@@ -75,6 +75,32 @@ def _rel(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root).as_posix()
 
 
+#: ROI names the rater keeps exactly: the background (air: the body's outline is the high-contrast air/tissue
+#: edge, so no drawn ROI crosses it and the noise ROI stays signal-free), and the vessel and reference tube
+#: (a few obvious voxels of a small bright structure).  Every other ROI (tumours, muscle) is outlined.
+_PROTECTED = ("vessel", "reference_tube", "background")
+
+
+def _rater_roles(roi_labels: dict[int, str]) -> tuple[list[int], list[int]]:
+    """(labels the rater outlines -- other structures first, tumours last, on top --, labels kept exactly)."""
+    drawn = [v for v, n in sorted(roi_labels.items()) if n not in _PROTECTED]
+    drawn.sort(key=lambda v: "tumour" in roi_labels[v] or "tumor" in roi_labels[v])
+    return drawn, [v for v, n in sorted(roi_labels.items()) if n in _PROTECTED]
+
+
+def _rater_summary(rows: list[dict]) -> dict:
+    """Mean Dice and relative volume error of the drawn ROIs per structure name (over sessions)."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["roi"] for r in rows):
+        rr = [r for r in rows if r["roi"] == name]
+        dv = np.array([r["drawn_voxels"] / r["true_voxels"] - 1.0 for r in rr])
+        out[name] = {"dice_mean": float(np.mean([r["dice"] for r in rr])),
+                     "dice_min": float(np.min([r["dice"] for r in rr])),
+                     "volume_error_mean": float(dv.mean()), "volume_error_rms": float(np.sqrt((dv ** 2).mean())),
+                     "sessions": len(rr)}
+    return out
+
+
 def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, noise: bool) -> list[dict]:
     from ..io.nifti import write_nifti
     from ..io.sidecar import sidecar_path
@@ -95,24 +121,48 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
                          sha256=sha256_file(path), sex=(a.sex if a else ""), model=(a.model or "") if a else "",
                          notes=notes))
 
+    coils: dict[int, np.ndarray] = {}  # L -> sensitivities (L, ny, nx): one coil set per study, fixed
+    channels: dict[str, int] = {}
+    rater_rows: list[dict] = []
+    kept: set[str] = set()
     for s in pl.sessions():
         a, d = s.animal, s.day
         folder = raw / a.id / f"day{d:02d}"
         note = a.notes.get(d, "")
         rng = ctx.rng(2, a.index, d)
         for scan in s.scans:
-            data = add_rician_noise(scan.data, scan.sigma, rng) if noise else np.asarray(scan.data, float)
+            n_ch = receive_channels(study, scan)
+            side = dict(scan.sidecar)
+            if side.setdefault("ReceiveCoilChannels", n_ch) != n_ch:
+                raise SynthError(f"{study} {scan.kind}: sidecar ReceiveCoilChannels {side['ReceiveCoilChannels']!r} "
+                                 f"differs from the scan's receive_channels {n_ch}")
+            channels[scan.kind] = n_ch
+            if noise:  # sigma per channel; sensitivities with sum_l |c_l|^2 = 1 keep the planner's signal level
+                if n_ch not in coils:
+                    coils[n_ch] = coil_sensitivities(grid.shape[1:], n_ch)
+                data = add_coil_noise_rss_zyx(scan.data, scan.sigma, rng, coils[n_ch])
+            else:
+                data = np.asarray(scan.data, float)
             img = write_nifti(folder / f"{scan.kind}.nii.gz", _to_nifti_order(data), affine, dtype=np.int16,
-                              sidecar=_jsonable(scan.sidecar, 10))
+                              sidecar=_jsonable(side, 10))
             add(Path(img), a, d, scan.kind, note)
             add(sidecar_path(img), a, d, scan.kind, note)
-        img = write_nifti(folder / "roi.nii.gz", _to_nifti_order(s.roi), affine, dtype=np.int16,
+        drawn_labels, protected = _rater_roles(s.roi_labels)
+        kept |= {s.roi_labels[v] for v in protected if (s.roi == v).any()}
+        roi = (rater_labels(s.roi, ctx.rng(20, a.index, d), drawn=drawn_labels, protect=protected, **RATER)
+               if noise else s.roi)
+        for v in drawn_labels:
+            true, dr = s.roi == v, roi == v
+            if true.any():
+                rater_rows.append(dict(animal=a.id, day=d, roi=s.roi_labels[v], dice=dice(true, dr),
+                                       true_voxels=int(true.sum()), drawn_voxels=int(dr.sum())))
+        img = write_nifti(folder / "roi.nii.gz", _to_nifti_order(roi), affine, dtype=np.int16,
                           sidecar={"Labels": {str(k): v for k, v in sorted(s.roi_labels.items())},
                                    "GeneratedBy": "studylib.synth"})
         add(Path(img), a, d, "roi", note)
         add(sidecar_path(img), a, d, "roi", note)
         maps = {k: np.asarray(v, dtype=np.float32) for k, v in s.maps.items()}
-        maps["roi"] = s.roi
+        maps["roi"] = s.roi  # the true label map; raw/.../roi.nii.gz is the rater's
         write_npz(tdir / "maps" / f"{a.id}_day{d:02d}.npz", maps)
         session_truth.append(dict(animal=a.id, group=a.group, model=a.model or "", sex=a.sex, day=d, **s.truth))
 
@@ -129,8 +179,20 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
              "grid": {"shape_zyx": list(grid.shape), "voxel_mm_xyz": list(grid.voxel_mm),
                       "fov_mm_xyz": [grid.fov_x_mm, grid.fov_y_mm, grid.fov_z_mm]},
              "design": pl.design, "animals": animals, "sessions": session_truth, **summary,
-             "files": {"sessions.csv": "one row per (animal, day): true ROI means",
-                       "maps/<animal>_dayNN.npz": "true parameter maps (z, y, x) float32 + roi labels"}}
+             "acquisition": {"receive_coil_channels": channels,
+                             "noise": ("complex Gaussian noise, SD sigma per channel and per real/imaginary part, "
+                                       "on L receive channels with smooth normalised sensitivities "
+                                       "(sum_l |c_l|^2 = 1), root-sum-of-squares combined" if noise else "none")},
+             "rater": {"method": ("boundary of each outlined ROI moved by a smooth random signed distance, "
+                                  "independent per ROI, slice and session (physics.acquisition.rater_labels)"
+                                  if noise else "none: raw roi.nii.gz is the true label map"),
+                       **RATER, "outlined": sorted({r["roi"] for r in rater_rows}),
+                       "kept_exactly": sorted(kept) if noise else [],
+                       "by_roi": _rater_summary(rater_rows) if noise else {},
+                       "sessions": rater_rows if noise else []},
+             "files": {"sessions.csv": "one row per (animal, day): true ROI means (over the true label map)",
+                       "maps/<animal>_dayNN.npz": "true parameter maps (z, y, x) float32 + the true roi labels "
+                                                  "(raw roi.nii.gz is the simulated rater's)"}}
     atomic_write_bytes(tdir / "truth.json", json_bytes(truth))
     return rows
 
@@ -159,7 +221,14 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
     studies : iterable of str, optional
         Only these studies (default: all seven).
     noise : bool
-        ``False`` writes noise-free signals (for testing the physics).
+        ``False`` writes an ideal acquisition (for testing the physics): noise-free signals and the true
+        label map as ``roi.nii.gz``.  ``True`` (default): complex noise on each scan's receive channels
+        (``ReceiveCoilChannels`` in its sidecar; 4 for the 1H studies, 1 for ``fluorine19_pfc``),
+        root-sum-of-squares combined, and ``roi.nii.gz`` drawn by a simulated rater
+        (:func:`studylib.synth.physics.acquisition.rater_labels`: tumours and muscle outlined with a smooth
+        boundary error of 1 voxel RMS, never into the air; vessel, reference tube and background kept) --
+        the true label map stays in ``truth/<study>/maps/*.npz`` (key ``roi``), the rater's Dice and
+        volume error in ``truth.json`` (``rater``).
     force : bool
         Write into a non-empty ``out`` that is not an earlier synthetic study (no ``.studylib-synth``
         marker), or over a manifest that is not one.  Without it such a target is refused: a lab's own

@@ -46,7 +46,9 @@ def rng_for(seed: int, study: str, stream: int, *ids: int) -> np.random.Generato
     """Explicit generator for (seed, study, stream, ids...); the same on every machine.
 
     ``stream`` separates uses: 1 = animal biology, 2 = image noise per (animal, day),
-    3 = voxel heterogeneity per (animal, day), 4 = study-level choices.
+    3 = voxel heterogeneity per (animal, day), 4 = study-level choices (planners use further
+    streams of their own, 5-7 so far), 20 = the simulated rater's ROI per (animal, day) (the writer's
+    :func:`~studylib.synth.physics.acquisition.rater_labels`).
     """
     return np.random.default_rng([int(seed), study_key(study), int(stream), *[int(i) + 10_000 for i in ids]])
 
