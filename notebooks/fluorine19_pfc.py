@@ -30,9 +30,11 @@
 # metastasis counts and CD68 density from histology.  The animal is the unit of analysis.
 #
 # **Physics in brief.** Tissue has no 19F, so every 19F photon comes from the PFC and the signal is
-# proportional to the number of 19F nuclei in a voxel (same coil loading, same relaxation weighting for
-# tube and tissue). A tube of known concentration converts signal to atoms:
-# n_F = S / S_ref · [F]_ref · V_voxel · N_A (Srinivas et al., *Trends Immunol* 2010;31:223). 19F images
+# proportional to the number of 19F nuclei in a voxel times a relaxation weighting. A tube of known
+# concentration converts signal to atoms, n_F = S / S_ref · [F]_ref · V_voxel · N_A (Srinivas et al., *Trends
+# Immunol* 2010;31:223), exactly when tube and tissue PFC relax alike; in bSSFP the weighting depends on T1/T2,
+# which differ between a tube and PFC taken up by macrophages, so without their measured T1/T2 (parameters
+# below) the result is *reference-tube equivalent* 19F, and the report says so. 19F images
 # are noisy: magnitude noise is Rician, so a voxel without 19F still reads ≈ 1.25 σ on average. Two
 # consequences, both handled in `studylib.fit.fluorine_quantify`: (1) *detection* — a voxel is called
 # 19F-positive only if M > k·σ, with σ from the background (Rayleigh statistics) and k chosen from the
@@ -51,6 +53,12 @@ scheduler = None  # None/"threads", "local" or a dask scheduler address
 reports_dir = None  # set by `studylib run`; unused here
 lines = ["67NR", "168FARN", "4T1"]  # hypothesised order of macrophage burden, lowest first
 false_positive_rate = 0.005  # per-voxel false-positive rate of the 19F detection threshold in noise
+# measured 19F T1/T2 (ms) of the reference tube and the tumour PFC: all four given -> bSSFP relaxation correction;
+# None -> tumour 19F is reference-tube equivalent (no relaxation correction; there are no defaults to assume)
+t1_ref_ms = None
+t2_ref_ms = None
+t1_tissue_ms = None
+t2_tissue_ms = None
 f_atoms_per_cell = 1e12  # 19F atoms per macrophage for the apparent macrophage number
 rim_fraction = 0.2  # outer fraction of the tumour depth called "rim"
 primary_endpoint = "tumour_19f_trend"  # the one confirmatory finding (exp.ENDPOINTS); the others are secondary
@@ -79,7 +87,9 @@ sl.require_verified(manifest)
 f19 = sl.load_study(manifest, study, "F19")
 h1 = sl.load_study(manifest, study, "T2w")
 design = sl.design_table(f19)
-print(f"reference tube: {f19.attrs.get('ReferenceTube_mM')} mM 19F")
+tube = (f19.attrs.get("ReferenceTube_mM") or
+        f"{f19.attrs.get('ReferenceTubePFC_mM')} mM PFC x {f19.attrs.get('ReferenceTubeFluorinesPerMolecule')} 19F")
+print(f"reference tube: {tube} (from the sidecars)")
 design
 
 # %% [markdown]
@@ -88,7 +98,9 @@ design
 # detection (M > k·σ), Rician-corrected 19F concentration and atoms.
 
 # %%
-quant = sl.fluorine_quantify(f19, false_positive_rate=false_positive_rate)
+given = dict(t1_ref_ms=t1_ref_ms, t2_ref_ms=t2_ref_ms, t1_tissue_ms=t1_tissue_ms, t2_tissue_ms=t2_tissue_ms)
+relaxation = given if all(v is not None for v in given.values()) else None
+quant = sl.fluorine_quantify(f19, false_positive_rate=false_positive_rate, bssfp_relaxation=relaxation)
 quant = sl.compute_with_progress(quant, label="19F quantification")
 k = sl.detection_k(false_positive_rate)
 print(f"detection threshold k = {k:.2f} sigma (noise-only false-positive rate {false_positive_rate:.1%})")
@@ -173,13 +185,16 @@ fig = plots.correlation_scatter(animals, "f19_mM", "lung_metastases_count", hue=
 # 4T1 − 67NR (Welch CI and p); row 3: the same for lung metastases; row 4: tumour 19F vs lung metastases
 # (Pearson r, Fisher-z CI and p). Each row's CI and p come from one method. The primary endpoint
 # (`primary_endpoint`) is tested at α; the secondary findings carry Holm-adjusted p-values (`p_holm`).
-# Truth: the simulated animals' true tumour 19F (line means) and the true correlation.
+# Truth: the simulated animals' true tumour 19F (line means; without a relaxation correction, the
+# reference-tube-equivalent means the simulator's physics gives, printed below) and the true correlation.
 
 # %%
 truth = sl.load_truth(manifest, study)
 mets = sl.group_difference(animals, "lung_metastases_count", control=lines[0], treated=lines[-1],
                            group_col="model", alpha=alpha)
-conclusions = exp.conclusions(diff, trend, mets, corr, truth, lines=lines, primary=primary_endpoint, alpha=alpha)
+conclusions = exp.conclusions(diff, trend, mets, corr, truth, lines=lines, primary=primary_endpoint, alpha=alpha,
+                              tube_equivalent=relaxation is None)
+print(exp.relaxation_text(truth, relaxation))
 sl.record(conclusions, study=study, jt_p=jt["p"], kruskal_p=omni["p"])
 print(sl.summary_lines(conclusions))
 conclusions

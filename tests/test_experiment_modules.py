@@ -410,3 +410,19 @@ def test_ferumoxytol_histology_on_the_common_endpoint_day():
                                         histology_day=out.attrs).set_index("endpoint")
     assert f.loc["cd80", "finding"].endswith(", day 21") and "left out, sampled on another day: m2" in \
         f.loc["cd206", "method"]
+
+
+def test_fluorine_tube_equivalent_truth_is_the_simulated_weighting_times_the_true_19f():
+    """Without a relaxation correction the 19F rows compare with the reference-tube-equivalent truth: each line's
+    true mean times the simulator's tumour/tube bSSFP weighting (written by the simulator, not computed here)."""
+    from studylib.experiments import fluorine19_pfc as f
+
+    truth = {"effects": {"tumour_f19_mM_line_means": {"sample": {"67NR": 20.0, "168FARN": 50.0, "4T1": 120.0}}},
+             "relaxation": {"tumour_over_tube_weight": {"sample": {"67NR": 0.5, "168FARN": 0.6, "4T1": 0.6}}}}
+    lines = ["67NR", "168FARN", "4T1"]
+    assert f.true_line_difference(truth, lines) == pytest.approx(100.0)
+    assert f.true_line_difference(truth, lines, tube_equivalent=True) == pytest.approx(0.6 * 120 - 0.5 * 20)
+    assert np.isnan(f.true_line_difference({"effects": truth["effects"]}, lines, tube_equivalent=True))
+    assert "4T1 0.60" in f.relaxation_text(truth, None) and "reference-tube equivalent" in f.relaxation_text({}, None)
+    spec = dict(t1_ref_ms=1000, t2_ref_ms=400, t1_tissue_ms=1300, t2_tissue_ms=250)
+    assert "1300/250 ms" in f.relaxation_text(truth, spec)

@@ -118,9 +118,27 @@ def representative_animals(animals: pd.DataFrame, lines: Sequence[str], *, colum
     return rep
 
 
-def true_line_difference(truth: Mapping, lines: Sequence[str]) -> float:
-    """The simulated animals' true tumour 19F difference, last line minus first (mM); NaN without truth."""
+def tube_weights(truth: Mapping) -> dict:
+    """The simulator's noise-free bSSFP weighting of tumour 19F over the tube's, per line ({} without truth).
+
+    Quantifying against the reference tube without a relaxation correction measures the tumour 19F times this
+    weighting (the *reference-tube equivalent* 19F): a property of the simulated physics (relaxation, B0, phase
+    cycling), written by the simulator, never computed from the fit.
+    """
+    return dict((find_key(truth, "tumour_over_tube_weight") or {}).get("sample", {}))
+
+
+def true_line_difference(truth: Mapping, lines: Sequence[str], *, tube_equivalent: bool = False) -> float:
+    """The simulated animals' true tumour 19F difference, last line minus first (mM); NaN without truth.
+
+    ``tube_equivalent``: the difference of reference-tube-equivalent 19F (each line's true mean times its
+    :func:`tube_weights`), the quantity an uncorrected quantification estimates; NaN when the simulator gives
+    no weighting.
+    """
     line_truth = (find_key(truth, "tumour_f19_mM_line_means") or {}).get("sample", {})
+    if tube_equivalent and line_truth:
+        w = tube_weights(truth)
+        line_truth = {k: v * w[k] if k in w else np.nan for k, v in line_truth.items()}
     if not line_truth:
         return float("nan")
     return float(line_truth.get(lines[-1], np.nan) - line_truth.get(lines[0], np.nan))
@@ -226,8 +244,28 @@ def ordered_shift(groups: Sequence, *, n_perm: int = 20000, seed: int = 0, alpha
                         f"(E = {E:g}), n = {'+'.join(map(str, n.tolist()))}"))
 
 
+def relaxation_text(truth: Mapping, relaxation: Mapping | None) -> str:
+    """What the tumour 19F numbers are: relaxation-corrected, or reference-tube equivalent (and, with simulated
+    truth, by how much the tube-equivalent value differs from the true 19F)."""
+    if relaxation:
+        return ("Tumour 19F is corrected for the bSSFP relaxation weighting of tumour vs tube (T1/T2 given as "
+                f"parameters: tube {relaxation['t1_ref_ms']:g}/{relaxation['t2_ref_ms']:g} ms, tissue "
+                f"{relaxation['t1_tissue_ms']:g}/{relaxation['t2_tissue_ms']:g} ms; on resonance, one phase cycle).")
+    text = ("Tumour 19F is reference-tube equivalent: the tube converts signal to 19F nuclei as if tumour PFC and "
+            "tube relaxed alike, which bSSFP does not assume (give the measured T1/T2 of both as parameters for "
+            "the correction).")
+    w = tube_weights(truth)
+    if w:
+        text += (" In this simulated study the tumour PFC's weighting relative to the tube is "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in sorted(w.items()))
+                 + ", so tube-equivalent values read the true 19F that much low; the truth column compares like with "
+                   "like (true 19F times that weighting).")
+    return text
+
+
 def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, corr: Mapping, truth: Mapping, *,
-                lines: Sequence[str], primary: str = "tumour_19f_trend", alpha: float = 0.05) -> pd.DataFrame:
+                lines: Sequence[str], primary: str = "tumour_19f_trend", alpha: float = 0.05,
+                tube_equivalent: bool = False) -> pd.DataFrame:
     """Conclusions of ``fluorine19_pfc`` (:data:`ENDPOINTS`); every row's CI and p from one method.
 
     Rows: ``tumour_19f_trend`` the ordered trend of tumour 19F (``trend``: :func:`ordered_shift`, its
@@ -235,8 +273,9 @@ def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, corr: Mappin
     ``tumour_19f_difference`` tumour 19F last line minus first (``diff``: Welch t CI and Welch p,
     :func:`studylib.analysis.group_difference`); ``metastases_difference`` the same for lung metastases (no
     truth); ``19f_vs_metastases`` tumour 19F vs lung metastases (Pearson r, Fisher-z CI and p).  Truth: the
-    simulated animals' true line means (last minus first, for both 19F rows) and correlation.  ``primary`` names
-    the primary endpoint, the others are secondary (Holm-adjusted).
+    simulated animals' true line means (last minus first, for both 19F rows; with ``tube_equivalent``, the
+    reference-tube-equivalent means of an uncorrected quantification, :func:`true_line_difference`) and
+    correlation.  ``primary`` names the primary endpoint, the others are secondary (Holm-adjusted).
     """
     for name, r in (("diff", diff), ("trend", trend), ("metastases", metastases), ("corr", corr)):
         missing = [k for k in ("estimate", "ci_low", "ci_high", "p", "method") if k not in r]
@@ -244,15 +283,16 @@ def conclusions(diff: Mapping, trend: Mapping, metastases: Mapping, corr: Mappin
             raise ExperimentError(f"{name} lacks {missing}: each row needs an estimate with its CI and the p of the "
                                   "same method (trend: ordered_shift, not jonckheere_terpstra alone)")
     paper = citation(STUDY)
-    true_diff = true_line_difference(truth, lines)
+    true_diff = true_line_difference(truth, lines, tube_equivalent=tube_equivalent)
+    what = "tumour 19F (tube-equivalent)" if tube_equivalent else "tumour 19F"
 
     def row(finding, r, *, truth, units):
         return check_effect(finding, estimate=r["estimate"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"],
                             expected_sign=1, truth=truth, units=units, paper=paper, method=r["method"], alpha=alpha)
     rows = {
-        "tumour_19f_trend": row(f"tumour 19F ordered trend {' < '.join(lines)} ({lines[-1]} - {lines[0]} shift, "
+        "tumour_19f_trend": row(f"{what} ordered trend {' < '.join(lines)} ({lines[-1]} - {lines[0]} shift, "
                                 "Jonckheere-Terpstra)", trend, truth=true_diff, units="mM"),
-        "tumour_19f_difference": row(f"tumour 19F {lines[-1]} - {lines[0]} (Welch)", diff, truth=true_diff,
+        "tumour_19f_difference": row(f"{what} {lines[-1]} - {lines[0]} (Welch)", diff, truth=true_diff,
                                      units="mM"),
         "metastases_difference": row(f"lung metastases {lines[-1]} - {lines[0]} (Welch)", metastases, truth=None,
                                      units="count"),
