@@ -5,8 +5,10 @@ raw NIfTI + JSON sidecars, ROI label maps and histology tables under ``<out>/raw
 (the layout of ``docs/conventions.md``), the truth under ``<out>/truth/<study>/``
 (``truth.json``: design, per-animal biology, per-session ROI means, true effects and
 correlations; ``sessions.csv``; ``maps/<animal>_dayNN.npz`` true parameter maps) and the
-manifest.  Signals come from the planners' physics (:mod:`studylib.synth.physics` where a planner uses
-it); the writer adds complex Gaussian noise (SD ``sigma`` per channel) on L receive channels with smooth
+manifest.  Signals come from independent physics (:mod:`studylib.synth.physics`, its own code: no
+``studylib.models`` or ``studylib.fit`` signal model is used, so the fits' model error shows): static dephasing
+by iron-laden spheres (MEGRE), continuous-time extended Tofts with per-animal AIFs and a B1 field (VFA, DCE,
+B1map), Bloch-McConnell Z-spectra (CEST, WASSR), the bSSFP Bloch steady state (F19); the writer adds complex Gaussian noise (SD ``sigma`` per channel) on L receive channels with smooth
 normalised sensitivities, combined by root-sum-of-squares (``ReceiveCoilChannels`` in the sidecar: 4 for
 the 1H studies, 1 for ``fluorine19_pfc``; L = 1 is Rician noise), and writes ``roi.nii.gz`` as a simulated
 rater draws it (tumours and muscle outlined with a smooth boundary error of 1 voxel RMS,
@@ -19,11 +21,12 @@ only (the experimenter's knowledge); every simulated value stays in ``truth/`` (
 =====================  =============================  ======================================  =============
 study                   kinds                          groups (demo animals per group)          days
 =====================  =============================  ======================================  =============
-ampb_ferumoxytol        MEGRE (9.4 T, 12 echoes)       vehicle, ampb (7)                        0, 3, 7, 10
+ampb_ferumoxytol        MEGRE (9.4 T, 12 echoes)       vehicle, ampb (7)                        0, 3, 7, 10 post;
+                                                                                                 -1, 2, 6, 9 pre
 blz945_femri            MEGRE (7 T, 3..48 ms)          control, blz945 x TS1, 99LN (6 each)     0, 3, 7
 ferumoxytol_therapy     T2w, MEGRE (7 T, 10 echoes)    control, ferumoxytol (7); bilateral      0, 1, 7, 14, 21
 collagen_adc            DWI b 0..1000                  BK-12, ED-15, HL-16, LA-19 (8)           0
-ktrans_hypoxia          VFA, DCE (+ vessel ROI)        BK-12, ED-15, HL-16, LA-19 (6)           0
+ktrans_hypoxia          VFA, DCE, B1map (+ vessel)     BK-12, ED-15, HL-16, LA-19 (6)           0
 fluorine19_pfc          F19, T2w (+ reference tube)    67NR, 168FARN, 4T1 (6)                   1
 lactate_cest            CEST, WASSR                    pyruvate (3)                             0 pre, 1 post
 =====================  =============================  ======================================  =============
