@@ -204,9 +204,9 @@ calib
 
 # %% [markdown]
 # ## 7. Conclusions: the paper's finding, and the simulated truth
-# Row 1: paired post − pre change of tumour MTRasym(0.4 ppm) (B0-corrected); row 2: the same without B0
-# correction (expected to miss the truth); row 3: the band-mean MTRasym change; with `pool_finding`, the
-# lactate pool amplitude change. Truth: the simulated animals' true changes of the same quantities as the
+# Row 1: paired post − pre change of tumour MTRasym(0.4 ppm) (B0-corrected); row 2: the band-mean MTRasym
+# change; with `pool_finding`, the lactate pool amplitude change; last, the same as row 1 without B0
+# correction, a sensitivity analysis (expected to miss the truth; outside the Holm family). Truth: the simulated animals' true changes of the same quantities as the
 # physics gives them (for the pool amplitude: the lactate effect at +0.4 ppm). The primary endpoint
 # (`primary_endpoint`) is tested at α; the secondary findings carry Holm-adjusted p-values (`p_holm`).
 

@@ -199,7 +199,10 @@ def test_lactate_truth_and_conclusions():
     assert len(c) == 2 and (c["truth"] == 0.27).all() and c["ci_covers_truth"].iloc[0]
     c3 = lactate_cest.conclusions(_est(0.28, 0.26, 0.31), _est(2.9, -1.0, 6.0, p=0.2), truth,
                                   pool=_est(0.3, 0.1, 0.5), true_pool=0.4)
-    assert len(c3) == 3 and c3["truth"].iloc[2] == 0.4
+    assert len(c3) == 3 and c3.set_index("endpoint").loc["pool_change", "truth"] == 0.4
+    # the analysis without B0 correction is a sensitivity row: last, outside the Holm family
+    assert c3["endpoint"].iloc[-1] == "mtrasym_change_uncorrected" and c3["role"].iloc[-1] == "sensitivity"
+    assert np.isnan(c3["p_holm"].iloc[-1])
 
 
 # ------------------------------------------------------------------------------------ the other five
@@ -299,7 +302,7 @@ def test_lactate_reading_is_computed_from_the_numbers():
     text = lactate_cest.reading(c, good, raw)
     assert "with B0 correction (primary): +0.3 %" in text and "3 of 3 animals rose" in text
     assert "agrees with the paper" in text and "covers the simulated change +0.27" in text
-    assert "without B0 correction (secondary)" in text and "not significant" in text and "2 of 3" in text
+    assert "without B0 correction (sensitivity)" in text and "not significant" in text and "2 of 3" in text
     assert "130.0 times as wide" in text
     # the same code on a fall says so: nothing is written in advance
     c2 = lactate_cest.conclusions(_est(-0.3, -0.4, -0.2, p=0.004), _est(2.9, -10.0, 16.0, p=0.5), truth)

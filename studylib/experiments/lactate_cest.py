@@ -181,7 +181,8 @@ def conclusions(paired: Mapping, paired_uncorrected: Mapping, truth: Mapping, *,
     """Conclusions of ``lactate_cest``.
 
     Row 1: paired post - pre change of tumour MTRasym(``delta_ppm``), B0-corrected; row 2: the same without
-    B0 correction (expected to miss the truth); when ``band`` is given, the change of the MTRasym integral
+    B0 correction (expected to miss the truth), a sensitivity analysis of row 1 -- the same hypothesis
+    analysed another way, so outside the Holm family (:data:`studylib.analysis.conclusions.NOT_TESTED_ROLES`); when ``band`` is given, the change of the MTRasym integral
     over ``band_name`` ppm (%·ppm); when ``pool`` is given, the lactate pool amplitude change of the Lorentzian fit
     (truth: the physics' lactate effect, :func:`true_pool_change`).  ``primary`` names the primary endpoint
     (:data:`ENDPOINTS`), the others are secondary (Holm-adjusted).
@@ -195,7 +196,8 @@ def conclusions(paired: Mapping, paired_uncorrected: Mapping, truth: Mapping, *,
         check_effect(f"tumour MTRasym({delta_ppm:g} ppm) post - pre, no B0 correction",
                      estimate=paired_uncorrected["estimate"], ci_low=paired_uncorrected["ci_low"],
                      ci_high=paired_uncorrected["ci_high"], p=paired_uncorrected["p"], expected_sign=1,
-                     truth=truth_change, units="%", paper=paper, method=paired_uncorrected["method"], alpha=alpha),
+                     truth=truth_change, units="%", paper=paper, method=paired_uncorrected["method"], alpha=alpha,
+                     role="sensitivity"),
     ]))
     if band is not None:
         rows["band_change"] = check_effect(f"tumour MTRasym integral {band_name} ppm post - pre, B0-corrected",
