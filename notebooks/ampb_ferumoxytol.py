@@ -58,6 +58,10 @@ day_model = "categorical"  # "categorical": cell means per day; "linear": random
 primary_endpoint = "treatment_effect"  # the one confirmatory finding (exp.ENDPOINTS: ΔR2* effect); "histology_r", "absolute_r2star" are secondary
 max_pair_gap_days = 2  # a pre-contrast scan pairs with the post-contrast scan at most this many days later
 max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
+impute_failed = True  # sensitivity row: the failed-fit voxels' R2* at the echo train's bound (1000/TE_min)
+power_n_sim = 300  # simulated studies of the fitted design for its power (ARRIVE: sample size)
+smallest_effect = None  # smallest ΔR2* effect of interest (1/s); None: study.json's smallest_effect_of_interest
+seed = 0
 alpha = 0.05
 
 # %%
@@ -115,12 +119,20 @@ fig = plots.fit_quality_maps(maps[sl.quality_variable(maps)], maps["fit_ok"], an
 # %% [markdown]
 # ## 5. Tumour table
 # One row per animal and scan: mean tumour R2\* and T2\*, tumour volume, plus the muscle reference; then the
-# post-contrast sessions, each with its pre-contrast R2\* and ΔR2\* = R2\*(post) − R2\*(pre).
+# post-contrast sessions, each with its pre-contrast R2\* and ΔR2\* = R2\*(post) − R2\*(pre). Voxels whose fit
+# failed are left out of the means (their fraction per group and scan is the table below); the most iron-laden
+# voxels, whose signal is gone by the later echoes, fail first. As a sensitivity analysis the same ΔR2\* table is
+# built a second time with every failed voxel's R2\* set to the fastest decay the echo train resolves,
+# 1000/TE_min, in the pre- and the post-contrast scans.
 
 # %%
 summary, scans = sl.roi_tables(maps, ds, variables=["r2star", "t2star"], max_failed_difference=max_failed_difference)
 display(sl.failed_fit_table(scans, max_difference=None))  # noqa: F821 (IPython)
 sessions = exp.delta_table(scans, phases, max_gap_days=max_pair_gap_days)
+sessions_imputed, r2star_bound = None, sl.echo_train_bound(ds, "r2star")
+if impute_failed:  # sensitivity: failed voxels (the most iron-laden fail first) at the fastest resolvable decay
+    _, scans_imputed = sl.roi_tables(maps, ds, variables=["r2star"], impute_failed={"r2star": r2star_bound})
+    sessions_imputed = exp.delta_table(scans_imputed, phases, max_gap_days=max_pair_gap_days)
 sessions
 
 # %% tags=["key-figure"]
@@ -137,7 +149,8 @@ fig = plots.spaghetti(scans, "r2star", ylabel="tumour R2* (1/s)", title="tumour 
 # of mean tumour ΔR2\* on `effect_day`, tested with Satterthwaite degrees of freedom (small groups make
 # z-tests too liberal). `day_model="linear"` fits `delta_r2star ~ treated * (day - effect_day)` with a random
 # intercept and slope per animal instead. The same model of the post-contrast R2\* alone is the secondary
-# contrast. Any convergence or singular-fit diagnosis of the models is printed below the table.
+# contrast, and the ΔR2\* model refitted on the table with the failed voxels imputed is the sensitivity row. Any
+# convergence or singular-fit diagnosis of the models is printed below the table.
 
 # %%
 effect = sl.longitudinal_effect(sessions, "delta_r2star", control=control, treated=treated, at_day=effect_day,
@@ -147,6 +160,11 @@ absolute = sl.longitudinal_effect(sessions, "r2star", control=control, treated=t
 print(f"difference on day {effect['at_day']:g}")
 print(sl.model_diagnostics(effect))
 print(sl.model_diagnostics(absolute))
+imputed = None
+if sessions_imputed is not None:
+    imputed = sl.longitudinal_effect(sessions_imputed, "delta_r2star", control=control, treated=treated,
+                                     at_day=effect_day, day_model=day_model)
+    print(exp.imputation_text(effect, imputed, sessions, summary, value=r2star_bound))
 effect["model"].fixed
 
 # %% [markdown]
@@ -158,32 +176,63 @@ effect["model"].fixed
 print(exp.delta_text(sessions, effect, absolute, control=control, treated=treated, alpha=alpha))
 
 # %% [markdown]
+# ### Power of this design (ARRIVE item 2)
+# The fitted ΔR2\* model simulated on this study's own animals and sessions, refitted each time: the post-hoc
+# power for the observed effect (a function of its p-value, not a justification of the sample size, which has to
+# be made before the data) and, when the study declares one (`smallest_effect` or `study.json`'s
+# `smallest_effect_of_interest`), the power for the smallest effect of interest.
+
+# %%
+if smallest_effect is None:
+    smallest_effect = sl.smallest_effect_of_interest(sl.study_info(manifest, study))
+power = sl.effect_power(effect, smallest_effect=smallest_effect, n_sim=power_n_sim, seed=seed, units="1/s",
+                        alpha=alpha)
+print(power["text"])
+
+# %% [markdown]
 # ## 7. Imaging vs histology
 # Per animal, tumour ΔR2\* against the macrophage count from immunohistochemistry on a common day: the last
 # imaging day every group shares (animals that left before it are named and left out), so that no group is
-# compared at an earlier time.
+# compared at an earlier time. Amp B is expected to raise both the macrophage count and ΔR2\*, so the r pooled
+# over all animals mostly restates the treatment-group difference. The question "does ΔR2\* track the
+# macrophages within a group?" is answered by the **within-group** correlation (repeated-measures / partial r
+# with group indicators, Fisher-z CI and p with df = n − groups − 1; Bakdash & Marusich 2017); the pooled r is
+# kept as a descriptive row. CI and p of each part come from the same Fisher-z approximation (p < α exactly when
+# the CI excludes 0). With few animals per group the within-group CI is wide; with two groups the between-group
+# part rests on two means and is not estimable (a warning says so).
 
 # %%
 histology = sl.load_histology(manifest, study)
 animals = sl.animal_table(sessions, histology, day="common")
 print(f"imaging vs histology on day {animals.attrs['day']:g}; left out: {list(animals.attrs['left_out']) or 'none'}")
 hist_col = sl.histology_column(histology, ("iba1", "cd68", "macrophage"))
-corr = sl.correlation_effect(animals, "delta_r2star", hist_col, alpha=alpha)
+corr = sl.correlation_effect(animals, "delta_r2star", hist_col, cluster="group", alpha=alpha)
+display(corr["table"])  # noqa: F821 (IPython)
+truth_sessions = sl.load_truth_table(manifest, study, "sessions.csv")
+true_parts = sl.analysis.true_correlation_parts(
+    None if truth_sessions is None else exp.true_post_sessions(truth_sessions, day=animals.attrs["day"]),
+    "tumour_delta_r2star_per_s", hist_col, cluster="group", histology=histology)
+print(sl.correlation_levels_text(corr, x="tumour ΔR2*", y=hist_col, cluster="group", alpha=alpha))
+pooled = corr["parts"]["pooled"]
 fig = plots.correlation_scatter(animals, "delta_r2star", hist_col, hue="group", xlabel="tumour ΔR2* (1/s)",
-                                r=corr["estimate"], r_ci=(corr["ci_low"], corr["ci_high"]))
+                                r=pooled["estimate"], r_ci=(pooled["ci_low"], pooled["ci_high"]),
+                                title=f"pooled r (descriptive); within-group r = {corr['estimate']:.2f}")
 
 # %% [markdown]
 # ## 8. Conclusions: the paper's finding, and the simulated truth
 # Each row compares an estimate with the paper (same direction? significant?) and with the truth the
 # simulator used (does the 95 % CI cover it?). The truth is that of the simulator's physics (static
-# dephasing, R2\* = R2 + R2′), not of the mono-exponential fit.
+# dephasing, R2\* = R2 + R2′), not of the mono-exponential fit; the truth of the within-group r is that of the
+# simulated animals' true ΔR2\* and their histology. The sensitivity row (failed voxels imputed) and the pooled r
+# (descriptive) are not findings of their own and are not Holm-counted.
 
 # %%
 truth = sl.load_truth(manifest, study)
 conclusions = exp.conclusions(effect, corr, truth, control=control, treated=treated, hist_col=hist_col,
                               primary=primary_endpoint, histology_day=animals.attrs, alpha=alpha,
-                              variable="delta_r2star", absolute=absolute)
-sl.record(conclusions, study=study)
+                              variable="delta_r2star", absolute=absolute, true_parts=true_parts,
+                              imputed=imputed, imputed_value=r2star_bound)
+sl.record(conclusions, study=study, **power["numbers"])
 print(sl.summary_lines(conclusions))
 conclusions
 

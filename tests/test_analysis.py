@@ -331,7 +331,9 @@ def test_experiment_endpoints_name_rows_and_the_primary_comes_first():
     t = ampb_ferumoxytol.conclusions(est, corr, {}, control="v", treated="a", hist_col="iba1",
                                      primary="histology_r")
     assert t["endpoint"].tolist() == ["histology_r", "treatment_effect"] and t["role"].iloc[0] == "primary"
-    assert set(t["endpoint"]) == set(ampb_ferumoxytol.ENDPOINTS) - {"absolute_r2star"}  # no absolute effect given
+    # no absolute effect, no imputed effect and an unclustered r (no pooled descriptive row) given
+    assert set(t["endpoint"]) == set(ampb_ferumoxytol.ENDPOINTS) - {"absolute_r2star", "histology_r_pooled",
+                                                                    *ampb_ferumoxytol.SENSITIVITY}
     assert t["method"].iloc[0].startswith(corr.method) and t["method"].iloc[0].count("n = ") == 1  # n said once
     assert "each animal's last imaging day" in t["method"].iloc[0]   # the day of the comparison is said
     assert t["p_holm"].iloc[1] == pytest.approx(0.001)

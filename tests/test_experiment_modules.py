@@ -261,7 +261,8 @@ def test_collagen_ktrans_and_ferumoxytol_conclusions_without_truth_are_nan():
     assert t.loc["within_model_r", "truth"] == -0.6 and t.loc["between_model_r", "truth"] == -0.99
     f = ferumoxytol_therapy.conclusions(_est(-0.03, -0.04, -0.02), _est(8.0, 4.0, 12.0, at_day=1.0),
                                         _est(5.0, 2.0, 8.0), _est(-5.0, -8.0, -2.0), {}, control="c", treated="f")
-    assert len(f) == 4 and f["agrees_with_paper"].all() and f["endpoint"].tolist() == list(ferumoxytol_therapy.ENDPOINTS)
+    assert len(f) == 4 and f["agrees_with_paper"].all() and f["endpoint"].tolist() == [
+        k for k in ferumoxytol_therapy.ENDPOINTS if k not in ferumoxytol_therapy.SENSITIVITY]
     assert ferumoxytol_therapy.uptake_day([0, 1, 7]) == 1 and ferumoxytol_therapy.uptake_day([0, 3]) == 3
     with pytest.raises(StudyError, match="no imaging day after"):
         ferumoxytol_therapy.uptake_day([0])
@@ -398,6 +399,124 @@ def test_ampb_delta_text_is_computed_from_the_data():
                                      hist_col="iba1", histology_day={"day": 10.0, "day_rule": "common",
                                                                      "left_out": ("m01",)})
     assert t["finding"].iloc[1].endswith("on day 10") and "left out, not imaged that day: m01" in t["method"].iloc[1]
+
+
+def _two_groups(seed=0, n=5):
+    """Animals of two groups whose means differ on x and y; inside each group y tracks x with slope 0.5."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g, shift in (("vehicle", 0.0), ("ampb", 3.0)):
+        x = shift + rng.normal(size=n)
+        rows += [dict(animal=f"{g}{i}", group=g, x=xi, y=2.0 * shift + 0.5 * (xi - shift) + 0.3 * rng.normal())
+                 for i, xi in enumerate(x)]
+    return pd.DataFrame(rows)
+
+
+def test_ampb_within_group_headline_pooled_descriptive_and_imputed_sensitivity():
+    from studylib.analysis import correlation_effect
+
+    corr = correlation_effect(_two_groups(), "x", "y", cluster="group")
+    truth = {"effects": {"tumour_delta_r2star_per_s_ampb_minus_vehicle_last_day": {"population": 9.0, "day": 10}},
+             "correlations": {"endpoint_tumour_delta_r2star_vs_iba1": 0.95}}
+    eff = _est(8.0, 3.0, 13.0, p=0.004, at_day=10.0, adjustment="none")
+    imp = _est(9.5, -4.0, 23.0, p=0.5, at_day=10.0, adjustment="none")  # a large p: would move Holm if counted
+    c = ampb_ferumoxytol.conclusions(eff, corr, truth, control="vehicle", treated="ampb", hist_col="iba1",
+                                     variable="delta_r2star", absolute=_est(14.0, 4.0, 24.0, p=0.01, at_day=10.0),
+                                     true_parts={"within": 0.8, "pooled": 0.97}, imputed=imp, imputed_value=400.0)
+    t = c.set_index("endpoint")
+    assert set(t.index) == set(ampb_ferumoxytol.ENDPOINTS)
+    assert c["role"].tolist() == ["primary", "secondary", "secondary", "descriptive", "sensitivity"]
+    assert t.loc["histology_r", "estimate"] == pytest.approx(corr["parts"]["within"]["estimate"])
+    assert t.loc["histology_r", "truth"] == 0.8 and "within group" in t.loc["histology_r", "finding"]
+    assert t.loc["histology_r_pooled", "estimate"] == pytest.approx(np.corrcoef(_two_groups()["x"],
+                                                                                _two_groups()["y"])[0, 1])
+    assert t.loc["histology_r_pooled", "truth"] == 0.97
+    # the imputed row re-estimates the primary: its truth, outside the Holm family (2 secondary rows only)
+    assert t.loc["treatment_effect_imputed", "truth"] == 9.0 and "400 1/s" in t.loc["treatment_effect_imputed",
+                                                                                       "method"]
+    assert t[["p_holm"]].loc[["treatment_effect", "histology_r_pooled", "treatment_effect_imputed"]].isna().all().all()
+    from studylib.stats import holm
+    sec = t.loc[["histology_r", "absolute_r2star"], "p"].to_numpy(dtype=float)
+    assert t.loc[["histology_r", "absolute_r2star"], "p_holm"].tolist() == pytest.approx(list(holm(sec)))
+    # without true parts the within r has no truth: never computed from the fit
+    n = ampb_ferumoxytol.conclusions(eff, corr, truth, control="vehicle", treated="ampb", hist_col="iba1",
+                                     variable="delta_r2star").set_index("endpoint")
+    assert math.isnan(n.loc["histology_r", "truth"]) and n.loc["histology_r_pooled", "truth"] == 0.95
+    with pytest.raises(StudyError, match="fit it like the primary"):
+        ampb_ferumoxytol.conclusions(eff, corr, truth, control="vehicle", treated="ampb", hist_col="iba1",
+                                     variable="delta_r2star", imputed=_est(9.5, 4.0, 15.0, at_day=7.0,
+                                                                           adjustment="none"), imputed_value=400.0)
+    with pytest.raises(StudyError, match="imputed_value"):
+        ampb_ferumoxytol.conclusions(eff, corr, truth, control="vehicle", treated="ampb", hist_col="iba1",
+                                     variable="delta_r2star", imputed=imp)
+
+
+def test_ampb_imputation_text_and_true_post_sessions():
+    delta = pd.DataFrame({"animal": ["a", "b", "c"], "group": ["vehicle", "ampb", "ampb"], "day": [10.0, 10.0, 7.0],
+                          "pre_day": [9.0, 9.0, 6.0]})
+    summary = pd.DataFrame({"animal": ["a", "b", "a", "b", "c"],
+                            "group": ["vehicle", "ampb", "vehicle", "ampb", "ampb"],
+                            "day": [10, 10, 9, 9, 7], "roi": "tumour", "variable": "r2star",
+                            "n_excluded": [1, 4, 0, 1, 50], "n_voxels": [100, 40, 100, 50, 50]})
+    text = ampb_ferumoxytol.imputation_text(_est(7.0, 1.0, 13.0, at_day=10.0), _est(8.5, 2.0, 15.0, at_day=10.0),
+                                            delta, summary, value=400.0)
+    assert "post-contrast scans of day 10 ampb 10.00 %; vehicle 1.00 %" in text
+    assert "pre-contrast scans ampb 2.00 %; vehicle 0.00 %" in text and "(+1.50 1/s)" in text
+    assert "changes nothing" not in text
+    none = ampb_ferumoxytol.imputation_text(_est(7.0, 1.0, 13.0, at_day=10.0), _est(7.0, 1.0, 13.0, at_day=10.0),
+                                            delta, summary.assign(n_excluded=0), value=400.0)
+    assert none.endswith("No tumour voxel failed in any scan, so the imputation changes nothing.")
+    ts = pd.DataFrame({"animal": ["a", "a", "b", "b"], "day": [9, 10, 9, 10], "contrast": ["pre", "post"] * 2,
+                       "tumour_delta_r2star_per_s": [np.nan, 5.0, np.nan, 7.0]})
+    post = ampb_ferumoxytol.true_post_sessions(ts, day=10.0)
+    assert post["animal"].tolist() == ["a", "b"] and post["tumour_delta_r2star_per_s"].tolist() == [5.0, 7.0]
+
+
+def test_ferumoxytol_imputed_r2star_row_is_a_sensitivity_row_of_the_uptake():
+    args = (_est(-0.03, -0.04, -0.02, p=0.001), _est(8.0, 4.0, 12.0, p=0.002, at_day=1.0, adjustment="none"),
+            _est(5.0, 2.0, 8.0, p=0.01), _est(-5.0, -8.0, -2.0, p=0.02))
+    truth = {"effects": {"tumour_r2star_per_s_f_minus_c_day1": {"population": 9.0, "day": 1}}}
+    f = ferumoxytol_therapy.conclusions(*args, truth, control="c", treated="f",
+                                        imputed=_est(10.0, -5.0, 25.0, p=0.5, at_day=1.0, adjustment="none"),
+                                        imputed_value=333.3)
+    t = f.set_index("endpoint")
+    assert f["endpoint"].tolist() == list(ferumoxytol_therapy.ENDPOINTS)
+    assert t.loc["r2star_uptake_imputed", "role"] == "sensitivity"
+    assert math.isnan(t.loc["r2star_uptake_imputed", "p_holm"])
+    assert t.loc["r2star_uptake_imputed", "truth"] == t.loc["r2star_uptake", "truth"] == 9.0
+    # Holm over the 3 secondary rows only (p 0.002, 0.01, 0.02); with the imputed p = 0.5 it would be 0.008, 0.03, 0.04
+    assert t.loc[["r2star_uptake", "cd80", "cd206"], "p_holm"].tolist() == pytest.approx([0.006, 0.02, 0.02])
+    # judged like the secondary row it re-estimates: Holm-adjusted in that row's place (p 0.03 -> 0.06 here)
+    strict = ferumoxytol_therapy.conclusions(
+        args[0], args[1], _est(5.0, 2.0, 8.0, p=0.02), _est(-5.0, -8.0, -2.0, p=0.02), truth, control="c",
+        treated="f", imputed=_est(10.0, 1.0, 19.0, p=0.03, at_day=1.0, adjustment="none"),
+        imputed_value=333.3).set_index("endpoint")
+    assert not strict.loc["r2star_uptake_imputed", "significant"]
+    assert "Holm-adjusted p 0.06" in strict.loc["r2star_uptake_imputed", "method"]
+    assert not t.loc["r2star_uptake_imputed", "agrees_with_paper"] and t.loc["r2star_uptake", "agrees_with_paper"]
+    with pytest.raises(StudyError, match="fit it like the R2"):
+        ferumoxytol_therapy.conclusions(*args, truth, control="c", treated="f", imputed_value=333.3,
+                                        imputed=_est(10.0, 5.0, 15.0, at_day=7.0, adjustment="none"))
+    summary = pd.DataFrame({"animal": ["a", "a", "b", "b", "a"], "group": ["c", "c", "f", "f", "c"],
+                            "day": [1, 1, 1, 1, 1], "roi": ["tumour_left", "tumour_right"] * 2 + ["muscle"],
+                            "variable": "r2star", "n_excluded": [1, 3, 10, 0, 90], "n_voxels": [50, 50, 100, 100, 100]})
+    text = ferumoxytol_therapy.imputation_text(args[1], _est(10.0, 5.0, 15.0, at_day=1.0), summary, value=333.3)
+    assert text.startswith("Failed-fit voxels of both tumours (fraction per group): day 1 c 4.00 %; f 5.00 %.")
+    assert "imputed at 333 1/s" in text and "(+2.00 1/s)" in text and "changes nothing" not in text
+
+
+def test_correlation_levels_text_compares_the_pooled_r_with_the_whole_within_ci():
+    from studylib.analysis import correlation_levels_text
+
+    def part(r, lo, hi, p, n=5):
+        return {"estimate": r, "ci_low": lo, "ci_high": hi, "p": p, "df": 2, "n": n, "n_clusters": 2}
+
+    corr = {"parts": {"pooled": part(0.76, -0.37, 0.98, 0.16), "within": part(0.71, -0.79, 0.99, 0.38)}}
+    text = correlation_levels_text(corr, x="R2*", y="iba1", cluster="group")
+    assert "inside the within-group CI" in text and "weaker" not in text
+    corr["parts"]["pooled"] = part(0.1, -0.5, 0.6, 0.8)
+    corr["parts"]["within"] = part(0.7, 0.3, 0.9, 0.01)
+    assert "weaker than any value" in correlation_levels_text(corr, x="R2*", y="iba1", cluster="group")
 
 
 def test_ferumoxytol_histology_on_the_common_endpoint_day():

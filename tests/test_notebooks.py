@@ -30,6 +30,15 @@ from studylib.analysis import CONCLUSION_COLUMNS, disagreements
 NO_TRUTH = ("lung metastases",)
 #: findings that show what goes wrong without a correction: not expected to agree with the paper
 DELIBERATELY_WRONG = ("no B0 correction",)
+#: (experiment, endpoint) -> (why, range of estimate / truth measured on the demo study): findings whose CI misses
+#: the simulated truth for a measured, understood reason outside the fit and the statistics.  They must still agree
+#: with the paper and be significant, and their bias must stay in the measured range (a change that moves it fails).
+KNOWN_BIASES = {
+    ("ferumoxytol_therapy", "r2star_uptake"): (
+        "the simulated rater's tumour outlines (boundary error 1 voxel RMS, tumour Dice 0.88) miss rim voxels, where "
+        "the ferumoxytol sits, and take in iron-free tissue: 7.66 [7.01, 8.31] 1/s in the drawn ROI vs "
+        "9.63 [8.99, 10.26] with the same noise in the true ROI, truth 9.47 (issue 14 session note)", (0.70, 0.92)),
+}
 
 #: the per-session or per-animal table each notebook keeps in the cache, and columns it must have
 KEPT_TABLE = {
@@ -161,7 +170,12 @@ def test_demo_findings_agree_with_paper_and_cover_truth(demo_reports):
         c = conclusions_of(rec)
         checked = c[~c["finding"].map(lambda f: _is(f, DELIBERATELY_WRONG))]
         assert len(checked) >= 2, name
-        assert disagreements(checked) == [], (name, disagreements(checked))
+        known = checked["endpoint"].map(lambda e: (name, e) in KNOWN_BIASES)
+        assert disagreements(checked[~known]) == [], (name, disagreements(checked[~known]))
+        for _, r in checked[known].iterrows():
+            lo, hi = KNOWN_BIASES[(name, r["endpoint"])][1]
+            assert r["direction_matches_paper"] and r["significant"], (name, r["finding"])
+            assert lo <= r["estimate"] / r["truth"] <= hi, (name, r["finding"], r["estimate"], r["truth"])
 
 
 def test_every_notebook_runs_on_data_without_simulated_truth(ci_reports_no_truth, ci_reports):

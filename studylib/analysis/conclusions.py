@@ -440,12 +440,16 @@ def correlation_levels_text(corr: Mapping, *, x: str, y: str, cluster: str, alph
         out.append(f"The paper's question, does {x} track {y} within a {cluster}, is answered by the within-{cluster} "
                    f"correlation ({within['n']} tumours in {within['n_clusters']} {cluster}s): {_r_text(within)}: "
                    f"{verdict}.")
-        if abs(pooled["estimate"]) > max(abs(within["ci_low"]), abs(within["ci_high"])):
+        lo, hi, r = within["ci_low"], within["ci_high"], pooled["estimate"]
+        weakest = 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))  # |r| over the CI spans [weakest, strongest]
+        if abs(r) > max(abs(lo), abs(hi)):
             rel = f"stronger than any value in the within-{cluster} CI"
-        elif abs(pooled["estimate"]) < min(abs(within["ci_low"]), abs(within["ci_high"])):
+        elif abs(r) < weakest:
             rel = f"weaker than any value in the within-{cluster} CI"
-        else:
+        elif lo <= r <= hi:
             rel = f"inside the within-{cluster} CI"
+        else:
+            rel = f"of opposite sign to the within-{cluster} CI, of a strength inside its range"
         out.append(f"The pooled correlation treats all {pooled['n']} tumours as independent and adds the differences "
                    f"between {cluster} means: {_r_text(pooled)}, {rel}.")
     if between is not None:

@@ -15,20 +15,29 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..analysis import (TREATMENT_ENDPOINTS, conclusions_table, effect_row, group_difference, treatment_rows,
-                        true_effect)
+from ..analysis import (POOLED_HISTOLOGY_ENDPOINT, TREATMENT_ENDPOINTS, conclusions_table, effect_row,
+                        group_difference, treatment_rows, true_effect)
 from ..errors import ExperimentError
 from ..io.sidecar import read_sidecar
 from ..manifest import read_manifest, resolve_path
 
-__all__ = ["STUDY", "ENDPOINTS", "conclusions", "contrast_phases", "delta_table", "delta_text"]
+__all__ = ["STUDY", "ENDPOINTS", "SENSITIVITY", "conclusions", "contrast_phases", "delta_table", "delta_text",
+           "imputation_text", "true_post_sessions"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "ampb_ferumoxytol"
 
 #: the findings of the notebook: key (what ``primary_endpoint`` names) -> what it is
+#: (``histology_r`` is the within-group r when the correlation is clustered by group, the pooled r then the
+#: descriptive ``histology_r_pooled``; ``treatment_effect_imputed`` the primary with failed fits imputed)
 ENDPOINTS = dict(TREATMENT_ENDPOINTS, absolute_r2star="post-contrast tumour R2* (native + accumulated iron), "
-                                                      "treated - control on the effect's day")
+                                                      "treated - control on the effect's day",
+                 **POOLED_HISTOLOGY_ENDPOINT,
+                 treatment_effect_imputed="the ΔR2* effect with the failed-fit voxels' R2* (pre- and post-contrast) "
+                                          "imputed at the echo train's bound instead of left out (sensitivity)")
+
+#: rows that re-estimate the primary under another assumption (role "sensitivity", not Holm-counted)
+SENSITIVITY = ("treatment_effect_imputed",)
 
 
 def contrast_phases(manifest, study: str = STUDY, kind: str = "MEGRE") -> pd.DataFrame:
@@ -148,10 +157,66 @@ def delta_text(delta: pd.DataFrame, effect: Mapping, absolute: Mapping, *, contr
             f"{w:.0%} of the other's width.")
 
 
+def true_post_sessions(truth_sessions: pd.DataFrame, *, day: float) -> pd.DataFrame:
+    """The simulator's post-contrast sessions on ``day`` (its ``sessions.csv``,
+    :func:`studylib.analysis.load_truth_table`): one row per animal with the true ``tumour_delta_r2star_per_s``, for
+    :func:`studylib.analysis.true_correlation_parts` on the day imaging meets histology."""
+    miss = [c for c in ("animal", "day", "contrast") if c not in truth_sessions.columns]
+    if miss:
+        raise ExperimentError(f"truth sessions table lacks columns {miss}; it has {list(truth_sessions.columns)}")
+    if day is None or not np.isfinite(float(day)):
+        raise ExperimentError(f"day must be a number (the animal table's common day), got {day!r}")
+    on = (truth_sessions["contrast"].astype(str) == "post") & (truth_sessions["day"].astype(float) == float(day))
+    return truth_sessions.loc[on].reset_index(drop=True)
+
+
+def imputation_text(primary: Mapping, imputed: Mapping, delta: pd.DataFrame, summary: pd.DataFrame, *,
+                    value: float, y: str = "r2star", roi: str = "tumour", group_col: str = "group") -> str:
+    """What imputing the failed voxels did to the ΔR2* effect, from the numbers.
+
+    The failed-fit fraction of ``roi`` per group (``n_excluded / n_voxels`` of the ``y`` rows of ``summary``, the
+    ROI summary of :func:`studylib.analysis.roi_tables` without imputation, pooled over the group's scans) for the
+    post-contrast scans on the effect's day and for the pre-contrast scans they are paired with (``pre_day`` of
+    ``delta``, :func:`delta_table`), then the effect with the failed voxels left out (``primary``) and imputed at
+    ``value`` 1/s (``imputed``).
+    """
+    for name, t, cols in (("delta", delta, ("animal", "day", "pre_day")),
+                          ("summary", summary, ("animal", group_col, "day", "roi", "variable", "n_excluded",
+                                                "n_voxels"))):
+        miss = [c for c in cols if c not in t.columns]
+        if miss:
+            raise ExperimentError(f"{name} table lacks columns {miss}; it has {list(t.columns)}")
+    day = float(primary["at_day"])
+    on = delta[(delta["day"].astype(float) == day) & delta["pre_day"].notna()]
+    s = summary[(summary["roi"] == roi) & (summary["variable"] == y)].copy()
+    s["day"] = s["day"].astype(float)
+
+    def frac(pairs: pd.DataFrame) -> str:
+        m = pairs[["animal", "day"]].merge(s, on=["animal", "day"], how="inner")
+        if m.empty:
+            return "not recorded"
+        g = m.groupby(group_col)[["n_excluded", "n_voxels"]].sum()
+        return "; ".join(f"{k} {100 * r.n_excluded / r.n_voxels:.2f} %" for k, r in g.iterrows() if r.n_voxels > 0)
+
+    post = frac(on[["animal", "day"]])
+    pre = frac(on[["animal", "pre_day"]].rename(columns={"pre_day": "day"}))
+    shift = imputed["estimate"] - primary["estimate"]
+    n_failed = int(s["n_excluded"].sum())
+    none = (f" No {roi} voxel failed in any scan, so the imputation changes nothing." if n_failed == 0 else "")
+    return (f"Failed-fit voxels of the {roi} (fraction per group): post-contrast scans of day {day:g} {post}; their "
+            f"pre-contrast scans {pre}. With them left out the ΔR2* effect is {primary['estimate']:.2f} "
+            f"[{primary['ci_low']:.2f}, {primary['ci_high']:.2f}] 1/s; with their R2* imputed at {value:.0f} 1/s "
+            f"(1000/TE_min) in every scan it is {imputed['estimate']:.2f} [{imputed['ci_low']:.2f}, "
+            f"{imputed['ci_high']:.2f}] 1/s ({shift:+.2f} 1/s). The imputation is an extreme assumption (every failed "
+            "voxel decays as fast as the echo train can resolve), so the two bracket the effect if the failures are "
+            "the most iron-laden voxels; it is a sensitivity analysis, not Holm-counted." + none)
+
+
 def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str, treated: str,
                 hist_col: str = "iba1_cells_per_mm2", primary: str = "treatment_effect",
                 histology_day: Mapping | None = None, alpha: float = 0.05, variable: str = "r2star",
-                absolute: Mapping | None = None) -> pd.DataFrame:
+                absolute: Mapping | None = None, true_parts: Mapping | None = None, imputed: Mapping | None = None,
+                imputed_value: float | None = None) -> pd.DataFrame:
     """Conclusions of ``ampb_ferumoxytol``: Amp B raises the tumour iron signal (more iron-laden macrophages); the
     signal tracks ``hist_col`` on the day of ``histology_day`` (the animal table's ``attrs``; None: each animal's
     last day).
@@ -161,13 +226,20 @@ def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str,
     ``endpoint_tumour_delta_r2star_vs_<hist_col>``) or ``"r2star"`` (post-contrast R2*).  ``absolute``, the
     treated - control contrast of post-contrast R2*, adds the secondary row ``absolute_r2star`` (truth key
     ``tumour_r2star_per_s_<treated>_minus_<control>_last_day``).
+
+    A clustered ``corr`` (``correlation_effect(..., cluster="group")``) makes ``histology_r`` the within-group r,
+    against ``true_parts["within"]`` (:func:`studylib.analysis.true_correlation_parts` of the simulated animals'
+    true values; NaN without), and adds the pooled r as the descriptive row ``histology_r_pooled``
+    (:func:`studylib.analysis.treatment_rows`).  ``imputed``: the same model as ``effect`` on the table whose
+    failed voxels' R2* were imputed at ``imputed_value`` 1/s (:func:`studylib.analysis.roi_tables`,
+    ``impute_failed``), row ``treatment_effect_imputed`` (role ``"sensitivity"``), against the primary's truth.
     """
     if variable not in ("r2star", "delta_r2star"):
         raise ExperimentError(f"variable must be 'r2star' or 'delta_r2star', got {variable!r}")
     biomarker = "ΔR2* (post − pre-contrast)" if variable == "delta_r2star" else "R2*"
     rows = treatment_rows(STUDY, effect, corr, truth, biomarker=biomarker, variable=variable, units="1/s",
                           control=control, treated=treated, hist_col=hist_col, effect_sign=+1, corr_sign=+1,
-                          histology_day=histology_day, alpha=alpha)
+                          histology_day=histology_day, alpha=alpha, true_parts=true_parts)
     if absolute is not None:
         day = absolute["at_day"]
         rows["absolute_r2star"] = effect_row(
@@ -175,6 +247,23 @@ def conclusions(effect: Mapping, corr: Mapping, truth: Mapping, *, control: str,
             expected_sign=+1, truth=true_effect(truth, f"tumour_r2star_per_s_{treated}_minus_{control}_last_day",
                                                 day=day),
             units="1/s", study=STUDY, alpha=alpha)
+    if imputed is not None:
+        if imputed_value is None or not np.isfinite(imputed_value):
+            raise ExperimentError("imputed: pass imputed_value, the R2* (1/s) the failed voxels were imputed at")
+        if str(imputed.get("adjustment", "none")) != str(effect.get("adjustment", "none")) or \
+                float(imputed["at_day"]) != float(effect["at_day"]):
+            raise ExperimentError(f"imputed: fit it like the primary (day {effect['at_day']:g}, adjustment "
+                                  f"{effect.get('adjustment', 'none')!r}; got day {imputed['at_day']:g}, "
+                                  f"{imputed.get('adjustment', 'none')!r})")
+        key = f"tumour_{variable}_per_s_{treated}_minus_{control}_last_day"
+        row = effect_row(f"tumour {biomarker} {treated} − {control}, day {imputed['at_day']:g}, failed voxels at "
+                         f"R2* = {imputed_value:.0f} 1/s (sensitivity)", imputed, expected_sign=+1,
+                         truth=true_effect(truth, key, day=imputed["at_day"]), units="1/s", study=STUDY,
+                         role="sensitivity", alpha=alpha)
+        row["method"] = (f"as the primary, on the tumour table with every failed-fit voxel's R2* (pre- and "
+                         f"post-contrast scans) set to {imputed_value:.4g} 1/s (1000/TE_min: the fastest decay the "
+                         f"echo train resolves) instead of left out; {row['method']}")
+        rows["treatment_effect_imputed"] = row
     if primary not in rows:
         raise ExperimentError(f"primary endpoint {primary!r} is not a finding here; the findings are {list(rows)}")
     return conclusions_table(rows, primary=primary, alpha=alpha)

@@ -24,6 +24,6 @@ the library's fits against this physics, with the measured biases, is
 ``tests/test_independent_physics.py``.
 """
 
-from . import acquisition, cest, dephasing, perfusion
+from . import acquisition, cest, dephasing, diffusion, perfusion, spin_echo, ssfp
 
-__all__ = ["acquisition", "cest", "dephasing", "perfusion"]
+__all__ = ["acquisition", "cest", "dephasing", "diffusion", "perfusion", "spin_echo", "ssfp"]
