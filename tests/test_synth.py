@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from studylib.errors import StudyError
 from studylib.manifest import read_manifest, verify_manifest
-from studylib.models.relaxometry import monoexp_signal
 from studylib.synth import PRESETS, STUDIES, STUDY_KINDS, SynthError, generate, plan
 from studylib.synth._phantom import Grid, Tumour, rng_for, spatial_pattern, tumour_semi_axes_mm
 from studylib.synth._write import json_bytes, write_npz
@@ -104,7 +103,9 @@ def test_manifest_kinds_sessions_and_missing_days(ci_study):
     for study, kinds in STUDY_KINDS.items():
         s = img[img.study == study]
         pl = plan(study, "ci")
-        expected = {(a.id, d) for a in pl.animals for d in a.days}
+        # the sessions the planner yields: every imaging day, plus Amp B's pre-contrast day before each
+        expected = {(x.animal.id, x.day) for x in pl.sessions()}
+        assert {(a.id, d) for a in pl.animals for d in a.days} <= expected, study
         for kind in kinds + ("roi",):
             got = {(r.animal, int(r.day)) for r in s[s.kind == kind].itertuples()}
             assert got == expected, (study, kind)
@@ -120,7 +121,7 @@ def test_committed_demo_manifest_matches_the_demo_design():
     img = df[df.path.str.endswith(".nii.gz")]
     for study, kinds in STUDY_KINDS.items():
         pl = plan(study, "demo")
-        expected = {(a.id, d) for a in pl.animals for d in a.days}
+        expected = {(x.animal.id, x.day) for x in pl.sessions()}  # + Amp B's pre-contrast days
         for kind in kinds:
             got = {(r.animal, int(r.day)) for r in img[(img.study == study) & (img.kind == kind)].itertuples()}
             assert got == expected, (study, kind)
@@ -138,6 +139,7 @@ def test_sidecars_have_the_keys_the_loader_needs(ci_study):
             "T2w": ["EchoTime", "RepetitionTime", "MagneticFieldStrength"],
             "DWI": ["bValue", "MagneticFieldStrength"],
             "VFA": ["FlipAngle", "RepetitionTime", "MagneticFieldStrength"],
+            "B1map": ["MagneticFieldStrength"],
             "DCE": ["FrameTimes", "FlipAngle", "RepetitionTime", "Agent", "ContrastDose_mmol_per_kg",
                     "MagneticFieldStrength"],
             "F19": ["Nucleus", "ReferenceTubePFC_mM", "ReferenceTubeFluorinesPerMolecule", "MagneticFieldStrength",
@@ -319,13 +321,14 @@ def test_noise_free_megre_matches_forward_model_and_fit(ci_clean):
         sig, slope = _zyx(folder / "MEGRE.nii.gz")
         te = np.array(json.loads((folder / "MEGRE.json").read_text())["EchoTime"]) * 1000
         m = _maps(ci_clean, study, row.animal, int(row.day))
-        model = monoexp_signal(te, m["s0"].astype(float), 1000.0 / m["r2star_per_s"].astype(float))
-        assert np.max(np.abs(sig - model)) <= 0.51 * slope + 1e-3 * np.abs(model).max() * 1e-3
+        # the images are the static-dephasing physics (checked against it in tests/test_dephasing_voxelwise.py):
+        # a log-linear fit of the noise-free tumour trains reads the true R2* = R2 + R2' slightly low, never high
         roi, _ = _zyx(folder / "roi.nii.gz")
         np.testing.assert_array_equal(roi, m["roi"])
         tum = roi == 1
-        fit = -np.polyfit(te, np.log(sig[tum].T), 1)[0] * 1000  # exact data: log-linear is exact
-        np.testing.assert_allclose(fit, m["r2star_per_s"][tum], rtol=2e-3)
+        fit = -np.polyfit(te, np.log(sig[tum].T), 1)[0] * 1000
+        ratio = fit / m["r2star_per_s"][tum]
+        assert np.all((ratio > 0.95) & (ratio < 1.005)), (study, ratio.min(), ratio.max())
         key = "left_tumour_r2star_per_s" if study == "ferumoxytol_therapy" else "tumour_r2star_per_s"
         np.testing.assert_allclose(row[key], m["r2star_per_s"][tum].mean(), rtol=1e-5)
 
@@ -417,9 +420,11 @@ def test_effect_directions_in_truth(ci_study, preset_root):
     f = _truth(root, "fluorine19_pfc")["effects"]["tumour_f19_mM_line_means"]["sample"]
     assert f["67NR"] < f["168FARN"] < f["4T1"]
     c = _truth(root, "lactate_cest")["effects"]["tumour_mtrasym_0p4_pct_post_minus_pre"]
-    assert c["sample"] > 0 and all(d > 0 for d in c["per_animal"]) and 0.2 < c["population"] < 0.5
+    # Bloch-McConnell physics: ~0.015 % MTRasym per mM lactate, a 40 % rise of ~20 mM -> ~0.1 %
+    assert c["sample"] > 0 and all(d > 0 for d in c["per_animal"]) and 0.05 < c["population"] < 0.5
     pre = _truth(root, "lactate_cest")["effects"]["tumour_mtrasym_0p4_pct_by_day"]["sample"]
-    assert 0.2 < pre["0"] < 1.0 and 0.4 < pre["1"] < 1.2  # ~0.4-1 % MTRasym
+    # the semisolid MT pool's asymmetry makes MTRasym(0.4 ppm) small or negative; the post scan is higher
+    assert -1.0 < pre["0"] < 1.0 and -1.0 < pre["1"] < 1.2 and pre["1"] > pre["0"]
 
 
 def test_truth_table_and_sessions_agree(ci_study):
