@@ -20,6 +20,7 @@ from studylib import fit
 from studylib.errors import ExperimentError, SynthError
 from studylib.synth import _iron, plan
 from studylib.synth.physics import dephasing as deph
+from _helpers import module_imports as _imports
 
 ROOT = Path(__file__).resolve().parents[1]
 TE = np.array([2.0, 4.0, 8.0, 16.0, 32.0, 48.0])
@@ -99,20 +100,6 @@ def test_mono_exponential_fit_on_the_study_trains_reads_r2star_a_little_low():
 
 
 # ------------------------------------------------------------------------------------------ the planners
-def _imports(path: Path) -> set[str]:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    package = parts[:-1]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - (node.level - 1)] if node.level else []
-            mod = ".".join(base + ([node.module] if node.module else []))
-            out |= {mod} | {f"{mod}.{a.name}" for a in node.names}
-    return out
-
-
 def test_iron_planner_takes_its_signal_from_the_independent_physics():
     """The MEGRE fit inverts studylib.models.relaxometry (monoexp_signal); the planner may take the
     relaxivity table from studylib.models, never a signal kernel or a fit."""

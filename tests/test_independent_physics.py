@@ -24,27 +24,13 @@ from studylib.synth.physics import cest as bm
 from studylib.synth.physics import dephasing as deph
 from studylib.synth.physics import perfusion as perf
 from studylib.synth.physics import ssfp
+from _helpers import module_imports as _imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PHYSICS = ROOT / "studylib" / "synth" / "physics"
 
 
 # ------------------------------------------------------------------------------------------ independence
-def _imports(path: Path) -> set[str]:
-    """Absolute names of every module ``path`` imports (relative imports resolved), at any level."""
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    package = parts[:-1]  # for __init__.py the package is the folder itself, as for a module beside it
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - (node.level - 1)] if node.level else []
-            mod = ".".join(base + ([node.module] if node.module else []))
-            out |= {mod} | {f"{mod}.{a.name}" for a in node.names}
-    return out
-
-
 #: what the independent physics may take from studylib: its error class and its own modules
 ALLOWED = ("studylib.errors", "studylib.synth.physics")
 

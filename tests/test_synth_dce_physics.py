@@ -25,14 +25,9 @@ from studylib.synth._perfusion import KTRANS
 from studylib.synth.physics import perfusion as perf
 
 from test_independent_physics import ROOT, _imports
+from _helpers import read_zyx as _zyx
 
 STUDY = "ktrans_hypoxia"
-
-
-def _zyx(path):
-    img = nib.load(str(path))
-    a = np.asarray(img.get_fdata())
-    return np.transpose(a, (2, 1, 0) + tuple(range(3, a.ndim))), float(img.header.get_slope_inter()[0] or 1.0)
 
 
 @pytest.fixture(scope="module")

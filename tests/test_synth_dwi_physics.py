@@ -26,6 +26,7 @@ from studylib.synth._perfusion import COLLAGEN, PDX_MODELS
 from studylib.synth.physics import diffusion as dwi
 
 from test_independent_physics import ROOT, _imports
+from _helpers import read_zyx as _zyx
 
 STUDY = "collagen_adc"
 B = np.array([0.0, 200.0, 400.0, 700.0, 1000.0])
@@ -119,12 +120,6 @@ def test_planner_imports_no_diffusion_fit_kernel():
     bad = sorted(m for m in found if m.startswith(("studylib.fit", "studylib.models.diffusion",
                                                    "studylib.models.relaxometry")))
     assert not bad, f"the collagen planner imports the fit's code: {bad}"
-
-
-def _zyx(path):
-    img = nib.load(str(path))
-    a = np.asarray(img.get_fdata())
-    return np.transpose(a, (2, 1, 0) + tuple(range(3, a.ndim))), float(img.header.get_slope_inter()[0] or 1.0)
 
 
 @pytest.fixture(scope="module")
