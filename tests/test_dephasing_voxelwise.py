@@ -8,7 +8,6 @@ tolerances with their reasoning, never a measured value as such.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,6 @@ asserts carry tolerances with the reasoning next to them, never a measured value
 
 from __future__ import annotations
 
-import ast
 from dataclasses import replace
 from pathlib import Path
 

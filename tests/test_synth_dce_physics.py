@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
