@@ -329,8 +329,14 @@ def _fit_paragraphs(kinds: set, entries: list[dict], params: dict, exp) -> tuple
     if "F19" in kinds:
         refs |= {"gudbjartsson1995", "srinivas2010"}
         measures.append("19F concentration")
-        s = ("19F signal was quantified against the reference tube (ROI label 4, its concentration from the sidecar "
-             "ReferenceTube_mM), with the noise SD from the background magnitude (ROI label 5)")
+        s = ("19F signal was quantified against the reference tube (ROI label 4, its 19F concentration from the "
+             "sidecar: ReferenceTube_mM, or ReferenceTubePFC_mM x ReferenceTubeFluorinesPerMolecule), with the noise "
+             "SD from the background magnitude (ROI label 5)")
+        if all(params.get(k) is not None for k in ("t1_ref_ms", "t2_ref_ms", "t1_tissue_ms", "t2_tissue_ms")):
+            s += ("; corrected for the bSSFP relaxation weighting of tube and tissue (T1/T2 "
+                  f"{params['t1_ref_ms']}/{params['t2_ref_ms']} and {params['t1_tissue_ms']}/{params['t2_tissue_ms']} ms)")
+        elif "t1_ref_ms" in params:
+            s += "; without a relaxation correction (values are reference-tube equivalent)"
         if "false_positive_rate" in params:
             s += f"; a voxel counts as 19F-positive above the threshold with a per-voxel false-positive rate of {params['false_positive_rate']} in noise"
         if "f_atoms_per_cell" in params:
