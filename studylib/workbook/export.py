@@ -218,8 +218,8 @@ def _run_record(experiment: str, reports, mpath: Path) -> dict | None:
     return rec
 
 
-def _entry_params(cache, name: str, record: dict | None) -> tuple[dict | None, str]:
-    """Parameters of the step ``name``: from the run record's cache entry, else the latest entry, else None."""
+def _recorded_entry(cache, name: str, record: dict | None) -> Path | None:
+    """The complete cache folder of entry ``name`` that the run record's cache events name (the last one), or None."""
     from ..cache import MARKER
 
     prefixes = [ev["key"] for ev in ((record or {}).get("cache") or {}).get("events", [])
@@ -227,8 +227,18 @@ def _entry_params(cache, name: str, record: dict | None) -> tuple[dict | None, s
     for prefix in reversed(prefixes):
         for folder in sorted((cache.dir / name).glob(f"{prefix}*")):
             if ".tmp-" not in folder.name and (folder / MARKER).is_file():
-                meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-                return meta.get("params") or {}, f"the run recorded in {record['_path']} (cache key {folder.name[:12]})"
+                return folder
+    return None
+
+
+def _entry_params(cache, name: str, record: dict | None) -> tuple[dict | None, str]:
+    """Parameters of the step ``name``: from the run record's cache entry, else the latest entry, else None."""
+    from ..cache import MARKER
+
+    folder = _recorded_entry(cache, name, record)
+    if folder is not None:
+        meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        return meta.get("params") or {}, f"the run recorded in {record['_path']} (cache key {folder.name[:12]})"
     for e in cache.entries():
         if e.name == name:
             return e.params or {}, f"the latest cache entry {name}/{e.key[:12]}"
@@ -239,25 +249,17 @@ def _kept_entries(cache, record: dict | None, present: set, notes: list) -> list
     """(name, key, source kind) of each map entry a notebook kept (:func:`studylib.analysis.keep_maps`):
     the entry of the recorded run where the run record lists one, else the latest."""
     from ..analysis.keep import KEPT_MAPS_PARAM
-    from ..cache import MARKER
 
-    events = [(ev.get("name"), ev.get("key")) for ev in ((record or {}).get("cache") or {}).get("events", [])]
     out = []
     for e in cache.entries():
         if not (isinstance(e.params, dict) and KEPT_MAPS_PARAM in e.params):
             continue
-        key = e.key
-        for name, prefix in reversed(events):
-            hits = [f for f in sorted((cache.dir / e.name).glob(f"{prefix}*")) if name == e.name and prefix
-                    and ".tmp-" not in f.name and (f / MARKER).is_file()]
-            if hits:
-                key = hits[0].name
-                break
+        folder = _recorded_entry(cache, e.name, record)
         kind = e.params[KEPT_MAPS_PARAM]
         if kind not in present:
             notes.append(f"kept maps {e.name} are on {kind} scans, which the manifest no longer lists: not exported")
             continue
-        out.append((e.name, key, kind))
+        out.append((e.name, folder.name if folder is not None else e.key, kind))
     return out
 
 
