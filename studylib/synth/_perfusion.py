@@ -74,7 +74,12 @@ COLLAGEN = dict(field_T=7.0, b_s_per_mm2=[0.0, 200.0, 400.0, 700.0, 1000.0], te_
 
 KTRANS = dict(field_T=7.0, fa_vfa_deg=[2.0, 5.0, 10.0, 15.0, 20.0], tr_ms=4.0, te_ms=1.5, fa_dce_deg=15.0,
               dt_s=4.0, n_frames=75, bolus_arrival_s=40.0, agent="gadoterate", dose_mmol_per_kg=0.1,
-              r1_per_s_per_mM=2.8, hematocrit=0.42,
+              r1_per_s_per_mM=2.8, hematocrit=0.42, hematocrit_sd=0.03,
+              # acquisition imperfections the analysis does not model (chosen values; no measured figure in the corpus):
+              # receiver-gain drift over the 5-min series (+1 %: Ktrans moves < 0.3 %, noise-free ci), and optionally
+              # bulk-motion frames displaced by one voxel (off: 2 such frames move noise-free ci Ktrans by -2 to +15 %
+              # through the 1-voxel vessel's AIF; the analysis has no motion detection -- tests/test_synth_dce_physics)
+              gain_drift_fraction=0.01, motion_frames=0,
               aif_variation=dict(amplitude_sd=0.20, arrival_sd_s=3.0, width_sd=0.15, washout_sd=0.25),
               b1_calibration_sd=0.05, b1_rms=0.08, b1_length_mm=4.0, b1_map_sigma=0.02,
               hypoxic_pct={"BK-12": 25.0, "ED-15": 42.0, "HL-16": 58.0, "LA-19": 75.0}, hypoxic_sd_pct=5.0,
@@ -219,7 +224,10 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
     population = replace(perf.MOUSE_AIF_SHAPE, arrival_s=p["bolus_arrival_s"])
     shapes = perf.animal_aifs(len(animals), ctx.rng(5, 0), shape=population, **p["aif_variation"])
     for a, shape in zip(animals, shapes):
-        a.params["aif"] = _aif_record(shape, hct, t)
+        # each animal's own haematocrit (a chosen spread around the mouse mean; the analysis assumes its default)
+        a.params["hematocrit"] = float(np.clip(hct + p["hematocrit_sd"] * ctx.rng(8, a.index).standard_normal(),
+                                               0.30, 0.55))
+        a.params["aif"] = _aif_record(shape, a.params["hematocrit"], t)
         a.params["b1_mean"] = float(1.0 + p["b1_calibration_sd"] * ctx.rng(6, a.index).standard_normal())
     r1 = p["r1_per_s_per_mM"]
     b1_length_vox = p["b1_length_mm"] / grid.voxel_mm[0]
@@ -256,9 +264,13 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
             ct[tmask] = perf.tissue_concentration(t, ktrans[tmask], ve[tmask], vp[tmask], shape)
             for m_, kin in (((lab == 2) & ~tmask, mk), ((lab != 5) & (lab != 3) & (lab != 2) & ~tmask, tk)):
                 ct[m_] = perf.tissue_concentration(t, kin["ktrans"], kin["ve"], kin["vp"], shape)
-            ct[lab == 3] = perf.plasma_aif(t, shape) * (1.0 - hct)  # vessel: whole blood = plasma x (1 - Hct)
+            hct_a = a.params["hematocrit"]
+            ct[lab == 3] = perf.plasma_aif(t, shape) * (1.0 - hct_a)  # vessel: whole blood = plasma x (1 - Hct)
             r1t = 1000.0 / t1[..., None] + r1 * ct
             dce = perf.spgr_signal(m0[..., None], r1t, p["fa_dce_deg"], p["tr_ms"], b1=b1[..., None])
+            dce = dce * perf.gain_drift(t, p["gain_drift_fraction"])
+            moved, shifts = perf.motion_events(t.size, p["motion_frames"], ctx.rng(9, a.index, d))
+            dce = perf.displace_frames(dce, moved, shifts)
             vfa = perf.spgr_signal(m0[..., None], 1000.0 / t1[..., None], p["fa_vfa_deg"], p["tr_ms"],
                                    b1=b1[..., None])
             b1_img = np.where(lab == 5, 0.0, b1)  # the B1 map is measured in the body only
@@ -279,7 +291,9 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                          tumour_vp=roi_mean(tmask, vp), tumour_t1_ms=roi_mean(tmask, t1),
                          muscle_t1_ms=roi_mean(lab == 2, t1), blood_t1_ms=p["t1_blood_ms"],
                          tumour_b1=roi_mean(tmask, b1), vessel_b1=roi_mean(lab == 3, b1),
-                         aif_arrival_s=shape.arrival_s, aif_peak_plasma_mM=a.params["aif"]["peak_plasma_mM"],
+                         aif_arrival_s=shape.arrival_s, hematocrit=hct_a,
+                         dce_motion_frames=" ".join(f"{f}:{dy},{dx}" for f, (dy, dx) in zip(moved, shifts)),
+                         aif_peak_plasma_mM=a.params["aif"]["peak_plasma_mM"],
                          aif_peak_plasma_at_frames_mM=a.params["aif"]["peak_plasma_at_frames_mM"],
                          hypoxic_pct=a.params["hypoxic_pct"], tumour_volume_mm3=a.params["volume"],
                          tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
@@ -309,6 +323,7 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
             "aif": {"model": "studylib.synth.physics.perfusion plasma AIF A1 tau e^(-m1 tau) + A2 (e^(-m2 tau) - "
                              "e^(-m1 tau)) per animal (animal_aifs); whole blood = plasma x (1 - Hct) in the vessel",
                     "population": asdict(population), "variation": dict(p["aif_variation"]), "hematocrit": hct,
+                    "hematocrit_sd": p["hematocrit_sd"],
                     "frame_times_s": t.tolist(),
                     "animals": {a.id: {k2: v for k2, v in a.params["aif"].items() if k2 not in ("cp_mM", "cb_mM")}
                                 for a in animals}}}

@@ -42,7 +42,7 @@ import numpy as np
 from ...errors import SynthError
 
 __all__ = ["AifShape", "MOUSE_AIF_SHAPE", "animal_aifs", "plasma_aif", "tissue_concentration",
-           "spgr_signal", "fine_grid"]
+           "spgr_signal", "fine_grid", "gain_drift", "motion_events", "displace_frames"]
 
 
 @dataclass(frozen=True)
@@ -243,3 +243,59 @@ def spgr_signal(m0, r1_per_s, fa_deg, tr_ms, b1=1.0):
     a = np.deg2rad(np.asarray(fa_deg, dtype=float)) * b1
     e1 = np.exp(-tr * 1e-3 * r1)
     return np.asarray(m0, dtype=float) * np.sin(a) * (1.0 - e1) / (1.0 - np.cos(a) * e1)
+
+
+def gain_drift(t_s, drift_fraction):
+    """Receiver-gain drift over a dynamic series: a multiplicative factor per frame.
+
+    ``g(t) = 1 + drift_fraction (t - t_0) / (t_end - t_0)``: linear from 1 at the first frame to
+    ``1 + drift_fraction`` at the last (scanner gain and B0 drift are slow over a few minutes; linear is
+    the first-order model, cf. the baseline-drift corrections of DCE toolkits).  ``t_s`` shape ``(n,)``;
+    returns ``(n,)``.  A drift that the analysis does not model is read as enhancement.
+    """
+    t = _times(t_s)
+    d = float(drift_fraction)
+    if not np.isfinite(d) or abs(d) >= 0.5:
+        raise SynthError(f"drift_fraction must be a finite fraction with |d| < 0.5, got {drift_fraction!r}")
+    span = t[-1] - t[0]
+    return 1.0 + d * ((t - t[0]) / span if span > 0 else np.zeros_like(t))
+
+
+def motion_events(n_frames, n_events, rng, *, first=1, max_shift_vox=1):
+    """Frames corrupted by bulk motion and their in-plane displacement (whole voxels).
+
+    Draws ``n_events`` distinct frames from ``first .. n_frames-1`` and, for each, a shift
+    ``(dy, dx)`` with components in ``-max_shift_vox .. max_shift_vox``, not both zero.
+    Returns ``(frames (k,) int, shifts (k, 2) int)``, frames sorted.
+    """
+    n, k, lo, m = int(n_frames), int(n_events), int(first), int(max_shift_vox)
+    if n < 1 or k < 0 or not 0 <= lo < n or k > n - lo or m < 1:
+        raise SynthError(f"motion_events: need 0 <= first < n_frames, 0 <= n_events <= n_frames - first and "
+                         f"max_shift_vox >= 1, got n_frames={n_frames!r}, n_events={n_events!r}, first={first!r}, "
+                         f"max_shift_vox={max_shift_vox!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise SynthError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    frames = np.sort(rng.choice(np.arange(lo, n), size=k, replace=False))
+    choices = np.array([(dy, dx) for dy in range(-m, m + 1) for dx in range(-m, m + 1) if (dy, dx) != (0, 0)])
+    shifts = choices[rng.integers(0, len(choices), size=k)] if k else np.zeros((0, 2), int)
+    return frames.astype(int), shifts.astype(int)
+
+
+def displace_frames(signal, frames, shifts):
+    """Copy of ``signal`` ``(z, y, x, n)`` with frame ``frames[i]`` moved by ``shifts[i] = (dy, dx)`` voxels.
+
+    The object moves rigidly in-plane for the duration of that frame (bulk motion); the voxels that
+    enter the field of view repeat the edge value (the FOV edge is background in the phantoms).
+    """
+    s = np.array(signal, dtype=float, copy=True)
+    fr = np.asarray(frames, dtype=int).ravel()
+    sh = np.asarray(shifts, dtype=int).reshape(-1, 2)
+    if s.ndim != 4 or fr.size != sh.shape[0] or (fr.size and (fr.min() < 0 or fr.max() >= s.shape[-1])):
+        raise SynthError(f"displace_frames: signal must be (z, y, x, n) and frames/shifts matching indices into n; "
+                         f"got signal {s.shape}, frames {fr.tolist()}, shifts {sh.tolist()}")
+    ny, nx = s.shape[1:3]
+    for f, (dy, dx) in zip(fr, sh):  # a handful of frames, each moved whole (no voxel loop)
+        yi = np.clip(np.arange(ny) - dy, 0, ny - 1)
+        xi = np.clip(np.arange(nx) - dx, 0, nx - 1)
+        s[..., f] = signal[..., f][:, yi][:, :, xi]
+    return s
