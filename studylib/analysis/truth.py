@@ -16,7 +16,7 @@ from ..errors import ExperimentError
 from ..manifest import read_manifest
 
 __all__ = ["find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation",
-           "true_correlation_parts"]
+           "true_correlation_parts", "true_map_over_roi"]
 
 def _finite(x) -> bool:
     try:
@@ -170,3 +170,62 @@ def true_correlation_parts(table, x: str, y: str, *, cluster: str, covariates=()
     if covariates:
         out["partial"] = float(stats.partial_regression(table, y, x, tuple(covariates)).partial_r)
     return {k: out.get(k, float("nan")) for k in keys}
+
+
+def true_map_over_roi(ds, manifest, study: str, variable: str, labels) -> "pd.DataFrame | None":
+    """The simulated truth map averaged over the ROI the analysis used and over the true ROI, per session.
+
+    A drawn outline (the simulated rater's, or a lab's) is not the tissue: where a parameter is not uniform
+    (e.g. iron in a tumour's rim) its mean over the drawn ROI differs from the tissue truth even without noise
+    or a fit.  This splits an estimate's distance from the truth into that outline part (``drawn - true``) and
+    the rest (fit, noise, partial volume).  The simulator writes ``truth/<study>/maps/<animal>_dayNN.npz`` with
+    the true parameter maps (z, y, x) and the true label map ``roi``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset from :func:`studylib.load_study` with ``roi`` (animal, day, z, y, x): the analysis ROI.
+    manifest, study : where the truth is (:func:`find_truth`).
+    variable : key of the true map in the npz files (e.g. ``"r2star_per_s"``).
+    labels : ROI label value(s) making up the region (e.g. ``(1, 6)`` for both tumours).
+
+    Returns
+    -------
+    DataFrame ``animal, day, true_over_drawn_roi, true_over_true_roi, drawn_voxels, true_voxels, dice`` (one row per
+    session that has a truth map), or None when the study has no truth (real data).
+    """
+    import numpy as np
+    import pandas as pd
+
+    try:
+        folder = find_truth(manifest, study).parent / "maps"
+    except ExperimentError as err:
+        if "manifest not found" in str(err) or "no rows for study" in str(err):
+            raise
+        return None
+    wanted = np.atleast_1d(np.asarray(labels, dtype=int))
+    roi = ds["roi"]
+    rows = []
+    for animal in roi["animal"].values:
+        for day in roi["day"].values:
+            path = folder / f"{animal}_day{int(day):02d}.npz"
+            if not path.is_file():
+                continue
+            with np.load(path) as z:
+                if variable not in z.files or "roi" not in z.files:
+                    raise ExperimentError(f"{path}: no true map {variable!r} (has {sorted(z.files)})")
+                true_map, true_lab = z[variable].astype(float), z["roi"]
+            drawn = np.isin(np.asarray(roi.sel(animal=animal, day=day).values), wanted)
+            if drawn.shape != true_map.shape:
+                raise ExperimentError(f"{path}: truth map shape {true_map.shape} differs from the ROI's {drawn.shape}")
+            true_m = np.isin(true_lab, wanted)
+            if not drawn.any() and not true_m.any():
+                continue
+            inter = float((drawn & true_m).sum())
+            rows.append(dict(animal=str(animal), day=int(day),
+                             true_over_drawn_roi=float(true_map[drawn].mean()) if drawn.any() else float("nan"),
+                             true_over_true_roi=float(true_map[true_m].mean()) if true_m.any() else float("nan"),
+                             drawn_voxels=int(drawn.sum()), true_voxels=int(true_m.sum()),
+                             dice=2.0 * inter / max(float(drawn.sum() + true_m.sum()), 1.0)))
+    return pd.DataFrame(rows, columns=["animal", "day", "true_over_drawn_roi", "true_over_true_roi", "drawn_voxels",
+                                       "true_voxels", "dice"])
+
