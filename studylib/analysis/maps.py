@@ -265,10 +265,31 @@ def default_relaxivity(dce: xr.Dataset, r1_per_mM_s: float | None = None) -> flo
 DEFAULT_HEMATOCRIT = 0.45
 
 
+def _motion_corrected(dce: xr.Dataset) -> tuple[xr.Dataset, xr.DataArray]:
+    """The DCE scans with motion-displaced frames moved back, and the number moved per scan (printed)."""
+    from ..fit.dce import correct_motion
+
+    corrected, shifts = correct_motion(dce["signal"], dce["roi"] != BACKGROUND_LABEL)
+    shifts = compute_with_progress(shifts, label="DCE frames checked for bulk motion")
+    moved = (shifts["dy"] != 0) | (shifts["dx"] != 0)
+    for a in dce["animal"].values:
+        for day in dce["day"].values:
+            frames = np.nonzero(moved.sel(animal=a, day=day).values)[0]
+            if frames.size:
+                s = shifts.sel(animal=a, day=day)
+                what = ", ".join(f"{int(f)} ({int(s['dy'][f])}, {int(s['dx'][f])})" for f in frames)
+                print(f"DCE {a} day {day}: frame(s) {what} displaced by bulk motion (dy, dx voxels): moved back")
+    out = dce.copy()
+    out["signal"] = corrected
+    count = moved.sum("t").astype(int)
+    count.attrs = {"long_name": "DCE frames moved back (bulk motion)", "method": shifts.attrs["method"]}
+    return out, count
+
+
 def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tofts", aif_source: str = "cohort",
                  n_baseline: int | None = None, t1_method: str = "nonlinear", labels: Sequence[int] = (1, 2),
                  vessel_label: int = 3, r1_per_mM_s: float | None = None, hematocrit: float | None = None,
-                 b1: xr.Dataset | None = None, cache_dir=None,
+                 b1: xr.Dataset | None = None, motion: str = "correct", cache_dir=None,
                  study: str | None = None) -> tuple[xr.Dataset, xr.DataArray]:
     """Pre-contrast T1, concentration, measured AIF and tracer-kinetic maps, with Dask and cached.
 
@@ -292,6 +313,12 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
     ``b1=``) and each vessel AIF (flip angle x the median B1 in its vessel ROI) use the actual angles: at 7 T
     a flip angle off by a factor b scales the VFA T1 by ~b^2 and Ktrans by ~1/b^2 when left uncorrected.
 
+    ``motion="correct"`` (default) first moves back the DCE frames a bulk motion displaced
+    (:func:`studylib.fit.dce.correct_motion`: a frame that differs from its neighbours in time and that an
+    integer in-plane shift explains; the bolus is not mistaken for it), judged over the body (ROI label not
+    background); ``"none"`` leaves the frames as acquired.  The frames moved back are printed and counted in
+    ``motion_frames_corrected``.
+
     Returns
     -------
     (maps, aif): maps (animal, day, z, y, x) with ``ktrans`` (1/min), ``kep``, ``ve``, ``vp``, ``t1``
@@ -304,6 +331,8 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
 
     if aif_source not in ("cohort", "animal"):
         raise ExperimentError(f"aif_source must be 'cohort' or 'animal', got {aif_source!r}")
+    if motion not in ("correct", "none"):
+        raise ExperimentError(f"motion must be 'correct' or 'none', got {motion!r}")
     study = study or dce.attrs.get("study")
     manifest = _manifest_of(dce)
     for c in ("animal", "day"):
@@ -317,6 +346,9 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
         print(f"haematocrit not in the sidecars: {DEFAULT_HEMATOCRIT} (mouse); pass hematocrit= to change it")
         hematocrit = DEFAULT_HEMATOCRIT
     hct = float(_attr(dce, hematocrit, "Hematocrit", "hematocrit"))
+    moved = None
+    if motion == "correct":
+        dce, moved = _motion_corrected(dce)
     nb = baseline_frames(dce, n_baseline, vessel_label=vessel_label)
     if b1 is not None:
         if not isinstance(b1, xr.Dataset) or "signal" not in b1:
@@ -327,7 +359,7 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                 raise ExperimentError(f"B1map and DCE scans differ in '{c}': {b1[c].values.tolist()} vs "
                                       f"{dce[c].values.tolist()}")
     params = dict(model=model, aif_source=aif_source, n_baseline=nb, t1_method=t1_method, labels=list(labels),
-                  vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr)
+                  vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr, motion=motion)
     if b1 is not None:
         params["b1_map"] = True
 
@@ -385,6 +417,8 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
         maps["t1"] = t1["t1"].where(mask)
         maps["aif"] = aif.rename(animal="aif_animal")
         maps["aif_cohort"] = cohort
+        if moved is not None:
+            maps["motion_frames_corrected"] = moved
         return maps
 
     cache = get_cache(study, manifest, cache_dir)

@@ -33,7 +33,7 @@ from .._checks import positive_number
 from ._adapter import Output, apply_kernel, check_axis
 
 __all__ = ["dce", "signal_to_concentration", "aif_from_roi", "population_aif", "resample_aif",
-           "bolus_arrival_time"]
+           "bolus_arrival_time", "correct_motion"]
 
 _REFS = {
     "tofts": "Tofts et al., JMRI 1999;10:223",
@@ -374,3 +374,49 @@ def bolus_arrival_time(curves, *, mask=None, substeps=10):
     return apply_kernel(_bat_kernel, curves, "t", outputs, x=t, mask=mask,
                         kernel_kwargs={"substeps": int(substeps)},
                         attrs={"fit": "bolus_arrival_time", "method": "piecewise constant-quadratic regression"})
+
+
+def correct_motion(signal: xr.DataArray, mask: xr.DataArray | None = None, **kw) -> tuple[xr.DataArray, xr.Dataset]:
+    """Frames displaced by bulk motion, detected and moved back, scan by scan (lazy for Dask).
+
+    The numpy kernel :func:`studylib.models.motion.correct_motion_frames` (frame-to-neighbours residual,
+    robust z, and an integer in-plane shift that explains it) runs on each scan's whole series.
+
+    Parameters
+    ----------
+    signal : DataArray with dims ``t, z, y, x`` (and any leading dims, e.g. ``animal, day``); one chunk per
+        scan along ``t, z, y, x``.
+    mask : bool DataArray over ``z, y, x`` (and the leading dims): the voxels judged -- the body, not air.
+    **kw : passed to the kernel (``z_threshold``, ``max_shift``, ``explained``, ``min_removed``).
+
+    Returns
+    -------
+    (corrected, motion): ``corrected`` like ``signal``; ``motion`` a Dataset over the leading dims and ``t`` with
+    ``dy``, ``dx`` (voxels, the displacement undone; 0 where none) and ``z`` (each frame's robust residual z).
+    """
+    from ..models.motion import correct_motion_frames
+
+    if not isinstance(signal, xr.DataArray) or not {"t", "z", "y", "x"} <= set(signal.dims):
+        raise FitInputError(f"correct_motion: signal must be a DataArray with dims t, z, y, x, got "
+                            f"{getattr(signal, 'dims', type(signal).__name__)}")
+    if mask is None:
+        mask = xr.ones_like(signal.isel(t=0), dtype=bool)
+    core = ["t", "z", "y", "x"]
+    if signal.chunks is not None:
+        signal = signal.chunk({d: -1 for d in core})
+
+    def kernel(series, m):  # one scan: (t, z, y, x) -> the kernel's (z, y, x, t)
+        out, dy, dx, z = correct_motion_frames(np.moveaxis(series, 0, -1), m, **kw)
+        return np.moveaxis(out, -1, 0).astype(series.dtype), dy, dx, z
+
+    corrected, dy, dx, z = xr.apply_ufunc(
+        kernel, signal, mask.astype(bool), input_core_dims=[core, ["z", "y", "x"]],
+        output_core_dims=[core, ["t"], ["t"], ["t"]], vectorize=True, dask="parallelized",
+        output_dtypes=[signal.dtype, float, float, float])
+    corrected = corrected.transpose(*signal.dims)
+    corrected.attrs = dict(signal.attrs)
+    motion = xr.Dataset({"dy": dy, "dx": dx, "z": z})
+    motion.attrs["method"] = ("frames whose residual against their neighbours is an outlier (robust z) and which an "
+                              "integer in-plane shift explains, moved back by that shift "
+                              "(studylib.models.motion.correct_motion_frames)")
+    return corrected, motion

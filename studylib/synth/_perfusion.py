@@ -77,8 +77,8 @@ KTRANS = dict(field_T=7.0, fa_vfa_deg=[2.0, 5.0, 10.0, 15.0, 20.0], tr_ms=4.0, t
               r1_per_s_per_mM=2.8, hematocrit=0.42, hematocrit_sd=0.03,
               # acquisition imperfections the analysis does not model (chosen values; no measured figure in the corpus):
               # receiver-gain drift over the 5-min series (+1 %: Ktrans moves < 0.3 %, noise-free ci), and optionally
-              # bulk-motion frames displaced by one voxel (off: 2 such frames move noise-free ci Ktrans by -2 to +15 %
-              # through the 1-voxel vessel's AIF; the analysis has no motion detection -- tests/test_synth_dce_physics)
+              # bulk-motion frames displaced by one voxel (off: left in, 2 such frames move noise-free ci Ktrans by -2
+              # to +15 % through the 1-voxel vessel's AIF; fit_dce_maps moves them back -- tests/test_synth_dce_physics)
               gain_drift_fraction=0.01, motion_frames=0,
               aif_variation=dict(amplitude_sd=0.20, arrival_sd_s=3.0, width_sd=0.15, washout_sd=0.25),
               b1_calibration_sd=0.05, b1_rms=0.08, b1_length_mm=4.0, b1_map_sigma=0.02,
