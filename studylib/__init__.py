@@ -42,7 +42,7 @@ _ANALYSIS = (
     "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "disagreements", "summary_lines", "headline",
     "effect_row", "correlation_row", "correlation_levels_text",
     "find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation",
-    "true_map_over_roi",
+    "true_map_over_roi", "outline_contrast",
     "record", "keep_tables", "keep_maps",
 )
 _FIT = ("t2star", "t2", "t1_vfa", "t1_ir", "t1_sr", "adc", "ivim", "dce", "cest_b0_map", "mtr_asym",

@@ -65,3 +65,24 @@ def test_real_data_has_none_and_a_missing_map_is_named(ci_study, megre, tmp_path
     copy = tmp_path / "study"
     shutil.copytree(ci_study.parent, copy, ignore=shutil.ignore_patterns("truth", "derived"))
     assert sl.true_map_over_roi(megre, copy / ci_study.name, STUDY, "r2star_per_s", labels=1) is None
+
+
+def test_outline_contrast_over_true_rois_is_the_simulators_sample_effect(ci_study, tmp_path):
+    study = "ferumoxytol_therapy"
+    ds = sl.load_study(ci_study, study, "MEGRE")
+    truth = sl.load_truth(ci_study, study)
+    effect = truth["effects"]["tumour_r2star_per_s_ferumoxytol_minus_control_day1"]
+    out = sl.outline_contrast(ds, ci_study, study, "r2star_per_s", regions=[1, 6], day=effect["day"],
+                              control="control", treated="ferumoxytol", estimate=1.0, units="1/s")
+    # over the true tumours (each averaged on its own, then the two per animal): the simulator's noise-free contrast
+    assert out["true"] == pytest.approx(effect["sample"], rel=1e-4)
+    assert np.isfinite(out["drawn"]) and out["drawn"] != out["true"]  # the rater's outlines miss rim iron
+    assert "from the outlines alone" in out["text"] and "from the truth over its own outlines" in out["text"]
+    none = sl.outline_contrast(ds, ci_study, study, "r2star_per_s", regions=[1, 6], day=999, control="control",
+                               treated="ferumoxytol")
+    assert np.isnan(none["true"]) and "on day 999" in none["text"]
+    copy = tmp_path / "study"
+    shutil.copytree(ci_study.parent, copy, ignore=shutil.ignore_patterns("truth", "derived"))
+    real = sl.outline_contrast(ds, copy / ci_study.name, study, "r2star_per_s", regions=[1, 6], day=effect["day"],
+                               control="control", treated="ferumoxytol")
+    assert np.isnan(real["drawn"]) and real["text"].startswith("No simulated truth")

@@ -28,7 +28,7 @@ from .maps import (background_mask, baseline_frames, fit_adc_maps, fit_dce_maps,
 from .tables import (animal_means, animal_table, common_day, echo_train_bound, failed_fit_table, per_tumour_table,
                      roi_tables, session_table, tumour_volumes)
 from .truth import (find_key, find_truth, load_truth, load_truth_table, true_correlation, true_correlation_parts,
-                    true_effect, true_map_over_roi, truth_value)
+                    outline_contrast, true_effect, true_map_over_roi, truth_value)
 
 __all__ = [
     "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "correlation_row", "disagreements", "effect_row",
@@ -47,5 +47,5 @@ __all__ = [
     "session_table",
     "tumour_volumes", "echo_train_bound",
     "find_key", "find_truth", "load_truth", "load_truth_table", "true_correlation", "true_correlation_parts",
-    "true_effect", "true_map_over_roi", "truth_value",
+    "true_effect", "true_map_over_roi", "outline_contrast", "truth_value",
 ]

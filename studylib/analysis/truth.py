@@ -16,7 +16,7 @@ from ..errors import ExperimentError
 from ..manifest import read_manifest
 
 __all__ = ["find_truth", "load_truth", "load_truth_table", "truth_value", "find_key", "true_effect", "true_correlation",
-           "true_correlation_parts", "true_map_over_roi"]
+           "true_correlation_parts", "true_map_over_roi", "outline_contrast"]
 
 def _finite(x) -> bool:
     try:
@@ -228,4 +228,41 @@ def true_map_over_roi(ds, manifest, study: str, variable: str, labels) -> "pd.Da
                              dice=2.0 * inter / max(float(drawn.sum() + true_m.sum()), 1.0)))
     return pd.DataFrame(rows, columns=["animal", "day", "true_over_drawn_roi", "true_over_true_roi", "drawn_voxels",
                                        "true_voxels", "dice"])
+
+
+def outline_contrast(ds, manifest, study: str, variable: str, *, regions, day, control: str, treated: str,
+                     estimate: float | None = None, units: str = "") -> dict:
+    """A treated - control difference of the truth map on one day, over the drawn ROIs and over the true ones.
+
+    Each animal's value is the mean over ``regions`` (e.g. ``[1, 6]``: the left and right tumours, each
+    averaged on its own, as the analysis's animal means are) of :func:`true_map_over_roi`; the contrast is the
+    difference of the group means.  Without noise or a fit, ``drawn - true`` is what the outlines alone do to
+    the effect; ``estimate`` (the analysis's own) then splits its distance from the truth into that and the
+    rest.  Returns ``{"drawn", "true", "text"}`` (NaN and a "no simulated truth" text on real data).
+    """
+    import numpy as np
+
+    nan = {"drawn": float("nan"), "true": float("nan")}
+    parts = []
+    for r in regions:
+        t = true_map_over_roi(ds, manifest, study, variable, labels=r)
+        if t is None:
+            return {**nan, "text": "No simulated truth: the outlines cannot be compared with the tissue."}
+        parts.append(t[t["day"] == int(day)].set_index("animal")[["true_over_drawn_roi", "true_over_true_roi"]])
+    if not parts or all(p.empty for p in parts):
+        return {**nan, "text": f"No truth map of {variable!r} on day {day}."}
+    per_animal = sum(parts) / len(parts)
+    group = ds["group"].to_series().reindex(per_animal.index)
+    means = per_animal.groupby(group).mean()
+    if control not in means.index or treated not in means.index:
+        return {**nan, "text": f"No truth maps of both groups ({control!r}, {treated!r}) on day {day}."}
+    drawn = float(means.loc[treated, "true_over_drawn_roi"] - means.loc[control, "true_over_drawn_roi"])
+    true = float(means.loc[treated, "true_over_true_roi"] - means.loc[control, "true_over_true_roi"])
+    u = f" {units}" if units else ""
+    text = (f"Truth map {variable}, {treated} - {control} on day {day:g}: {true:.3g}{u} over the true ROIs, "
+            f"{drawn:.3g}{u} over the ROIs as drawn ({100 * (drawn / true - 1):+.0f} % from the outlines alone)")
+    if estimate is not None and np.isfinite(estimate) and true != 0:
+        text += (f"; the estimate {estimate:.3g}{u} is {100 * (estimate / true - 1):+.0f} % from the tissue truth, "
+                 f"{100 * (estimate / drawn - 1):+.0f} % from the truth over its own outlines")
+    return {"drawn": drawn, "true": true, "text": text + "."}
 
