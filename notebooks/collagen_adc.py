@@ -45,6 +45,7 @@ b_min = 200.0  # lowest b-value (s/mm²) used for ADC (excludes perfusion)
 cluster = "model"  # the tumour model (PDX) of each tumour: the within-model correlation answers the paper's question
 primary_endpoint = "within_model_r"  # the one confirmatory finding (exp.ENDPOINTS); the others are secondary
 max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
+smallest_effect = None  # smallest |r| of interest (primary); None: study.json's smallest_effect_of_interest
 alpha = 0.05
 
 # %%
@@ -106,11 +107,12 @@ animals.groupby("group")[["adc", col]].agg(["mean", "std", "count"])
 # **within** a model, which the within-model (repeated-measures) correlation answers: ADC and collagen
 # centred on their model means (Bakdash & Marusich 2017). Beside it the pooled correlation and that of the
 # model means. Every part has a Fisher-z CI and p from the same normal approximation, so p < α exactly when
-# the CI excludes 0. The OLS slope of ADC on the collagen I fraction (µm²/ms per unit fraction) gives the size.
+# the CI excludes 0. The OLS slope of ADC on the collagen I fraction (µm²/ms per unit fraction) with the model
+# as a covariate, the common slope within a model, gives the size.
 
 # %%
 corr = sl.correlation_effect(animals, "adc", col, cluster=cluster, alpha=alpha)
-slope = sl.regression_slope(animals, col, "adc", x_scale=0.01, alpha=alpha)
+slope = sl.regression_slope(animals, col, "adc", x_scale=0.01, covariates=[cluster], alpha=alpha)
 print(sl.correlation_levels_text(corr, x="ADC", y="collagen I", cluster=cluster, alpha=alpha))
 corr["table"]
 
@@ -121,6 +123,21 @@ fig = plots.correlation_scatter(animals, col, "adc", hue="group", xlabel="collag
                                 r_ci=(pooled["ci_low"], pooled["ci_high"]),
                                 title=f"pooled r; within-{cluster} r = {corr['estimate']:.2f} "
                                       f"[{corr['ci_low']:.2f}, {corr['ci_high']:.2f}]")
+
+# %% [markdown]
+# ### Power of this design (ARRIVE item 2)
+# The power of the primary correlation's own Fisher-z test, at its df, for a true r equal to the observed one:
+# post hoc, a function of its p-value, not a justification of the sample size (which has to be made before the
+# data); and, when the study declares one (`smallest_effect` or `study.json`'s `smallest_effect_of_interest`,
+# an r), the power for the smallest effect of interest.
+
+# %%
+if smallest_effect is None:
+    smallest_effect = sl.smallest_effect_of_interest(sl.study_info(manifest, study))
+primary_part = sl.analysis.correlation_part(corr, primary_endpoint)
+power = (sl.effect_power(primary_part, smallest_effect=smallest_effect, alpha=alpha) if primary_part is not None
+         else None)
+print(power["text"] if power else f"no power computed: the primary endpoint {primary_endpoint!r} is not a correlation")
 
 # %% [markdown]
 # ## 7. Conclusions: the paper's finding, and the simulated truth
@@ -140,7 +157,7 @@ if truth_sessions is not None:  # simulated data: how far the ADC (the truth com
     print(f"simulated truth: tumour ADC (b = 200-1000 s/mm², noise-free) = {ratio.mean():.3f} × the kurtosis "
           f"model's D (range {ratio.min():.3f}-{ratio.max():.3f}); the findings are compared with the ADC")
 conclusions = exp.conclusions(corr, slope, truth, true_parts=true_parts, primary=primary_endpoint, alpha=alpha)
-sl.record(conclusions, study=study)
+sl.record(conclusions, study=study, **(power["numbers"] if power else {}))
 print(sl.summary_lines(conclusions))
 conclusions
 

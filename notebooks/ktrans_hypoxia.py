@@ -60,6 +60,7 @@ cluster = "model"  # the tumour model (PDX) of each tumour: the within-model cor
 covariates = ["mvd_cd31_per_mm2", "ifp_mmHg"]  # alternatives Ktrans must explain hypoxia beyond (histology columns)
 primary_endpoint = "within_model_r"  # the one confirmatory finding (exp.ENDPOINTS); the others are secondary
 max_failed_difference = 0.05  # warn when the groups' failed-fit fractions differ by more than this (0-1)
+smallest_effect = None  # smallest |r| of interest (primary); None: study.json's smallest_effect_of_interest
 alpha = 0.05
 
 # %%
@@ -150,17 +151,17 @@ animals.groupby("group")[["ktrans", hyp]].agg(["mean", "std", "count"])
 # the within-model (repeated-measures) correlation (Bakdash & Marusich 2017); beside it the pooled
 # correlation and that of the model means, each with a Fisher-z CI and p (p < α exactly when the CI
 # excludes 0). "Not explained by MVD or IFP" is one multiple regression, hypoxic fraction ~ Ktrans + MVD +
-# IFP: the partial correlation of Ktrans and hypoxia given both, with the t test of the Ktrans coefficient.
+# IFP + model: the partial correlation of Ktrans and hypoxia given both and the tumour model (so, like the
+# primary, within a model), with the t test of the Ktrans coefficient. Without the model the same partial
+# correlation pools the models' differences; it is shown as a descriptive row.
 
 # %%
 corr = sl.correlation_effect(animals, "ktrans", hyp, cluster=cluster, alpha=alpha)
-slope = sl.regression_slope(animals, hyp, "ktrans", x_scale=0.01, alpha=alpha)
-beyond = sl.partial_regression_effect(animals, hyp, "ktrans", covariates, alpha=alpha)
+slope = sl.regression_slope(animals, hyp, "ktrans", x_scale=0.01, covariates=[cluster], alpha=alpha)
+beyond = sl.partial_regression_effect(animals, hyp, "ktrans", [*covariates, cluster], alpha=alpha)
+beyond_pooled = sl.partial_regression_effect(animals, hyp, "ktrans", covariates, alpha=alpha)
 print(sl.correlation_levels_text(corr, x="Ktrans", y="the hypoxic fraction", cluster=cluster, alpha=alpha))
-print(f"Ktrans beyond {' and '.join(covariates)}: {beyond['method']}: partial r = {beyond['estimate']:.2f} "
-      f"[{beyond['ci_low']:.2f}, {beyond['ci_high']:.2f}], p = {beyond['p']:.2g}; Ktrans adds "
-      f"{100 * beyond['delta_r2']:.0f} % of the variance of {hyp} (R² {beyond['r2_reduced']:.2f} → "
-      f"{beyond['r2_full']:.2f})")
+print(exp.beyond_text(beyond, beyond_pooled, hist_col=hyp, cluster=cluster, alpha=alpha))
 corr["table"]
 
 # %%
@@ -170,6 +171,21 @@ fig = plots.correlation_scatter(animals, hyp, "ktrans", hue="group", xlabel="pim
                                 r_ci=(pooled["ci_low"], pooled["ci_high"]),
                                 title=f"pooled r; within-{cluster} r = {corr['estimate']:.2f} "
                                       f"[{corr['ci_low']:.2f}, {corr['ci_high']:.2f}]")
+
+# %% [markdown]
+# ### Power of this design (ARRIVE item 2)
+# The power of the primary correlation's own Fisher-z test, at its df, for a true r equal to the observed one:
+# post hoc, a function of its p-value, not a justification of the sample size (which has to be made before the
+# data); and, when the study declares one (`smallest_effect` or `study.json`'s `smallest_effect_of_interest`,
+# an r), the power for the smallest effect of interest.
+
+# %%
+if smallest_effect is None:
+    smallest_effect = sl.smallest_effect_of_interest(sl.study_info(manifest, study))
+primary_part = sl.analysis.correlation_part(corr, primary_endpoint)
+power = (sl.effect_power(primary_part, smallest_effect=smallest_effect, alpha=alpha) if primary_part is not None
+         else None)
+print(power["text"] if power else f"no power computed: the primary endpoint {primary_endpoint!r} is not a correlation")
 
 # %%
 others = exp.other_correlations(animals, "ktrans", histology, exclude=(hyp,), cluster=cluster, alpha=alpha)
@@ -212,12 +228,15 @@ hct_table
 
 # %%
 truth = sl.load_truth(manifest, study)
-true_parts = sl.analysis.true_correlation_parts(sl.load_truth_table(manifest, study, "sessions.csv"),
-                                                "tumour_ktrans_per_min", "hypoxic_pct", cluster="model",
-                                                covariates=covariates, histology=histology)
-conclusions = exp.conclusions(corr, slope, truth, beyond=beyond, true_parts=true_parts, hist_col=hyp,
-                              primary=primary_endpoint, alpha=alpha)
-sl.record(conclusions, study=study)
+truth_sessions = sl.load_truth_table(manifest, study, "sessions.csv")
+true_parts = sl.analysis.true_correlation_parts(truth_sessions, "tumour_ktrans_per_min", "hypoxic_pct", cluster="model",
+                                                covariates=[*covariates, "model"], histology=histology)
+true_parts["partial_pooled"] = sl.analysis.true_correlation_parts(
+    truth_sessions, "tumour_ktrans_per_min", "hypoxic_pct", cluster="model", covariates=covariates,
+    histology=histology)["partial"]
+conclusions = exp.conclusions(corr, slope, truth, beyond=beyond, beyond_pooled=beyond_pooled, true_parts=true_parts,
+                              hist_col=hyp, primary=primary_endpoint, alpha=alpha)
+sl.record(conclusions, study=study, **(power["numbers"] if power else {}))
 print(sl.summary_lines(conclusions))
 conclusions
 

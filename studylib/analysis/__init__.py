@@ -16,7 +16,8 @@ Everything public here is also reachable from the :mod:`studylib` facade (``sl.f
 from __future__ import annotations
 
 from .conclusions import (CONCLUSION_COLUMNS, NOT_TESTED_ROLES, POOLED_HISTOLOGY_ENDPOINT, ROLES, TREATMENT_ENDPOINTS, adjustment_text, check_effect, conclusions_table,
-                          correlation_levels_text, correlation_part_rows, correlation_row, disagreements, effect_row,
+                          CORRELATION_ENDPOINT_PARTS, correlation_levels_text, correlation_part, correlation_part_rows,
+                          correlation_row, disagreements, effect_row,
                           headline, histology_day_text, summary_lines, treatment_and_histology, treatment_rows)
 from .design import (anatomy, compute_with_progress, design_table, histology_column, model_covariates,
                      pick_groups, require_verified, resolve_manifest, start, voxel_volume_mm3)
@@ -33,7 +34,7 @@ from .truth import (find_key, find_truth, load_truth, load_truth_table, true_cor
 __all__ = [
     "CONCLUSION_COLUMNS", "check_effect", "conclusions_table", "correlation_row", "disagreements", "effect_row",
     "headline", "summary_lines", "treatment_and_histology", "TREATMENT_ENDPOINTS", "correlation_levels_text",
-    "correlation_part_rows",
+    "correlation_part_rows", "correlation_part", "CORRELATION_ENDPOINT_PARTS",
     "treatment_rows", "adjustment_text", "histology_day_text", "ROLES", "NOT_TESTED_ROLES",
     "POOLED_HISTOLOGY_ENDPOINT",
     "anatomy", "compute_with_progress", "design_table", "histology_column", "model_covariates", "pick_groups",

@@ -19,7 +19,8 @@ from .truth import _finite, true_correlation, true_effect
 
 __all__ = ["CONCLUSION_COLUMNS", "ROLES", "NOT_TESTED_ROLES", "check_effect", "conclusions_table", "disagreements",
            "summary_lines", "headline", "effect_row", "correlation_row", "treatment_and_histology", "treatment_rows", "TREATMENT_ENDPOINTS",
-           "correlation_levels_text", "adjustment_text", "histology_day_text", "POOLED_HISTOLOGY_ENDPOINT"]
+           "correlation_levels_text", "adjustment_text", "histology_day_text", "POOLED_HISTOLOGY_ENDPOINT",
+           "CORRELATION_ENDPOINT_PARTS", "correlation_part"]
 
 #: Conclusion table columns, in order.
 #: ``endpoint`` is the row's key (what a notebook's ``primary_endpoint`` names), ``role`` one of :data:`ROLES`,
@@ -202,8 +203,12 @@ def disagreements(table: pd.DataFrame, *, require_significance: bool = True) -> 
             out.append(f"{r['finding']}: estimate {r['estimate']:.3g} is not in the paper's direction "
                        f"({r['paper_direction']})")
         if require_significance and not r["significant"]:
-            holm = f", Holm-adjusted {r['p_holm']:.3g}" if _finite(r.get("p_holm")) else ""
-            out.append(f"{r['finding']}: not significant (p = {r['p']:.3g}{holm})")
+            if _finite(r["p"]):
+                holm = f", Holm-adjusted {r['p_holm']:.3g}" if _finite(r.get("p_holm")) else ""
+                why = f"p = {r['p']:.3g}{holm}"
+            else:  # a row without a p-value (e.g. a bootstrap CI): its verdict is the CI's
+                why = f"its CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}] includes 0; no p-value"
+            out.append(f"{r['finding']}: not significant ({why})")
         cov = r["ci_covers_truth"]
         if cov is not None and not pd.isna(cov) and not bool(cov):
             out.append(f"{r['finding']}: CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}] misses the simulated truth "
@@ -222,8 +227,16 @@ def summary_lines(table: pd.DataFrame) -> str:
     lines = [f"Primary endpoint: {headline(table)}."]
     if n > 1:
         sec = table.iloc[1:]
+        n_holm = int(pd.to_numeric(sec["p_holm"], errors="coerce").notna().sum()) if "p_holm" in sec else 0
+        if n_holm == len(sec):
+            how = "Holm-adjusted across the secondary findings"
+        elif n_holm == 0:  # rows without a p-value (a bootstrap CI): nothing to adjust, the CI decides
+            how = "significance from each CI at the unadjusted level: these rows have no p-value to Holm-adjust"
+        else:
+            how = (f"Holm-adjusted across the {n_holm} secondary findings with a p-value; the {len(sec) - n_holm} "
+                   "without one are judged by their unadjusted CI")
         lines.append(f"Secondary findings: {int(sec['agrees_with_paper'].sum())} of {n - 1} agree with the paper "
-                     "(direction and significance, Holm-adjusted across the secondary findings).")
+                     f"(direction and significance, {how}).")
     for i in range(len(extra)):
         lines.append(f"{str(extra['role'].iloc[i]).capitalize()} (not Holm-counted, not a finding of its own): "
                      f"{headline(extra, i)}.")
@@ -276,6 +289,18 @@ def correlation_row(finding: str, corr: Mapping, *, expected_sign: int, truth: f
                         paper=citation(study), method=method, endpoint=endpoint, role=role, alpha=alpha)
 
 
+#: the rows of :func:`correlation_part_rows` -> the part of a :func:`correlation_effect` result each reports
+CORRELATION_ENDPOINT_PARTS = {"within_model_r": "within", "pooled_r": "pooled", "between_model_r": "between"}
+
+
+def correlation_part(corr: Mapping, endpoint: str) -> Mapping | None:
+    """The part (an Estimate with ``level``, ``df``) of a clustered :func:`correlation_effect` result that the row
+    ``endpoint`` of :func:`correlation_part_rows` reports, e.g. for :func:`studylib.analysis.effect_power` of the
+    primary endpoint; None when ``endpoint`` is no correlation row or its part was not estimable."""
+    level = CORRELATION_ENDPOINT_PARTS.get(endpoint)
+    return dict(corr.get("parts") or {}).get(level) if level else None
+
+
 def correlation_part_rows(label: str, corr: Mapping, *, expected_sign: int, pooled_truth: float,
                           true_parts: Mapping | None, study: str, alpha: float = 0.05) -> dict:
     """Rows ``within_model_r`` (when clustered), ``pooled_r`` and ``between_model_r`` (when clustered) of a
@@ -284,9 +309,10 @@ def correlation_part_rows(label: str, corr: Mapping, *, expected_sign: int, pool
     against the truth of that part (``true_parts``: ``within``/``between``; ``pooled_truth`` for pooled)."""
     parts, tp, nan = corr["parts"], dict(true_parts or {}), float("nan")
     cluster = corr.get("cluster") or "model"
-    named = {"within_model_r": ("within", f"{label} within {cluster}", tp.get("within", nan)),
-             "pooled_r": ("pooled", f"{label} pooled", pooled_truth),
-             "between_model_r": ("between", f"{label} between {cluster} means", tp.get("between", nan))}
+    texts = {"within": (f"{label} within {cluster}", tp.get("within", nan)),
+             "pooled": (f"{label} pooled", pooled_truth),
+             "between": (f"{label} between {cluster} means", tp.get("between", nan))}
+    named = {key: (part, *texts[part]) for key, part in CORRELATION_ENDPOINT_PARTS.items()}
     return {key: correlation_row(finding, parts[part], expected_sign=expected_sign, truth=truth, study=study,
                                  alpha=alpha)
             for key, (part, finding, truth) in named.items() if part in parts}

@@ -492,21 +492,40 @@ def partial_regression_effect(data: pd.DataFrame, y: str, x: str, covariates: Se
                      covariates=covs, result=res)
 
 
-def regression_slope(data: pd.DataFrame, x: str, y: str, *, x_scale: float = 1.0, alpha: float = 0.05) -> Estimate:
+def regression_slope(data: pd.DataFrame, x: str, y: str, *, x_scale: float = 1.0, covariates: Sequence[str] = (),
+                     alpha: float = 0.05) -> Estimate:
     """OLS slope of ``y`` on ``x * x_scale`` with its t-based CI (one row per animal).
 
-    ``y = a + b x + e``; ``b`` with SE from the residual variance, ``n - 2`` df.
+    ``y = a + b x + e`` (``n - 2`` df); with ``covariates`` (e.g. the tumour model) ``y = a + b x + sum_j g_j c_j
+    + e``, categorical covariates as indicator columns, ``df = n - rank(X)``: with the tumour model among them
+    ``b`` is the common slope *within* a model (the ANCOVA slope, the slope of the repeated-measures correlation;
+    Bakdash & Marusich 2017), free of the differences between the models' means.  SE from the residual variance
+    (:func:`studylib.stats.partial_regression`).  Details ``df, n_animals, covariates`` and ``scope`` (``""``, or
+    ``" within <covariates>"`` for a finding's text).
     """
-    import statsmodels.api as sm
-
-    d = data[[x, y]].astype(float).dropna()
+    covs = (covariates,) if isinstance(covariates, str) else tuple(covariates)
+    missing = [c for c in (x, y, *covs) if c not in data.columns]
+    if missing:
+        raise ExperimentError(f"table lacks columns {missing}; it has {list(data.columns)}")
+    d = data[[x, y]].astype(float).join(data[list(covs)]).dropna()
     if len(d) < 4:
         raise ExperimentError(f"need at least 4 animals with both '{x}' and '{y}' for a regression, got {len(d)}")
-    X = sm.add_constant(d[x].to_numpy() * x_scale)
-    res = sm.OLS(d[y].to_numpy(), X).fit()
-    lo, hi = res.conf_int(alpha)[1]
-    return _estimate(estimate=res.params[1], ci_low=lo, ci_high=hi, p=res.pvalues[1], df=float(res.df_resid),
-                     n_animals=len(d), method=f"OLS slope, t with {int(res.df_resid)} df, n = {len(d)}")
+    if not covs:
+        import statsmodels.api as sm
+
+        X = sm.add_constant(d[x].to_numpy() * x_scale)
+        res = sm.OLS(d[y].to_numpy(), X).fit()
+        lo, hi = res.conf_int(alpha)[1]
+        return _estimate(estimate=res.params[1], ci_low=lo, ci_high=hi, p=res.pvalues[1], df=float(res.df_resid),
+                         n_animals=len(d), covariates=(), scope="",
+                         method=f"OLS slope, t with {int(res.df_resid)} df, n = {len(d)}")
+    from .. import stats
+
+    res = stats.partial_regression(d.assign(**{x: d[x] * x_scale}), y, x, covs, ci=1.0 - alpha)
+    return _estimate(estimate=res.coef, ci_low=res.ci_low, ci_high=res.ci_high, p=res.p, df=float(res.df),
+                     n_animals=int(res.n), covariates=covs, scope=f" within {' x '.join(covs)}",
+                     method=f"OLS slope adjusted for {', '.join(covs)} (common slope within each level of a "
+                            f"categorical covariate), t with {res.df} df, n = {res.n}")
 
 
 def group_difference(table: pd.DataFrame, y: str, *, control: str, treated: str, group_col: str = "group",
@@ -557,7 +576,10 @@ def effect_power(effect: Mapping, *, smallest_effect: float | None = None, n_sim
       taken from the estimate), when the study declares one: the same simulation with that true effect.
 
     An effect fitted by ordinary least squares (ANCOVA with one session after baseline) uses the exact
-    noncentral-t power (:func:`studylib.stats.t_test_power`) instead of a simulation.
+    noncentral-t power (:func:`studylib.stats.t_test_power`) instead of a simulation.  A
+    :func:`correlation_effect` (a correlation as the primary endpoint) uses the power of its own Fisher-z test at
+    its part's df for a true r equal to the observed one (and to ``smallest_effect``, an r):
+    :func:`studylib.stats.fisher_power`.
 
     Returns
     -------
@@ -566,16 +588,25 @@ def effect_power(effect: Mapping, *, smallest_effect: float | None = None, n_sim
     """
     from .. import stats
 
-    if not isinstance(effect, Mapping) or "model" not in effect or "term" not in effect:
-        raise ExperimentError("effect_power needs a longitudinal_effect result (with its fitted 'model' and 'term')")
+    # a correlation_effect result, or one of its parts (an Estimate with a level and a df, no fitted model)
+    corr = isinstance(effect, Mapping) and "model" not in effect and effect.get("level") in _LEVEL_TEXT \
+        and "df" in effect
+    if not corr and (not isinstance(effect, Mapping) or "model" not in effect or "term" not in effect):
+        raise ExperimentError("effect_power needs a longitudinal_effect result (with its fitted 'model' and 'term') "
+                              "or a correlation_effect result")
+    if corr and smallest_effect is not None and not abs(smallest_effect) < 1:
+        raise ExperimentError(f"smallest_effect of a correlation must be an r in (-1, 1), got {smallest_effect!r}")
     if effect.get("by"):
         raise ExperimentError("effect_power: pass the single treatment effect, not the interaction (by=...)")
     if smallest_effect is not None and not (np.isfinite(smallest_effect) and smallest_effect != 0):
         raise ExperimentError(f"smallest_effect must be a finite non-zero number, got {smallest_effect!r}")
-    model, term = effect["model"], effect["term"]
+    model, term = effect.get("model"), effect.get("term")
     sesoi = None if smallest_effect is None else math.copysign(abs(float(smallest_effect)), effect["estimate"])
 
     def one(value):
+        if corr:
+            how = "spearman" if str(effect["method"]).lower().startswith("spearman") else "pearson"
+            return stats.fisher_power(float(value), float(effect["df"]), alpha=alpha, method=how)
         if isinstance(model, _OLSFit):
             row = model.fixed.loc[term]
             return stats.t_test_power(float(value), float(row["se"]), float(row["df"]), alpha=alpha)
@@ -588,7 +619,7 @@ def effect_power(effect: Mapping, *, smallest_effect: float | None = None, n_sim
             "power_units": units, "power_method": obs.method}
     u = f" {units}" if units else ""
     ci = (f" (95 % CI {obs.ci_low:.2f}-{obs.ci_high:.2f} over {obs.n_sim} simulated studies)" if obs.n_sim
-          else " (exact)")
+          else "")  # computed, not simulated: the method (exact noncentral t, Fisher z) follows
     text = (f"Post-hoc power of this design for the observed effect ({obs.effect:.3g}{u}) at alpha = {alpha:g}: "
             f"{obs.power:.2f}{ci}; {obs.method}. This is a function of the observed p-value, not a prospective "
             "sample-size justification.")

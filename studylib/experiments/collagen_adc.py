@@ -24,7 +24,8 @@ ENDPOINTS = {
     "within_model_r": "r(tumour ADC, collagen I area %) within PDX model (repeated-measures correlation)",
     "pooled_r": "r(tumour ADC, collagen I area %) pooled over all tumours",
     "between_model_r": "r(tumour ADC, collagen I area %) of the PDX model means",
-    "slope": "tumour ADC slope per collagen I fraction (OLS over all tumours)",
+    "slope": "tumour ADC slope per collagen I fraction (OLS; with the model as covariate, the common slope within "
+             "a model)",
 }
 
 
@@ -36,7 +37,8 @@ def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, true_parts: Ma
     ----------
     corr : :func:`studylib.analysis.correlation_effect` of ADC and collagen with ``cluster`` = the PDX
         model (its ``parts``: pooled, within, between).
-    slope : :func:`studylib.analysis.regression_slope` of ADC on the collagen fraction.
+    slope : :func:`studylib.analysis.regression_slope` of ADC on the collagen fraction (``covariates=[cluster]``:
+        within a model, like the primary; without: pooled over all tumours, which the finding then says).
     truth : the simulated truth (``{}`` on real data).
     true_parts : :func:`studylib.analysis.true_correlation_parts` of the simulated animals' true ADC and
         collagen (within and between truths); None: NaN.
@@ -45,7 +47,8 @@ def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, true_parts: Ma
     rows = correlation_part_rows("r(tumour ADC, collagen I area %)", corr, expected_sign=-1,
                                  pooled_truth=true_correlation(truth, "tumour_adc_vs_collagen_i_area_pct"),
                                  true_parts=true_parts, study=STUDY, alpha=alpha)
-    rows["slope"] = effect_row("tumour ADC slope per collagen I fraction", slope, expected_sign=-1,
+    rows["slope"] = effect_row(f"tumour ADC slope per collagen I fraction{slope.get('scope', '')}", slope,
+                               expected_sign=-1,
                                truth=true_effect(truth, "adc_slope_um2_per_ms_per_collagen_fraction"),
                                units="µm²/ms per fraction", study=STUDY, alpha=alpha)
     return conclusions_table(rows, primary=primary, alpha=alpha)

@@ -3,8 +3,10 @@
 The paper's question is whether Ktrans tracks the hypoxic fraction within a tumour model and whether
 this is explained by microvessel density (MVD) or interstitial fluid pressure (IFP).  The primary
 endpoint is the within-model correlation; the pooled and between-model correlations, the partial
-regression "Ktrans beyond MVD and IFP" (:func:`studylib.analysis.partial_regression_effect`) and the
-slope are secondary.
+regression "Ktrans beyond MVD and IFP" within a model (:func:`studylib.analysis.partial_regression_effect`
+with MVD, IFP and the model as covariates) and the slope are secondary.  The same partial correlation
+without the model, pooled over the models, is a descriptive row: like the pooled r, it mostly restates the
+differences between the models' means.
 
 Analysis parameters the data do not give (issue 14): the sidecars carry acquisition parameters only, so
 the bolus arrival is measured in the vessel ROI, r1 is the agent's tabulated value at the field and the
@@ -29,9 +31,9 @@ from ..analysis import (conclusions_table, correlation_effect, correlation_part_
 from ..errors import ExperimentError
 from ..fit.relaxometry import B1_RANGE
 
-__all__ = ["STUDY", "ENDPOINTS", "other_correlations", "conclusions", "KINETIC_TRUTH", "hematocrit_sensitivity",
-           "hematocrit_text", "recovery_vs_truth", "recovery_text", "b1_scans", "b1_table", "b1_text", "aif_table",
-           "aif_text", "aif_choice_table", "aif_choice_summary"]
+__all__ = ["STUDY", "ENDPOINTS", "DESCRIPTIVE_ENDPOINTS", "other_correlations", "conclusions", "beyond_text",
+           "KINETIC_TRUTH", "hematocrit_sensitivity", "hematocrit_text", "recovery_vs_truth", "recovery_text", "b1_scans", "b1_table",
+           "b1_text", "aif_table", "aif_text", "aif_choice_table", "aif_choice_summary"]
 
 #: the manifest's study name and the catalogue entry (:data:`studylib.catalog.EXPERIMENTS`)
 STUDY = "ktrans_hypoxia"
@@ -41,8 +43,17 @@ ENDPOINTS = {
     "within_model_r": "r(tumour Ktrans, hypoxic fraction) within PDX model (repeated-measures correlation)",
     "pooled_r": "r(tumour Ktrans, hypoxic fraction) pooled over all tumours",
     "between_model_r": "r(tumour Ktrans, hypoxic fraction) of the PDX model means",
-    "beyond_mvd_ifp": "partial r(Ktrans, hypoxic fraction) given MVD and IFP (OLS t test)",
-    "slope": "tumour Ktrans slope per hypoxic fraction (OLS over all tumours)",
+    "beyond_mvd_ifp": "partial r(Ktrans, hypoxic fraction) given MVD, IFP and the tumour model (OLS t test): "
+                      "beyond MVD and IFP within a model",
+    "slope": "tumour Ktrans slope per hypoxic fraction (OLS; with the model as covariate, the common slope within "
+             "a model)",
+}
+
+
+#: the descriptive row of :func:`conclusions` (given ``beyond_pooled``): shown, not a finding, not Holm-counted
+DESCRIPTIVE_ENDPOINTS = {
+    "beyond_mvd_ifp_pooled": "partial r(Ktrans, hypoxic fraction) given MVD and IFP, pooled over the models: "
+                             "it mixes the differences between model means in",
 }
 
 
@@ -69,19 +80,25 @@ def other_correlations(animals: pd.DataFrame, x: str, histology: pd.DataFrame, *
 
 
 def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, beyond: Mapping | None = None,
-                true_parts: Mapping | None = None, hist_col: str = "hypoxic_fraction_pct",
-                primary: str = "within_model_r", alpha: float = 0.05) -> pd.DataFrame:
+                beyond_pooled: Mapping | None = None, true_parts: Mapping | None = None,
+                hist_col: str = "hypoxic_fraction_pct", primary: str = "within_model_r",
+                alpha: float = 0.05) -> pd.DataFrame:
     """Conclusions of ``ktrans_hypoxia`` (endpoints :data:`ENDPOINTS`).
 
     Parameters
     ----------
     corr : :func:`studylib.analysis.correlation_effect` of Ktrans and ``hist_col`` with ``cluster`` = the PDX model.
-    slope : :func:`studylib.analysis.regression_slope` of Ktrans on the hypoxic fraction.
+    slope : :func:`studylib.analysis.regression_slope` of Ktrans on the hypoxic fraction (``covariates=[cluster]``:
+        within a model, like the primary; without: pooled over all tumours).
     truth : the simulated truth (``{}`` on real data).
-    beyond : :func:`studylib.analysis.partial_regression_effect` of ``hist_col`` on Ktrans given MVD and IFP;
+    beyond : :func:`studylib.analysis.partial_regression_effect` of ``hist_col`` on Ktrans given MVD, IFP and
+        the tumour model (the model among its covariates makes it a within-model answer, like the primary);
         None: no such row.
+    beyond_pooled : the same without the model among the covariates: the row ``beyond_mvd_ifp_pooled``
+        (:data:`DESCRIPTIVE_ENDPOINTS`), role ``"descriptive"`` (not Holm-counted); None: no such row.
     true_parts : :func:`studylib.analysis.true_correlation_parts` of the simulated animals (``within``,
-        ``between``, ``partial``); None: NaN.
+        ``between``, ``partial`` with the covariates of ``beyond``, ``partial_pooled`` with those of
+        ``beyond_pooled``); None: NaN.
     primary : the primary endpoint's key; the others are secondary (Holm-adjusted).
     """
     tp = dict(true_parts or {})
@@ -89,15 +106,54 @@ def conclusions(corr: Mapping, slope: Mapping, truth: Mapping, *, beyond: Mappin
     rows = correlation_part_rows(f"r(tumour Ktrans, {hist_col})", corr, expected_sign=-1,
                                  pooled_truth=true_correlation(truth, f"tumour_ktrans_vs_{hist_col}"),
                                  true_parts=tp, study=STUDY, alpha=alpha)
+    cluster = corr.get("cluster") or "model"
     if beyond is not None:
-        covs = " and ".join(beyond.get("covariates", ()))
-        rows["beyond_mvd_ifp"] = correlation_row(f"partial r(tumour Ktrans, {hist_col}) beyond {covs}", beyond,
-                                                 expected_sign=-1, truth=tp.get("partial", nan), study=STUDY,
-                                                 alpha=alpha)
-    rows["slope"] = effect_row("tumour Ktrans slope per hypoxic fraction", slope, expected_sign=-1,
+        covs = [c for c in beyond.get("covariates", ()) if c != cluster]
+        within = cluster in beyond.get("covariates", ())
+        where = f" within {cluster}" if within else f" pooled over {cluster}s"
+        rows["beyond_mvd_ifp"] = correlation_row(f"partial r(tumour Ktrans, {hist_col}) beyond {' and '.join(covs)}"
+                                                 f"{where}", beyond, expected_sign=-1, truth=tp.get("partial", nan),
+                                                 study=STUDY, alpha=alpha)
+    if beyond_pooled is not None:
+        covs = " and ".join(beyond_pooled.get("covariates", ()))
+        row = correlation_row(f"partial r(tumour Ktrans, {hist_col}) beyond {covs} pooled over {cluster}s",
+                              beyond_pooled, expected_sign=-1, truth=tp.get("partial_pooled", nan), study=STUDY,
+                              role="descriptive", alpha=alpha)
+        row["method"] += (f"; descriptive: without the {cluster} among the covariates it mixes the differences "
+                          f"between {cluster} means with the tracking within a {cluster}")
+        rows["beyond_mvd_ifp_pooled"] = row
+    rows["slope"] = effect_row(f"tumour Ktrans slope per hypoxic fraction{slope.get('scope', '')}", slope,
+                               expected_sign=-1,
                                truth=true_effect(truth, "ktrans_slope_per_min_per_hypoxic_fraction"),
                                units="1/min per fraction", study=STUDY, alpha=alpha)
     return conclusions_table(rows, primary=primary, alpha=alpha)
+
+
+def beyond_text(beyond: Mapping, beyond_pooled: Mapping | None = None, *, hist_col: str, cluster: str = "model",
+                alpha: float = 0.05) -> str:
+    """Does Ktrans explain ``hist_col`` beyond the covariates?  A paragraph written from the numbers.
+
+    ``beyond`` is the :func:`studylib.analysis.partial_regression_effect` of ``hist_col`` on Ktrans given MVD, IFP
+    and ``cluster`` (the within-model answer), ``beyond_pooled`` the same without ``cluster``.  The verdict is
+    computed: "explains ... beyond" when ``p < alpha``; the pooled one is said to mix the differences between
+    ``cluster`` means in.
+    """
+    def one(e):
+        return (f"partial r = {e['estimate']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}], p = {e['p']:.2g} "
+                f"(df {e['df']}, n = {e['n']}); Ktrans adds {100 * e['delta_r2']:.1f} % of the variance of "
+                f"{hist_col} (R² {e['r2_reduced']:.2f} → {e['r2_full']:.2f})")
+
+    covs = [c for c in beyond.get("covariates", ()) if c != cluster]
+    within = cluster in beyond.get("covariates", ())
+    where = f"within a {cluster}" if within else f"pooled over the {cluster}s"
+    verdict = (f"Ktrans explains {hist_col} beyond {' and '.join(covs)} {where}" if beyond["p"] < alpha else
+               f"no evidence (alpha = {alpha:g}) that Ktrans explains {hist_col} beyond {' and '.join(covs)} {where}")
+    out = [f"Ktrans beyond {' and '.join(covs)}, {where} ({' + '.join(['Ktrans', *beyond.get('covariates', ())])}): "
+           f"{one(beyond)}: {verdict}."]
+    if beyond_pooled is not None:
+        out.append(f"Without the {cluster} among the covariates (descriptive, pooled over the {cluster}s, which adds "
+                   f"the differences between {cluster} means): {one(beyond_pooled)}.")
+    return "\n".join(out)
 
 
 #: fitted tumour variable -> its column in the simulated truth's ``sessions.csv``

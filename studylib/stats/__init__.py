@@ -16,7 +16,8 @@ The animal is the unit of analysis.  Public functions:
 * :func:`jonckheere_terpstra`, :func:`kruskal_pairwise`, :func:`paired_change` -- ordered trend,
   unordered comparison of several groups, paired pre/post change.
 * :func:`simulate_rejection`, :func:`power_simulation` -- type I error and power by
-  simulation from a (fitted) mixed model.
+  simulation from a (fitted) mixed model; :func:`fitted_design_power`, :func:`t_test_power` and
+  :func:`fisher_power` (a correlation's Fisher-z test) -- the power of a fitted design.
 
 Modules: :mod:`.mixed` (over the REML core :mod:`.lmm`), :mod:`.growth`, :mod:`.correlation`,
 :mod:`.design_correlation`,
@@ -36,7 +37,7 @@ from .design_correlation import (CorrelationPart, DesignCorrelation, PartialRegr
 from .group_tests import jonckheere_terpstra, kruskal_pairwise, paired_change
 from .growth import GrowthResult, tumour_growth
 from .mixed import DEFAULT_OPTIMIZERS, MixedModelResult, mixed_model
-from .power import (DesignPower, PowerResult, SimulationResult, fitted_design_power, power_simulation,
+from .power import (DesignPower, PowerResult, SimulationResult, fisher_power, fitted_design_power, power_simulation,
                     simulate_rejection, t_test_power, wilson_interval)
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
     "regression", "RegressionResult", "group_compare", "holm", "per_animal_slopes", "slope_ttest",
     "jonckheere_terpstra", "kruskal_pairwise", "paired_change",
     "simulate_rejection", "SimulationResult", "power_simulation", "PowerResult", "wilson_interval",
-    "fitted_design_power", "t_test_power", "DesignPower",
+    "fitted_design_power", "t_test_power", "fisher_power", "DesignPower",
 ]
 
 _ = (numeric_column, require_columns)  # re-exported for callers that check their own tables

@@ -23,7 +23,7 @@ from .common import StatsInputError, formula_variables, require_columns
 from .mixed import MixedModelResult, _categories, normalize_ddf
 
 __all__ = ["SimulationResult", "simulate_rejection", "PowerResult", "power_simulation", "wilson_interval",
-           "DesignPower", "fitted_design_power", "t_test_power"]
+           "DesignPower", "fitted_design_power", "t_test_power", "fisher_power"]
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -292,6 +292,38 @@ def t_test_power(effect: float, se: float, df: float, *, alpha: float = 0.05) ->
     pw = float(stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc))
     return DesignPower(pw, pw, pw, float(effect), float(alpha), 0, 0,
                        f"exact noncentral t (df {df:g}, noncentrality {nc:.3g}) at the fitted design and residual SD")
+
+
+def fisher_power(rho: float, df: float, *, alpha: float = 0.05, method: str = "pearson") -> DesignPower:
+    """Power of the two-sided Fisher-z test of a (partial, within- or between-cluster) correlation whose true value
+    is ``rho``, the test :func:`studylib.stats.correlation` reports.
+
+    ``z = atanh(r)`` is approximately normal with mean ``atanh(rho)`` and ``se = 1/sqrt(df - 1)`` (Pearson; the
+    Bonett-Wright ``sqrt((1 + rho^2/2)/(df - 1))`` for Spearman), so with ``z_c = Phi^-1(1 - alpha/2)``::
+
+        power = Phi(atanh(rho)/se - z_c) + Phi(-atanh(rho)/se - z_c)
+
+    (Cohen 1988, *Statistical Power Analysis for the Behavioral Sciences*, ch. 3, the Fisher-z approximation;
+    ``df`` is the part's residual df, ``n - 2`` for a simple r, ``n - k - 1`` within ``k`` clusters).  At
+    ``rho = 0`` it is ``alpha``; no simulation, so ``n_sim = 0`` and the interval is the point.
+    """
+    for name, v in (("rho", rho), ("df", df)):
+        if not np.isfinite(v):
+            raise StatsInputError(f"fisher_power: {name} must be finite, got {v!r}")
+    if not -1 < rho < 1:
+        raise StatsInputError(f"fisher_power: rho must lie in (-1, 1), got {rho!r}")
+    if df < 2:
+        raise StatsInputError(f"fisher_power: df must be >= 2 (se 1/sqrt(df - 1)), got {df!r}")
+    if not 0 < alpha < 1:
+        raise StatsInputError(f"alpha must be in (0, 1), got {alpha!r}")
+    if method not in ("pearson", "spearman"):
+        raise StatsInputError(f"fisher_power: method must be 'pearson' or 'spearman', got {method!r}")
+    se = float(np.sqrt((1.0 + rho * rho / 2.0 if method == "spearman" else 1.0) / (df - 1.0)))
+    zc = stats.norm.ppf(1 - alpha / 2)
+    shift = float(np.arctanh(rho)) / se
+    pw = float(stats.norm.cdf(shift - zc) + stats.norm.cdf(-shift - zc))
+    return DesignPower(pw, pw, pw, float(rho), float(alpha), 0, 0,
+                       f"Fisher-z approximation (df {df:g}, se of atanh r {se:.3g}) for a true r of {rho:.3g}")
 
 
 def fitted_design_power(result: MixedModelResult, term: str, *, effect: float | None = None, n_sim: int = 300,

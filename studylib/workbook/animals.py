@@ -428,20 +428,24 @@ def _power_text(numbers: dict | None, info: dict) -> tuple[str | None, str | Non
     u = f" {n['power_units']}" if n.get("power_units") else ""
     ns = int(f(n.get("power_n_sim")) or 0)
 
+    method = str(n.get("power_method") or "").strip()
+
     def ci(prefix):
         lo, hi = f(n.get(f"{prefix}_ci_low")), f(n.get(f"{prefix}_ci_high"))
         return f" (95 % CI {lo:.2f}–{hi:.2f}, {ns} simulated studies)" if ns and lo is not None and hi is not None \
-            else " (exact noncentral t)"
+            else f" ({method or 'exact'})"
     eff = f(n.get("power_observed_effect"))
+    how = ("from the fitted model simulated on the study's own design" if ns else
+           "computed at the study's own design, not simulated")
     obs = (f"post-hoc power {pw:.2f}{ci('power_observed')} for the observed primary effect"
            + (f" ({eff:.3g}{u})" if eff is not None else "") + (f" at α = {a:g}" if a is not None else "")
-           + ", from the fitted model simulated on the study's own design: computed after the data, a function of "
+           + f", {how}: computed after the data, a function of "
              "the observed p-value, not a prospective sample-size justification")
     ps, es = f(n.get("power_sesoi")), f(n.get("power_sesoi_effect"))
     if ps is None:
         return obs, None
     return obs, (f"power {ps:.2f}{ci('power_sesoi')} for the declared smallest effect of interest ({es:.3g}{u}), "
-                 "same simulation")
+                 f"{'same simulation' if ns else 'same method'}")
 
 
 def arrive_items(*, rows, animals, info: dict, flow: dict, findings: list[dict], statistics: list[str],
