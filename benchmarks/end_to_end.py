@@ -31,8 +31,11 @@ RSS of the process tree, workers included):
   of labels 1, 2, 6, 7) -> ``roi_tables`` (tidy summary + per-session tumour table; the maps are
   reduced per scan in the same Dask pass, never materialised) -> ``stats.mixed_model``
   (``r2star ~ group * day``, random intercept and slope per animal).  Time per stage, and inside
-  the fused pass the task time per kind of task (Dask's profiler: read, noise SD, fit, ROI
-  statistics).
+  the pass the task time per kind of task (Dask's profiler: read, noise SD, fit, ROI statistics).
+  ``roi_tables`` runs each scan's read, noise SD, fit and reduction as one Dask task
+  (:func:`studylib.roi._fuse_blocks`), which the profiler sees as one record; so after the timed run the
+  same process repeats the pass with that fusion off, under the profiler (``--no-profile`` skips it): the
+  task seconds per kind, the task counts and the fused vs unfused wall time come from that pass.
 * **cold** and **warm** page cache: cold = every data file evicted from the page cache with
   ``posix_fadvise(POSIX_FADV_DONTNEED)`` right before the process starts (``/proc/sys/vm/drop_caches``
   is not writable in this container; ``fincore`` confirms the eviction where it is installed);
@@ -76,6 +79,7 @@ BACKGROUND = 5
 SHAPE = (20, 128, 128)             # the large preset's matrix (z, y, x)
 
 FULL = dict(n_animals=40, n_days=6, scales=(1, 4), repeats=3, dist_scale=1, dist_repeats=2)
+PROFILE = True                     # --no-profile: no second (unfused, profiled) pass after each timed run
 QUICK = dict(n_animals=8, n_days=3, scales=(1,), repeats=2, dist_scale=1, dist_repeats=1)
 
 
@@ -286,11 +290,6 @@ def run_pipeline(cfg) -> dict:
 
             with Profiler() as prof:
                 summary, sessions = roi_tables(maps, ds, variables=["r2star", "t2star"])
-            tasks: dict[str, float] = {}
-            for tr in prof.results:
-                k = _task_kind(tr.key)
-                tasks[k] = tasks.get(k, 0.0) + (tr.end_time - tr.start_time)
-            out["task_s"] = {k: round(v, 3) for k, v in sorted(tasks.items(), key=lambda kv: -kv[1])}
             out["tasks"] = len(prof.results)
         else:
             summary, sessions = roi_tables(maps, ds, variables=["r2star", "t2star"])
@@ -298,6 +297,27 @@ def run_pipeline(cfg) -> dict:
         res = mixed_model(sessions, "r2star ~ group * day", groups="animal")
         t3 = time.perf_counter()
         cpu = time.process_time() - c0
+    import resource
+
+    out["ru_maxrss_timed_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    if client is None and cfg.get("profile", True):
+        # after the timed run: the same pass with one task per step (fusion off), for the task seconds per kind
+        # (a fused scan task is one profiler record) and the fused vs unfused wall time in the same process
+        import dask
+        from dask.diagnostics import Profiler
+
+        fuse_key = getattr(__import__("studylib.roi", fromlist=["FUSE_CONFIG"]), "FUSE_CONFIG", None)
+        with dask.config.set({fuse_key: False} if fuse_key else {}), Profiler() as prof:
+            t4 = time.perf_counter()
+            summary_u, sessions_u = roi_tables(maps, ds, variables=["r2star", "t2star"])
+            out["fit_table_unfused_s"] = time.perf_counter() - t4
+        out["tasks_unfused"] = len(prof.results)
+        out["unfused_identical"] = bool(summary_u.equals(summary) and sessions_u.equals(sessions))
+        tasks: dict[str, float] = {}
+        for tr in prof.results:
+            k = _task_kind(tr.key)
+            tasks[k] = tasks.get(k, 0.0) + (tr.end_time - tr.start_time)
+        out["task_s"] = {k: round(v, 3) for k, v in sorted(tasks.items(), key=lambda kv: -kv[1])}
     n_scans = int(ds["acquired"].sum())
     nz, ny, nx = (ds.sizes[d] for d in ("z", "y", "x"))
     fx = res.fixed
@@ -322,7 +342,9 @@ def child_main(cfg: dict) -> None:
     import resource
 
     res = run_floor(cfg) if cfg["mode"].startswith("floor") else run_pipeline(cfg)
-    res["ru_maxrss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    # the timed part's peak (a pipeline run's profiling pass after it is not counted)
+    res["ru_maxrss_MB"] = res.pop("ru_maxrss_timed_MB", None) or resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -393,7 +415,7 @@ def measure_scale(root: Path, scale: int, repeats: int, log, baseline: str | Non
                 else:
                     warm(files)
                     resident = None
-                cfg = {"mode": mode, "manifest": str(manifest), "threads": 2}
+                cfg = {"mode": mode, "manifest": str(manifest), "threads": 2, "profile": PROFILE}
                 if mode == "pipeline-baseline":
                     cfg["package_dir"] = baseline
                 res = run_child(cfg)
@@ -456,6 +478,12 @@ def summarise_scale(m: dict) -> dict:
              "peak_rss_MB": max(r["ru_maxrss_MB"] for r in pipe),
              "peak_rss_MB_median": _med([r["ru_maxrss_MB"] for r in pipe])}
         kinds = sorted({k for r in pipe for k in r.get("task_s", {})})
+        c["tasks"] = _med([r.get("tasks") for r in pipe])
+        c["tasks_unfused"] = _med([r.get("tasks_unfused") for r in pipe])
+        c["fit_table_unfused_s"] = _med([r.get("fit_table_unfused_s") for r in pipe])
+        c["fused_speedup"] = _med([r["fit_table_unfused_s"] / r["fit_table_s"] for r in pipe
+                                   if r.get("fit_table_unfused_s")])
+        c["unfused_identical"] = all(r.get("unfused_identical", True) for r in pipe)
         c["task_s"] = {k: _med([r["task_s"].get(k, 0.0) for r in pipe]) for k in kinds}
         for fmode in ("floor-nibabel", "floor-isal"):
             fl = [r for r in sel if r["mode"] == fmode]
@@ -588,15 +616,27 @@ def markdown(doc: dict) -> str:
           "(`/proc/sys/vm/drop_caches` is not writable here); "
           + (f"`fincore` found {100 * min(r[0] for r in cold):.1f}-{100 * max(r[1] for r in cold):.1f} % of the bytes "
              "still cached." if cold else "not verified (no `fincore`)."), "",
-          "## Where the fused pass spends its time (task seconds, both threads summed; Dask profiler, medians)", "",
-          "| scale | cache | " + " | ".join(doc["task_kinds"]) + " | fit+table wall s |",
+          "## One task per scan: fused vs unfused fit+table pass (same process, right after the timed run)", "",
+          "| scale | cache | tasks fused | tasks unfused | fit+table fused s | unfused s | unfused / fused | "
+          "tables identical |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for s in doc["summary"]:
+        for cache in ("cold", "warm"):
+            c = s.get(cache)
+            if c and c.get("fit_table_unfused_s"):
+                L.append(f"| {s['scale']}x | {cache} | {_f(c.get('tasks'), '{:.0f}')} | "
+                         f"{_f(c.get('tasks_unfused'), '{:.0f}')} | {_f(c['fit_table_s'])} | "
+                         f"{_f(c['fit_table_unfused_s'])} | {_f(c.get('fused_speedup'))} | {c.get('unfused_identical')} |")
+    L += ["", "The unfused pass runs second (page cache warm), so its ratio favours it slightly.", "",
+          "## Where the pass spends its time (task seconds of the unfused pass, both threads summed; Dask "
+          "profiler, medians)", "",
+          "| scale | cache | " + " | ".join(doc["task_kinds"]) + " | unfused fit+table wall s |",
           "|---|---|" + "---:|" * (len(doc["task_kinds"]) + 1)]
     for s in doc["summary"]:
         for cache in ("cold", "warm"):
             c = s.get(cache)
             if c:
                 L.append(f"| {s['scale']}x | {cache} | " + " | ".join(_f(c["task_s"].get(k)) for k in doc["task_kinds"])
-                         + f" | {_f(c['fit_table_s'])} |")
+                         + f" | {_f(c.get('fit_table_unfused_s') or c['fit_table_s'])} |")
     if doc.get("distributed"):
         d = doc["distributed"]
         L += ["", f"## Distributed: local cluster of worker processes (1 thread each), {d['scale']}x study, warm cache",
@@ -621,6 +661,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--scales", default=None, help="comma-separated, e.g. 1,4")
     ap.add_argument("--no-distributed", action="store_true")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the unfused, profiled pass after each timed pipeline run (task seconds per kind)")
     ap.add_argument("--baseline", default=None,
                     help="a folder holding an older 'studylib' package: its pipeline is timed beside this one "
                          "(first scale only)")
@@ -635,6 +677,8 @@ def main(argv=None):
     import nibabel
     import psutil
 
+    global PROFILE
+    PROFILE = not a.no_profile
     cfg = dict(QUICK if a.quick else FULL)
     if a.scales:
         cfg["scales"] = tuple(int(s) for s in a.scales.split(","))
@@ -687,6 +731,8 @@ def main(argv=None):
         cmd += f" --repeats {a.repeats}"
     if a.no_distributed:
         cmd += " --no-distributed"
+    if a.no_profile:
+        cmd += " --no-profile"
     if a.baseline_ref:
         cmd += f" --baseline-ref {a.baseline_ref}"
     elif a.baseline:

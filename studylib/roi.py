@@ -4,7 +4,8 @@ Pure numpy kernels at the bottom (:func:`roi_stats_kernel`, :func:`roi_hist_kern
 the last axis, any leading axes, no xarray) and thin xarray/dask adapters above
 (:func:`summarize`, :func:`histograms`, :func:`volumes`).  Dask-backed maps stay lazy until
 one ``compute`` of the whole (small) result: every scan is reduced in its own task, never
-one task per animal or per label.
+one task per animal or per label; and when the maps are lazy, each scan's whole chain (read, noise
+estimate, fit, reduction) runs as that one task (:func:`_fuse_blocks`), the maps never held in full.
 
 Voxel-count columns: ``n_voxels`` (voxels carrying the label, what the volume counts),
 ``n_used`` (voxels entering the statistics: ``fit_ok`` and finite), ``n_excluded``
@@ -255,11 +256,76 @@ def _meta(ds, roi, id_dims):
     return group, acq
 
 
+#: ``dask.config`` key: False turns off :func:`_fuse_blocks` (one task per scan) -- for profiling by task kind
+FUSE_CONFIG = "studylib.fuse_blocks"
+
+
+def _fuse_blocks(arr, *, max_roots: int = 2):
+    """``arr`` with each output block's own ancestry fused into one Dask task (non-Dask input returned as is).
+
+    A block of the ROI statistics of a study loaded one chunk per scan depends on one scan: its read, the
+    background noise SD, the masked fit, the map selections and the reduction form a chain of about 25 small
+    tasks that no other block needs.  Run as 25 tasks they cost the scheduler more than the work of the
+    smaller ones (about 2.5 ms per task on a distributed cluster), and the scan's data may move between
+    workers; fused, each scan is one task, read, fitted and reduced where it runs.  The tasks are those only
+    this block depends on (found by walking the optimised graph up from every output key); tasks that several
+    blocks share (the NaN fill of the missing scans, constants) stay separate and become inputs of the fused
+    ones.  The same functions run in the same dependency order on the same inputs
+    (:meth:`dask._task_spec.Task.fuse`, intermediates freed as soon as used), so the numbers are the same bits.
+
+    A block whose own tasks start from more than ``max_roots`` independent inputs (several scans in one
+    chunk; a scan and its ROI file are two) is left unfused, so its inputs can still be read in parallel.
+    ``dask.config.set({FUSE_CONFIG: False})`` turns the fusion off.
+    """
+    import dask
+
+    if not hasattr(arr, "__dask_graph__") or not dask.config.get(FUSE_CONFIG, True):
+        return arr
+    import dask.array as da
+    from dask._task_spec import Task, convert_legacy_graph
+    from dask.core import flatten
+    from dask.highlevelgraph import HighLevelGraph
+
+    keys = list(flatten(arr.__dask_keys__()))
+    if len(keys) < 2:
+        return arr
+    dsk = convert_legacy_graph(dict(arr.__dask_optimize__(arr.__dask_graph__(), keys)))
+    shared = object()
+    owner: dict = {}
+    for out in keys:  # owner[k]: the one output whose ancestry holds k, or `shared`
+        todo = [out]
+        while todo:
+            k = todo.pop()
+            prev = owner.get(k)
+            if prev is shared or (prev is not None and prev == out):
+                continue
+            owner[k] = out if prev is None else shared
+            todo.extend(dsk[k].dependencies)
+    groups: dict = {out: [] for out in keys}
+    new = {}
+    for k, o in owner.items():
+        if o is shared:
+            new[k] = dsk[k]
+        else:
+            groups[o].append(k)
+    for out, members in groups.items():
+        inside = set(members)
+        roots = sum(1 for k in members if not (dsk[k].dependencies & inside))
+        if len(members) > 1 and roots <= max_roots:
+            new[out] = Task.fuse(*(dsk[k] for k in members), key=out)
+        else:
+            new.update({k: dsk[k] for k in members})
+    graph = HighLevelGraph.from_collections(arr.name, new, dependencies=())
+    return da.Array(graph, arr.name, arr.chunks, meta=arr._meta)
+
+
 def _compute_all(res, ds, roi, id_dims):
-    """One dask pass for the statistics and the coordinates they are labelled with."""
+    """One dask pass for the statistics and the coordinates they are labelled with (one task per scan)."""
     import dask
 
     group, acq = _meta(ds, roi, id_dims)
+    if res.chunks is not None:
+        res = res.copy(data=_fuse_blocks(res.data))
     res, group, acq = dask.compute(res, group, acq)
     return res, group, acq
 

@@ -305,8 +305,9 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     kernel_name : Jupyter kernel (the Makefile installs ``python3`` into the venv).
     force : execute even notebooks whose previous successful report is still current.
     jobs : notebooks executed at the same time, each in its own kernel (default: the number of CPU cores
-        available to this process, at most the number of notebooks).  The reports, records and exit code
-        are those of a serial run; only the order of the progress lines differs.
+        available to this process, at most the number of notebooks), started longest expected first
+        (:func:`longest_first`, from the durations the previous run recorded).  The reports, records and exit
+        code are those of a serial run; only the order of the progress lines differs.
     pdf : print ``reports/<exp>.pdf`` with headless Chromium (None: when one is installed; its absence is
         noted in the record, not an error; False: never).  See :mod:`.downloads`.
 
@@ -371,8 +372,11 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
         else:
             from concurrent.futures import ThreadPoolExecutor
 
+            # longest expected first (LPT), so the workers finish together; results come back in `names` order
+            order = longest_first(names, reports)
             with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="studylib-run") as pool:
-                results = list(pool.map(one, names))
+                done = dict(zip(order, pool.map(one, order)))
+            results = [done[name] for name in names]
         bar.close()
     failed = sum(not ok for ok in results)
     try:
@@ -382,6 +386,27 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
                             f"({err.strerror or err})") from None
     print(f"{len(names) - failed}/{len(names)} notebook(s) completed; index: {index}", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def longest_first(names: list[str], reports: Path) -> list[str]:
+    """``names`` ordered by expected run time, longest first: the order ``run(jobs=N)`` starts them in.
+
+    Longest-processing-time-first list scheduling (Graham, SIAM J Appl Math 1969;17:416,
+    doi:10.1137/0117039: within 4/3 of the shortest possible finish on N workers) with the durations the
+    previous run recorded (``run_s`` in ``reports/<name>.json``).  A notebook without a readable record is
+    expected to take the median of the recorded ones; ties (and no records at all) keep the given order.
+    """
+    def recorded(name: str) -> float | None:
+        try:
+            v = float(json.loads((Path(reports) / f"{name}.json").read_text(encoding="utf-8")).get("run_s"))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+        return v if v >= 0 and v != float("inf") else None  # NaN fails v >= 0
+
+    known = {n: recorded(n) for n in names}
+    seen = sorted(v for v in known.values() if v is not None)
+    typical = seen[len(seen) // 2] if seen else 0.0
+    return sorted(names, key=lambda n: -(known[n] if known[n] is not None else typical))
 
 
 #: prefix of a notebook run's temporary work folder (followed by its owner tag)
@@ -554,6 +579,14 @@ def clean_leftovers(reports: Path | None = None, cache_dirs=()) -> int:
     return n
 
 
+def _is_default_manifest(manifest, preset: str) -> bool:
+    """Whether ``manifest`` is the preset's own (``studylib.layout.default_manifest``)."""
+    try:
+        return Path(manifest).resolve() == Path(default_manifest(preset)).resolve()
+    except Exception:  # noqa: BLE001 -- an unknown preset names no data
+        return False
+
+
 def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
              parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None) -> bool:
     import nbformat
@@ -604,7 +637,8 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             "started": started.isoformat(timespec="seconds"),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "run_s": round(run_s, 3),
-            "preset": preset,
+            # the preset names the data only when its own manifest was used (`--manifest` of a lab's study: None)
+            "preset": preset if _is_default_manifest(manifest, preset) else None,
             "parameters": _jsonable(records.get("parameters", {})),
             "parameters_given": _jsonable(dict(parameters or {})),
             "manifest": {"path": str(manifest), "sha256": manifest_sha},
