@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 
 from studylib import compute
-from studylib.fit.dce import dce, population_aif, signal_to_concentration
+from studylib.fit.dce import aif_from_roi, dce, signal_to_concentration
 from studylib.fit.relaxometry import t2star
 from studylib.synth.large import DCE, animal_table, lazy_study, t10_map  # DCE: the simulator's truth
 
@@ -31,13 +31,22 @@ def _megre_work():
 
 
 def _dce_work():
+    # each animal has its own AIF (studylib.synth.large.animal_aif): measured in its vessel (label 3), per session;
+    # the baseline ends at 28 s, before the earliest plausible arrival (40 s +- 3 s)
     ds = lazy_study(n_animals=2, n_days=2, shape=(1, 20, 20), kind="DCE", seed=5)
-    ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), fa_deg=ds.attrs["FlipAngle"],
-                                 tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=DCE["r1_per_s_per_mM"],
-                                 baseline=(1, 10))
-    aif = population_aif(ct["t"], "mcgrath_rat", delay_s=DCE["bolus_arrival_s"],
-                         hematocrit=DCE["hematocrit"])
-    maps = dce(ct, aif, model="extended_tofts", mask=ds.roi == 1)
+    kw = dict(fa_deg=ds.attrs["FlipAngle"], tr_ms=ds.attrs["tr_ms"], r1_per_mM_s=DCE["r1_per_s_per_mM"],
+              baseline=(1, 8))
+    ct = signal_to_concentration(ds.signal, t10_ms=t10_map(ds), **kw)
+    rows = []
+    for i in range(ds.sizes["animal"]):
+        row = []
+        for j in range(ds.sizes["day"]):
+            one = dict(animal=i, day=j)
+            aif = aif_from_roi(ds.signal.isel(one), ds.roi.isel(one), label=3, t10_blood_ms=DCE["t10_ms"][3],
+                               hematocrit=DCE["hematocrit"], **kw)
+            row.append(dce(ct.isel(one), aif, model="extended_tofts", mask=ds.roi.isel(one) == 1))
+        rows.append(xr.concat(row, "day", coords="minimal", compat="override"))
+    maps = xr.concat(rows, "animal", coords="minimal", compat="override")
     return maps, maps.ktrans.where(ds.roi == 1).mean(["z", "y", "x"])
 
 

@@ -163,8 +163,14 @@ def test_written_roi_is_the_raters_and_the_truth_keeps_the_true_labels(ci):
                 true = z["roi"]
             drawn = _zyx(root / "raw" / study / r.animal / f"day{int(r.day):02d}" / "roi.nii.gz").astype(int)
             differs += int((drawn != true).any())
-            for v in (3, 4, 5):  # vessel, reference tube and background (air: no outline crosses the skin)
+            for v in (3, 4):  # vessel and reference tube kept exactly
                 np.testing.assert_array_equal(drawn == v, true == v)
+            # background (air: no outline crosses the skin), drawn clear of the partial-volume edge: the true
+            # background voxels without any body or tube sub-voxel
+            with np.load(root / "truth" / study / "maps" / f"{r.animal}_day{int(r.day):02d}.npz") as z:
+                air = z["pv_fraction_background"]
+            np.testing.assert_array_equal(drawn == 5, (true == 5) & (air == 1.0))
+            assert ((true == 5) & (air < 1.0)).any()  # the body's edge is partial volume
             key = "left_tumour_volume_roi_mm3" if study == "ferumoxytol_therapy" else "tumour_volume_roi_mm3"
             if key in sessions.columns:  # the truth's volume is the true mask's, not the drawn one's
                 np.testing.assert_allclose(getattr(r, key), (true == 1).sum() * grid_vv, rtol=1e-6)

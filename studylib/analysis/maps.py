@@ -286,10 +286,23 @@ def _motion_corrected(dce: xr.Dataset) -> tuple[xr.Dataset, xr.DataArray]:
     return out, count
 
 
+def _vessel_lumen(vessel: xr.DataArray) -> tuple[xr.DataArray, bool]:
+    """(lumen, eroded): the vessel mask eroded in-plane by one voxel (4-neighbour cross, each slice), or the
+    mask itself (``eroded`` False) when erosion leaves nothing.  ``vessel``: bool over ``z, y, x``."""
+    from scipy import ndimage as ndi
+
+    v = vessel.transpose("z", "y", "x")
+    cross = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)  # (1, 3, 3): no erosion along z
+    core = ndi.binary_erosion(np.asarray(v.values, dtype=bool), structure=cross, border_value=0)
+    if not core.any():
+        return vessel, False
+    return v.copy(data=core).transpose(*vessel.dims), True
+
+
 def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tofts", aif_source: str = "cohort",
                  n_baseline: int | None = None, t1_method: str = "nonlinear", labels: Sequence[int] = (1, 2),
                  vessel_label: int = 3, r1_per_mM_s: float | None = None, hematocrit: float | None = None,
-                 b1: xr.Dataset | None = None, motion: str = "correct", cache_dir=None,
+                 b1: xr.Dataset | None = None, motion: str = "correct", aif_voxels: str = "lumen", cache_dir=None,
                  study: str | None = None) -> tuple[xr.Dataset, xr.DataArray]:
     """Pre-contrast T1, concentration, measured AIF and tracer-kinetic maps, with Dask and cached.
 
@@ -313,6 +326,12 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
     ``b1=``) and each vessel AIF (flip angle x the median B1 in its vessel ROI) use the actual angles: at 7 T
     a flip angle off by a factor b scales the VFA T1 by ~b^2 and Ktrans by ~1/b^2 when left uncorrected.
 
+    ``aif_voxels="lumen"`` (default) measures each AIF (and the blood T10 and B1 it uses) in the voxels fully
+    inside the vessel lumen: the vessel ROI eroded in-plane by one voxel (4-neighbour cross, slice by slice)
+    where that leaves voxels, else the whole ROI (printed).  A vessel a few voxels across has edge voxels that
+    mix blood with tissue (partial volume), which dilutes the AIF peak and inflates Ktrans and vp by about
+    1 / (blood fraction); the lumen voxels carry blood only.  ``"all"``: every vessel ROI voxel.
+
     ``motion="correct"`` (default) first moves back the DCE frames a bulk motion displaced
     (:func:`studylib.fit.dce.correct_motion`: a frame that differs from its neighbours in time and that an
     integer in-plane shift explains; the bolus is not mistaken for it), judged over the body (ROI label not
@@ -333,6 +352,8 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
         raise ExperimentError(f"aif_source must be 'cohort' or 'animal', got {aif_source!r}")
     if motion not in ("correct", "none"):
         raise ExperimentError(f"motion must be 'correct' or 'none', got {motion!r}")
+    if aif_voxels not in ("lumen", "all"):
+        raise ExperimentError(f"aif_voxels must be 'lumen' or 'all', got {aif_voxels!r}")
     study = study or dce.attrs.get("study")
     manifest = _manifest_of(dce)
     for c in ("animal", "day"):
@@ -359,7 +380,7 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                 raise ExperimentError(f"B1map and DCE scans differ in '{c}': {b1[c].values.tolist()} vs "
                                       f"{dce[c].values.tolist()}")
     params = dict(model=model, aif_source=aif_source, n_baseline=nb, t1_method=t1_method, labels=list(labels),
-                  vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr, motion=motion)
+                  vessel_label=vessel_label, r1=r1, hematocrit=hct, fa=fa, tr=tr, motion=motion, aif_voxels=aif_voxels)
     if b1 is not None:
         params["b1_map"] = True
 
@@ -376,7 +397,7 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                     mask=v["roi"].isin([*labels, vessel_label]), b1=b1m)
         t1 = compute_with_progress(t1, label=f"T1 (VFA, {t1_method}) on {int(vfa['acquired'].sum())} scans")
         vessel = d["roi"] == vessel_label
-        aifs, names = [], []
+        aifs, names, whole = [], [], []
         for a in d["animal"].values:
             for day in d["day"].values:
                 if not bool(dce["acquired"].sel(animal=a, day=day)):
@@ -384,6 +405,10 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                 ves = vessel.sel(animal=a, day=day).compute()
                 if int(ves.sum()) == 0:
                     continue
+                if aif_voxels == "lumen":
+                    ves, eroded = _vessel_lumen(ves)
+                    if not eroded:
+                        whole.append(f"{a} day {day}")
                 t1b = float(t1["t1"].sel(animal=a, day=day).where(ves & t1["fit_ok"].sel(animal=a, day=day))
                             .median(skipna=True))
                 if not np.isfinite(t1b):
@@ -397,6 +422,10 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
                 names.append(str(a))
         if not aifs:
             raise ExperimentError(f"no animal has a usable vessel ROI (label {vessel_label}): cannot measure the AIF")
+        if aif_voxels == "lumen":
+            print(f"AIF from the vessel lumen (ROI eroded by one voxel in-plane) in {len(aifs) - len(whole)} of "
+                  f"{len(aifs)} scans" + (f"; too thin to erode, whole vessel ROI (edge voxels may be partial volume) "
+                                          f"in {len(whole)}: {', '.join(whole)}" if whole else ""))
         aif = compute_with_progress(xr.concat(aifs, dim=xr.DataArray(names, dims="animal", name="animal")),
                                     label=f"AIFs from {len(names)} vessel ROIs")
         aif = aif.transpose("animal", "t")

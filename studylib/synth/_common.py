@@ -10,7 +10,7 @@ import numpy as np
 from ._phantom import Grid, rng_for
 
 __all__ = ["Preset", "PRESETS", "Context", "Animal", "Scan", "Session", "StudyPlan", "DEFAULT_SEED",
-           "DEFAULT_RECEIVE_CHANNELS", "RECEIVE_CHANNELS", "RATER", "receive_channels"]
+           "DEFAULT_RECEIVE_CHANNELS", "RECEIVE_CHANNELS", "RATER", "PARTIAL_VOLUME_FACTOR", "receive_channels"]
 
 #: seed used when none is given (the committed demo manifest is generated with it)
 DEFAULT_SEED = 20240611
@@ -97,6 +97,12 @@ RECEIVE_CHANNELS: dict[str, int] = {"fluorine19_pfc": 1}
 RATER = {"rms_vox": 1.0, "length_vox": 2.0}
 
 
+#: in-plane super-sampling of the anatomy for partial volume (writer, with noise): each voxel's class fractions
+#: are the area fractions of ``factor x factor`` sub-voxels
+#: (:func:`studylib.synth.physics.acquisition.mix_partial_volume`)
+PARTIAL_VOLUME_FACTOR = 4
+
+
 def receive_channels(study: str, scan: "Scan") -> int:
     """The scan's receive channels: its own ``receive_channels``, else the study's default."""
     if scan.receive_channels is not None:
@@ -110,7 +116,9 @@ class Scan:
 
     ``sigma`` is the noise SD per receive channel (per real and imaginary part); ``receive_channels``
     the number L of channels combined by root-sum-of-squares (``None``: the study's default,
-    :data:`RECEIVE_CHANNELS`), written to the sidecar as ``ReceiveCoilChannels``.
+    :data:`RECEIVE_CHANNELS`), written to the sidecar as ``ReceiveCoilChannels``.  ``partial_volume``:
+    whether the writer mixes the voxel's class signals by area fraction (an image; ``False`` for a derived
+    map such as a B1 ratio map, in which a tissue/air edge cancels).
     """
 
     kind: str
@@ -118,11 +126,17 @@ class Scan:
     sigma: float
     sidecar: dict
     receive_channels: int | None = None
+    partial_volume: bool = True
 
 
 @dataclass
 class Session:
-    """One (animal, day): scans, label map, ROI-mean truths and true parameter maps."""
+    """One (animal, day): scans, label map, ROI-mean truths and true parameter maps.
+
+    ``labels_on`` (optional): the session's anatomy on any grid, ``labels_on(grid) -> int16 (z, y, x)``
+    (e.g. a :class:`~studylib.synth._phantom.Geometry`); on the study grid it must give ``roi`` exactly.
+    With it the writer renders partial volume (:data:`PARTIAL_VOLUME_FACTOR`); without it voxels stay pure.
+    """
 
     animal: Animal
     day: int
@@ -131,6 +145,7 @@ class Session:
     roi_labels: dict[int, str]
     truth: dict
     maps: dict[str, np.ndarray]
+    labels_on: Callable[[Grid], np.ndarray] | None = None
 
 
 @dataclass

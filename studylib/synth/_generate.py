@@ -11,12 +11,13 @@ from .. import layout
 from ..catalog import EXPERIMENTS
 from ..errors import SynthError
 from ..manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
-from ._common import DEFAULT_SEED, PRESETS, RATER, Context, StudyPlan, receive_channels
+from ._common import DEFAULT_SEED, PARTIAL_VOLUME_FACTOR, PRESETS, RATER, Context, Session, StudyPlan, receive_channels
 from ._iron import plan_ampb, plan_blz945, plan_ferumoxytol_therapy
 from ._molecular import plan_cest, plan_fluorine
 from ._perfusion import plan_collagen, plan_ktrans
 from ._write import _jsonable, atomic_write_bytes, csv_bytes, json_bytes, write_npz
-from .physics.acquisition import add_coil_noise_rss_zyx, coil_sensitivities, dice, rater_labels
+from .physics.acquisition import (add_coil_noise_rss_zyx, coil_sensitivities, dice, mix_partial_volume,
+                                  partial_volume_fractions, rater_labels)
 
 __all__ = ["SynthError", "STUDIES", "STUDY_KINDS", "MANIFEST_COLUMNS", "generate", "plan"]
 
@@ -101,6 +102,46 @@ def _rater_summary(rows: list[dict]) -> dict:
     return out
 
 
+def _session_anatomy(s: Session, grid, study: str):
+    """The session's anatomy at :data:`PARTIAL_VOLUME_FACTOR` x in-plane (None without ``labels_on``).
+
+    ``labels_on`` must reproduce the session's label map on the study grid (one geometry for both).
+    """
+    if s.labels_on is None:
+        return None
+    base = np.asarray(s.labels_on(grid))
+    if base.shape != s.roi.shape or not np.array_equal(base, s.roi):
+        raise SynthError(f"{study} {s.animal.id} day {s.day}: the session's labels_on(grid) differs from its label "
+                         f"map in {int(np.sum(base != s.roi)) if base.shape == s.roi.shape else 'shape'} voxels")
+    return np.asarray(s.labels_on(grid.refined(PARTIAL_VOLUME_FACTOR)))
+
+
+def _pv_maps(s: Session, classes, frac) -> dict[str, np.ndarray]:
+    """True area fraction (0-1) of each named structure per voxel: ``pv_fraction_<roi name>``."""
+    return {f"pv_fraction_{s.roi_labels[int(c)]}": fc for c, fc in zip(classes, frac) if int(c) in s.roi_labels}
+
+
+def _clear_background(roi: np.ndarray, s: Session, classes, frac) -> np.ndarray:
+    """The drawn noise ROI kept clear of the partial-volume edge: background voxels with any signal-bearing
+    sub-voxel (body or tube) become 0 (unlabelled), as a lab draws its noise ROI in air, off the object."""
+    bg = [v for v, n in s.roi_labels.items() if n == "background"]
+    if not bg:
+        return roi
+    pure_air = np.zeros(roi.shape, bool)
+    for c, fc in zip(classes, frac):
+        pure_air |= (int(c) == bg[0]) & (fc == 1.0)
+    return np.where((roi == bg[0]) & ~pure_air, 0, roi).astype(roi.dtype)
+
+
+_PV_DOC = {"method": "each scan rendered from the anatomy drawn at factor x the in-plane resolution (z not refined: "
+                     "2-D slices): a voxel's signal is sum_c f_c S_c, f_c the area fraction of tissue class c, S_c "
+                     "the noise-free signal of the nearest voxel whose centre is class c (the voxel's own for its "
+                     "centre class), mixed before the receive noise; pure voxels unchanged "
+                     "(physics.acquisition.mix_partial_volume)",
+           "truth": "ROI truths stay the tissue truths over the voxel-centre label map (sessions.csv, maps roi)",
+           "noise_roi": "the drawn background ROI keeps only pure-air voxels (no body or tube sub-voxel)"}
+
+
 def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, noise: bool) -> list[dict]:
     from ..io.nifti import write_nifti
     from ..io.sidecar import sidecar_path
@@ -125,11 +166,15 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
     channels: dict[str, int] = {}
     rater_rows: list[dict] = []
     kept: set[str] = set()
+    pv_on, pv_kinds = False, set()
     for s in pl.sessions():
         a, d = s.animal, s.day
         folder = raw / a.id / f"day{d:02d}"
         note = a.notes.get(d, "")
         rng = ctx.rng(2, a.index, d)
+        anatomy = _session_anatomy(s, grid, study) if noise else None  # partial volume with the realistic acquisition
+        pv_on |= anatomy is not None
+        fractions = partial_volume_fractions(anatomy, PARTIAL_VOLUME_FACTOR) if anatomy is not None else None
         for scan in s.scans:
             n_ch = receive_channels(study, scan)
             side = dict(scan.sidecar)
@@ -137,12 +182,20 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
                 raise SynthError(f"{study} {scan.kind}: sidecar ReceiveCoilChannels {side['ReceiveCoilChannels']!r} "
                                  f"differs from the scan's receive_channels {n_ch}")
             channels[scan.kind] = n_ch
+            signal = scan.data
+            if anatomy is not None and scan.partial_volume:  # tissue signals add in the voxel, before the noise
+                if np.shape(signal)[:3] != grid.shape:
+                    raise SynthError(f"{study} {scan.kind}: data of shape {np.shape(signal)} is not on the study grid "
+                                     f"{grid.shape} (z, y, x[, n])")
+                signal = mix_partial_volume(signal, s.roi, anatomy, PARTIAL_VOLUME_FACTOR, grid.voxel_mm[::-1],
+                                            fractions=fractions)[0]
+                pv_kinds.add(scan.kind)
             if noise:  # sigma per channel; sensitivities with sum_l |c_l|^2 = 1 keep the planner's signal level
                 if n_ch not in coils:
                     coils[n_ch] = coil_sensitivities(grid.shape[1:], n_ch)
-                data = add_coil_noise_rss_zyx(scan.data, scan.sigma, rng, coils[n_ch])
+                data = add_coil_noise_rss_zyx(signal, scan.sigma, rng, coils[n_ch])
             else:
-                data = np.asarray(scan.data, float)
+                data = np.asarray(signal, float)
             img = write_nifti(folder / f"{scan.kind}.nii.gz", _to_nifti_order(data), affine, dtype=np.int16,
                               sidecar=_jsonable(side, 10))
             add(Path(img), a, d, scan.kind, note)
@@ -151,6 +204,8 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
         kept |= {s.roi_labels[v] for v in protected if (s.roi == v).any()}
         roi = (rater_labels(s.roi, ctx.rng(20, a.index, d), drawn=drawn_labels, protect=protected, **RATER)
                if noise else s.roi)
+        if fractions is not None:
+            roi = _clear_background(roi, s, *fractions)
         for v in drawn_labels:
             true, dr = s.roi == v, roi == v
             if true.any():
@@ -162,6 +217,8 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
         add(Path(img), a, d, "roi", note)
         add(sidecar_path(img), a, d, "roi", note)
         maps = {k: np.asarray(v, dtype=np.float32) for k, v in s.maps.items()}
+        if fractions is not None:
+            maps.update({k: v.astype(np.float32) for k, v in _pv_maps(s, *fractions).items()})
         maps["roi"] = s.roi  # the true label map; raw/.../roi.nii.gz is the rater's
         write_npz(tdir / "maps" / f"{a.id}_day{d:02d}.npz", maps)
         session_truth.append(dict(animal=a.id, group=a.group, model=a.model or "", sex=a.sex, day=d, **s.truth))
@@ -182,7 +239,9 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
              "acquisition": {"receive_coil_channels": channels,
                              "noise": ("complex Gaussian noise, SD sigma per channel and per real/imaginary part, "
                                        "on L receive channels with smooth normalised sensitivities "
-                                       "(sum_l |c_l|^2 = 1), root-sum-of-squares combined" if noise else "none")},
+                                       "(sum_l |c_l|^2 = 1), root-sum-of-squares combined" if noise else "none"),
+                             "partial_volume": _PV_DOC | {"factor": PARTIAL_VOLUME_FACTOR, "scans": sorted(pv_kinds)}
+                             if pv_on else "none: every voxel holds the signal of its centre's tissue only"},
              "rater": {"method": ("boundary of each outlined ROI moved by a smooth random signed distance, "
                                   "independent per ROI, slice and session (physics.acquisition.rater_labels)"
                                   if noise else "none: raw roi.nii.gz is the true label map"),
@@ -192,7 +251,9 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
                        "sessions": rater_rows if noise else []},
              "files": {"sessions.csv": "one row per (animal, day): true ROI means (over the true label map)",
                        "maps/<animal>_dayNN.npz": "true parameter maps (z, y, x) float32 + the true roi labels "
-                                                  "(raw roi.nii.gz is the simulated rater's)"}}
+                                                  "(raw roi.nii.gz is the simulated rater's)"
+                                                  + (" + pv_fraction_<roi>: the true area fraction (0-1) of each "
+                                                     "named structure per voxel (partial volume)" if pv_on else "")}}
     atomic_write_bytes(tdir / "truth.json", json_bytes(truth))
     return rows
 
@@ -228,7 +289,11 @@ def generate(preset: str, out=None, seed: int | None = None, manifest=None, *,
         (:func:`studylib.synth.physics.acquisition.rater_labels`: tumours and muscle outlined with a smooth
         boundary error of 1 voxel RMS, never into the air; vessel, reference tube and background kept) --
         the true label map stays in ``truth/<study>/maps/*.npz`` (key ``roi``), the rater's Dice and
-        volume error in ``truth.json`` (``rater``).
+        volume error in ``truth.json`` (``rater``).  With noise, voxels also carry partial volume: each scan
+        is rendered from the session's anatomy at :data:`~studylib.synth._common.PARTIAL_VOLUME_FACTOR` x the
+        in-plane resolution, a voxel's noise-free signal being ``sum_c f_c S_c`` over the tissue classes in it
+        (:func:`studylib.synth.physics.acquisition.mix_partial_volume`; the true fractions in the maps as
+        ``pv_fraction_<roi>``), and the drawn background ROI keeps only pure-air voxels.
     force : bool
         Write into a non-empty ``out`` that is not an earlier synthetic study (no ``.studylib-synth``
         marker), or over a manifest that is not one.  Without it such a target is refused: a lab's own

@@ -42,7 +42,7 @@ import numpy as np
 from ..models.fluorine import AVOGADRO
 from ..models.relaxometry import monoexp_signal
 from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
-from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
+from ._phantom import Body, Geometry, Tumour, label_map, lognormal_mean1, spatial_pattern
 from .physics import cest as bm
 from .physics import ssfp
 
@@ -183,7 +183,9 @@ def plan_fluorine(ctx: Context) -> StudyPlan:
                                  Scan("T2w", t2w, p["t2w_sigma"], sc1)], lab,
                           {1: "tumour", 2: "muscle", 4: "reference_tube", 5: "background"}, truth,
                           {"f19_mM": f19, "pfc_mM": pfc, "b0_ppm": b0, "bssfp_weight": weight,
-                           "rim": rim.astype(np.float32)})
+                           "rim": rim.astype(np.float32)},
+                          labels_on=Geometry(body, ((1, Tumour(2.2, 0.5, a.params["volume"],
+                                                               rim_start=p["rim_start"])),)))
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=1,
                  lung_metastases_count=a.params["mets"],
@@ -369,7 +371,8 @@ def plan_cest(ctx: Context) -> StudyPlan:
                 yield Session(a, d, [Scan("CEST", cest, p["sigma"], csc), Scan("WASSR", wassr, p["sigma"], wsc)], lab,
                               {1: "tumour", 2: "muscle", 5: "background"}, truth,
                               {"b0_shift_ppm": b0, "lactate_mM": lac, "m0": m0, "mtrasym_0p4_pct": mtr,
-                               "mtrasym_band_pct": mtr_band, "lactate_effect_0p4_pct": effect})
+                               "mtrasym_band_pct": mtr_band, "lactate_effect_0p4_pct": effect},
+                              labels_on=Geometry(body, ((1, Tumour(2.2, 0.5, a.params["volume"])),)))
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=1,
                  mrs_lactate_ratio_post_over_pre=a.params["mrs_ratio"]) for a in animals]

@@ -55,7 +55,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from ._common import Context, Scan, Session, StudyPlan, group_means, make_animals, pearson, roi_mean
-from ._phantom import Body, Tumour, label_map, lognormal_mean1, spatial_pattern
+from ._phantom import Body, Geometry, Tumour, label_map, lognormal_mean1, spatial_pattern
 from .physics import acquisition as perf_acq
 from .physics import diffusion as dwi
 from .physics import perfusion as perf
@@ -151,7 +151,8 @@ def plan_collagen(ctx: Context) -> StudyPlan:
                          tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
             yield Session(a, d, [Scan("DWI", sig, p["sigma"], sc)], lab, {1: "tumour", 2: "muscle", 5: "background"},
                           truth, {"d_um2_per_ms": dmap, "kurtosis": kmap, "f": fmap, "s0": s0,
-                                  "adc_b200_1000_um2_per_ms": adc_map})
+                                  "adc_b200_1000_um2_per_ms": adc_map},
+                          labels_on=Geometry(body, ((1, Tumour(2.2, 0.5, a.params["volume"])),)))
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=0,
                  collagen_i_area_pct=a.params["collagen_pct"]) for a in animals]
@@ -298,9 +299,11 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                          hypoxic_pct=a.params["hypoxic_pct"], tumour_volume_mm3=a.params["volume"],
                          tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
             yield Session(a, d, [Scan("VFA", vfa, p["sigma"], vfa_sc), Scan("DCE", dce, p["sigma"], dce_sc),
-                                 Scan("B1map", b1_img, p["b1_map_sigma"], b1_sc, receive_channels=1)], lab,  # a derived map
+                                 Scan("B1map", b1_img, p["b1_map_sigma"], b1_sc, receive_channels=1,
+                                      partial_volume=False)], lab,  # a derived map
                           {1: "tumour", 2: "muscle", 3: "vessel", 5: "background"}, truth,
-                          {"ktrans_per_min": ktrans, "ve": ve, "vp": vp, "t1_ms": t1, "m0": m0, "b1": b1})
+                          {"ktrans_per_min": ktrans, "ve": ve, "vp": vp, "t1_ms": t1, "m0": m0, "b1": b1},
+                          labels_on=Geometry(body, ((1, Tumour(2.2, 0.5, a.params["volume"])),)))
 
     rows = [dict(animal=a.id, group=a.group, model=a.model, sex=a.sex, endpoint_day=0,
                  hypoxic_fraction_pct=a.params["hypoxic_pct"], mvd_cd31_per_mm2=a.params["mvd"],

@@ -2,7 +2,9 @@
 
 Geometry is defined in millimetres, independent of the matrix, so the same animal looks
 the same in the ``ci`` (coarse) and ``demo`` (fine) presets.  Voxel membership is decided
-at the voxel centre (no partial volume), which makes the truth per voxel exact.
+at the voxel centre, which makes the truth per voxel exact; a :class:`Geometry` evaluates the
+same label map on any grid (e.g. :meth:`Grid.refined`, 4x in-plane), from which the writer mixes
+the class signals of each voxel by their area fractions (partial volume).
 
 Arrays here are numpy arrays in ``(z, y, x)`` order (``(z, y, x, n)`` with a fitted axis);
 the writer transposes to NIfTI's ``(x, y, z, n)``.
@@ -11,11 +13,12 @@ the writer transposes to NIfTI's ``(x, y, z, n)``.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..conventions import ROI_LABELS
+from ..errors import SynthError
 
 __all__ = [
     "LABELS",
@@ -25,6 +28,7 @@ __all__ = [
     "tumour_semi_axes_mm",
     "spatial_pattern",
     "label_map",
+    "Geometry",
     "study_key",
     "rng_for",
     "lognormal_mean1",
@@ -90,6 +94,17 @@ class Grid:
         y = (np.arange(self.ny) + 0.5 - self.ny / 2) * dy
         z = (np.arange(self.nz) + 0.5 - self.nz / 2) * dz
         return z[:, None, None], y[None, :, None], x[None, None, :]
+
+    def refined(self, factor: int) -> "Grid":
+        """The same field of view at ``factor`` x the in-plane resolution (z unchanged: 2-D slices).
+
+        Voxel ``(k, y, x)`` of this grid is covered by the refined voxels ``(k, factor*y + i, factor*x + j)``,
+        ``0 <= i, j < factor`` (the fields of view are centred, so the blocks tile each voxel exactly).
+        """
+        f = int(factor)
+        if f != factor or f < 1:
+            raise SynthError(f"refined: factor must be a positive integer, got {factor!r}")
+        return Grid(self.nx * f, self.ny * f, self.nz, self.fov_x_mm, self.fov_y_mm, self.fov_z_mm)
 
     def affine(self) -> np.ndarray:
         """NIfTI voxel (i=x, j=y, k=z) -> mm affine, centred on the field of view."""
@@ -203,3 +218,19 @@ def label_map(grid: Grid, body_masks: dict[str, np.ndarray], tumours: list[tuple
     for value, m in tumours:
         lab[m] = value
     return lab
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A session's anatomy, evaluable on any grid: ``geometry(grid)`` is :func:`label_map` of it.
+
+    ``tumours`` are ``(label, Tumour)`` pairs painted in order.  On the session's own grid it gives
+    exactly the session's label map; on :meth:`Grid.refined` it gives the sub-voxel anatomy the writer
+    uses for partial volume.
+    """
+
+    body: Body
+    tumours: tuple = field(default_factory=tuple)
+
+    def __call__(self, grid: Grid) -> np.ndarray:
+        return label_map(grid, self.body.masks(grid), [(int(v), t.masks(grid)[0]) for v, t in self.tumours])

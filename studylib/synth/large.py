@@ -43,9 +43,16 @@ with 10 % log-normal jitter; S0 1000.  Muscle R2* 30 1/s, S0 800; other tissue 4
 air 0 (noise only).
 
 ``DCE`` (7 T, 3-D SPGR 15 deg, TR 4 ms, 75 frames every 4 s, gadoterate r1 2.8 /s/mM,
-Hct 0.42, McGrath 2009 AIF (a rat AIF) arriving at 40 s, exactly as the ``ktrans_hypoxia``
-simulator): extended Tofts tissue curves (:func:`studylib.models.dce.extended_tofts_ct`),
-``R1 = 1/T10 + r1 C``, :func:`studylib.models.relaxometry.spgr_signal`, Rician sigma 20.
+Hct 0.42): each animal its own plasma AIF, as the ``ktrans_hypoxia`` simulator draws them
+(:func:`studylib.synth.physics.perfusion.animal_aifs`: the chosen mouse population shape
+:data:`~studylib.synth.physics.perfusion.MOUSE_AIF_SHAPE` arriving at 40 s, with animal-level
+amplitude, arrival, width and washout; from stream 3 of the animal, so independent of ``scale`` and of
+the other animals; :func:`animal_aif` returns it); the vessel (label 3) holds whole blood =
+plasma x (1 - Hct); extended Tofts tissue curves in continuous time with that AIF
+(:func:`studylib.synth.physics.perfusion.tissue_concentration`, closed form, sampled at the frames),
+``R1 = 1/T10 + r1 C``, :func:`studylib.models.relaxometry.spgr_signal`, Rician sigma 20.  A fit with
+one population AIF for every animal therefore carries the animals' AIF differences; measure each
+animal's AIF in the vessel (:func:`studylib.fit.aif_from_roi`, label 3).
 Tumour Ktrans = ``0.25 x LN(0.15)`` /min, falling to ``x (1 - 0.4 (1 - exp(-d / 5)))``
 for ``treated`` (an anti-angiogenic response); ve 0.3, vp 0.03; T10 per label (tumour 1900,
 muscle 1600, other tissue 1500, blood 2200 ms; :func:`t10_map` gives them, because a
@@ -68,6 +75,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -75,12 +83,13 @@ import xarray as xr
 
 from ..conventions import ROI_LABELS
 from ..errors import LargeStudyError
-from ..models.dce import blood_to_plasma, extended_tofts_ct, mcgrath_rat_aif
 from ..models.noise import add_rician_noise
 from ..models.relaxometry import monoexp_signal, spgr_signal
 from ._phantom import Body, Grid, Tumour, label_map, lognormal_mean1, spatial_pattern
+from .physics import perfusion as perf
 
-__all__ = ["lazy_study", "animal_table", "scan_arrays", "t10_map", "KINDS", "MEGRE", "DCE", "nominal_nbytes"]
+__all__ = ["lazy_study", "animal_table", "animal_aif", "scan_arrays", "t10_map", "KINDS", "MEGRE", "DCE",
+           "nominal_nbytes"]
 
 KINDS = ("MEGRE", "DCE")
 
@@ -165,6 +174,18 @@ def _tumour_value(a: dict, day: int, kind: str) -> float:
     return p["ktrans"] * a["level"] * f
 
 
+def animal_aif(ia: int, *, seed: int = 0) -> perf.AifShape:
+    """The plasma AIF of DCE animal ``ia`` (0-based): the truth of its vessel curve.
+
+    :func:`studylib.synth.physics.perfusion.animal_aifs` (default animal-level variation, as the
+    ``ktrans_hypoxia`` simulator) around the mouse population shape arriving at ``DCE["bolus_arrival_s"]``,
+    drawn from the animal's own stream 3 (the same whatever ``scale`` or ``n_animals``).  Plasma
+    concentration: :func:`studylib.synth.physics.perfusion.plasma_aif`.
+    """
+    population = replace(perf.MOUSE_AIF_SHAPE, arrival_s=DCE["bolus_arrival_s"])
+    return perf.animal_aifs(1, _rng(int(seed), "DCE", 3, int(ia)), shape=population)[0]
+
+
 def _volume(a: dict, day: int) -> float:
     return float(min(a["v0"] * np.exp(a["growth"] * day), 400.0))
 
@@ -223,8 +244,8 @@ def scan_arrays(ia: int, iday: int, *, n_days=6, shape=(20, 128, 128), kind="MEG
     else:
         p = DCE
         t = np.arange(p["n_frames"]) * p["dt_s"]
-        cb = mcgrath_rat_aif(t, delay_s=p["bolus_arrival_s"])
-        cp = blood_to_plasma(cb, p["hematocrit"])
+        aif = animal_aif(ia, seed=seed)
+        cb = perf.plasma_aif(t, aif) * (1.0 - p["hematocrit"])  # whole blood in the vessel
         wk = spatial_pattern(tmask, rim, p["w_rim"], p["w_core"], p["jitter"], r)
 
         def by_label(tum, mus, tis):
@@ -238,9 +259,14 @@ def scan_arrays(ia: int, iday: int, *, n_days=6, shape=(20, 128, 128), kind="MEG
         m0 = np.where(tmask, p["m0"], np.where(lab == 2, p["m0_muscle"],
                                                 np.where(lab == 3, p["m0_blood"], p["m0_tissue"])))
         m0 = np.where(lab == 5, 0.0, m0)
-        body = lab != 5
         ct = np.zeros(tuple(shape) + (t.size,), dtype=np.float64)
-        ct[body] = extended_tofts_ct(t, cp, ktrans[body], ve[body], vp[body])
+        # extended Tofts in continuous time with the animal's own AIF (closed form), sampled at the frames: per
+        # tumour voxel, and once each for muscle and the rest of the body (one set of kinetics each)
+        tissue = (lab != 5) & (lab != 3)
+        tum = tissue & tmask
+        ct[tum] = perf.tissue_concentration(t, ktrans[tum], ve[tum], vp[tum], aif)
+        for m_, kin in ((tissue & ~tmask & (lab == 2), p["muscle"]), (tissue & ~tmask & (lab != 2), p["tissue"])):
+            ct[m_] = perf.tissue_concentration(t, kin["ktrans"], kin["ve"], kin["vp"], aif)
         ct[lab == 3] = cb
         r1 = 1000.0 / t10[..., None] + p["r1_per_s_per_mM"] * ct
         del ct

@@ -282,7 +282,8 @@ def _fit_step(step: MapStep, mpath: Path, study: str, params: dict | None, cache
     if step.name == "dce_maps":
         vfa, dce = load_study(mpath, study, "VFA"), load_study(mpath, study, "DCE")
         names = {"model": "model", "aif_source": "aif_source", "n_baseline": "n_baseline", "t1_method": "t1_method",
-                 "labels": "labels", "vessel_label": "vessel_label", "r1": "r1_per_mM_s", "hematocrit": "hematocrit"}
+                 "labels": "labels", "vessel_label": "vessel_label", "r1": "r1_per_mM_s", "hematocrit": "hematocrit",
+                 "aif_voxels": "aif_voxels"}
         kw = {names[k]: (tuple(v) if k == "labels" else v) for k, v in p.items() if k in names}
         if p.get("b1_map"):  # the maps were fitted with the study's B1 map
             kw["b1"] = load_study(mpath, study, "B1map")
