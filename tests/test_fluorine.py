@@ -319,8 +319,8 @@ def test_end_to_end_on_ci_study(ci_study):
     """load_study -> fluorine_quantify -> per-tumour atoms against the simulator's bSSFP physics: in the true
     tumour ROI (the truth's label map, so the rater's outline error is not measured here) and with the bSSFP
     relaxation correction given the simulated T1/T2, the unthresholded total is within 30 % of the true atoms per
-    animal and 5-20 % low on average (the correction models one on-resonance acquisition; the data have 4 phase
-    cycles and a B0 offset: about -7 % and -3 %); the 4T1 > 67NR ordering is visible."""
+    animal (the correction models one on-resonance acquisition; the data have 4 phase cycles and a B0 offset: about
+    -7 % and -3 %; partial volume of the tube and of the tumour edge, below); the 4T1 > 67NR ordering is visible."""
     import json
 
     import pandas as pd
@@ -343,8 +343,23 @@ def test_end_to_end_on_ci_study(ci_study):
     est = tot.fluorine_atoms_total_all.isel(day=0).to_series()
     truth = pd.read_csv(root / "sessions.csv").set_index("animal")
     ratio = est / truth["tumour_f19_atoms"].reindex(est.index)
+    # partial volume, ci (1 mm voxels) -- two opposite effects, both measured here:
+    # (1) the reference tube (0.8 mm radius, in air): its RMS signal S_ref = sqrt(mean_tube M^2) carries
+    #     sqrt(mean f^2) of the pure tube's (f: each tube voxel's tube fraction, truth maps), so every tumour reads
+    #     1 / that high (measured 0.75: the tube sits at the same place in every animal);
+    # (2) the tumour's own edge voxels: the true ROI of voxel centres holds diluted signal and misses the tumour's
+    #     sub-voxel parts in the voxels around it (43 % of ci tumour voxels are edge voxels).
+    # Net, the per-animal total reads 0.89-1.04 of the true atoms (mean 0.98); without (1) 0.67-0.78.
+    tube_fraction = {}
+    for a in est.index:
+        with np.load(root / "maps" / f"{a}_day{int(ds.day.values[0]):02d}.npz") as z:
+            f = z["pv_fraction_reference_tube"][z["roi"] == 4]
+        tube_fraction[a] = float(np.sqrt(np.mean(f.astype(float) ** 2)))
+    tube_fraction = pd.Series(tube_fraction).reindex(ratio.index)
+    assert 0.6 < tube_fraction.min() and tube_fraction.max() < 0.95
     assert np.all(np.abs(ratio - 1) < 0.30), ratio
-    assert 0.80 < ratio.mean() < 0.95, ratio
+    assert 0.85 < ratio.mean() < 1.10, ratio
+    assert 0.60 < (ratio * tube_fraction).mean() < 0.85, ratio * tube_fraction  # the tumour's own edge loss
     model = tot.model.to_series()
     assert est[model == "4T1"].mean() > est[model == "67NR"].mean()
 

@@ -35,9 +35,27 @@ DELIBERATELY_WRONG = ("no B0 correction",)
 #: with the paper and be significant, and their bias must stay in the measured range (a change that moves it fails).
 KNOWN_BIASES = {
     ("ferumoxytol_therapy", "r2star_uptake"): (
-        "the simulated rater's tumour outlines (boundary error 1 voxel RMS, tumour Dice 0.88) miss rim voxels, where "
-        "the ferumoxytol sits, and take in iron-free tissue: 7.66 [7.01, 8.31] 1/s in the drawn ROI vs "
-        "9.63 [8.99, 10.26] with the same noise in the true ROI, truth 9.47 (issue 14 session note)", (0.70, 0.92)),
+        "the simulated rater's tumour outlines (boundary error 1 voxel RMS) miss rim voxels, where the ferumoxytol "
+        "sits, and take in iron-free tissue; partial volume at the edges adds to it. The report splits it "
+        "(sl.outline_contrast): truth 7.54 1/s over the true tumours of the simulated animals, 5.95 over the drawn "
+        "ROIs (-21 % from the outlines alone), estimate 6.27 [5.52, 7.01]; population truth 9.47", (0.55, 0.80)),
+    ("ampb_ferumoxytol", "treatment_effect"): (
+        "Delta R2* of rim iron in drawn outlines with partial-volume edges: truth 8.25 1/s over the true tumours "
+        "of the simulated animals, 6.59 over the drawn ROIs (-20 % from the outlines alone), estimate 5.78 "
+        "[2.81, 8.75], population truth 8.97 (printed in the report by sl.outline_contrast)", (0.55, 0.75)),
+    ("blz945_femri", "treatment_effect"): (
+        "the simulated animals' own effect is -10.6 1/s over their true tumours (-9.57 over the drawn ROIs), "
+        "against a population truth of -12.8: the estimate -10.7 [-12.5, -8.9] matches the sample and misses the "
+        "population value by a little (outlines -9 %, partial volume a few %; printed in the report)", (0.75, 0.92)),
+}
+#: (experiment, endpoint) -> why: findings the demo design has too few animals to detect at the simulated,
+#: literature-range effect.  They must agree with the paper's direction and cover the truth, but need not be
+#: significant (the report says they are not).
+UNDERPOWERED = {
+    ("ampb_ferumoxytol", "histology_r"): "within-group r of Delta R2* and Iba1 with the pooled population r set to "
+                                         "the literature's 0.55-0.71: within-group truth ~0.3-0.4, n = 13 (df 10)",
+    ("blz945_femri", "histology_r"): "within-group r of R2* and Prussian blue with the pooled population r set to "
+                                     "the literature's 0.55-0.71: within-group truth ~0.39, n = 23 (df 18)",
 }
 
 #: the per-session or per-animal table each notebook keeps in the cache, and columns it must have
@@ -171,7 +189,11 @@ def test_demo_findings_agree_with_paper_and_cover_truth(demo_reports):
         checked = c[~c["finding"].map(lambda f: _is(f, DELIBERATELY_WRONG))]
         assert len(checked) >= 2, name
         known = checked["endpoint"].map(lambda e: (name, e) in KNOWN_BIASES)
-        assert disagreements(checked[~known]) == [], (name, disagreements(checked[~known]))
+        weak = checked["endpoint"].map(lambda e: (name, e) in UNDERPOWERED)
+        plain = checked[~known & ~weak]
+        assert disagreements(plain) == [], (name, disagreements(plain))
+        low_power = disagreements(checked[weak], require_significance=False)
+        assert low_power == [], (name, low_power)
         for _, r in checked[known].iterrows():
             lo, hi = KNOWN_BIASES[(name, r["endpoint"])][1]
             assert r["direction_matches_paper"] and r["significant"], (name, r["finding"])
@@ -189,3 +211,14 @@ def test_every_notebook_runs_on_data_without_simulated_truth(ci_reports_no_truth
         # ktrans_hypoxia too since issue 14: the synthetic DCE sidecars no longer carry the simulated bolus
         # arrival, r1 and haematocrit, so both runs measure the arrival and use the same defaults -- identical
         pd.testing.assert_series_equal(c["estimate"], with_truth["estimate"], check_names=False)
+
+
+def test_a_run_on_its_own_manifest_names_no_preset(ci_reports):
+    """`studylib run --manifest M` (the ci fixture's own manifest): the report does not claim the demo or any
+    preset's data; its header names the manifest instead."""
+    for name, rec in ci_reports["records"].items():
+        if not synthetic(name):
+            continue
+        assert rec["preset"] is None, name
+        html = (ci_reports["root"] / "reports" / f"{name}.html").read_text(encoding="utf-8")
+        assert f"manifest {rec['manifest']['path'].rsplit('/', 1)[-1]}" in html and "· preset " not in html, name

@@ -231,14 +231,16 @@ def true_map_over_roi(ds, manifest, study: str, variable: str, labels) -> "pd.Da
 
 
 def outline_contrast(ds, manifest, study: str, variable: str, *, regions, day, control: str, treated: str,
-                     estimate: float | None = None, units: str = "") -> dict:
+                     estimate: float | None = None, units: str = "", baseline_day=None) -> dict:
     """A treated - control difference of the truth map on one day, over the drawn ROIs and over the true ones.
 
     Each animal's value is the mean over ``regions`` (e.g. ``[1, 6]``: the left and right tumours, each
     averaged on its own, as the analysis's animal means are) of :func:`true_map_over_roi`; the contrast is the
     difference of the group means.  Without noise or a fit, ``drawn - true`` is what the outlines alone do to
     the effect; ``estimate`` (the analysis's own) then splits its distance from the truth into that and the
-    rest.  Returns ``{"drawn", "true", "text"}`` (NaN and a "no simulated truth" text on real data).
+    rest.  ``baseline_day`` (a day, or a mapping animal -> day, e.g. each animal's pre-contrast scan) makes each
+    animal's value its change from that day (a Delta-R2* contrast: the drawn ROIs of both scans count).
+    Returns ``{"drawn", "true", "text"}`` (NaN and a "no simulated truth" text on real data).
     """
     import numpy as np
 
@@ -248,7 +250,15 @@ def outline_contrast(ds, manifest, study: str, variable: str, *, regions, day, c
         t = true_map_over_roi(ds, manifest, study, variable, labels=r)
         if t is None:
             return {**nan, "text": "No simulated truth: the outlines cannot be compared with the tissue."}
-        parts.append(t[t["day"] == int(day)].set_index("animal")[["true_over_drawn_roi", "true_over_true_roi"]])
+        cols = ["true_over_drawn_roi", "true_over_true_roi"]
+        value = t[t["day"] == int(day)].set_index("animal")[cols]
+        if baseline_day is not None:
+            base_of = baseline_day if isinstance(baseline_day, Mapping) else {a: baseline_day for a in value.index}
+            keyed = t.set_index(["animal", "day"])[cols]
+            pairs = [(a, int(base_of[a])) for a in value.index if a in base_of and (a, int(base_of[a])) in keyed.index]
+            base = keyed.loc[pairs].droplevel("day") if pairs else value.iloc[:0]
+            value = (value.loc[base.index] - base)
+        parts.append(value)
     if not parts or all(p.empty for p in parts):
         return {**nan, "text": f"No truth map of {variable!r} on day {day}."}
     per_animal = sum(parts) / len(parts)
@@ -259,7 +269,8 @@ def outline_contrast(ds, manifest, study: str, variable: str, *, regions, day, c
     drawn = float(means.loc[treated, "true_over_drawn_roi"] - means.loc[control, "true_over_drawn_roi"])
     true = float(means.loc[treated, "true_over_true_roi"] - means.loc[control, "true_over_true_roi"])
     u = f" {units}" if units else ""
-    text = (f"Truth map {variable}, {treated} - {control} on day {day:g}: {true:.3g}{u} over the true ROIs, "
+    change = "" if baseline_day is None else " (change from the baseline scan)"
+    text = (f"Truth map {variable}{change}, {treated} - {control} on day {day:g}: {true:.3g}{u} over the true ROIs, "
             f"{drawn:.3g}{u} over the ROIs as drawn ({100 * (drawn / true - 1):+.0f} % from the outlines alone)")
     if estimate is not None and np.isfinite(estimate) and true != 0:
         text += (f"; the estimate {estimate:.3g}{u} is {100 * (estimate / true - 1):+.0f} % from the tissue truth, "

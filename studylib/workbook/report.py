@@ -29,6 +29,14 @@ REPORT_FORMAT = 1
 OK_STATUSES = ("ok", "ok with warnings")
 
 
+def _data_label(prov: dict) -> str:
+    """Header words for the data a report ran on: the preset, or the manifest's file name."""
+    if prov.get("preset"):
+        return f"preset {prov['preset']}"
+    path = (prov.get("manifest") or {}).get("path") or ""
+    return f"manifest {Path(path).name}" if path else "data: unknown"
+
+
 def _status_class(status) -> str:
     return {"ok": "ok", "ok with warnings": "warn"}.get(status, "failed")
 
@@ -77,7 +85,7 @@ def _provenance_rows(prov: dict) -> list[tuple[str, str]]:
         ("python", f"{prov.get('python')} on {prov.get('platform')}"),
         ("packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v)),
         ("manifest", f"{man.get('path')} (sha256 {man.get('sha256')})"),
-        ("preset", prov.get("preset")),
+        ("preset", prov.get("preset") or "none (the data of the manifest above)"),
         ("parameters", json.dumps(prov.get("parameters", {}), sort_keys=True, ensure_ascii=False)),
         ("scheduler", json.dumps(prov.get("scheduler", {}), sort_keys=True)),
         ("cache", f"{cache.get('hits', 0)} hit(s), {cache.get('misses', 0)} miss(es)"),
@@ -100,7 +108,7 @@ def _header_html(prov: dict) -> str:
              + '<a href="#studylib-provenance">provenance</a></div>',
              f'<h1>{_e(prov.get("title") or exp)}</h1>',
              f'<div><span class="sl-status {_status_class(status)}">{_e(status)}</span> '
-             f'<span class="sl-muted">{_e(exp)} · {_e(prov.get("after", ""))} · preset {_e(prov.get("preset"))}'
+             f'<span class="sl-muted">{_e(exp)} · {_e(prov.get("after", ""))} · {_e(_data_label(prov))}'
              f' · {prov.get("run_s", 0):.1f} s</span></div>']
     if prov.get("parameters_given"):
         given = ", ".join(f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in prov["parameters_given"].items())
