@@ -134,10 +134,8 @@ fig = plots.correlation_scatter(animals, col, "adc", hue="group", xlabel="collag
 # %%
 if smallest_effect is None:
     smallest_effect = sl.smallest_effect_of_interest(sl.study_info(manifest, study))
-primary_part = sl.analysis.correlation_part(corr, primary_endpoint)
-power = (sl.effect_power(primary_part, smallest_effect=smallest_effect, alpha=alpha) if primary_part is not None
-         else None)
-print(power["text"] if power else f"no power computed: the primary endpoint {primary_endpoint!r} is not a correlation")
+power = sl.analysis.primary_correlation_power(corr, primary_endpoint, smallest_effect=smallest_effect, alpha=alpha)
+print(power["text"])
 
 # %% [markdown]
 # ## 7. Conclusions: the paper's finding, and the simulated truth
@@ -157,7 +155,7 @@ if truth_sessions is not None:  # simulated data: how far the ADC (the truth com
     print(f"simulated truth: tumour ADC (b = 200-1000 s/mm², noise-free) = {ratio.mean():.3f} × the kurtosis "
           f"model's D (range {ratio.min():.3f}-{ratio.max():.3f}); the findings are compared with the ADC")
 conclusions = exp.conclusions(corr, slope, truth, true_parts=true_parts, primary=primary_endpoint, alpha=alpha)
-sl.record(conclusions, study=study, **(power["numbers"] if power else {}))
+sl.record(conclusions, study=study, **power["numbers"])
 print(sl.summary_lines(conclusions))
 conclusions
 

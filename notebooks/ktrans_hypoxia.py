@@ -182,10 +182,8 @@ fig = plots.correlation_scatter(animals, hyp, "ktrans", hue="group", xlabel="pim
 # %%
 if smallest_effect is None:
     smallest_effect = sl.smallest_effect_of_interest(sl.study_info(manifest, study))
-primary_part = sl.analysis.correlation_part(corr, primary_endpoint)
-power = (sl.effect_power(primary_part, smallest_effect=smallest_effect, alpha=alpha) if primary_part is not None
-         else None)
-print(power["text"] if power else f"no power computed: the primary endpoint {primary_endpoint!r} is not a correlation")
+power = sl.analysis.primary_correlation_power(corr, primary_endpoint, smallest_effect=smallest_effect, alpha=alpha)
+print(power["text"])
 
 # %%
 others = exp.other_correlations(animals, "ktrans", histology, exclude=(hyp,), cluster=cluster, alpha=alpha)
@@ -236,7 +234,7 @@ true_parts["partial_pooled"] = sl.analysis.true_correlation_parts(
     histology=histology)["partial"]
 conclusions = exp.conclusions(corr, slope, truth, beyond=beyond, beyond_pooled=beyond_pooled, true_parts=true_parts,
                               hist_col=hyp, primary=primary_endpoint, alpha=alpha)
-sl.record(conclusions, study=study, **(power["numbers"] if power else {}))
+sl.record(conclusions, study=study, **power["numbers"])
 print(sl.summary_lines(conclusions))
 conclusions
 

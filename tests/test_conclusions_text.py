@@ -170,6 +170,11 @@ def test_effect_power_of_a_correlation_part_and_its_bad_input():
         an.effect_power(part, smallest_effect=1.5)
     with pytest.raises(StudyError, match="correlation_effect result"):
         an.effect_power({"estimate": 1.0})
+    # the notebooks' one call: the primary row's part, or a reason when the primary is no correlation part
+    same = an.primary_correlation_power(corr, "within_model_r", smallest_effect=0.5)
+    assert same["numbers"] == out["numbers"] and same["text"] == out["text"]
+    none = an.primary_correlation_power(corr, "slope")
+    assert none["numbers"] == {} and "'slope' is not an estimable correlation part" in none["text"]
 
 
 # ------------------------------------------------------------------------------ the slope within a model

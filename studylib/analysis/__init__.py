@@ -22,6 +22,7 @@ from .conclusions import (CONCLUSION_COLUMNS, NOT_TESTED_ROLES, POOLED_HISTOLOGY
 from .design import (anatomy, compute_with_progress, design_table, histology_column, model_covariates,
                      pick_groups, require_verified, resolve_manifest, start, voxel_volume_mm3)
 from .effects import (POWER_KEYS, Estimate, correlation_effect, effect_power, group_difference, longitudinal_effect,
+                      primary_correlation_power,
                       model_diagnostics, partial_regression_effect, regression_slope)
 from .keep import keep_maps, keep_tables, record
 from .maps import (background_mask, baseline_frames, fit_adc_maps, fit_dce_maps, fit_relaxation_maps, get_cache,
@@ -40,7 +41,7 @@ __all__ = [
     "anatomy", "compute_with_progress", "design_table", "histology_column", "model_covariates", "pick_groups",
     "require_verified", "resolve_manifest", "start", "voxel_volume_mm3",
     "Estimate", "correlation_effect", "group_difference", "longitudinal_effect", "model_diagnostics",
-    "partial_regression_effect", "regression_slope", "effect_power", "POWER_KEYS",
+    "partial_regression_effect", "regression_slope", "effect_power", "POWER_KEYS", "primary_correlation_power",
     "keep_maps", "keep_tables", "record",
     "background_mask", "baseline_frames", "fit_adc_maps", "fit_dce_maps", "fit_relaxation_maps", "get_cache",
     "quality_variable",

@@ -19,7 +19,8 @@ import pandas as pd
 from ..errors import DataWarning, ExperimentError
 
 __all__ = ["Estimate", "BASELINE_ADJUSTMENTS", "longitudinal_effect", "model_diagnostics", "correlation_effect",
-           "partial_regression_effect", "regression_slope", "group_difference", "effect_power", "POWER_KEYS"]
+           "partial_regression_effect", "regression_slope", "group_difference", "effect_power", "POWER_KEYS",
+           "primary_correlation_power"]
 
 
 @dataclass(frozen=True)
@@ -631,3 +632,22 @@ def effect_power(effect: Mapping, *, smallest_effect: float | None = None, n_sim
     else:
         text += " No smallest effect of interest is declared, so no power for it is given."
     return {"observed": obs, "sesoi": low, "numbers": nums, "text": text}
+
+
+def primary_correlation_power(corr: Mapping, primary_endpoint: str, *, smallest_effect: float | None = None,
+                              alpha: float = 0.05) -> dict:
+    """:func:`effect_power` of the correlation part a notebook's primary endpoint reports (ARRIVE item 2).
+
+    ``corr`` is a clustered :func:`correlation_effect` result; the part is the one row ``primary_endpoint`` of
+    :func:`studylib.analysis.correlation_part_rows` reports (within, pooled or between).  Returns the
+    :func:`effect_power` dict, or ``{"numbers": {}, "text": ...}`` saying why no power was computed (the primary is
+    no correlation row, or its part was not estimable).
+    """
+    from .conclusions import correlation_part
+
+    part = correlation_part(corr, primary_endpoint)
+    if part is None:
+        return {"numbers": {}, "text": f"No power computed: the primary endpoint {primary_endpoint!r} is not an "
+                                       f"estimable correlation part."}
+    return effect_power(part, smallest_effect=smallest_effect, alpha=alpha)
+
