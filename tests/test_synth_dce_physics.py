@@ -152,33 +152,36 @@ def _ktrans_ratio(out, **kw):
     return k / ((1 - 0.45) / (1 - s["hematocrit"].loc[k.index])), s
 
 
-def test_motion_frames_option_moves_frames_and_what_it_does_to_ktrans(clean, tmp_path, monkeypatch):
-    """The optional bulk-motion frames (off in the presets): two frames per animal displaced by one voxel.
+def test_motion_frames_moved_and_what_they_do_to_ktrans(clean, tmp_path, monkeypatch):
+    """The bulk-motion frames of the presets: two frames per animal displaced by one voxel (the writer moves the
+    rendered object; the coil and its noise stay).
 
-    Left in, they move noise-free ci tumour Ktrans / truth from within 1.2 % (drift only) to -2.4 ... +15 %
+    Left in, they move noise-free ci tumour Ktrans / truth from within 1.2 % (no motion) to -2.4 ... +15 %
     (measured), through the AIF of the one-voxel vessel; the analysis's motion correction (the default of
     ``fit_dce_maps``) finds exactly the simulated frames and displacements and moves them back.
     """
-    monkeypatch.setitem(KTRANS, "motion_frames", 2)
-    generate("ci", out=tmp_path, studies=[STUDY], noise=False)
-    sessions = pd.read_csv(tmp_path / "truth" / STUDY / "sessions.csv", dtype={"animal": str})
+    assert KTRANS["motion_frames"] == 2
+    monkeypatch.setitem(KTRANS, "motion_frames", 0)
+    still = tmp_path / "still"
+    generate("ci", out=still, studies=[STUDY], noise=False)
+    sessions = pd.read_csv(clean / "truth" / STUDY / "sessions.csv", dtype={"animal": str})
     for row in sessions.itertuples():
         moved = _motion_frames(row.dce_motion_frames)
         assert len(moved) == 2 and all(0 < f < KTRANS["n_frames"] for f in moved)
         assert all(max(abs(dy), abs(dx)) == 1 for dy, dx in moved.values())
-        still_img, _ = _zyx(clean / "raw" / STUDY / row.animal / "day00" / "DCE.nii.gz")
-        img, _ = _zyx(tmp_path / "raw" / STUDY / row.animal / "day00" / "DCE.nii.gz")
+        still_img, _ = _zyx(still / "raw" / STUDY / row.animal / "day00" / "DCE.nii.gz")
+        img, _ = _zyx(clean / "raw" / STUDY / row.animal / "day00" / "DCE.nii.gz")
         keep = np.setdiff1d(np.arange(img.shape[-1]), list(moved))
         np.testing.assert_array_equal(img[..., keep], still_img[..., keep])  # the other frames are untouched
         for fr, (dy, dx) in moved.items():
             np.testing.assert_array_equal(img[:, 2:-2, 2:-2, fr], still_img[:, 2 - dy:-2 - dy, 2 - dx:-2 - dx, fr])
-    steady, _ = _ktrans_ratio(clean)
-    left_in, _ = _ktrans_ratio(tmp_path, motion="none")
-    corrected, _ = _ktrans_ratio(tmp_path)
+    steady, _ = _ktrans_ratio(still)
+    left_in, _ = _ktrans_ratio(clean, motion="none")
+    corrected, _ = _ktrans_ratio(clean)
     assert np.abs(steady - 1).max() < 0.02, steady  # drift only (+1 % gain over the series)
     assert np.abs(left_in - 1).max() > 0.05, left_in  # motion left in biases Ktrans
     np.testing.assert_allclose(corrected, steady, rtol=1e-3)  # moved back: as if the mouse had not moved
-    dce = sl.load_study(tmp_path / "data_manifest.csv", STUDY, "DCE")
+    dce = sl.load_study(clean / "data_manifest.csv", STUDY, "DCE")
     from studylib.fit.dce import correct_motion
 
     _, shifts = correct_motion(dce["signal"], dce["roi"] != 5)

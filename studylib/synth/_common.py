@@ -118,7 +118,9 @@ class Scan:
     the number L of channels combined by root-sum-of-squares (``None``: the study's default,
     :data:`RECEIVE_CHANNELS`), written to the sidecar as ``ReceiveCoilChannels``.  ``partial_volume``:
     whether the writer mixes the voxel's class signals by area fraction (an image; ``False`` for a derived
-    map such as a B1 ratio map, in which a tissue/air edge cancels).
+    map such as a B1 ratio map, in which a tissue/air edge cancels).  ``motion``: ``(frames, shifts)`` of a dynamic
+    series whose frames the object moved in by whole voxels (``shifts (k, 2)``: dy, dx), applied by the writer to
+    the rendered image (after partial volume, before the noise: the object moves, the coil does not).
     """
 
     kind: str
@@ -127,6 +129,7 @@ class Scan:
     sidecar: dict
     receive_channels: int | None = None
     partial_volume: bool = True
+    motion: tuple | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ._perfusion import plan_collagen, plan_ktrans
 from ._write import _jsonable, atomic_write_bytes, csv_bytes, json_bytes, write_npz
 from .physics.acquisition import (add_coil_noise_rss_zyx, coil_sensitivities, dice, mix_partial_volume,
                                   partial_volume_fractions, rater_labels)
+from .physics.perfusion import displace_frames
 
 __all__ = ["SynthError", "STUDIES", "STUDY_KINDS", "MANIFEST_COLUMNS", "generate", "plan"]
 
@@ -190,6 +191,8 @@ def _write_study(pl: StudyPlan, out: Path, root: Path, seed: int, preset: str, n
                 signal = mix_partial_volume(signal, s.roi, anatomy, PARTIAL_VOLUME_FACTOR, grid.voxel_mm[::-1],
                                             fractions=fractions)[0]
                 pv_kinds.add(scan.kind)
+            if scan.motion is not None:  # bulk motion of the object during some frames, before the receive noise
+                signal = displace_frames(signal, *scan.motion)
             if noise:  # sigma per channel; sensitivities with sum_l |c_l|^2 = 1 keep the planner's signal level
                 if n_ch not in coils:
                     coils[n_ch] = coil_sensitivities(grid.shape[1:], n_ch)

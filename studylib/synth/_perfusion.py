@@ -77,9 +77,9 @@ KTRANS = dict(field_T=7.0, fa_vfa_deg=[2.0, 5.0, 10.0, 15.0, 20.0], tr_ms=4.0, t
               r1_per_s_per_mM=2.8, hematocrit=0.42, hematocrit_sd=0.03,
               # acquisition imperfections the analysis does not model (chosen values; no measured figure in the corpus):
               # receiver-gain drift over the 5-min series (+1 %: Ktrans moves < 0.3 %, noise-free ci), and optionally
-              # bulk-motion frames displaced by one voxel (off: left in, 2 such frames move noise-free ci Ktrans by -2
+              # bulk-motion frames displaced by one voxel (2 per series; left in, they move noise-free ci Ktrans by -2
               # to +15 % through the 1-voxel vessel's AIF; fit_dce_maps moves them back -- tests/test_synth_dce_physics)
-              gain_drift_fraction=0.01, motion_frames=0,
+              gain_drift_fraction=0.01, motion_frames=2,
               aif_variation=dict(amplitude_sd=0.20, arrival_sd_s=3.0, width_sd=0.15, washout_sd=0.25),
               b1_calibration_sd=0.05, b1_rms=0.08, b1_length_mm=4.0, b1_map_sigma=0.02,
               hypoxic_pct={"BK-12": 25.0, "ED-15": 42.0, "HL-16": 58.0, "LA-19": 75.0}, hypoxic_sd_pct=5.0,
@@ -270,8 +270,7 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
             r1t = 1000.0 / t1[..., None] + r1 * ct
             dce = perf.spgr_signal(m0[..., None], r1t, p["fa_dce_deg"], p["tr_ms"], b1=b1[..., None])
             dce = dce * perf.gain_drift(t, p["gain_drift_fraction"])
-            moved, shifts = perf.motion_events(t.size, p["motion_frames"], ctx.rng(9, a.index, d))
-            dce = perf.displace_frames(dce, moved, shifts)
+            moved, shifts = perf.motion_events(t.size, p["motion_frames"], ctx.rng(9, a.index, d))  # the writer moves them
             vfa = perf.spgr_signal(m0[..., None], 1000.0 / t1[..., None], p["fa_vfa_deg"], p["tr_ms"],
                                    b1=b1[..., None])
             b1_img = np.where(lab == 5, 0.0, b1)  # the B1 map is measured in the body only
@@ -298,7 +297,7 @@ def plan_ktrans(ctx: Context) -> StudyPlan:
                          aif_peak_plasma_at_frames_mM=a.params["aif"]["peak_plasma_at_frames_mM"],
                          hypoxic_pct=a.params["hypoxic_pct"], tumour_volume_mm3=a.params["volume"],
                          tumour_volume_roi_mm3=float(tmask.sum()) * grid.voxel_volume_mm3, noise_sigma=p["sigma"])
-            yield Session(a, d, [Scan("VFA", vfa, p["sigma"], vfa_sc), Scan("DCE", dce, p["sigma"], dce_sc),
+            yield Session(a, d, [Scan("VFA", vfa, p["sigma"], vfa_sc), Scan("DCE", dce, p["sigma"], dce_sc, motion=(moved, shifts)),
                                  Scan("B1map", b1_img, p["b1_map_sigma"], b1_sc, receive_channels=1,
                                       partial_volume=False)], lab,  # a derived map
                           {1: "tumour", 2: "muscle", 3: "vessel", 5: "background"}, truth,
