@@ -556,12 +556,22 @@ def _f(v, fmt="{:.2f}"):
     return "–" if v is None else fmt.format(v)
 
 
+def _others_text(doc: dict) -> str:
+    """How busy other jobs kept the shared machine during the timed runs, from the measurements (not assumed)."""
+    busy = [c.get("other_cores_busy") for s in doc["summary"] for c in (s.get("cold") or {}, s.get("warm") or {})]
+    busy = [b for b in busy if b is not None]
+    if not busy:
+        return "other jobs' load not measured"
+    return (f"other jobs kept {min(busy):.2f}-{max(busy):.2f} cores busy during the timed runs (median per row "
+            f"below){'; a quiet machine' if max(busy) < 0.1 else ''}")
+
+
 def markdown(doc: dict) -> str:
     q = doc["quick"]
     L = [f"# End-to-end benchmark from disk ({'quick' if q else 'full'} run)", "",
          f"Command: `{doc['command']}` -- {doc['date']}, {doc['cpus']} CPUs, {doc['ram_GB']} GB RAM, load average "
-         f"at start {doc['load_average_start']} and end {doc['load_average_end']} (shared machine: other engineers' "
-         f"tests were running). Python {doc['python']}, numpy {doc['versions']['numpy']}, nibabel "
+         f"at start {doc['load_average_start']} and end {doc['load_average_end']} ({_others_text(doc)}). "
+         f"Python {doc['python']}, numpy {doc['versions']['numpy']}, nibabel "
          f"{doc['versions']['nibabel']}, dask {doc['versions']['dask']}, isal {doc['versions']['isal']}.", "",
          f"Study: the `large` preset's MEGRE scans ({doc['spec']['shape'][0]} x {doc['spec']['shape'][1]} x "
          f"{doc['spec']['shape'][2]} voxels, 12 echoes, int16 gzip NIfTI + sidecar + ROI per scan), "
@@ -749,9 +759,9 @@ def main(argv=None):
            "distributed": dist,
            "wall_s": round(time.perf_counter() - t_start, 1),
            "note": ("Each figure is the median over rounds; the bracket is the min-max of the per-round ratio. The "
-                    "machine has 2 cores shared with other engineers' test runs, so single times move by tens of "
-                    "per cent between rounds; ratios pair a pipeline run with the floor run of the same round and "
-                    "cache state, minutes apart at most."),
+                    "machine has 2 cores that other jobs may share (their load is measured per run, last column), "
+                    "so single times can move by tens of per cent between rounds; ratios pair a pipeline run with "
+                    "the floor run of the same round and cache state, minutes apart at most."),
            "raw": {"scales": measured, "distributed": dist_raw}}
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "end_to_end_quick" if a.quick else "end_to_end"
