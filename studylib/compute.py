@@ -1,4 +1,4 @@
-"""Dask scheduler choice, in one place.
+"""Dask in one place: the scheduler choice, and a block-wise apply without copies (:func:`apply_blocks`).
 
 Three ways to run the same lazy computations:
 
@@ -65,6 +65,7 @@ __all__ = [
     "SCHEDULER_ENV",
     "SchedulerError",
     "active_client",
+    "apply_blocks",
     "describe",
     "get_client",
     "progress",
@@ -315,3 +316,89 @@ def progress(obj, *, minimum_s: float = 1.0, label: str | None = None):
     if many:
         return type(obj)(items)
     return items[0]
+
+
+def _single_block(x):
+    """The one block inside the nested lists ``blockwise(concatenate=False)`` hands over for contracted dims."""
+    while isinstance(x, list):
+        if len(x) != 1:
+            raise ValueError(f"apply_blocks: a core dim spans {len(x)} chunks; it must be one chunk")
+        x = x[0]
+    return x
+
+
+def apply_blocks(func, *args, core_dims, out_core=(), out_dtypes, name: str = "apply-blocks"):
+    """Apply ``func`` to each block of Dask-backed DataArrays, like ``xr.apply_ufunc(dask="parallelized")``
+    but handing ``func`` the blocks as they are stored instead of a copy.
+
+    Dask's generalised-ufunc path (``blockwise(concatenate=True)``) concatenates the chunks of every core
+    dim into a new array before the call, even when a core dim is one chunk: a full copy of each block
+    (for a multi-echo scan with the fitted axis moved last, a strided transpose of the whole scan).  Here
+    each core dim must be one chunk, the blocks are passed with ``concatenate=False`` and unwrapped, so
+    ``func`` gets views: its loop dims first (in the order of the first argument's, length 1 where an
+    argument lacks one), then its core dims (a transposed *view* of the stored block).
+
+    Parameters
+    ----------
+    func : callable ``(*blocks) -> tuple of ndarrays``, one per output, each of shape
+        ``loop block shape + out_core sizes``.
+    *args : DataArrays; at least the first Dask-backed.  Dims other than their core dims must be among
+        the first argument's loop dims (the others are broadcast); their chunks are aligned with it.
+    core_dims : one list of dim names per argument.
+    out_core : one tuple of ``(dim, size)`` pairs per output (empty: no core dims), or ``()`` for all.
+    out_dtypes : one dtype per output.
+
+    Returns
+    -------
+    tuple of Dask-backed DataArrays, dims = loop dims + that output's core dims, coordinates of the
+    loop dims taken from the arguments.
+    """
+    from operator import getitem
+
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from dask.base import tokenize
+    from dask.core import flatten
+    from dask.highlevelgraph import HighLevelGraph
+
+    nout = len(out_dtypes)
+    out_core = list(out_core) if out_core else [()] * nout
+    first = args[0]
+    loop = [d for d in first.dims if d not in core_dims[0]]
+    pairs = []
+    for i, (a, core) in enumerate(zip(args, core_dims)):
+        extra = [d for d in a.dims if d not in core and d not in loop]
+        if extra:
+            raise ValueError(f"apply_blocks: argument {i} has dims {extra} that are neither core nor loop dims")
+        data = a.transpose(*[d for d in loop if d in a.dims], *core).data
+        if not isinstance(data, da.Array):
+            data = da.from_array(data, chunks=tuple(-1 if d in core else
+                                                    first.data.chunks[first.get_axis_num(d)]
+                                                    for d in [d for d in loop if d in a.dims] + list(core)))
+        for d in core:
+            if len(data.chunks[-len(core) + list(core).index(d)]) != 1:
+                raise ValueError(f"apply_blocks: core dim {d!r} of argument {i} spans several chunks")
+        data = data[tuple(slice(None) if d in a.dims else None for d in loop) + (slice(None),) * len(core)]
+        pairs += [data, tuple(f"l{j}" for j in range(len(loop))) + tuple(f"c{i}_{d}" for d in core)]
+
+    def call(*blocks):
+        return func(*(_single_block(b) for b in blocks))
+
+    token = tokenize(func, *args, core_dims, out_core, out_dtypes)
+    metas = tuple(np.empty((0,) * (len(loop) + len(oc)), dtype=dt) for oc, dt in zip(out_core, out_dtypes))
+    tmp = da.blockwise(call, tuple(f"l{j}" for j in range(len(loop))), *pairs, concatenate=False,
+                       align_arrays=True, meta=metas, name=f"{name}-{token}")
+    keys = list(flatten(tmp.__dask_keys__()))
+    outs = []
+    coords = {}
+    for a in args:
+        coords.update({k: c for k, c in a.coords.items() if set(c.dims) <= set(loop) and k not in coords})
+    for i, (oc, dt) in enumerate(zip(out_core, out_dtypes)):
+        leaf = f"{name}_{i}-{token}"
+        zeros = (0,) * len(oc)
+        dsk = {(leaf,) + k[1:] + zeros: (getitem, k, i) for k in keys}
+        graph = HighLevelGraph.from_collections(leaf, dsk, dependencies=[tmp])
+        arr = da.Array(graph, leaf, chunks=tmp.chunks + tuple((n,) for _, n in oc), meta=metas[i])
+        outs.append(xr.DataArray(arr, dims=loop + [d for d, _ in oc], coords=coords))
+    return tuple(outs)

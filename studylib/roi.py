@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .compute import apply_blocks
 from .errors import RoiError, RoiWarning
 
 __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
@@ -47,7 +48,7 @@ def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndar
 
     Parameters
     ----------
-    values : (..., n_var, n_vox) map values.
+    values : (..., n_var, n_vox) map values, or a list of ``n_var`` arrays (..., n_vox) (not stacked).
     fit_ok : (..., n_vox) bool; False voxels are excluded (counted in ``n_excluded``).
     labels_map : (..., n_vox) integer (or float with NaN) label image.
     label_values : the labels to summarise.
@@ -63,55 +64,56 @@ def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndar
     Notes
     -----
     With ``U`` the used voxels of a row (label, ``fit_ok``, finite) and ``n = |U|``:
-    ``mean = sum_U v / n`` and ``sd = sqrt(sum_U (v - mean)^2 / (n - 1))``, summed exactly as
-    :func:`numpy.nanmean` / :func:`numpy.nanstd` sum the NaN-masked row (pairwise, over the whole row
-    with zeros outside ``U``), so the bits are those of the NaN-masked formulation; the median,
-    percentiles (linear interpolation, Hyndman & Fan 1996 type 7), min, max and threshold fractions
-    are taken from the gathered values of ``U`` alone.  One pass per label and row over the labels,
-    never a NaN-filled copy of the maps.
+    ``mean = sum_U v / n`` and ``sd = sqrt(sum_U (v - mean)^2 / (n - 1))`` (two passes, numpy's pairwise
+    sums over the gathered values: the numbers of :func:`numpy.nanmean` / :func:`numpy.nanstd` of the
+    NaN-masked row, to rounding); the median, percentiles (linear interpolation, Hyndman & Fan 1996 type 7),
+    min, max and threshold fractions are taken from the gathered values of ``U``.  The voxels of the
+    requested labels are found in one pass over the label image and only those are read afterwards: a
+    tumour of a few thousand voxels in a scan of a few hundred thousand costs the tumour, not the scan.
     """
-    values = np.asarray(values, dtype=np.float64)
+    if isinstance(values, (list, tuple)):  # one (..., n_vox) array per variable: no stacked copy of the maps
+        per_var = [np.asarray(v) for v in values]
+    else:
+        values = np.asarray(values)
+        per_var = [values[..., j, :] for j in range(values.shape[-2])]
     fit_ok = np.asarray(fit_ok, dtype=bool)
     labels_map = np.asarray(labels_map)
-    lead = values.shape[:-2]
-    nv, n = values.shape[-2:]
+    lead = np.broadcast_shapes(*(v.shape[:-1] for v in per_var))
+    nv, n = len(per_var), per_var[0].shape[-1]
     pct = np.asarray(list(percentiles), dtype=float)
     thr = np.asarray(thresholds, dtype=float).reshape(nv, -1)
     nthr = thr.shape[1]
     nl = len(label_values)
-    flat_v = values.reshape(-1, n)                                   # rows = (lead..., variable)
-    rows = flat_v.shape[0]
-    ok_v = (fit_ok[..., None, :] & np.isfinite(values)).reshape(rows, n)
+    flat_v = [np.broadcast_to(v, lead + (n,)).reshape(-1, n) for v in per_var]   # per variable: rows = lead
+    rows = flat_v[0].shape[0] * nv                                   # output rows = (lead..., variable)
     ok_any = np.broadcast_to(fit_ok, lead + (n,)).reshape(-1, n)     # one row per lead index
     flat_l = np.broadcast_to(labels_map, lead + (n,)).reshape(-1, n)
     out = np.full((rows, nl, 9 + pct.size + nthr), np.nan)
-    z = np.zeros(n)                                                  # zero outside the used voxels
-    for li, lab in enumerate(label_values):
-        for i in range(flat_l.shape[0]):
-            inl = flat_l[i] == lab
+    wanted = np.asarray(list(label_values))
+    for i in range(flat_l.shape[0]):
+        inside = np.flatnonzero(np.isin(flat_l[i], wanted))          # voxels of any requested label
+        sub_l = flat_l[i][inside]
+        sub_ok = ok_any[i][inside]
+        sub_v = np.stack([fv[i][inside] for fv in flat_v]).astype(np.float64, copy=False)   # (nv, n_inside)
+        finite = np.isfinite(sub_v)
+        for li, lab in enumerate(label_values):
+            inl = sub_l == lab
             n_vox = np.count_nonzero(inl)
-            inok = inl & ok_any[i]
+            inok = inl & sub_ok
             n_ok = np.count_nonzero(inok)
             for j in range(nv):
-                r = i * nv + j
-                o = out[r, li]
-                use = np.flatnonzero(inok & ok_v[r])
+                o = out[i * nv + j, li]
+                use = np.flatnonzero(inok & finite[j])
                 nuse = use.size
                 o[:4] = (n_vox, nuse, n_vox - n_ok, n_ok - nuse)
                 if nuse == 0:
                     continue
-                g = flat_v[r, use]
-                # mean and SD (ddof=1) to the bit as numpy's nanmean / nanstd of where(use, values, NaN): the
-                # same pairwise sums over the same zero-filled row of every voxel, built from the used ones
-                z[use] = g
-                avg = np.sum(z) / nuse
+                g = sub_v[j, use]
+                avg = np.sum(g) / nuse
                 o[4] = avg
                 if nuse > 1:
                     d = g - avg
-                    z[use] = d * d
-                    o[5] = np.sqrt(np.sum(z) / (nuse - 1))
-                z[use] = 0.0
-                # order statistics and threshold fractions need the used values only, in any order
+                    o[5] = np.sqrt(np.sum(d * d) / (nuse - 1))
                 o[6] = np.median(g)
                 o[7] = g.min()
                 o[8] = g.max()
@@ -418,21 +420,21 @@ def summarize(maps, roi: xr.DataArray, *, labels: Mapping = DEFAULT_LABELS, voxe
     vals, ok, lab = _stack(ds, roi, variables, id_dims, spatial)
     label_values = list(labs)
 
+    def flat(a):  # (..., *spatial) -> (..., n_vox); a copy only where the block is not contiguous
+        return a.reshape(a.shape[:a.ndim - len(spatial)] + (-1,))
+
     def kern(*arrays):
         *vs, f, lm = arrays
-        v = np.stack(vs, axis=-len(spatial) - 1)  # (..., variable, *spatial)
-        sh = v.shape
-        nvox = int(np.prod(sh[len(sh) - len(spatial):]))
-        v2 = v.reshape(sh[:-len(spatial)] + (nvox,))
-        f2 = f.reshape(f.shape[:-len(spatial)] + (nvox,))
-        l2 = lm.reshape(lm.shape[:-len(spatial)] + (nvox,))
-        return roi_stats_kernel(v2, f2, l2, label_values, pct, thr)
+        return roi_stats_kernel([flat(v) for v in vs], flat(f), flat(lm), label_values, pct, thr)
 
-    res = xr.apply_ufunc(kern, *vals, ok, lab, input_core_dims=[spatial] * (len(vals) + 2),
-                         output_core_dims=[["label", "variable", "stat"]], dask="parallelized",
-                         output_dtypes=[np.float64],
-                         dask_gufunc_kwargs={"output_sizes": {"label": len(label_values), "variable": len(variables),
-                                                              "stat": len(names)}})
+    out_sizes = {"label": len(label_values), "variable": len(variables), "stat": len(names)}
+    if any(a.chunks is not None for a in (*vals, ok, lab)):
+        # blocks handed over as stored (no concatenated copy of every map per scan)
+        res, = apply_blocks(lambda *a: (kern(*a),), *vals, ok, lab, core_dims=[spatial] * (len(vals) + 2),
+                            out_core=[tuple(out_sizes.items())], out_dtypes=[np.float64], name="roi-stats")
+    else:
+        res = xr.apply_ufunc(kern, *vals, ok, lab, input_core_dims=[spatial] * (len(vals) + 2),
+                             output_core_dims=[["label", "variable", "stat"]])
     res = res.assign_coords(label=label_values, stat=names, variable=variables).transpose(*id_dims, "label",
                                                                                         "variable", "stat")
     res, group, acq = _compute_all(res, ds, roi, id_dims)   # one pass over all scans

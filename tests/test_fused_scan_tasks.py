@@ -205,3 +205,30 @@ def test_the_dask_background_mean_takes_the_two_pass_path(study, monkeypatch):
     # every acquired scan's chunk took the two-pass path; the missing session (all NaN) the general one
     assert len(calls) == full["acquired"].size and calls.count(False) == int((~full["acquired"]).sum()) == 1
     assert np.all(np.abs(vals[np.isfinite(vals)] - 15.0) < 2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, None])
+def test_matvec_background_sum_agrees_with_the_masked_sum(dtype):
+    """A non-negative scan chunk with its mask constant over the echoes: one matrix-vector product, equal to
+    the masked sum to float32 rounding; negative values, NaN or Inf leave it for the exact paths."""
+    rng = np.random.default_rng(11)
+    x = rng.rayleigh(15.0, (1, 1, 12, 6, 40, 40)).astype(np.float32)
+    w = rng.random((1, 1, 1, 6, 40, 40)) < 0.45
+    axis = (2, 3, 4, 5)
+    assert _adapter._matvec_layout(x, w, axis) == (1, 12, 6 * 40 * 40)
+    got = _adapter._abs_mean_chunk_finite(x, w, axis, True, dtype)
+    ref = np.sum(np.abs(x) * w, axis=axis, dtype=np.float64, keepdims=True)
+    np.testing.assert_allclose(got["total"].astype(np.float64), ref, rtol=2e-6)
+    assert got["total"].dtype == np.float32 and int(got["n"].ravel()[0]) == int(w.sum()) * 12
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[0, 0, 3, 2, 5, 5] = bad
+        assert _adapter._masked_sum_matvec(y, w, axis, True, np.dtype(np.float32)) is None
+    y = x.copy()
+    y[0, 0, 0, 0, 0, 0] = -1.0                       # a signed value: |x| is needed, the two-pass path sums it
+    assert _adapter._masked_sum_matvec(y, w, axis, True, np.dtype(np.float32)) is None
+    two = _adapter._abs_mean_chunk_finite(y, w, axis, True, dtype)
+    np.testing.assert_array_equal(two["total"], np.sum(np.abs(y) * w, axis=axis, dtype=dtype, keepdims=True))
+    # the mask varying along the echoes, or reduced axes that are not trailing: no matrix-vector layout
+    assert _adapter._matvec_layout(x, np.broadcast_to(w, x.shape).copy(), axis) == (1, 1, 12 * 6 * 40 * 40)
+    assert _adapter._matvec_layout(x, w, (2, 3)) is None
