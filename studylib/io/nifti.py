@@ -184,20 +184,50 @@ class NiftiInfo:
 
 
 def read_header(path) -> NiftiInfo:
-    """Read a NIfTI-1 header: shape, voxel size (mm), affine, dtype, scaling.
+    """Read a NIfTI-1/2 header: shape, voxel size (mm), affine, dtype, scaling.
 
-    Only the header (first 352 bytes of the decompressed stream) is read.
+    Only the start of the file is read.  A single-file ``.nii`` / ``.nii.gz`` with the NIfTI-1 or
+    NIfTI-2 magic and no header extensions is parsed straight from its first bytes (for gzip, the first
+    8 kB of the decompressed stream) by nibabel's own header class (:func:`_header_facts_fast`); anything
+    else, and any file that parse does not accept, goes through ``nibabel.load``
+    (:func:`_header_facts_nibabel`), whose checks and error messages are the reference.  Both give the
+    same numbers: the affine is nibabel's ``get_best_affine`` (sform if its code is set, else qform, else
+    the base affine from the zooms), ``slope``/``inter`` those of nibabel's array proxy (a zero or
+    non-finite ``scl_slope`` means no scaling: 1 and 0), ``vox_offset`` where nibabel reads the voxels.
 
     Raises
     ------
     DataFileError
-        Missing file, not a NIfTI-1 file, corrupt gzip, a 5-D+ image, or zero-sized dims.
-    """
-    import nibabel as nib
+        Missing file, not a NIfTI-1/2 file, corrupt gzip, a 5-D+ image, zero-sized dims, or dims
+        claiming more data than the file can hold.
 
+    References
+    ----------
+    NIfTI-1: Cox et al. 2004, https://nifti.nimh.nih.gov/nifti-1 (348-byte header, magic ``n+1``);
+    NIfTI-2: https://nifti.nimh.nih.gov/nifti-2 (540-byte header, magic ``n+2``).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: NIfTI file not found")
+    facts = _header_facts_fast(path)
+    if facts is None:
+        facts = _header_facts_nibabel(path)
+    shape, zooms, affine, dtype, slope, inter, vox_offset = facts
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise DataFileError(f"{path}: expected a 3-D or 4-D image, header says shape {shape}")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    _check_data_fits(path, shape, dtype, vox_offset, nbytes)
+    return NiftiInfo(str(path), shape, zooms, affine, str(dtype),
+                     slope, inter, vox_offset, nbytes)
+
+
+def _header_facts_nibabel(path: Path):
+    """``(shape, zooms, affine, dtype, slope, inter, vox_offset)`` through ``nibabel.load`` (the reference).
+
+    Raises the :class:`DataFileError` that :func:`read_header` reports for a file nibabel cannot read.
+    """
+    import nibabel as nib
+
     try:
         img = nib.load(str(path))
         hdr = img.header
@@ -220,12 +250,98 @@ def read_header(path) -> NiftiInfo:
         raise DataFileError(f"{path}: not a readable NIfTI-1 image ({type(err).__name__}: {err})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataFileError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
-    if len(shape) not in (3, 4) or min(shape) < 1:
-        raise DataFileError(f"{path}: expected a 3-D or 4-D image, header says shape {shape}")
-    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    _check_data_fits(path, shape, dtype, vox_offset, nbytes)
-    return NiftiInfo(str(path), shape, zooms, affine, str(dtype),
-                     slope, inter, vox_offset, nbytes)
+    return shape, zooms, affine, dtype, slope, inter, vox_offset
+
+
+#: bytes nibabel sniffs from the start of an image to tell its type (``FileBasedImage.path_maybe_image``)
+_SNIFF = 1024
+#: decompressed bytes nibabel's gzip reader (``io.BufferedReader`` over ``gzip.GzipFile``) inflates to read
+#: a header: the fast path inflates at least as much, so a stream nibabel finds corrupt there fails it too
+_GZ_OUT = 8192
+#: compressed bytes read for that (scanner data compress < 2:1 after the header); a file whose first 16 kB
+#: do not inflate to ``_GZ_OUT`` goes to nibabel
+_GZ_IN = 1 << 14
+_MAGIC_1 = b"n+1\x00"            # NIfTI-1 single file, bytes 344-347
+_MAGIC_2 = b"n+2\x00\r\n\x1a\n"  # NIfTI-2 single file, bytes 4-11
+
+
+def _gunzip_head(data: bytes, need: int) -> bytes:
+    """The first ``need`` bytes of the gzip stream ``data`` (members followed), with zlib, as nibabel's reader.
+
+    :func:`gunzip_prefix` with zlib's decoder -- the one :mod:`gzip`, and so nibabel, uses, so a stream is
+    corrupt for both or neither -- which stops at ``need`` bytes of output (ISA-L's inflates all the input
+    it is given first).  Shorter output: the stream ended or was cut; a corrupt one raises ``zlib.error``.
+    """
+    out, have = [], 0
+    while have < need and data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = d.decompress(data, need - have)
+        out.append(chunk)
+        have += len(chunk)
+        if not d.eof:
+            break
+        data = d.unused_data
+    return b"".join(out)
+
+
+def _header_facts_fast(path: Path):
+    """:func:`_header_facts_nibabel`'s tuple from the first bytes of the file, or None to ask nibabel.
+
+    Replays what ``nibabel.load`` does for a single-file ``.nii``/``.nii.gz``, without its image object,
+    file-type search over every format and gzip file machinery: the type decision on the first 1024
+    bytes (``Nifti1Header.may_contain_header``, then CIFTI-2, then ``Nifti2Header``), the header parsed
+    and checked by the same class's ``from_fileobj`` (endianness, ``check_fix``), and the facts taken
+    from the same header methods nibabel's image and array proxy use.  Returns None -- never raises --
+    for anything it does not cover: another suffix, no single-file magic, a CIFTI-2 intent, header
+    extensions, a gzip stream not inflating cleanly to 8 kB (or, if shorter, not a complete valid
+    stream), or any exception, so those files keep nibabel's exact behaviour and error messages.
+    """
+    name = path.name
+    gz = name.endswith(".nii.gz")
+    if not (gz or name.endswith(".nii")):
+        return None
+    try:
+        from nibabel.cifti2.cifti2 import Cifti2Header
+        from nibabel.nifti1 import Nifti1Header
+        from nibabel.nifti2 import Nifti2Header
+
+        with open(path, "rb") as fh:
+            raw = fh.read(_GZ_IN if gz else _SNIFF)
+        if gz:
+            head = _gunzip_head(raw, _GZ_OUT)
+            if len(head) < _GZ_OUT:
+                if len(raw) == _GZ_IN:
+                    return None  # more compressed input needed: rare, leave it to nibabel
+                head = gzip.decompress(raw)  # a short file: must be one complete, valid gzip stream
+        else:
+            head = raw
+        sniff = head[:_SNIFF]
+        if len(sniff) >= Nifti1Header.sizeof_hdr and Nifti1Header.may_contain_header(sniff):
+            klass, magic = Nifti1Header, head[344:348]
+            ok = magic == _MAGIC_1
+        elif len(sniff) >= Nifti2Header.sizeof_hdr and not Cifti2Header.may_contain_header(sniff) \
+                and Nifti2Header.may_contain_header(sniff):
+            klass, magic = Nifti2Header, head[4:12]
+            ok = magic == _MAGIC_2
+        else:
+            return None
+        ext = head[klass.sizeof_hdr:klass.sizeof_hdr + 4]
+        if not ok or (len(ext) == 4 and ext[:1] != b"\x00"):
+            return None  # pair magic in a single file, or extensions: nibabel's reader
+        import io
+
+        hdr = klass.from_fileobj(io.BytesIO(head))
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
+        affine = np.asarray(hdr.get_best_affine(), dtype=float)
+        dtype = np.dtype(hdr.get_data_dtype())
+        slope, inter = hdr.get_slope_inter()  # (None, None) for a zero or non-finite slope
+        slope = float(1.0 if slope is None else slope)
+        inter = float(0.0 if inter is None else inter)
+        vox_offset = int(hdr.get_data_offset() or 0)
+    except Exception:
+        return None
+    return shape, zooms, affine, dtype, slope, inter, vox_offset
 
 
 #: deflate cannot expand data by more than 1032:1 (zlib technical details), so a gzip file of
