@@ -146,7 +146,7 @@ def test_rerun_R_reference_when_available(tmp_path):
 
 def test_dietox_random_slopes_reaches_R_optimum():
     dx = pd.read_csv(_dietox_path())
-    res = st.mixed_model(dx, "Weight ~ Time", "Pig", "~Time", warn=False)
+    res = st.mixed_model(dx, "Weight ~ Time", "Pig", "~Time", warn=False, optimizers=st.DEFAULT_OPTIMIZERS)
     assert abs(res.loglik - (-2217.05)) < 0.01
     np.testing.assert_allclose(res.loglik, REF["dietox"]["logLik"], atol=1e-4)
     np.testing.assert_allclose(res.fixed.estimate, REF["dietox"]["fixed"]["estimate"], rtol=1e-4)
@@ -527,3 +527,37 @@ def test_per_animal_slopes_match_polyfit():
     one = pd.concat([d, pd.DataFrame([{"animal": "late", "group": "drugA", "day": 3, "log_volume": 5.0}])])
     t = st.slope_ttest(one, "log_volume", control="control")
     assert set(t.group) == {"drugA", "drugB"} and (t.excluded == "late").all()
+
+
+def test_auto_optimizer_reaches_the_battery_optimum_with_one_optimizer():
+    """The default runs lme4's profiled criterion alone and lands where the six-optimiser battery does."""
+    dx = pd.read_csv(_dietox_path())
+    for data, args in ((SLEEP, ("Reaction ~ Days", "Subject", "~Days")), (dx, ("Weight ~ Time", "Pig", "~Time"))):
+        auto = st.mixed_model(data, *args, warn=False)
+        full = st.mixed_model(data, *args, warn=False, optimizers=st.DEFAULT_OPTIMIZERS)
+        assert list(auto.optimizers.optimizer) == ["profiled"] and len(full.optimizers) == 6
+        assert auto.statsmodels_result is None and auto.converged
+        np.testing.assert_allclose(auto.loglik, full.loglik, rtol=1e-9)
+        np.testing.assert_allclose(auto.fixed.estimate, full.fixed.estimate, rtol=1e-6)
+        np.testing.assert_allclose(auto.fixed.se, full.fixed.se, rtol=1e-6)
+        np.testing.assert_allclose(auto.fixed.df, full.fixed.df, rtol=1e-5)
+    np.testing.assert_allclose(auto.loglik, REF["dietox"]["logLik"], atol=1e-4)
+
+
+def test_auto_optimizer_falls_back_to_the_battery(monkeypatch):
+    """A first optimum that is not sound (here: the profiled optimiser made to stop at its start) sends the
+    default to the whole battery, which finds the optimum, and says so in the warnings."""
+    from studylib.stats import lmm, mixed
+
+    real = lmm.optimize_profiled
+
+    def stuck(design, reml, theta0=None, maxiter=500):
+        return real(design, reml, theta0=theta0, maxiter=1)[0], False
+
+    monkeypatch.setattr(mixed.core, "optimize_profiled", stuck)
+    res = st.mixed_model(SLEEP, "Reaction ~ Days", "Subject", "~Days", warn=False)
+    assert len(res.optimizers) == 6 and res.converged
+    assert any("did not reach a sound optimum" in w for w in res.warnings)
+    monkeypatch.setattr(mixed.core, "optimize_profiled", real)
+    ref = st.mixed_model(SLEEP, "Reaction ~ Days", "Subject", "~Days", warn=False)
+    np.testing.assert_allclose(res.loglik, ref.loglik, rtol=1e-9)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .common import StatsInputError, numeric_column, require_columns
-from .mixed import DEFAULT_OPTIMIZERS, MixedModelResult, mixed_model
+from .mixed import MixedModelResult, mixed_model
 
 __all__ = ["GrowthResult", "tumour_growth"]
 
@@ -35,7 +35,7 @@ class GrowthResult:
 def tumour_growth(data: pd.DataFrame, *, volume: str = "volume_mm3", group: str = "group", day: str = "day",
                   animal: str = "animal", control=None, tc_days: Sequence | None = None, re_formula: str | None = None,
                   ddf: str = "satterthwaite", floor_mm3: float | None = None, ci: float = 0.95,
-                  optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, warn: bool = True) -> GrowthResult:
+                  optimizers: Sequence[str] | str = "auto", warn: bool = True) -> GrowthResult:
     """Exponential tumour growth by a mixed model on log volume.
 
     Model: ``log V_ij = (a + a_g) + (k + k_g) t_ij + b0_i + b1_i t_ij + e_ij`` -- fixed

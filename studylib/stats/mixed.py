@@ -26,8 +26,10 @@ from .common import StatsFitWarning, StatsInputError, formula_variables, holm, r
 
 __all__ = ["mixed_model", "MixedModelResult", "DEFAULT_OPTIMIZERS", "normalize_ddf"]
 
-#: optimisers tried by default: statsmodels MixedLM's five, then lme4's profiled criterion
+#: the full battery (lme4's ``allFit`` in spirit): statsmodels MixedLM's five, then lme4's profiled criterion.
+#: The default ``optimizers="auto"`` runs ``profiled`` alone and this battery only when that optimum is not sound.
 DEFAULT_OPTIMIZERS = ("lbfgs", "bfgs", "cg", "powell", "nm", "profiled")
+AUTO_FIRST = "profiled"
 _SM_METHODS = {"lbfgs", "bfgs", "cg", "powell", "nm", "newton"}
 _DDF_ALIASES = {"satterthwaite": "satterthwaite", "satt": "satterthwaite",
                 "kenward-roger": "kenward-roger", "kenward_roger": "kenward-roger", "kr": "kenward-roger",
@@ -162,8 +164,6 @@ def _fit_all(prep: _Prepared, reml: bool, optimizers: Sequence[str]):
 
 
 def _fit_all_inner(prep: _Prepared, reml: bool, optimizers: Sequence[str]):
-    import statsmodels.api as sm
-
     design = core.LMMDesign(prep.y, prep.X.to_numpy(), prep.Z.to_numpy(), prep.groups)
     rows, cands = [], []
     sm_model = None
@@ -174,8 +174,10 @@ def _fit_all_inner(prep: _Prepared, reml: bool, optimizers: Sequence[str]):
             if opt == "profiled":
                 fit, ok = core.optimize_profiled(design, reml)
             elif opt in _SM_METHODS:
-                if sm_model is None:
-                    sm_model = sm.MixedLM(pd.Series(prep.y, index=prep.X.index, name="y"), prep.X,
+                if sm_model is None:  # imported only when a statsmodels optimiser runs (~0.5 s for statsmodels.api)
+                    from statsmodels.regression.mixed_linear_model import MixedLM
+
+                    sm_model = MixedLM(pd.Series(prep.y, index=prep.X.index, name="y"), prep.X,
                                           groups=prep.groups, exog_re=prep.Z)
                 smres, msgs = _sm_candidate(sm_model, opt, reml)
                 ok = bool(smres.converged)
@@ -533,7 +535,7 @@ class MixedModelResult:
 
 def mixed_model(data: pd.DataFrame, formula: str, groups: str = "animal", re_formula: str | None = None, *,
                 reml: bool = True, ddf: str = "satterthwaite", time: str = "day",
-                optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, ci: float = 0.95, warn: bool = True,
+                optimizers: Sequence[str] | str = "auto", ci: float = 0.95, warn: bool = True,
                 ) -> MixedModelResult:
     """Fit a linear mixed model with honest small-sample inference.
 
@@ -549,9 +551,17 @@ def mixed_model(data: pd.DataFrame, formula: str, groups: str = "animal", re_for
     reml : REML (default) or ML.
     ddf : ``"satterthwaite"`` (default), ``"kenward-roger"`` or ``"z"`` (statsmodels' normal
         reference) for ``.fixed`` and, unless overridden, contrasts.
-    optimizers : tried in turn; statsmodels ``MixedLM.fit`` methods (``lbfgs, bfgs, cg, powell,
-        nm``) and ``profiled`` (bounded L-BFGS-B on lme4's profiled criterion).  The lowest
-        REML/ML criterion wins and is polished with Newton steps on analytic derivatives.
+    optimizers : ``"auto"`` (default) or a sequence tried in turn: statsmodels ``MixedLM.fit``
+        methods (``lbfgs, bfgs, cg, powell, nm``) and ``profiled`` (bounded L-BFGS-B on lme4's
+        profiled criterion).  The lowest REML/ML criterion wins and is polished with Newton steps on
+        analytic derivatives.  ``"auto"`` runs ``profiled`` alone, as lme4 runs one optimiser, and
+        keeps it when its polished optimum is sound -- the optimiser reported convergence, the
+        scaled gradient ``max |H^-1 g|`` over the interior parameters is below 2e-3 and ``H`` is
+        positive definite there (the *converged* diagnosis below; a boundary/singular optimum of the
+        profiled criterion is accepted like lme4 accepts it, and still reported as singular).
+        Otherwise the whole battery :data:`DEFAULT_OPTIMIZERS` runs, the best optimum is kept and a
+        warning says so.  ``.optimizers`` lists what ran; ``.statsmodels_result`` is None when no
+        statsmodels optimiser ran.
     ci : confidence level of every interval.
     warn : emit :class:`StatsFitWarning` for singular or non-converged fits (always recorded
         in ``.warnings`` and ``.diagnostics``).
@@ -591,18 +601,30 @@ def mixed_model(data: pd.DataFrame, formula: str, groups: str = "animal", re_for
         raise StatsInputError("ddf='kenward-roger' needs reml=True (Kenward-Roger is defined for REML fits)")
     if not 0 < ci < 1:
         raise StatsInputError(f"ci must be in (0, 1), got {ci!r}")
-    if not optimizers:
-        raise StatsInputError("optimizers is empty; pass at least one, e.g. ('lbfgs', 'profiled')")
+    auto = isinstance(optimizers, str) and optimizers == "auto"
+    if isinstance(optimizers, str) and not auto:
+        optimizers = (optimizers,)
+    if not auto and not optimizers:
+        raise StatsInputError("optimizers is empty; pass at least one, e.g. ('lbfgs', 'profiled'), or 'auto'")
     if re_formula is None:
         _, rhs = formula_variables(formula, what="formula")
         re_formula = f"~{time}" if (time in rhs) else "~1"
     prep = prepare(data, formula, groups, re_formula)
-    design, table, best, cands = _fit_all(prep, reml, list(optimizers))
+    design, table, best, cands = _fit_all(prep, reml, [AUTO_FIRST] if auto else list(optimizers))
     with threadpool_limits(limits=1, user_api="blas"):
         fit = core.newton_polish(best[0])
+        fell_back = None
+        if auto:
+            sg, pd_ok = fit.scaled_gradient(), fit.hessian_pd()
+            if not (best[2] and sg < 2e-3 and pd_ok):
+                fell_back = (f"optimizer {AUTO_FIRST!r} alone did not reach a sound optimum (reported converged "
+                             f"{bool(best[2])}, scaled gradient {sg:.2g}, Hessian positive definite {bool(pd_ok)}); "
+                             f"all of {list(DEFAULT_OPTIMIZERS)} were run and the best optimum kept")
+                design, table, best, cands = _fit_all(prep, reml, list(DEFAULT_OPTIMIZERS))
+                fit = core.newton_polish(best[0])
     polished = best[0].deviance - fit.deviance
     fit.optimizer = best[1] + ("+newton" if polished > 1e-8 else "")
-    wl: list[str] = []
+    wl: list[str] = [fell_back] if fell_back else []
     if prep.n_dropped:
         wl.append(f"{prep.n_dropped} row(s) with a missing value in a model variable were left out")
     res = MixedModelResult(fit=fit, prep=prep, formula=formula, re_formula=re_formula, groups=groups, ddf=method,
