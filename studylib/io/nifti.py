@@ -272,16 +272,7 @@ def _gunzip_head(data: bytes, need: int) -> bytes:
     corrupt for both or neither -- which stops at ``need`` bytes of output (ISA-L's inflates all the input
     it is given first).  Shorter output: the stream ended or was cut; a corrupt one raises ``zlib.error``.
     """
-    out, have = [], 0
-    while have < need and data:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        chunk = d.decompress(data, need - have)
-        out.append(chunk)
-        have += len(chunk)
-        if not d.eof:
-            break
-        data = d.unused_data
-    return b"".join(out)
+    return gunzip_prefix(data, need, decompressobj=zlib.decompressobj)
 
 
 def _header_facts_fast(path: Path):
@@ -401,7 +392,7 @@ def _inflate():
         return zlib.decompressobj
 
 
-def gunzip_prefix(data: bytes, need: int) -> bytes:
+def gunzip_prefix(data: bytes, need: int, *, decompressobj=None) -> bytes:
     """The first ``need`` bytes of the gzip stream ``data``, decompressed in one call.
 
     What :class:`gzip.GzipFile` ``.read(need)`` gives (nibabel's reader): members are followed (a
@@ -409,7 +400,7 @@ def gunzip_prefix(data: bytes, need: int) -> bytes:
     stream never allocates more than ``need`` bytes of output whatever it holds.  Shorter output means
     a truncated stream; a corrupt one raises (``zlib.error`` or ISA-L's ``IsalError``).
     """
-    decompressobj = _inflate()
+    decompressobj = decompressobj or _inflate()  # ISA-L's unless a decoder is given (e.g. zlib's)
     out, have = [], 0
     while have < need and data:
         d = decompressobj(wbits=31)
