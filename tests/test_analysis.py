@@ -548,3 +548,18 @@ def test_animal_table_on_the_common_day_names_animals_that_left_early():
     suffix, method = ex.histology_day_text(t.attrs)
     assert suffix == " on day 7" and "last imaging day every group shares" in method and "b2" in method
     assert ex.histology_day_text(None)[0] == " at endpoint"
+
+
+def test_auto_mixed_model_does_not_stop_on_a_boundary_the_battery_leaves():
+    """The ANCOVA model above: lme4's profiled optimiser alone stops at a zero intercept variance (REML criterion
+    127.568); the default must not keep that boundary point when the battery finds a lower criterion inside."""
+    from studylib import stats as st
+
+    s = _imbalanced_study(seed=2)
+    e = ex.longitudinal_effect(s, "y", control="ctl", treated="trt", day_model="categorical", baseline="ancova")
+    m = e.model
+    only = st.mixed_model(m.data, m.formula, m.groups, m.re_formula, optimizers=("profiled",), warn=False)
+    full = st.mixed_model(m.data, m.formula, m.groups, m.re_formula, optimizers=st.DEFAULT_OPTIMIZERS, warn=False)
+    assert only.boundary and only.criterion > full.criterion + 0.1          # the trap exists
+    assert m.criterion == pytest.approx(full.criterion, abs=1e-6) and not m.boundary
+    assert any("on the boundary True" in w for w in m.warnings)
