@@ -458,6 +458,14 @@ def measure_distributed(root: Path, scale: int, repeats: int, log) -> dict:
         runs.append(res)
         log(f"  {scale}x round {r + 1} threads (2)            {res['total_s']:7.2f} s "
             f"(other jobs kept {res.get('other_cores_busy', float('nan')):.2f} cores busy)")
+        # the ceiling two cores give this machine's reading and decompressing (no Dask, no fit): the floor
+        # on 1 thread and on 2 threads, same files, warm cache
+        for threads in (1, 2):
+            warm(files)
+            res = run_child({"mode": "floor-isal", "manifest": str(manifest), "threads": threads})
+            res.update(round=r, workers=f"floor-{threads}")
+            runs.append(res)
+            log(f"  {scale}x round {r + 1} floor on {threads} thread(s)        {res['total_s']:7.2f} s")
     return {"scale": scale, "runs": runs}
 
 
@@ -550,12 +558,19 @@ def summarise_distributed(d: dict) -> dict:
     one = [r for r in runs if r["workers"] == 1]
     two = [r for r in runs if r["workers"] == 2]
     thr = [r for r in runs if r["workers"] is None]
+    runs = [r for r in runs if not str(r["workers"]).startswith("floor")] + \
+        [r for r in runs if str(r["workers"]).startswith("floor")]
     sp = [o["total_s"] / t["total_s"] for o in one for t in two if t["round"] == o["round"]]
     vs_thr = [t["total_s"] / h["total_s"] for t in two for h in thr if t["round"] == h["round"]]
     # the part the workers run (fit + ROI tables); load_study and the mixed model run in the client either way
     sp_ft = [o["fit_table_s"] / t["fit_table_s"] for o in one for t in two if t["round"] == o["round"]]
+    f1 = [r for r in runs if r["workers"] == "floor-1"]
+    f2 = [r for r in runs if r["workers"] == "floor-2"]
+    sp_floor = [a["total_s"] / b["total_s"] for a in f1 for b in f2 if a["round"] == b["round"]]
     return {"scale": d["scale"], "one_worker_s": _med([r["total_s"] for r in one]),
             "speedup_fit_table_2_vs_1": _med(sp_ft), "speedup_fit_table_2_vs_1_range": _rng(sp_ft),
+            "floor_1_thread_s": _med([r["total_s"] for r in f1]), "floor_2_threads_s": _med([r["total_s"] for r in f2]),
+            "floor_speedup_2_vs_1": _med(sp_floor),
             "serial_client_s_two": _med([r["load_s"] + r["stats_s"] for r in two]),
             "two_workers_s": _med([r["total_s"] for r in two]), "threads_s": _med([r["total_s"] for r in thr]),
             "speedup_2_vs_1": _med(sp), "speedup_2_vs_1_range": _rng(sp),
@@ -684,7 +699,10 @@ def markdown(doc: dict) -> str:
               f"{_f(d.get('serial_client_s_two'))} | {_f(d['two_workers_vs_threads'])} | "
               f"{_f(d['cluster_start_s'], '{:.1f}')} | {_f(d['tree_peak_rss_MB_two'], '{:.0f}')} | "
               f"{_f(d['other_cores_busy_one'])} / {_f(d['other_cores_busy_two'])} |",
-              "", "Cluster start (and importing studylib on the workers) is not in the times."]
+              "", "Cluster start (and importing studylib on the workers) is not in the times.", "",
+              f"The ceiling of this machine for the same files: reading and decompressing them (the floor, no Dask, "
+              f"no fit) takes {_f(d.get('floor_1_thread_s'))} s on 1 thread and {_f(d.get('floor_2_threads_s'))} s on "
+              f"2 (**{_f(d.get('floor_speedup_2_vs_1'))}x**), the most a second core gives the read itself here."]
     L += ["", "## Reading the numbers", "", doc["note"], ""]
     return "\n".join(L)
 
