@@ -411,13 +411,18 @@ class LMMFit:
 
         A (pseudo-)inverse over the directions in which the deviance is curved; flat
         directions (redundant parameters of a singular fit) do not change ``Phi`` and so do
-        not enter Satterthwaite's denominator.
+        not enter Satterthwaite's denominator.  The threshold is applied to ``D H D`` with
+        ``D = diag(|H_ll|^-1/2)``, so that it does not depend on the units of the outcome.
         """
         _, H, J = self.phi_hessian()
-        w, U = np.linalg.eigh(H)
+        # equilibrate first: theta is unitless, sigma^2 in squared outcome units, so a threshold on the raw
+        # eigenvalues would depend on the outcome's units (a rescaled y once dropped a curved direction)
+        dg = np.abs(np.diag(H))
+        D = 1.0 / np.sqrt(np.where(dg > 0, dg, 1.0))
+        w, U = np.linalg.eigh(D[:, None] * H * D[None, :])
         tol = max(abs(w).max(), 1e-300) * 1e-10
         winv = np.where(w > tol, 1.0 / np.where(w > tol, w, 1.0), 0.0)
-        return 2.0 * (U * winv) @ U.T, J
+        return 2.0 * D[:, None] * ((U * winv) @ U.T) * D[None, :], J
 
     def scaled_gradient(self) -> float:
         """Max ``|H^-1 g|`` over the interior ``phi`` (lme4's convergence check, tol 2e-3)."""
@@ -456,6 +461,46 @@ def optimize_profiled(design: LMMDesign, reml: bool, theta0=None, maxiter: int =
     res = optimize.minimize(fun, np.asarray(theta0, float), jac=True, method="L-BFGS-B",
                             bounds=design.theta_bounds(), options={"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-6})
     return fit_from_theta(design, res.x, reml, "profiled"), bool(res.success)
+
+
+EDGE_STEPS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # inward probes of a boundary Lambda_jj (relative SD per unit)
+
+
+def boundary_descent(fit: LMMFit, steps=EDGE_STEPS, rtol: float = 1e-9):
+    """Does the profiled deviance fall when a zero random-effect SD is moved into the interior?
+
+    lme4's ``restart_edge`` check (``optimizeLmer``, Bates et al. 2015, doi:10.18637/jss.v067.i01):
+    for every diagonal ``Lambda_jj`` on its bound (below :data:`SINGULAR_TOL`) the profiled
+    deviance is evaluated at ``Lambda_jj = h`` for each ``h`` in ``steps`` (lme4: one step of 1e-5).
+    The deviance is even in a column of ``Lambda`` at ``Lambda_jj = 0``, so its derivative there
+    is exactly zero and a gradient optimiser cannot leave the bound: only values tell a true
+    boundary minimum from a saddle.  A ladder of steps (relative SDs from 1e-4 to 1) sees a
+    descent that one tiny step would lose in rounding.  With ``Lambda_jj = 0`` the sign of the rest
+    of column ``j`` is arbitrary (the column's sign does not change ``Lambda Lambda'``) but it fixes
+    the sign of the correlation the probe opens, so both signs are probed: an optimiser stopped with
+    two zero diagonals and a negative off-diagonal cannot otherwise reach a correlation of +1.
+
+    Returns
+    -------
+    (drop, theta) : the largest fall of the deviance over the probes (0.0 when none falls by more
+        than ``rtol * max(1, |deviance|)``, or the fit is not on the boundary) and the ``theta``
+        of that probe (None when none falls), a start for a restart.
+    """
+    d = fit.design
+    on = np.flatnonzero(fit.boundary_mask())
+    best, where = 0.0, None
+    tol = rtol * max(1.0, abs(fit.deviance))
+    for t in on:
+        below = (d.cols == d.cols[t]) & (d.rows > d.rows[t])   # the rest of column j of Lambda
+        for sign in (1.0, -1.0):
+            for h in steps:
+                th = fit.theta.copy()
+                th[below] *= sign
+                th[t] = h
+                dev = d.profiled(th, fit.reml)[0]
+                if np.isfinite(dev) and fit.deviance - dev > max(best, tol):
+                    best, where = fit.deviance - dev, th
+    return best, where
 
 
 def newton_polish(fit: LMMFit, max_iter: int = 20) -> LMMFit:
