@@ -252,15 +252,14 @@ def _abs_mean_chunk_finite(x, weights, axis, keepdims, dtype):
         return None
     # Dask's reduction calls the chunk without a dtype: the count is then numpy's integer sum of the booleans
     dt = np.dtype(dtype) if dtype is not None else np.sum(np.ones(1, dtype=bool)).dtype
-    a = x  # shapes only; |x| is taken where it is summed
-    ax = tuple(range(a.ndim)) if axis is None else tuple(i % a.ndim for i in np.atleast_1d(axis).tolist())
+    ax = tuple(range(x.ndim)) if axis is None else tuple(i % x.ndim for i in np.atleast_1d(axis).tolist())
     if weights is None:
-        w = np.ones((1,) * a.ndim, dtype=bool)
-        factor = int(np.prod([a.shape[i] for i in ax], dtype=np.int64))
+        w = np.ones((1,) * x.ndim, dtype=bool)
+        factor = int(np.prod([x.shape[i] for i in ax], dtype=np.int64))
     elif np.asarray(weights).dtype != bool:
         return None
     else:
-        w = np.broadcast_to(weights, a.shape)
+        w = np.broadcast_to(weights, x.shape)
         flat = tuple(i for i in range(w.ndim) if w.strides[i] == 0 and w.shape[i] > 1)  # broadcast axes
         factor = int(np.prod([w.shape[i] for i in flat if i in ax], dtype=np.int64))
         w = w[tuple(slice(0, 1) if i in flat else slice(None) for i in range(w.ndim))]
@@ -278,7 +277,7 @@ def _abs_mean_chunk_finite(x, weights, axis, keepdims, dtype):
     count = np.count_nonzero(w, axis=ax, keepdims=True) * factor
     if dt.kind == "f" and count.max(initial=0) >= 2 ** (np.finfo(dt).nmant + 1):
         return None
-    n = np.broadcast_to(count, tuple(1 if i in ax else k for i, k in enumerate(a.shape))).astype(dt)
+    n = np.broadcast_to(count, tuple(1 if i in ax else k for i, k in enumerate(x.shape))).astype(dt)
     return {"n": n if keepdims else n.reshape(total.shape), "total": total}
 
 
@@ -449,26 +448,14 @@ def apply_kernel(
             outs.append(full.reshape(lead))
         return tuple(outs)
 
-    sig = signal
-    if sig.chunks is not None:
-        sig = sig.chunk({dim: -1})
+    if signal.chunks is not None:  # Dask: each block handed to the kernel as stored (apply_blocks aligns the inputs)
+        sig = signal.chunk({dim: -1})
         dask_args = [sig] + ([mask_da] if mask_da is not None else []) + list(vin.values())
         results = apply_blocks(_block, *dask_args, core_dims=[[dim]] + [[] for _ in dask_args[1:]],
                                out_dtypes=[o.dtype for o in outputs], name="fit-" + getattr(kernel, "__name__", "kernel"))
         return _dataset(outputs, results, attrs)
-    args = [sig]
-    core = [[dim]]
-    if mask_da is not None:
-        args.append(mask_da)
-        core.append([])
-        if sig.chunks is not None:
-            # the signal's own chunks (sig.chunksizes also looks at dask-backed non-index coords,
-            # e.g. load_study's group/acquired, and raises when they are chunked differently)
-            mask_da = mask_da.chunk({d: sig.data.chunks[sig.get_axis_num(d)] for d in mask_da.dims})
-            args[1] = mask_da
-    for v in vin.values():
-        args.append(_chunk_like(v, sig))
-        core.append([])
+    args = [signal] + ([mask_da] if mask_da is not None else []) + [_chunk_like(v, signal) for v in vin.values()]
+    core = [[dim]] + [[] for _ in args[1:]]
     results = xr.apply_ufunc(
         _block,
         *args,

@@ -174,8 +174,7 @@ def _fit_all_inner(prep: _Prepared, reml: bool, optimizers: Sequence[str], theta
         fit, ok, msgs, smres = None, False, [], None
         try:
             if opt == "profiled":
-                fit, ok = core.optimize_profiled(design, reml) if theta0 is None else \
-                    core.optimize_profiled(design, reml, theta0=theta0)
+                fit, ok = core.optimize_profiled(design, reml, theta0=theta0)  # None: lme4's identity start
             elif opt in _SM_METHODS:
                 if sm_model is None:  # imported only when a statsmodels optimiser runs (~0.5 s for statsmodels.api)
                     from statsmodels.regression.mixed_linear_model import MixedLM
