@@ -72,6 +72,7 @@ __all__ = [
     "resolve_scheduler",
     "scheduler_context",
     "shutdown",
+    "tune_allocator",
 ]
 
 SCHEDULER_ENV = "STUDYLIB_SCHEDULER"
@@ -79,6 +80,14 @@ SCHEDULER_ENV = "STUDYLIB_SCHEDULER"
 _THREADS = {"threads", "threaded", "threading", "default"}
 _SYNC = {"sync", "synchronous", "single-threaded"}
 _ADDRESS = re.compile(r"^(tcp|tls|ws|wss|inproc|ucx)://\S+$")
+
+#: glibc malloc: allocations below this many bytes come from the heap (a freed block is reused), above it from
+#: mmap; and free memory at the top of a heap is returned to the system only beyond the trim threshold
+MALLOC_MMAP_THRESHOLD_BYTES = 64 << 20
+MALLOC_TRIM_THRESHOLD_BYTES = 256 << 20
+#: ``STUDYLIB_TUNE_MALLOC=0`` leaves the allocator as it is (:func:`tune_allocator`)
+TUNE_MALLOC_ENV = "STUDYLIB_TUNE_MALLOC"
+_TUNED: list[bool] = []
 
 # scheduler string -> (client, cluster-or-None) started by get_client(); closed by shutdown()
 _STARTED: dict[str, tuple[Any, Any]] = {}
@@ -118,6 +127,61 @@ def resolve_scheduler(scheduler: str | None = None) -> str:
         return "tcp://" + s
     raise SchedulerError(f"{source}: unknown scheduler {scheduler!r}; use 'threads' (default), 'local' "
                          f"(a LocalCluster on this machine) or a scheduler address like tcp://host:8786")
+
+
+def _allocator_env() -> dict[str, str]:
+    """The environment that gives a new process the thresholds :func:`tune_allocator` sets (glibc reads it at start)."""
+    if os.environ.get(TUNE_MALLOC_ENV, "1").strip() == "0":
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD_BYTES),
+            "MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD_BYTES)}
+
+
+def tune_allocator() -> bool:
+    """Let glibc's malloc reuse scan-sized blocks in this process instead of mapping fresh pages for each.
+
+    Every task of a study allocates arrays the size of a scan (the decompressed bytes, the float32 image, the
+    fitted maps: 1-20 MB each) and frees them when the next scan starts.  glibc serves such blocks with
+    ``mmap`` (above its mmap threshold, 128 kB until it adapts, and never adapting once any threshold is set
+    explicitly, as distributed does for its workers) and hands them back with ``munmap``, so each new array
+    arrives as untouched pages that the kernel faults in and zeroes one 4 kB page at a time.  With the mmap
+    threshold at :data:`MALLOC_MMAP_THRESHOLD_BYTES` (64 MiB) and the trim threshold at
+    :data:`MALLOC_TRIM_THRESHOLD_BYTES` (256 MiB) a freed scan stays in the heap and the next one reuses its
+    pages.  Measured on the 1x end-to-end study (``benchmarks/end_to_end.py``), read -> noise -> fit -> ROI
+    statistics one scan at a time: 66 -> 50 ms per scan, peak RSS unchanged (238 MB); the read-and-decompress
+    floor alone is unchanged (5.4 s on one thread either way).  What it costs: up to 256 MiB of freed memory
+    per heap stays with the process until it exits or the heap top grows past the threshold.
+
+    Done once per process, by :func:`get_client` and :func:`scheduler_context` (the scheduler set up by
+    ``sl.start`` in a notebook), and through the environment for the workers of a ``"local"`` cluster.
+    Workers of an existing cluster (an address) are left alone: set ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` in their environment (``distributed.nanny.pre-spawn-environ``) to the same effect.
+    ``STUDYLIB_TUNE_MALLOC=0`` turns it off.
+
+    Returns
+    -------
+    bool
+        True when the thresholds are set in this process (now or earlier); False when turned off, or not
+        glibc (macOS, musl: nothing to do; their allocators behave differently).
+    """
+    if _TUNED:
+        return _TUNED[0]
+    if os.environ.get(TUNE_MALLOC_ENV, "1").strip() == "0":
+        return False
+    import ctypes
+    import platform
+
+    ok = False
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        try:
+            libc = ctypes.CDLL(None)
+            m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+            ok = bool(libc.mallopt(m_mmap_threshold, ctypes.c_int(MALLOC_MMAP_THRESHOLD_BYTES))) and bool(
+                libc.mallopt(m_trim_threshold, ctypes.c_int(MALLOC_TRIM_THRESHOLD_BYTES)))
+        except (OSError, AttributeError):
+            ok = False
+    _TUNED.append(ok)
+    return ok
 
 
 def active_client():
@@ -160,6 +224,7 @@ def get_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_
         Unknown choice, or the scheduler address cannot be reached within ``timeout_s``.
     """
     choice = resolve_scheduler(scheduler)
+    tune_allocator()
     if choice in ("threads", "sync"):
         dask.config.set(scheduler=choice)
         return None
@@ -184,12 +249,13 @@ def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit
         if n_workers < 1 or threads_per_worker < 1:
             raise SchedulerError(f"n_workers and threads_per_worker must be >= 1, got {n_workers}, "
                                  f"{threads_per_worker}")
-        # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in each worker's environment before it starts; any
+        # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in each worker's environment before it starts; that
         # explicit threshold switches off glibc's dynamic mmap threshold, so every scan-sized array is a fresh
-        # mmap whose pages fault in zeroed: measured here, numpy and the NIfTI reader ran 1.5x slower in such a
-        # worker than in the parent, and the quick end-to-end study took 4.7 s on one worker with it vs 3.7 s
-        # without (2 workers 2.9 vs 2.0 s) for 5-10 % more worker peak RSS.  Workers we start run without it.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # mmap whose pages fault in zeroed (numpy and the NIfTI reader 1.5x slower in such a worker).  Workers we
+        # start get tune_allocator's thresholds instead (none when STUDYLIB_TUNE_MALLOC=0).
+        env = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+        env.update({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in _allocator_env().items()})
+        with dask.config.set(env):
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                                    processes=True, memory_limit=memory_limit, dashboard_address=":0",
                                    silence_logs=logging.ERROR)
@@ -229,6 +295,7 @@ def scheduler_context(scheduler: str | None = None, **kwargs) -> Iterator[Any]:
     this context is closed (one already started by :func:`get_client` is left running).
     """
     choice = resolve_scheduler(scheduler)
+    tune_allocator()
     if choice in ("threads", "sync"):
         with dask.config.set(scheduler=choice):
             yield None

@@ -101,3 +101,47 @@ def test_truncated_voxel_data_is_a_data_file_error(tmp_path):
     with pytest.raises(DataFileError, match="cannot read NIfTI data.*truncated") as ei:
         read_nifti(p)
     assert str(p) in str(ei.value)
+
+
+@pytest.mark.parametrize("dtype, slope, inter, endian", [
+    (np.int16, 0.0123, 0.0, ">"), (np.uint16, 0.5, 0.0, "<"), (np.float32, 1.0, 0.0, "<"), (np.int16, 1.0, -3.0, "<"),
+    (np.uint8, 3.7, 0.0, "<"),
+])
+def test_a_plain_gzip_file_is_read_without_nibabel_load(tmp_path, monkeypatch, dtype, slope, inter, endian):
+    """The header of a single-file .nii.gz comes from the bytes read for the voxels (read_header's parser), not
+    from a second open by ``nibabel.load``; the numbers stay nibabel's to the bit."""
+    data = RNG.integers(0, 200, (6, 5, 3, 4)) if np.dtype(dtype).kind in "iu" else SIGNAL[:6, :5, :3]
+    p = _nib_write(tmp_path / "g.nii.gz", data, dtype, slope, inter, endian)
+    refs = {dt: _reference(p, dt) for dt in (np.float32, np.float64)}
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("nibabel.load called for a plain .nii.gz")
+
+    monkeypatch.setattr(nib, "load", no_load)
+    for dt, ref in refs.items():
+        assert read_nifti(p, dtype=dt).tobytes() == ref.tobytes()
+
+
+def test_header_extensions_go_through_nibabel_load(tmp_path, monkeypatch):
+    """A file the header parser does not cover (here: a header extension) is read by nibabel.load, same numbers."""
+    img = nib.Nifti1Image(RNG.integers(0, 900, (6, 5, 3, 4)).astype(np.int16), np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"studylib test extension"))
+    img.header.set_slope_inter(0.25, 0.0)
+    p = tmp_path / "ext.nii.gz"
+    p.write_bytes(gzip.compress(img.to_bytes(), mtime=0))
+    ref = _reference(p, np.float32)
+    calls = []
+    real = nib.load
+    monkeypatch.setattr(nib, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert read_nifti(p).tobytes() == ref.tobytes()
+    assert calls, "a file with header extensions must go through nibabel.load"
+
+
+def test_negative_stored_values_of_a_magnitude_image_are_refused_on_the_fast_path(tmp_path):
+    """Wrap-around (int16 magnitude stored negative) is seen from the stored integers without a float pass."""
+    raw = RNG.integers(20000, 32000, (6, 5, 3, 4)).astype(np.int32)
+    raw[0, 0, 0, 0] = 40000 - 65536  # a value past 32767 wrapped into int16
+    p = _nib_write(tmp_path / "wrap.nii.gz", raw.astype(np.int16), np.int16, 1.0, 0.0)
+    with pytest.raises(DataFileError, match="negative"):
+        read_nifti(p, magnitude=True)
+    assert read_nifti(p).min() < 0  # not a magnitude image: read as stored

@@ -95,12 +95,13 @@ def test_local_cluster_equals_threads_bit_for_bit(threaded, capsys):
         assert compute.describe()["n_workers"] == 2
         worker_pids = set(client.run(os.getpid).values())
         assert os.getpid() not in worker_pids and len(worker_pids) == 2  # really other processes
-        # studylib adds no MALLOC_TRIM_THRESHOLD_ to the workers (it makes every scan-sized array a fresh mmap:
-        # 1.3-1.5x slower): they have the parent's value (none, unless a cluster started earlier in this process
-        # by other code put distributed's default into os.environ); the one-thread BLAS settings stay
-        parent = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-        env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
-        assert all(e == {"MALLOC_TRIM_THRESHOLD_": parent, "OMP_NUM_THREADS": "1"} for e in env.values()), env
+        # the workers get tune_allocator's malloc thresholds instead of distributed's MALLOC_TRIM_THRESHOLD_=65536
+        # (which makes every scan-sized array a fresh mmap: 1.3-1.5x slower); the one-thread BLAS settings stay
+        keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+        env = client.run(lambda: {k: os.environ.get(k) for k in keys})
+        want = {"MALLOC_MMAP_THRESHOLD_": str(compute.MALLOC_MMAP_THRESHOLD_BYTES),
+                "MALLOC_TRIM_THRESHOLD_": str(compute.MALLOC_TRIM_THRESHOLD_BYTES), "OMP_NUM_THREADS": "1"}
+        assert all(e == want for e in env.values()), env
         megre = _compute(_megre_work())
         dcer = _compute(_dce_work())
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
@@ -175,3 +176,42 @@ def test_lazy_study_bad_arguments(kwargs, what):
 
     with pytest.raises(StudyError, match=what):
         lazy_study(**kwargs)
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from studylib import compute
+tuned = compute.tune_allocator() if sys.argv[1] == "tune" else None
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(4_000_000); del a  # the first 32 MB are touched once either way
+f0 = faults()
+for _ in range(10):  # a scan and a map per task, freed before the next
+    a = np.ones(2_000_000); b = np.ones(1_000_000); del a, b
+print(tuned, faults() - f0)
+"""
+
+
+def _page_faults(mode: str, **env) -> tuple[str, int]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env}).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux")
+                    or __import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt (Linux)")
+def test_tune_allocator_reuses_freed_scans_instead_of_faulting_in_fresh_pages():
+    """With distributed's worker environment (MALLOC_TRIM_THRESHOLD_=65536) every 16 MB array is a fresh mmap
+    whose pages fault in one by one; after tune_allocator the freed blocks are reused (minor page faults counted
+    by the kernel, in a fresh interpreter each)."""
+    dist_env = {"MALLOC_TRIM_THRESHOLD_": "65536", compute.TUNE_MALLOC_ENV: "1"}
+    _, plain = _page_faults("plain", **dist_env)
+    tuned, after = _page_faults("tune", **dist_env)
+    assert tuned == "True"
+    assert plain > 2000, plain  # 10 x 24 MB re-faulted (4 kB pages, or 2 MB ones where numpy asks for them)
+    assert after < plain / 10, (after, plain)
+    off, _ = _page_faults("tune", **{compute.TUNE_MALLOC_ENV: "0"})
+    assert off == "False"  # STUDYLIB_TUNE_MALLOC=0: left alone

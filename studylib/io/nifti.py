@@ -275,7 +275,7 @@ def _gunzip_head(data: bytes, need: int) -> bytes:
     return gunzip_prefix(data, need, decompressobj=zlib.decompressobj)
 
 
-def _header_facts_fast(path: Path):
+def _header_facts_fast(path: Path, start: bytes | None = None):
     """:func:`_header_facts_nibabel`'s tuple from the first bytes of the file, or None to ask nibabel.
 
     Replays what ``nibabel.load`` does for a single-file ``.nii``/``.nii.gz``, without its image object,
@@ -286,6 +286,8 @@ def _header_facts_fast(path: Path):
     for anything it does not cover: another suffix, no single-file magic, a CIFTI-2 intent, header
     extensions, a gzip stream not inflating cleanly to 8 kB (or, if shorter, not a complete valid
     stream), or any exception, so those files keep nibabel's exact behaviour and error messages.
+    ``start``: the file's bytes from its beginning (at least its first 16 kB, or all of it), when the caller
+    has read them already.
     """
     name = path.name
     gz = name.endswith(".nii.gz")
@@ -296,8 +298,11 @@ def _header_facts_fast(path: Path):
         from nibabel.nifti1 import Nifti1Header
         from nibabel.nifti2 import Nifti2Header
 
-        with open(path, "rb") as fh:
-            raw = fh.read(_GZ_IN if gz else _SNIFF)
+        if start is None:
+            with open(path, "rb") as fh:
+                raw = fh.read(_GZ_IN if gz else _SNIFF)
+        else:
+            raw = start[:_GZ_IN if gz else _SNIFF]
         if gz:
             head = _gunzip_head(raw, _GZ_OUT)
             if len(head) < _GZ_OUT:
@@ -478,8 +483,10 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
 
     The numbers are those of nibabel's ``get_fdata(dtype=float64)`` cast to ``dtype``.  A gzip file is
     read in one piece and decompressed in one call (ISA-L when ``isal`` is installed) up to the size
-    its header declares, then parsed by nibabel from memory; 16-bit scanner integers are scaled
-    straight to float32 (no float64 copy of the scan) when that gives the same bits.
+    its header declares; a plain single-file ``.nii.gz`` has its header parsed from those bytes as
+    :func:`read_header` does (:func:`_header_facts_fast`: nibabel's header class, the same facts as
+    ``nibabel.load``, which reads anything else); 16-bit scanner integers are scaled straight to float32
+    (no float64 copy of the scan) when that gives the same bits.
     """
     import io
 
@@ -489,16 +496,26 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
     path = Path(path)
     dt = np.dtype(dtype)
     try:
-        img = nib.load(str(path))
-        dt_file = np.dtype(img.header.get_data_dtype())
-        nbytes = int(np.prod(img.shape, dtype=object)) * dt_file.itemsize
+        data = path.read_bytes() if path.name.endswith(".nii.gz") else None
+        # a plain single-file .nii.gz: its header parsed from the bytes just read, as read_header does (the
+        # same facts as nibabel's image and array proxy); anything else, or any doubt, through nibabel.load
+        facts = _header_facts_fast(path, data) if data is not None else None
+        if facts is not None and len(facts[0]) in (3, 4):
+            shape, _zooms, _affine, dt_file, slope, inter, offset = facts
+            proxy = None  # made from the decompressed bytes below (NIfTI voxels are stored x fastest: "F")
+        else:
+            img = nib.load(str(path))
+            shape, dt_file = tuple(img.shape), np.dtype(img.header.get_data_dtype())
+            offset = int(getattr(img.dataobj, "offset", None) or img.header["vox_offset"])
+            proxy = img.dataobj
+            slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+        nbytes = int(np.prod(shape, dtype=object)) * dt_file.itemsize
         # a header claiming more data than the file can hold must fail before anything allocates it
-        offset = int(getattr(img.dataobj, "offset", None) or img.header["vox_offset"])
-        _check_data_fits(path, img.shape, dt_file, offset, nbytes)
-        proxy = img.dataobj
-        if path.name.endswith(".gz") and type(proxy) is ArrayProxy and int(proxy.offset) == offset:
+        _check_data_fits(path, shape, dt_file, offset, nbytes)
+        if data is not None and (proxy is None or (type(proxy) is ArrayProxy and int(proxy.offset) == offset
+                                                   and proxy.order == "F")):
             try:
-                raw = gunzip_prefix(path.read_bytes(), offset + nbytes)
+                raw = gunzip_prefix(data, offset + nbytes)
             except Exception as err:  # zlib.error, IsalError, OSError
                 raise DataFileError(f"{path}: cannot read NIfTI data (corrupt or truncated gzip data: "
                                     f"{err or type(err).__name__})") from None
@@ -506,14 +523,16 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
                 raise DataFileError(f"{path}: cannot read NIfTI data (corrupt or truncated gzip data: the stream "
                                     f"ends after {len(raw)} of {offset + nbytes} bytes)")
             # the stored integers as a view of the decompressed bytes (what nibabel's reader makes of them)
-            unscaled = np.ndarray(tuple(proxy.shape), dtype=proxy.dtype, buffer=raw, offset=offset, order=proxy.order)
-            proxy = ArrayProxy(io.BytesIO(raw), (tuple(proxy.shape), proxy.dtype, proxy.offset, proxy.slope,
-                                                 proxy.inter), order=proxy.order, mmap=False)
+            unscaled = np.ndarray(tuple(shape), dtype=dt_file, buffer=raw, offset=offset, order="F")
+            proxy = ArrayProxy(io.BytesIO(raw), (tuple(shape), dt_file, offset, slope, inter), order="F", mmap=False)
         else:
             unscaled = None
         arr = _scaled(proxy, dt, unscaled)
+        # a negative value in a magnitude image: negative stored integers (slope > 0, no intercept)
+        negative = (bool(unscaled.size) and bool(unscaled.min() < 0)) if unscaled is not None \
+            else bool((arr < 0).any())
         if magnitude and dt_file.kind == "i" and (float(proxy.inter) != 0.0 or float(proxy.slope) <= 0.0
-                                                 or bool((arr < 0).any())):
+                                                 or negative):
             problem = wrap_around_problem(np.asarray(unscaled if unscaled is not None else proxy.get_unscaled()))
             if problem:
                 raise DataFileError(f"{path}: {problem}")
