@@ -394,6 +394,23 @@ def _single_block(x):
     return x
 
 
+class _UnwrapBlocks:
+    """``func(*blocks)`` with each block taken out of the nested lists of ``blockwise(concatenate=False)``.
+
+    A module-level class rather than a closure: a distributed scheduler pickles every task it sends, and
+    cloudpickle serialises a closure by value (its code and the modules it refers to, ~0.5 ms a task) where
+    an instance of this class is a reference to it plus ``func`` (itself module-level, or such an instance).
+    """
+
+    __slots__ = ("func",)
+
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self, *blocks):
+        return self.func(*(_single_block(b) for b in blocks))
+
+
 def apply_blocks(func, *args, core_dims, out_core=(), out_dtypes, name: str = "apply-blocks"):
     """Apply ``func`` to each block of Dask-backed DataArrays, like ``xr.apply_ufunc(dask="parallelized")``
     but handing ``func`` the blocks as they are stored instead of a copy.
@@ -449,9 +466,7 @@ def apply_blocks(func, *args, core_dims, out_core=(), out_dtypes, name: str = "a
         data = data[tuple(slice(None) if d in a.dims else None for d in loop) + (slice(None),) * len(core)]
         pairs += [data, tuple(f"l{j}" for j in range(len(loop))) + tuple(f"c{i}_{d}" for d in core)]
 
-    def call(*blocks):
-        return func(*(_single_block(b) for b in blocks))
-
+    call = _UnwrapBlocks(func)
     token = tokenize(func, *args, core_dims, out_core, out_dtypes)
     metas = tuple(np.empty((0,) * (len(loop) + len(oc)), dtype=dt) for oc, dt in zip(out_core, out_dtypes))
     tmp = da.blockwise(call, tuple(f"l{j}" for j in range(len(loop))), *pairs, concatenate=False,

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .compute import apply_blocks
+from .compute import active_client, apply_blocks
 from .errors import RoiError, RoiWarning
 
 __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
@@ -258,8 +258,53 @@ def _meta(ds, roi, id_dims):
     return group, acq
 
 
+class _StatsBlock:
+    """:func:`roi_stats_kernel` on one block: ``(*maps, fit_ok, labels)``, each ``(..., *spatial)``, flattened.
+
+    A module-level class, not a closure, so a distributed scheduler pickles it by reference
+    (:class:`studylib.compute._UnwrapBlocks`).  ``as_tuple``: return ``(result,)`` (``apply_blocks``'s outputs).
+    """
+
+    __slots__ = ("n_spatial", "label_values", "pct", "thr", "as_tuple")
+
+    def __init__(self, n_spatial, label_values, pct, thr, as_tuple=False):
+        self.n_spatial, self.label_values, self.pct, self.thr = n_spatial, label_values, pct, thr
+        self.as_tuple = as_tuple
+
+    def _flat(self, a):  # (..., *spatial) -> (..., n_vox); a copy only where the block is not contiguous
+        return a.reshape(a.shape[:a.ndim - self.n_spatial] + (-1,))
+
+    def __call__(self, *arrays):
+        *vs, f, lm = arrays
+        out = roi_stats_kernel([self._flat(v) for v in vs], self._flat(f), self._flat(lm), self.label_values,
+                               self.pct, self.thr)
+        return (out,) if self.as_tuple else out
+
+
 #: ``dask.config`` key: False turns off :func:`_fuse_blocks` (one task per scan) -- for profiling by task kind
 FUSE_CONFIG = "studylib.fuse_blocks"
+
+
+def _run_pickled(blob: bytes, dep_keys: tuple, *deps):
+    """Run a fused task pickled by :func:`_pickled_once` on the values of its dependencies."""
+    import pickle
+
+    return pickle.loads(blob)(dict(zip(dep_keys, deps)))
+
+
+def _pickled_once(fused):
+    """``fused`` (a task of :func:`_fuse_blocks`) as a task whose body is pickled once, here, into bytes.
+
+    A distributed scheduler unpickles the graph it receives and pickles each task again to send it to a
+    worker; for a fused scan task (some 25 inner tasks, each pickled field by field in Python) that took
+    about a second of the scheduler's CPU per 250 scans on the machine the workers share.  As bytes, the
+    scheduler copies it; the worker unpickles it once and runs the same task on the same inputs.
+    """
+    import cloudpickle
+    from dask._task_spec import Task, TaskRef
+
+    dep_keys = tuple(sorted(fused.dependencies, key=str))
+    return Task(fused.key, _run_pickled, cloudpickle.dumps(fused), dep_keys, *(TaskRef(k) for k in dep_keys))
 
 
 def _fuse_blocks(arr, *, max_roots: int = 2):
@@ -277,7 +322,8 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
 
     A block whose own tasks start from more than ``max_roots`` independent inputs (several scans in one
     chunk; a scan and its ROI file are two) is left unfused, so its inputs can still be read in parallel.
-    ``dask.config.set({FUSE_CONFIG: False})`` turns the fusion off.
+    ``dask.config.set({FUSE_CONFIG: False})`` turns the fusion off.  Under a distributed client each fused
+    task's body travels as bytes pickled once (:func:`_pickled_once`).
     """
     import dask
 
@@ -291,6 +337,7 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
     keys = list(flatten(arr.__dask_keys__()))
     if len(keys) < 2:
         return arr
+    packed = active_client() is not None
     dsk = convert_legacy_graph(dict(arr.__dask_optimize__(arr.__dask_graph__(), keys)))
     shared = object()
     owner: dict = {}
@@ -314,7 +361,8 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
         inside = set(members)
         roots = sum(1 for k in members if not (dsk[k].dependencies & inside))
         if len(members) > 1 and roots <= max_roots:
-            new[out] = Task.fuse(*(dsk[k] for k in members), key=out)
+            fused = Task.fuse(*(dsk[k] for k in members), key=out)
+            new[out] = _pickled_once(fused) if packed else fused
         else:
             new.update({k: dsk[k] for k in members})
     graph = HighLevelGraph.from_collections(arr.name, new, dependencies=())
@@ -420,20 +468,15 @@ def summarize(maps, roi: xr.DataArray, *, labels: Mapping = DEFAULT_LABELS, voxe
     vals, ok, lab = _stack(ds, roi, variables, id_dims, spatial)
     label_values = list(labs)
 
-    def flat(a):  # (..., *spatial) -> (..., n_vox); a copy only where the block is not contiguous
-        return a.reshape(a.shape[:a.ndim - len(spatial)] + (-1,))
-
-    def kern(*arrays):
-        *vs, f, lm = arrays
-        return roi_stats_kernel([flat(v) for v in vs], flat(f), flat(lm), label_values, pct, thr)
-
     out_sizes = {"label": len(label_values), "variable": len(variables), "stat": len(names)}
     if any(a.chunks is not None for a in (*vals, ok, lab)):
         # blocks handed over as stored (no concatenated copy of every map per scan)
-        res, = apply_blocks(lambda *a: (kern(*a),), *vals, ok, lab, core_dims=[spatial] * (len(vals) + 2),
-                            out_core=[tuple(out_sizes.items())], out_dtypes=[np.float64], name="roi-stats")
+        res, = apply_blocks(_StatsBlock(len(spatial), label_values, pct, thr, as_tuple=True), *vals, ok, lab,
+                            core_dims=[spatial] * (len(vals) + 2), out_core=[tuple(out_sizes.items())],
+                            out_dtypes=[np.float64], name="roi-stats")
     else:
-        res = xr.apply_ufunc(kern, *vals, ok, lab, input_core_dims=[spatial] * (len(vals) + 2),
+        res = xr.apply_ufunc(_StatsBlock(len(spatial), label_values, pct, thr), *vals, ok, lab,
+                             input_core_dims=[spatial] * (len(vals) + 2),
                              output_core_dims=[["label", "variable", "stat"]])
     res = res.assign_coords(label=label_values, stat=names, variable=variables).transpose(*id_dims, "label",
                                                                                         "variable", "stat")

@@ -232,3 +232,33 @@ def test_matvec_background_sum_agrees_with_the_masked_sum(dtype):
     # the mask varying along the echoes, or reduced axes that are not trailing: no matrix-vector layout
     assert _adapter._matvec_layout(x, np.broadcast_to(w, x.shape).copy(), axis) == (1, 1, 12 * 6 * 40 * 40)
     assert _adapter._matvec_layout(x, w, (2, 3)) is None
+
+
+@pytest.mark.slow
+def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study):
+    """With a distributed client each fused scan task travels as bytes pickled once (``_pickled_once``): the
+    scheduler sees one opaque task per scan, and the tables equal the threaded, unfused ones to the bit."""
+    import studylib as sl
+    from studylib import compute
+    from studylib import roi as roimod
+    from studylib.analysis.tables import roi_tables
+    from studylib.fit.relaxometry import t2star
+
+    plain = _tables(study, fuse=False, roi_with_scan=True)
+    packed = []
+    real = roimod._pickled_once
+    with compute.scheduler_context("local", n_workers=2, threads_per_worker=1, quiet=True) as client:
+        roimod._pickled_once = lambda t: packed.append(t.key) or real(t)
+        try:
+            ds = sl.load_study(study, "fz", "MEGRE", roi_with_scan=True)
+            bare = ds.reset_coords(drop=True)
+            maps = t2star(bare["signal"], method="auto", background=bare["roi"] == 5,
+                          mask=bare["roi"].isin([1, 2]))
+            maps = maps.assign_coords({c: ds.coords[c] for c in ("group", "sex", "acquired") if c in ds.coords})
+            got = roi_tables(maps, ds, variables=["r2star", "t2star", "s0", "noise_sigma"])
+        finally:
+            roimod._pickled_once = real
+        assert compute.active_client() is client
+    assert len(packed) == 8  # one packed task per (animal, day) block, the missing session's NaN block too
+    for a, b in zip(got, plain):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)

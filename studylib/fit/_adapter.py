@@ -363,6 +363,45 @@ def _gather_rows(y: np.ndarray, sel: np.ndarray, every: bool) -> np.ndarray:
     return y[sel.reshape(y.shape[:-1])].astype(np.float64)
 
 
+class _KernelBlock:
+    """One block through the kernel: the masked voxels gathered as rows, the outputs scattered back to full maps.
+
+    ``(y, [mask], *voxel_inputs) -> tuple of maps`` with ``y`` of shape ``lead + (n,)``.  A module-level class,
+    not a closure, so a distributed scheduler pickles it by reference (:class:`studylib.compute._UnwrapBlocks`).
+    """
+
+    __slots__ = ("kernel", "outputs", "x", "kw", "vnames", "has_mask")
+
+    def __init__(self, kernel, outputs, x, kw, vnames, has_mask):
+        self.kernel, self.outputs, self.x, self.kw = kernel, outputs, x, kw
+        self.vnames, self.has_mask = vnames, has_mask
+
+    def __call__(self, y, *extra):
+        lead = y.shape[:-1]
+        n_vox = int(np.prod(lead, dtype=np.int64))
+        m = extra[0] if self.has_mask else None
+        sel = np.ones(n_vox, dtype=bool) if m is None else np.broadcast_to(m, lead).reshape(-1).astype(bool)
+        every = bool(sel.all())
+        res = {}
+        if sel.any():
+            vkw = {}
+            for name, v in zip(self.vnames, extra[int(self.has_mask):]):
+                v = np.broadcast_to(np.asarray(v), lead).reshape(-1)
+                vkw[name] = np.ascontiguousarray(v) if every else v[sel]
+            rows = _gather_rows(np.asarray(y), sel, every)
+            res = self.kernel(rows, self.x, **self.kw, **vkw)
+        outs = []
+        for o in self.outputs:
+            if o.dtype is bool or o.dtype is np.bool_:
+                full = np.zeros(n_vox, dtype=bool)
+            else:
+                full = np.full(n_vox, np.nan, dtype=o.dtype)
+            if sel.any():
+                full[sel] = res[o.name]
+            outs.append(full.reshape(lead))
+        return tuple(outs)
+
+
 def apply_kernel(
     kernel: Callable[..., Mapping[str, np.ndarray]],
     signal: xr.DataArray,
@@ -423,31 +462,7 @@ def apply_kernel(
     vnames = list(vin)
     has_mask = mask_da is not None
 
-    def _block(y, *extra):
-        lead = y.shape[:-1]
-        n_vox = int(np.prod(lead, dtype=np.int64))
-        m = extra[0] if has_mask else None
-        sel = np.ones(n_vox, dtype=bool) if m is None else np.broadcast_to(m, lead).reshape(-1).astype(bool)
-        every = bool(sel.all())
-        res = {}
-        if sel.any():
-            vkw = {}
-            for name, v in zip(vnames, extra[int(has_mask):]):
-                v = np.broadcast_to(np.asarray(v), lead).reshape(-1)
-                vkw[name] = np.ascontiguousarray(v) if every else v[sel]
-            rows = _gather_rows(np.asarray(y), sel, every)
-            res = kernel(rows, x, **kw, **vkw)
-        outs = []
-        for o in outputs:
-            if o.dtype is bool or o.dtype is np.bool_:
-                full = np.zeros(n_vox, dtype=bool)
-            else:
-                full = np.full(n_vox, np.nan, dtype=o.dtype)
-            if sel.any():
-                full[sel] = res[o.name]
-            outs.append(full.reshape(lead))
-        return tuple(outs)
-
+    _block = _KernelBlock(kernel, tuple(outputs), x, kw, tuple(vnames), has_mask)
     if signal.chunks is not None:  # Dask: each block handed to the kernel as stored (apply_blocks aligns the inputs)
         sig = signal.chunk({dim: -1})
         dask_args = [sig] + ([mask_da] if mask_da is not None else []) + list(vin.values())
