@@ -145,3 +145,23 @@ def test_negative_stored_values_of_a_magnitude_image_are_refused_on_the_fast_pat
     with pytest.raises(DataFileError, match="negative"):
         read_nifti(p, magnitude=True)
     assert read_nifti(p).min() < 0  # not a magnitude image: read as stored
+
+
+def test_header_read_at_load_time_is_reused_only_while_the_file_still_has_it(tmp_path, monkeypatch):
+    """``read_nifti(header=read_header(p))`` skips parsing the header while the file's header bytes are those
+    read_header saw; a file rewritten since (new scaling) is parsed again: its own numbers, never stale facts."""
+    p = write_nifti(tmp_path / "h.nii.gz", SIGNAL, np.eye(4))
+    info = nifti.read_header(p)
+    assert info.header_bytes and len(info.header_bytes) == 352
+    ref = _reference(p, np.float32)
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("header parsed again although it was given and unchanged")
+
+    monkeypatch.setattr(nifti, "_header_facts_fast", no_parse)
+    assert read_nifti(p, header=info).tobytes() == ref.tobytes()
+    monkeypatch.undo()
+    write_nifti(p, 3.0 * SIGNAL, np.eye(4))  # same shape, another scl_slope: the old facts would scale it wrongly
+    fresh = read_nifti(p, header=info)
+    assert fresh.tobytes() == _reference(p, np.float32).tobytes()
+    np.testing.assert_allclose(fresh, 3.0 * ref, rtol=2e-3)

@@ -247,7 +247,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
                                             f"{label_source[v][0]!r} in {label_source[v][1]}: one study, one meaning")
                     label_source[v] = (name, str(resolve_path(base, side_rel)))
                     labels[v] = name
-        rois[key] = dict(path=p, sha=r.sha256, shape=info.design_shape, lut=lut)
+        rois[key] = dict(path=p, sha=r.sha256, shape=info.design_shape, lut=lut, info=info)
 
     labels = labels or dict(ROI_LABELS)  # no ROI sidecar says: the conventions
 
@@ -272,11 +272,13 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
             r = rois.get((a, d))
             if r is not None and roi_with_scan:  # one task reads both: no scan-sized transfer between workers
                 arr, roi = read_nifti_pair_lazy(s["path"], info.design_shape, np.float32, r["path"], r["shape"],
-                                                np.int16, token=(s["sha"], r["sha"]), magnitude=magnitude)
+                                                np.int16, token=(s["sha"], r["sha"]), magnitude=magnitude,
+                                                headers=(info, r["info"]))
             else:
-                arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"], magnitude=magnitude)
+                arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"], magnitude=magnitude,
+                                      header=info)
                 if r is not None:
-                    roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"])
+                    roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"], header=r["info"])
             if len(info.shape) == 3 and dim:
                 arr = arr[None]
             elif len(info.shape) == 4 and not dim:

@@ -173,6 +173,10 @@ class NiftiInfo:
     inter: float
     vox_offset: int
     nbytes: int
+    #: the header as stored (decompressed), with the 4 extension-flag bytes after it, when the fast parser
+    #: read it (:func:`_header_facts_fast`); :func:`read_nifti` reuses these facts for a file whose header
+    #: bytes are still these
+    header_bytes: bytes | None = None
 
     @property
     def design_shape(self) -> tuple[int, ...]:
@@ -211,14 +215,14 @@ def read_header(path) -> NiftiInfo:
         raise DataFileError(f"{path}: NIfTI file not found")
     facts = _header_facts_fast(path)
     if facts is None:
-        facts = _header_facts_nibabel(path)
-    shape, zooms, affine, dtype, slope, inter, vox_offset = facts
+        facts = _header_facts_nibabel(path) + (None,)
+    shape, zooms, affine, dtype, slope, inter, vox_offset, header_bytes = facts
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise DataFileError(f"{path}: expected a 3-D or 4-D image, header says shape {shape}")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
     _check_data_fits(path, shape, dtype, vox_offset, nbytes)
     return NiftiInfo(str(path), shape, zooms, affine, str(dtype),
-                     slope, inter, vox_offset, nbytes)
+                     slope, inter, vox_offset, nbytes, header_bytes)
 
 
 def _header_facts_nibabel(path: Path):
@@ -276,7 +280,7 @@ def _gunzip_head(data: bytes, need: int) -> bytes:
 
 
 def _header_facts_fast(path: Path, start: bytes | None = None):
-    """:func:`_header_facts_nibabel`'s tuple from the first bytes of the file, or None to ask nibabel.
+    """:func:`_header_facts_nibabel`'s tuple and the header's bytes, from the first bytes of the file, or None.
 
     Replays what ``nibabel.load`` does for a single-file ``.nii``/``.nii.gz``, without its image object,
     file-type search over every format and gzip file machinery: the type decision on the first 1024
@@ -337,7 +341,7 @@ def _header_facts_fast(path: Path, start: bytes | None = None):
         vox_offset = int(hdr.get_data_offset() or 0)
     except Exception:
         return None
-    return shape, zooms, affine, dtype, slope, inter, vox_offset
+    return shape, zooms, affine, dtype, slope, inter, vox_offset, bytes(head[:klass.sizeof_hdr + 4])
 
 
 #: deflate cannot expand data by more than 1032:1 (zlib technical details), so a gzip file of
@@ -472,8 +476,18 @@ def wrap_around_problem(stored: np.ndarray) -> str | None:
             f"was written; export it again as uint16 or float32, or with a scale factor (scl_slope)")
 
 
+def _known_facts(data: bytes, header: NiftiInfo | None):
+    """``header``'s facts (as :func:`_header_facts_fast` gives them) if the gzip bytes ``data`` still start with
+    the header it was read from (byte for byte), else None."""
+    hb = getattr(header, "header_bytes", None)
+    if not hb or _gunzip_head(data[:_GZ_IN], len(hb)) != hb:
+        return None
+    return (tuple(header.shape), tuple(header.voxel_size_mm), header.affine, np.dtype(header.dtype),
+            float(header.slope), float(header.inter), int(header.vox_offset), hb)
+
+
 def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None = None,
-               magnitude: bool = False) -> np.ndarray:
+               magnitude: bool = False, header: NiftiInfo | None = None) -> np.ndarray:
     """Read a NIfTI image now, scaled (``int * slope + inter``), in design order ``([n,] z, y, x)``.
 
     Integer ``dtype`` (labels) returns the rounded scaled values.  Raises
@@ -485,8 +499,10 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
     read in one piece and decompressed in one call (ISA-L when ``isal`` is installed) up to the size
     its header declares; a plain single-file ``.nii.gz`` has its header parsed from those bytes as
     :func:`read_header` does (:func:`_header_facts_fast`: nibabel's header class, the same facts as
-    ``nibabel.load``, which reads anything else); 16-bit scanner integers are scaled straight to float32
-    (no float64 copy of the scan) when that gives the same bits.
+    ``nibabel.load``, which reads anything else), or taken from ``header`` (the :class:`NiftiInfo` that
+    :func:`read_header` gave when the study was loaded) when the file's header bytes are still those it
+    parsed; 16-bit scanner integers are scaled straight to float32 (no float64 copy of the scan) when that
+    gives the same bits.
     """
     import io
 
@@ -499,9 +515,9 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
         data = path.read_bytes() if path.name.endswith(".nii.gz") else None
         # a plain single-file .nii.gz: its header parsed from the bytes just read, as read_header does (the
         # same facts as nibabel's image and array proxy); anything else, or any doubt, through nibabel.load
-        facts = _header_facts_fast(path, data) if data is not None else None
+        facts = None if data is None else (_known_facts(data, header) or _header_facts_fast(path, data))
         if facts is not None and len(facts[0]) in (3, 4):
-            shape, _zooms, _affine, dt_file, slope, inter, offset = facts
+            shape, _zooms, _affine, dt_file, slope, inter, offset, _hb = facts
             proxy = None  # made from the decompressed bytes below (NIfTI voxels are stored x fastest: "F")
         else:
             img = nib.load(str(path))
@@ -549,7 +565,8 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
     return arr
 
 
-def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None, magnitude: bool = False):
+def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None, magnitude: bool = False,
+                    header: NiftiInfo | None = None):
     """A Dask array of a NIfTI image in design order, read with nibabel only on compute.
 
     Parameters
@@ -563,6 +580,8 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None, 
         Content token (e.g. the file's sha256) making the Dask key content-addressed.
     magnitude : bool
         A magnitude image: stored integers that wrapped around are an error (:func:`read_nifti`).
+    header : NiftiInfo, optional
+        The file's header as :func:`read_header` read it: not parsed again while its bytes are unchanged.
 
     Returns
     -------
@@ -576,22 +595,24 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None, 
     shape = tuple(int(s) for s in shape)
     name = "read-nifti-" + dask.base.tokenize(str(path), shape, str(np.dtype(dtype)), token, magnitude)
     delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape, magnitude=magnitude,
-                                                  dask_key_name=name)
+                                                  header=header, dask_key_name=name)
     return da.from_delayed(delayed, shape=shape, dtype=np.dtype(dtype), name=name + "-arr")
 
 
-def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, magnitude=False):
-    return (read_nifti(path_a, dtype=dtype_a, expect_shape=shape_a, magnitude=magnitude),
-            read_nifti(path_b, dtype=dtype_b, expect_shape=shape_b))
+def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, magnitude=False, header_a=None, header_b=None):
+    return (read_nifti(path_a, dtype=dtype_a, expect_shape=shape_a, magnitude=magnitude, header=header_a),
+            read_nifti(path_b, dtype=dtype_b, expect_shape=shape_b, header=header_b))
 
 
-def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, token=None, magnitude=False):
+def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, token=None, magnitude=False,
+                         headers=(None, None)):
     """Two NIfTI images (a scan and its ROI label map) as two Dask arrays read by one task.
 
     Like :func:`read_nifti_lazy` for each file, but both are read by the same task, so every task that
     needs a scan and its labels (background noise SD, masked fit, ROI statistics) finds both on the
     worker that read them: under a distributed scheduler nothing the size of a scan moves between
-    workers.  Computing either array reads both files.  ``token``: content token of the pair.
+    workers.  Computing either array reads both files.  ``token``: content token of the pair; ``headers``:
+    the two files' :class:`NiftiInfo` (see :func:`read_nifti_lazy`).
 
     Returns
     -------
@@ -606,7 +627,7 @@ def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, 
     name = "read-nifti-pair-" + dask.base.tokenize(str(path_a), shape_a, str(np.dtype(dtype_a)), str(path_b),
                                                    shape_b, str(np.dtype(dtype_b)), token, magnitude)
     pair = dask.delayed(_read_pair, pure=True, nout=2)(str(path_a), shape_a, np.dtype(dtype_a), str(path_b), shape_b,
-                                                       np.dtype(dtype_b), magnitude, dask_key_name=name)
+                                                       np.dtype(dtype_b), magnitude, *headers, dask_key_name=name)
     return (da.from_delayed(pair[0], shape=shape_a, dtype=np.dtype(dtype_a), name=name + "-a"),
             da.from_delayed(pair[1], shape=shape_b, dtype=np.dtype(dtype_b), name=name + "-b"))
 
