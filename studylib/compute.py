@@ -67,6 +67,7 @@ __all__ = [
     "active_client",
     "apply_blocks",
     "describe",
+    "fused_task",
     "get_client",
     "progress",
     "resolve_scheduler",
@@ -484,3 +485,115 @@ def apply_blocks(func, *args, core_dims, out_core=(), out_dtypes, name: str = "a
         arr = da.Array(graph, leaf, chunks=tmp.chunks + tuple((n,) for _, n in oc), meta=metas[i])
         outs.append(xr.DataArray(arr, dims=loop + [d for d, _ in oc], coords=coords))
     return tuple(outs)
+
+
+def _run_in_order(tasks, drops, outkey, inkeys, *deps):
+    """Run ``tasks`` (dask ``GraphNode`` objects, each after its dependencies) on ``deps`` (the values of ``inkeys``);
+    after task ``i`` the values named in ``drops[i]`` are released.  Returns the value of ``outkey``."""
+    cache = dict(zip(inkeys, deps))
+    for task, drop in zip(tasks, drops):
+        cache[task.key] = task(cache)
+        for k in drop:
+            del cache[k]
+    return cache[outkey]
+
+
+def _flat_nodes(node, into: dict, depth: int = 0) -> None:
+    """``node`` into ``into`` (key -> ``(node, depth)``), a blockwise-fused subgraph task replaced by its inner tasks.
+
+    Dask runs such a task (``_execute_subgraph``) by ordering its inner graph with ``dask.order`` at every
+    call, in Python under the GIL; its inner tasks read their inputs by the keys of the task's own
+    dependencies, so they can run in the enclosing chain directly (an ``Alias`` names their output with the
+    task's key where the two differ).  Blockwise fusion also leaves outer aliases naming an inner output by
+    its layer's key (pointing at the subgraph task): a node from deeper inside a subgraph replaces an alias
+    of the same key, and a computing node replaces any alias.
+    """
+    from dask._task_spec import Alias, Task, TaskRef, _execute_subgraph
+
+    if isinstance(node, Task) and node.func is _execute_subgraph and len(node.args) >= 3:
+        inner, outkey, inkeys, *refs = node.args
+        if isinstance(inner, dict) and len(refs) == len(inkeys) and all(isinstance(r, TaskRef) for r in refs) \
+                and tuple(r.key for r in refs) == tuple(inkeys):
+            for v in inner.values():
+                _flat_nodes(v, into, depth + 1)
+            if outkey != node.key:
+                _put(into, Alias(node.key, outkey), depth)
+            return
+    _put(into, node, depth)
+
+
+def _put(into: dict, node, depth: int) -> None:
+    from dask._task_spec import Alias
+
+    have = into.get(node.key)
+    if have is None or (isinstance(have[0], Alias) and (not isinstance(node, Alias) or depth > have[1])):
+        into[node.key] = (node, depth)
+
+
+def _pickled_once_runner(fused):
+    import cloudpickle
+    from dask._task_spec import Task, TaskRef
+
+    dep_keys = tuple(sorted(fused.dependencies, key=str))
+    return Task(fused.key, _run_pickled, cloudpickle.dumps(fused), dep_keys, *(TaskRef(k) for k in dep_keys))
+
+
+def _run_pickled(blob: bytes, dep_keys: tuple, *deps):
+    """Run a task pickled by :func:`fused_task` (``packed=True``) on the values of its dependencies."""
+    import pickle
+
+    return pickle.loads(blob)(dict(zip(dep_keys, deps)))
+
+
+def fused_task(dsk: dict, members, out, *, packed: bool = False):
+    """One dask task that runs the tasks ``members`` of graph ``dsk`` (all ancestors of ``out`` within them).
+
+    Like :meth:`dask._task_spec.Task.fuse`, but the order is worked out once, here: the members (and the
+    inner tasks of blockwise-fused subgraph tasks among them, :func:`_flat_nodes`) run depth-first from
+    ``out``, each after its dependencies, and every intermediate value is released after its last use.
+    ``Task.fuse`` instead runs ``dask.order`` on the subgraph, and on every nested subgraph, each time the
+    task runs -- Python under the GIL, the largest GIL holder of a threaded study pass after the fits
+    (measured with ``py-spy --gil`` on the end-to-end benchmark).  The same functions run on the same inputs,
+    so the values are the same bits.
+
+    ``packed``: the task's body is pickled once, here, into bytes (for a distributed scheduler, which would
+    otherwise unpickle the graph and pickle each task again, field by field in Python, to send it to a worker:
+    about a second of the scheduler's CPU per 250 scan tasks on the machine the workers share).
+    """
+    from dask._task_spec import Task, TaskRef
+
+    placed: dict = {}
+    for k in members:
+        _flat_nodes(dsk[k], placed)
+    nodes = {k: v[0] for k, v in placed.items()}
+    order, seen, stack = [], set(), [(out, False)]
+    while stack:  # depth-first post-order from the output: every task after its dependencies
+        k, done = stack.pop()
+        if done:
+            order.append(k)
+            continue
+        if k in seen or k not in nodes:
+            continue
+        seen.add(k)
+        stack.append((k, True))
+        stack.extend((d, False) for d in sorted(nodes[k].dependencies, key=str, reverse=True)
+                     if d in nodes and d not in seen)
+    inside = set(order)
+    pos = {k: i for i, k in enumerate(order)}
+    if out not in pos or any(pos.get(d, -1) >= i for i, k in enumerate(order) for d in nodes[k].dependencies
+                             if d in nodes):
+        # not a chain this can order (an alias cycle, an output missing): dask's own fusion, ordered per call
+        task = Task.fuse(*(dsk[k] for k in members), key=out)
+        return _pickled_once_runner(task) if packed else task
+    last = {}
+    for i, k in enumerate(order):
+        for d in nodes[k].dependencies:
+            last[d] = i
+    drops = [[] for _ in order]
+    for d, i in last.items():
+        if d != out:
+            drops[i].append(d)
+    ext = tuple(sorted({d for k in order for d in nodes[k].dependencies} - inside, key=str))
+    task = Task(out, _run_in_order, tuple(nodes[k] for k in order), tuple(tuple(x) for x in drops), out, ext,
+                *(TaskRef(k) for k in ext))
+    return _pickled_once_runner(task) if packed else task

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .compute import active_client, apply_blocks
+from .compute import active_client, apply_blocks, fused_task
 from .errors import RoiError, RoiWarning
 
 __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
@@ -285,28 +285,6 @@ class _StatsBlock:
 FUSE_CONFIG = "studylib.fuse_blocks"
 
 
-def _run_pickled(blob: bytes, dep_keys: tuple, *deps):
-    """Run a fused task pickled by :func:`_pickled_once` on the values of its dependencies."""
-    import pickle
-
-    return pickle.loads(blob)(dict(zip(dep_keys, deps)))
-
-
-def _pickled_once(fused):
-    """``fused`` (a task of :func:`_fuse_blocks`) as a task whose body is pickled once, here, into bytes.
-
-    A distributed scheduler unpickles the graph it receives and pickles each task again to send it to a
-    worker; for a fused scan task (some 25 inner tasks, each pickled field by field in Python) that took
-    about a second of the scheduler's CPU per 250 scans on the machine the workers share.  As bytes, the
-    scheduler copies it; the worker unpickles it once and runs the same task on the same inputs.
-    """
-    import cloudpickle
-    from dask._task_spec import Task, TaskRef
-
-    dep_keys = tuple(sorted(fused.dependencies, key=str))
-    return Task(fused.key, _run_pickled, cloudpickle.dumps(fused), dep_keys, *(TaskRef(k) for k in dep_keys))
-
-
 def _fuse_blocks(arr, *, max_roots: int = 2):
     """``arr`` with each output block's own ancestry fused into one Dask task (non-Dask input returned as is).
 
@@ -317,20 +295,20 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
     workers; fused, each scan is one task, read, fitted and reduced where it runs.  The tasks are those only
     this block depends on (found by walking the optimised graph up from every output key); tasks that several
     blocks share (the NaN fill of the missing scans, constants) stay separate and become inputs of the fused
-    ones.  The same functions run in the same dependency order on the same inputs
-    (:meth:`dask._task_spec.Task.fuse`, intermediates freed as soon as used), so the numbers are the same bits.
+    ones.  The same functions run in a dependency order on the same inputs (:func:`studylib.compute.fused_task`,
+    intermediates freed as soon as used), so the numbers are the same bits.
 
     A block whose own tasks start from more than ``max_roots`` independent inputs (several scans in one
     chunk; a scan and its ROI file are two) is left unfused, so its inputs can still be read in parallel.
     ``dask.config.set({FUSE_CONFIG: False})`` turns the fusion off.  Under a distributed client each fused
-    task's body travels as bytes pickled once (:func:`_pickled_once`).
+    task's body travels as bytes pickled once (``fused_task(packed=True)``).
     """
     import dask
 
     if not hasattr(arr, "__dask_graph__") or not dask.config.get(FUSE_CONFIG, True):
         return arr
     import dask.array as da
-    from dask._task_spec import Task, convert_legacy_graph
+    from dask._task_spec import convert_legacy_graph
     from dask.core import flatten
     from dask.highlevelgraph import HighLevelGraph
 
@@ -361,8 +339,7 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
         inside = set(members)
         roots = sum(1 for k in members if not (dsk[k].dependencies & inside))
         if len(members) > 1 and roots <= max_roots:
-            fused = Task.fuse(*(dsk[k] for k in members), key=out)
-            new[out] = _pickled_once(fused) if packed else fused
+            new[out] = fused_task(dsk, members, out, packed=packed)
         else:
             new.update({k: dsk[k] for k in members})
     graph = HighLevelGraph.from_collections(arr.name, new, dependencies=())

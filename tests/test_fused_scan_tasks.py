@@ -100,8 +100,9 @@ def test_nonfinite_background_value_takes_the_general_path_with_the_same_bits(st
 
 def test_one_task_per_scan(study):
     import studylib as sl
-    from studylib.fit.relaxometry import t2star
+    from studylib import compute
     from studylib import roi as roimod
+    from studylib.fit.relaxometry import t2star
 
     ds = sl.load_study(study, "fz", "MEGRE", roi_with_scan=True)
     bare = ds.reset_coords(drop=True)
@@ -115,6 +116,8 @@ def test_one_task_per_scan(study):
             arr.__dask_keys__()))))
         captured["after"] = len(out.__dask_graph__())
         captured["blocks"] = int(np.prod(out.numblocks))
+        captured["runners"] = [t for t in dict(out.__dask_graph__()).values()
+                               if getattr(t, "func", None) is compute._run_in_order]
         return out
 
     roimod._fuse_blocks = spy
@@ -128,6 +131,14 @@ def test_one_task_per_scan(study):
     assert captured["before"] > 10 * n_scans           # ~25 small tasks per scan unfused
     # one task per block, plus the few shared by the missing session's blocks (NaN fill, zero labels)
     assert captured["after"] <= captured["blocks"] + 4
+    # each runs its chain in an order worked out once; the blockwise-fused subgraphs inside it are flattened
+    # (dask.order sorted each at every call), except one whose inner keys are placeholders shared by every block
+    from dask._task_spec import _execute_subgraph
+
+    assert len(captured["runners"]) == captured["blocks"]
+    for r in captured["runners"]:
+        nested = [t for t in r.args[0] if getattr(t, "func", None) is _execute_subgraph]
+        assert len(r.args[0]) > 10 and len(nested) <= 1, [t.key for t in nested]
 
 
 def test_fusion_keeps_parallel_inputs_of_a_multi_scan_block_apart():
@@ -246,9 +257,9 @@ def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study):
 
     plain = _tables(study, fuse=False, roi_with_scan=True)
     packed = []
-    real = roimod._pickled_once
+    real = compute._pickled_once_runner
     with compute.scheduler_context("local", n_workers=2, threads_per_worker=1, quiet=True) as client:
-        roimod._pickled_once = lambda t: packed.append(t.key) or real(t)
+        compute._pickled_once_runner = lambda t: packed.append(t.key) or real(t)
         try:
             ds = sl.load_study(study, "fz", "MEGRE", roi_with_scan=True)
             bare = ds.reset_coords(drop=True)
@@ -257,7 +268,7 @@ def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study):
             maps = maps.assign_coords({c: ds.coords[c] for c in ("group", "sex", "acquired") if c in ds.coords})
             got = roi_tables(maps, ds, variables=["r2star", "t2star", "s0", "noise_sigma"])
         finally:
-            roimod._pickled_once = real
+            compute._pickled_once_runner = real
         assert compute.active_client() is client
     assert len(packed) == 8  # one packed task per (animal, day) block, the missing session's NaN block too
     for a, b in zip(got, plain):
