@@ -515,7 +515,9 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
         data = path.read_bytes() if path.name.endswith(".nii.gz") else None
         # a plain single-file .nii.gz: its header parsed from the bytes just read, as read_header does (the
         # same facts as nibabel's image and array proxy); anything else, or any doubt, through nibabel.load
-        facts = None if data is None else (_known_facts(data, header) or _header_facts_fast(path, data))
+        facts = known = None if data is None else _known_facts(data, header)
+        if data is not None and facts is None:
+            facts = _header_facts_fast(path, data)
         if facts is not None and len(facts[0]) in (3, 4):
             shape, _zooms, _affine, dt_file, slope, inter, offset, _hb = facts
             proxy = None  # made from the decompressed bytes below (NIfTI voxels are stored x fastest: "F")
@@ -526,8 +528,10 @@ def read_nifti(path, *, dtype=np.float32, expect_shape: tuple[int, ...] | None =
             proxy = img.dataobj
             slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         nbytes = int(np.prod(shape, dtype=object)) * dt_file.itemsize
-        # a header claiming more data than the file can hold must fail before anything allocates it
-        _check_data_fits(path, shape, dt_file, offset, nbytes)
+        # a header claiming more data than the file can hold must fail before anything allocates it (a header
+        # read_header checked already is not checked again: a file cut since then inflates to less, not more)
+        if known is None:
+            _check_data_fits(path, shape, dt_file, offset, nbytes)
         if data is not None and (proxy is None or (type(proxy) is ArrayProxy and int(proxy.offset) == offset
                                                    and proxy.order == "F")):
             try:
