@@ -131,9 +131,13 @@ def resolve_scheduler(scheduler: str | None = None) -> str:
                          f"(a LocalCluster on this machine) or a scheduler address like tcp://host:8786")
 
 
+def _tuning_off() -> bool:
+    return os.environ.get(TUNE_MALLOC_ENV, "1").strip() == "0"
+
+
 def _allocator_env() -> dict[str, str]:
     """The environment that gives a new process the thresholds :func:`tune_allocator` sets (glibc reads it at start)."""
-    if os.environ.get(TUNE_MALLOC_ENV, "1").strip() == "0":
+    if _tuning_off():
         return {}
     return {"MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD_BYTES),
             "MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD_BYTES)}
@@ -168,7 +172,7 @@ def tune_allocator() -> bool:
     """
     if _TUNED:
         return _TUNED[0]
-    if os.environ.get(TUNE_MALLOC_ENV, "1").strip() == "0":
+    if _tuning_off():
         return False
     import ctypes
     import platform
