@@ -1,4 +1,6 @@
-"""Dask in one place: the scheduler choice, and a block-wise apply without copies (:func:`apply_blocks`).
+"""Dask in one place: the scheduler choice, the allocator settings of the processes that compute
+(:func:`tune_allocator`), a block-wise apply without copies (:func:`apply_blocks`), one task per scan chain
+(:func:`fused_task`) and one graph layer per array (:func:`one_layer`).
 
 Three ways to run the same lazy computations:
 

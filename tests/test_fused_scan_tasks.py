@@ -105,6 +105,8 @@ def test_one_task_per_scan(study):
     from studylib.fit.relaxometry import t2star
 
     ds = sl.load_study(study, "fz", "MEGRE", roi_with_scan=True)
+    # load_study hands out one graph layer per variable (not a read, an array and a stack layer per scan)
+    assert all(len(ds[v].data.__dask_graph__().layers) == 1 for v in ("signal", "roi"))
     bare = ds.reset_coords(drop=True)
     maps = t2star(bare["signal"], background=bare["roi"] == 5, mask=bare["roi"].isin([1, 2]))
     captured = {}
