@@ -538,6 +538,7 @@ def _put(into: dict, node, depth: int) -> None:
 
 
 def _pickled_once_runner(fused):
+    """``fused`` as a task whose body is bytes pickled once, here (run by :func:`_run_pickled`)."""
     import cloudpickle
     from dask._task_spec import Task, TaskRef
 
@@ -585,24 +586,23 @@ def fused_task(dsk: dict, members, out, *, packed: bool = False):
         stack.append((k, True))
         stack.extend((d, False) for d in sorted(nodes[k].dependencies, key=str, reverse=True)
                      if d in nodes and d not in seen)
-    inside = set(order)
     pos = {k: i for i, k in enumerate(order)}
     if out not in pos or any(pos.get(d, -1) >= i for i, k in enumerate(order) for d in nodes[k].dependencies
                              if d in nodes):
         # not a chain this can order (an alias cycle, an output missing): dask's own fusion, ordered per call
         task = Task.fuse(*(dsk[k] for k in members), key=out)
-        return _pickled_once_runner(task) if packed else task
-    last = {}
-    for i, k in enumerate(order):
-        for d in nodes[k].dependencies:
-            last[d] = i
-    drops = [[] for _ in order]
-    for d, i in last.items():
-        if d != out:
-            drops[i].append(d)
-    ext = tuple(sorted({d for k in order for d in nodes[k].dependencies} - inside, key=str))
-    task = Task(out, _run_in_order, tuple(nodes[k] for k in order), tuple(tuple(x) for x in drops), out, ext,
-                *(TaskRef(k) for k in ext))
+    else:
+        last = {}
+        for i, k in enumerate(order):
+            for d in nodes[k].dependencies:
+                last[d] = i
+        drops = [[] for _ in order]
+        for d, i in last.items():
+            if d != out:
+                drops[i].append(d)
+        ext = tuple(sorted(last.keys() - pos.keys(), key=str))  # every dependency not computed here
+        task = Task(out, _run_in_order, tuple(nodes[k] for k in order), tuple(tuple(x) for x in drops), out, ext,
+                    *(TaskRef(k) for k in ext))
     return _pickled_once_runner(task) if packed else task
 
 

@@ -248,7 +248,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
                                             f"{label_source[v][0]!r} in {label_source[v][1]}: one study, one meaning")
                     label_source[v] = (name, str(resolve_path(base, side_rel)))
                     labels[v] = name
-        rois[key] = dict(path=p, sha=r.sha256, shape=info.design_shape, lut=lut, info=info)
+        rois[key] = dict(path=p, sha=r.sha256, lut=lut, info=info)
 
     labels = labels or dict(ROI_LABELS)  # no ROI sidecar says: the conventions
 
@@ -272,14 +272,14 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
             info = s["info"]
             r = rois.get((a, d))
             if r is not None and roi_with_scan:  # one task reads both: no scan-sized transfer between workers
-                arr, roi = read_nifti_pair_lazy(s["path"], info.design_shape, np.float32, r["path"], r["shape"],
+                arr, roi = read_nifti_pair_lazy(s["path"], info.design_shape, np.float32, r["path"], r["info"].design_shape,
                                                 np.int16, token=(s["sha"], r["sha"]), magnitude=magnitude,
                                                 headers=(info, r["info"]))
             else:
                 arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"], magnitude=magnitude,
                                       header=info)
                 if r is not None:
-                    roi = read_nifti_lazy(r["path"], r["shape"], np.int16, token=r["sha"], header=r["info"])
+                    roi = read_nifti_lazy(r["path"], r["info"].design_shape, np.int16, token=r["sha"], header=r["info"])
             if len(info.shape) == 3 and dim:
                 arr = arr[None]
             elif len(info.shape) == 4 and not dim:
@@ -295,7 +295,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
                 mrow.append(nan_m0)
             srow.append(arr)
             if r is not None:
-                roi = roi[0] if len(r["shape"]) == 4 else roi
+                roi = roi[0] if len(r["info"].shape) == 4 else roi
                 if r["lut"]:  # the file's label values -> the conventional ones, by their meaning
                     roi = roi.map_blocks(conventions.relabel, lut=r["lut"], dtype=np.int16)
                 rrow.append(roi)
