@@ -279,7 +279,9 @@ def run_pipeline(cfg) -> dict:
     t_c = time.perf_counter()
     client = compute.get_client(sched, n_workers=cfg.get("workers", 2), threads_per_worker=1, quiet=True)
     if client is not None:
-        def _imports():  # what a running cluster has imported already (the readers import nibabel lazily)
+        def _imports():  # what a running cluster has imported already (the readers import nibabel lazily;
+            # a worker unpickling its first array task imports dask.array, with scipy.fft/sparse/special: ~0.2 s)
+            import dask.array  # noqa: F401
             import nibabel  # noqa: F401
 
             import studylib.analysis.tables  # noqa: F401

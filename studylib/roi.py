@@ -316,7 +316,10 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
     if len(keys) < 2:
         return arr
     packed = active_client() is not None
-    dsk = convert_legacy_graph(dict(arr.__dask_optimize__(arr.__dask_graph__(), keys)))
+    # Dask's own optimisation without its linear fusion (``optimization.fuse.active``): the chains it would
+    # fuse are each inside one scan's ancestry, fused here whole (a third of the optimisation's time)
+    with dask.config.set({"optimization.fuse.active": False}):
+        dsk = convert_legacy_graph(dict(arr.__dask_optimize__(arr.__dask_graph__(), keys)))
     shared = object()
     owner: dict = {}
     for out in keys:  # owner[k]: the one output whose ancestry holds k, or `shared`
