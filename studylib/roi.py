@@ -81,6 +81,7 @@ def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndar
     lead = np.broadcast_shapes(*(v.shape[:-1] for v in per_var))
     nv, n = len(per_var), per_var[0].shape[-1]
     pct = np.asarray(list(percentiles), dtype=float)
+    qv = np.true_divide(pct, 100)  # as numpy.percentile
     thr = np.asarray(thresholds, dtype=float).reshape(nv, -1)
     nthr = thr.shape[1]
     nl = len(label_values)
@@ -91,7 +92,7 @@ def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndar
     out = np.full((rows, nl, 9 + pct.size + nthr), np.nan)
     wanted = np.asarray(list(label_values))
     for i in range(flat_l.shape[0]):
-        inside = np.flatnonzero(np.isin(flat_l[i], wanted))          # voxels of any requested label
+        inside = np.flatnonzero(_in_labels(flat_l[i], wanted))       # voxels of any requested label
         sub_l = flat_l[i][inside]
         sub_ok = ok_any[i][inside]
         sub_v = np.stack([fv[i][inside] for fv in flat_v]).astype(np.float64, copy=False)   # (nv, n_inside)
@@ -114,16 +115,58 @@ def roi_stats_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndar
                 if nuse > 1:
                     d = g - avg
                     o[5] = np.sqrt(np.sum(d * d) / (nuse - 1))
-                o[6] = np.median(g)
-                o[7] = g.min()
-                o[8] = g.max()
-                if pct.size:
-                    o[9:9 + pct.size] = np.percentile(g, pct)
+                o[6], o[7], o[8] = _order_stats(g, qv, o[9:9 + pct.size])  # g is reordered (sums taken)
                 if nthr:
                     t = thr[j]
                     frac = (g[:, None] > t[None, :]).sum(0) / nuse
                     o[9 + pct.size:] = np.where(np.isfinite(t), frac, np.nan)
     return np.moveaxis(out.reshape(lead + (nv, nl, out.shape[-1])), -2, -3).copy()
+
+
+def _in_labels(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``numpy.isin(labels, wanted)``; for 8- and 16-bit integer labels by one lookup per voxel in a table of the
+    dtype's whole range (a label image is int16 or uint8: 0.1-0.25 ms for 330k voxels, ``isin`` 0.5-3 ms)."""
+    if labels.dtype.kind in "iu" and labels.dtype.itemsize <= 2 and wanted.dtype.kind in "iu":
+        raw = labels.view(np.dtype(f"u{labels.dtype.itemsize}"))     # two's complement: -1 -> 65535
+        table = np.zeros(1 << (8 * labels.dtype.itemsize), dtype=bool)
+        w = wanted[(wanted >= np.iinfo(labels.dtype).min) & (wanted <= np.iinfo(labels.dtype).max)]
+        table[w.astype(labels.dtype).view(raw.dtype)] = True
+        return table.take(raw)
+    return np.isin(labels, wanted)
+
+
+def _order_stats(g: np.ndarray, qv: np.ndarray, out_pct: np.ndarray) -> tuple[float, float, float]:
+    """Median, minimum and maximum of ``g``, and its quantiles ``qv`` written into ``out_pct``: one partition.
+
+    ``g`` : 1-D float64, finite, at least one value; partitioned in place.  ``qv`` : quantiles in [0, 1].
+
+    The numbers of :func:`numpy.median`, ``min``, ``max`` and :func:`numpy.percentile` (``method="linear"``,
+    Hyndman & Fan type 7) to the bit, from a single :meth:`numpy.ndarray.partition` at every order statistic
+    they read, instead of one partition per call and numpy's per-call bookkeeping (~40 us each: the ROI
+    statistics of a scan make a few dozen such calls).  Type 7: virtual index ``v = (n - 1) q``, ``i = floor(v)``,
+    ``g = v - i``, value ``a + (b - a) g`` with ``a, b`` the ``i``-th and ``(i+1)``-th order statistics, taken as
+    ``b - (b - a)(1 - g)`` where ``g >= 0.5`` (numpy's ``_lerp``); the median of an even count is
+    ``(a + b) / 2`` of the two middle order statistics.
+    """
+    n = g.size
+    last = n - 1
+    virt = last * qv
+    lo = np.floor(virt)
+    top = virt >= last  # numpy takes the maximum there (index -1)
+    lo_i = np.where(top, last, lo).astype(np.intp)
+    hi_i = np.where(top, last, lo + 1).astype(np.intp)
+    half = n // 2
+    kth = np.unique(np.concatenate(([0, last, half, max(half - 1, 0)], lo_i, hi_i)))
+    g.partition(kth)
+    med = g[half] if n % 2 else (g[half - 1] + g[half]) / 2.0
+    if qv.size:
+        a, b = g[lo_i], g[hi_i]
+        gamma = virt - np.where(top, -1.0, lo)
+        diff = b - a
+        res = a + diff * gamma
+        np.subtract(b, diff * (1 - gamma), out=res, where=gamma >= 0.5)
+        out_pct[:] = res
+    return med, g[0], g[last]
 
 
 def roi_hist_kernel(values: np.ndarray, fit_ok: np.ndarray, labels_map: np.ndarray, label_values: Sequence[int],

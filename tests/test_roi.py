@@ -154,6 +154,55 @@ def test_kernel_invariants(seed, frac_ok, pcts):
     assert np.all(np.isnan(o["mean"][~has]))
 
 
+@settings(max_examples=200, deadline=None)
+@given(vals=st_h.lists(st_h.floats(-1e6, 1e6, allow_nan=False, width=64), min_size=1, max_size=40),
+       dup=st_h.booleans(),
+       pcts=st_h.lists(st_h.one_of(st_h.sampled_from([0.0, 50.0, 100.0, 25.0, 75.0]), st_h.floats(0, 100)),
+                       max_size=6))
+def test_order_stats_are_numpys_to_the_bit(vals, dup, pcts):
+    """One partition gives numpy.median / min / max / percentile (type 7) exactly, ties and n = 1, 2 included."""
+    g = np.asarray(vals + (vals[: len(vals) // 2] if dup else []), dtype=np.float64)
+    pct = np.asarray(pcts, dtype=float)
+    out = np.full(pct.size, np.nan)
+    med, lo, hi = roi._order_stats(g.copy(), np.true_divide(pct, 100), out)
+    assert med == np.median(g) and lo == g.min() and hi == g.max()
+    np.testing.assert_array_equal(out, np.percentile(g, pct) if pct.size else out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st_h.sampled_from(["int8", "uint8", "int16", "uint16", "int32", "float32"]),
+       seed=st_h.integers(0, 10_000), wanted=st_h.lists(st_h.integers(-300, 70_000), min_size=1, max_size=5))
+def test_label_lookup_is_isin(dtype, seed, wanted):
+    """The table lookup of 8/16-bit labels is numpy.isin, negative and out-of-range wanted values included."""
+    info = np.iinfo(dtype) if dtype != "float32" else None
+    rng = np.random.default_rng(seed)
+    lo, hi = (info.min, info.max) if info else (-5, 5)
+    labels = rng.integers(lo, hi, size=500, endpoint=True).astype(dtype)
+    labels[:len(wanted)] = np.clip(wanted, lo, hi)
+    w = np.asarray(wanted)
+    np.testing.assert_array_equal(roi._in_labels(labels, w), np.isin(labels, w))
+
+
+def test_kernel_order_statistics_match_numpy_on_masked_rows():
+    """Per label and variable, the kernel's median and percentiles are numpy's on the used voxels, to the bit."""
+    rng = np.random.default_rng(3)
+    vals = rng.gamma(3.0, 10.0, size=(2, 3, 4000))
+    vals[0, 1, ::97] = np.nan
+    ok = rng.random((2, 4000)) > 0.2
+    labs = rng.integers(0, 4, (2, 4000))
+    pcts = [5.0, 10.0, 33.3, 90.0, 100.0]
+    out = roi.roi_stats_kernel(vals, ok, labs, [1, 3], pcts, np.full((3, 0), np.nan))
+    names = roi._stat_names(pcts, [])
+    for i in range(2):
+        for li, lab in enumerate([1, 3]):
+            for j in range(3):
+                v = vals[i, j][(labs[i] == lab) & ok[i] & np.isfinite(vals[i, j])]
+                o = dict(zip(names, out[i, li, j]))
+                assert o["median"] == np.median(v) and o["min"] == v.min() and o["max"] == v.max()
+                np.testing.assert_array_equal([o[f"p{p:g}"] for p in pcts], np.percentile(v, pcts))
+                assert o["mean"] == np.sum(v) / v.size
+
+
 def test_bad_inputs():
     ds, R = _study(5)
     cases = [
