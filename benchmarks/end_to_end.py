@@ -132,9 +132,20 @@ def ensure_study(root: Path, *, n_animals: int, n_days: int, scales, seed: int =
     spec = {"generator": "studylib.synth.large.scan_arrays", "kind": "MEGRE", "n_animals": n_animals,
             "n_days": n_days, "shape": list(SHAPE), "seed": seed, "scale": top, "format": 2}
     done = root / "spec.json"
-    if done.is_file() and json.loads(done.read_text()) == spec and all(
-            (root / f"manifest_{s}x.csv").is_file() for s in scales):
-        return {"written": False, "seconds": 0.0}
+    have = json.loads(done.read_text()) if done.is_file() else None
+    if have is not None and {**have, "scale": top} == spec and have["scale"] >= top:
+        # a study written at this scale or a larger one: a smaller scale's manifest is the first animals' rows
+        # of the largest one (never rewrite -- and so delete -- a larger study to run a smaller one)
+        from studylib.manifest import read_manifest
+
+        largest = root / f"manifest_{have['scale']}x.csv"
+        if largest.is_file():
+            for s in scales:
+                if not (root / f"manifest_{s}x.csv").is_file():
+                    df = read_manifest(largest)
+                    keep = {f"L{ia + 1:04d}" for ia in range(n_animals * s)}
+                    write_manifest(df[df["animal"].isin(keep)].reset_index(drop=True), root / f"manifest_{s}x.csv")
+            return {"written": False, "seconds": 0.0}
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)

@@ -50,6 +50,12 @@ def open_manifest(manifest, study: str | None = None) -> tuple[pd.DataFrame, Pat
     ``study`` (all rows if ``None``).  Hashes are not checked (``studylib verify`` does).
     Returns ``(table, manifest_path)``.
     """
+    df, path, _ = _open_manifest(manifest, study)
+    return df, path
+
+
+def _open_manifest(manifest, study: str | None) -> tuple[pd.DataFrame, Path, dict[str, Path]]:
+    """:func:`open_manifest`, and the checked path of every row it looked at (``path`` entry -> Path)."""
     if isinstance(manifest, pd.DataFrame):
         if "path" not in manifest.attrs:
             raise ManifestError("manifest DataFrame has no attrs['path']; pass the manifest file path "
@@ -62,6 +68,7 @@ def open_manifest(manifest, study: str | None = None) -> tuple[pd.DataFrame, Pat
     else:
         raise ManifestError(f"manifest must be a path or a DataFrame, got {type(manifest).__name__}")
     problems = []
+    resolved: dict[str, Path] = {}
     for i, (st, rel) in enumerate(zip(df["study"], df["path"]), start=1):
         if study is not None and st != study:
             continue
@@ -72,10 +79,11 @@ def open_manifest(manifest, study: str | None = None) -> tuple[pd.DataFrame, Pat
             continue
         if not p.is_file():
             problems.append(f"{path}: row {i}: {rel}: missing file")
+        resolved[rel] = p
     if problems:
         more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ManifestError("\n".join(problems[:10]) + more)
-    return df, path
+    return df, path, resolved
 
 
 def _jsonable(v) -> bool:
@@ -149,8 +157,12 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
     """
     import dask.array as da
 
-    df, mpath = open_manifest(manifest, study)
+    df, mpath, checked = _open_manifest(manifest, study)
     base = mpath.parent
+
+    def resolved(rel: str) -> Path:  # a listed path was checked just now; an unlisted one (a sidecar) is here
+        return checked[rel] if rel in checked else resolve_path(base, rel)
+
     if kind not in IMAGE_KINDS or kind == "roi":
         raise ManifestError(f"kind {kind!r} cannot be loaded with load_study; "
                             f"choose one of {[k for k in IMAGE_KINDS if k != 'roi']}")
@@ -174,16 +186,16 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
         if key in scans:
             raise DataFileError(f"{base / scans[key]['rel']} and {base / r.path}: two {kind} images for animal "
                                 f"{r.animal!r} day {int(r.day)} of study {study!r}")
-        p = resolve_path(base, r.path)
+        p = resolved(r.path)
         info = read_header(p)
         side_rel = _stem(r.path) + ".json"
         sc = {}
+        side_path = resolved(side_rel)
         if side_rel in listed:
-            sc = read_sidecar(resolve_path(base, side_rel))
+            sc = read_sidecar(side_path)
         elif kind in AXIS_KINDS:
             raise ManifestError(f"{mpath}: {r.path} has no JSON sidecar row ({side_rel}) in the manifest; "
                                 f"{kind} needs it for the acquisition axis")
-        side_path = resolve_path(base, side_rel)
         dim, vals, aattrs = acquisition_axis(kind, sc, n_volumes=info.n_volumes, source=str(side_path))
         if dim is None and info.n_volumes > 1:
             raise DataFileError(f"{p}: {kind} image has {info.n_volumes} volumes; expected one 3-D volume")
@@ -229,7 +241,7 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
         if key in rois:
             raise DataFileError(f"{rois[key]['path']} and {base / r.path}: two ROI images for animal "
                                 f"{r.animal!r} day {int(r.day)} of study {study!r}")
-        p = resolve_path(base, r.path)
+        p = resolved(r.path)
         info = read_header(p)
         scan = scans[key]
         if info.shape[:3] != scan["info"].shape[:3] or (len(info.shape) == 4 and info.shape[3] != 1):
@@ -239,14 +251,15 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
         lut: dict[int, int] = {}
         side_rel = _stem(r.path) + ".json"
         if side_rel in listed:
-            rs = read_sidecar(resolve_path(base, side_rel))
+            side_p = resolved(side_rel)
+            rs = read_sidecar(side_p)
             if "Labels" in rs:
-                lut, meanings = conventions.label_mapping(rs["Labels"], source=str(resolve_path(base, side_rel)))
+                lut, meanings = conventions.label_mapping(rs["Labels"], source=str(side_p))
                 for v, name in meanings.items():
                     if label_source.get(v, (name,))[0] != name:
-                        raise DataFileError(f"{resolve_path(base, side_rel)}: label {v} means {name!r} here but "
+                        raise DataFileError(f"{side_p}: label {v} means {name!r} here but "
                                             f"{label_source[v][0]!r} in {label_source[v][1]}: one study, one meaning")
-                    label_source[v] = (name, str(resolve_path(base, side_rel)))
+                    label_source[v] = (name, str(side_p))
                     labels[v] = name
         rois[key] = dict(path=p, sha=r.sha256, lut=lut, info=info)
 
