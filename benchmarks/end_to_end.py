@@ -285,6 +285,10 @@ def run_pipeline(cfg) -> dict:
         import isal.isal_zlib  # noqa: F401
     except ImportError:
         pass
+    try:  # dask's first compute in a process imports distributed (0.28 s) to ask whether a client is active
+        import distributed  # noqa: F401
+    except ImportError:
+        pass
     sched = cfg.get("scheduler", "threads")
     out: dict = {"scheduler": sched}
     t_c = time.perf_counter()
