@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -604,6 +605,26 @@ def fused_task(dsk: dict, members, out, *, packed: bool = False):
         task = Task(out, _run_in_order, tuple(nodes[k] for k in order), tuple(tuple(x) for x in drops), out, ext,
                     *(TaskRef(k) for k in ext))
     return _pickled_once_runner(task) if packed else task
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector paused inside the block (reference counting still frees all else).
+
+    For steps that build a study's bookkeeping -- :func:`studylib.io.load.load_study` (a NiftiInfo, sidecar and
+    graph task per file) and the per-scan graph rewrite of :func:`studylib.roi` -- which allocate ~10^5 small
+    objects that stay alive: the allocations trigger full collections that walk every live object of the process
+    under the GIL, ~60 ms each once distributed, xarray and statsmodels are imported (measured: one in
+    ``load_study``, one or two in the rewrite, on the end-to-end benchmark).  Nothing built there forms cycles
+    that become garbage in the block; the collector runs as usual afterwards.  Nested use is fine.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def one_layer(arr):

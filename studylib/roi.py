@@ -18,8 +18,6 @@ different units; ``frac_above_<thr>`` is a fraction (0-1) of ``n_used``.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import warnings
 from typing import Mapping, Sequence
 
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .compute import active_client, apply_blocks, fused_task
+from .compute import active_client, apply_blocks, fused_task, paused_gc
 from .errors import RoiError, RoiWarning
 
 __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
@@ -357,25 +355,8 @@ def _fuse_blocks(arr, *, max_roots: int = 2):
     keys = list(flatten(arr.__dask_keys__()))
     if len(keys) < 2:
         return arr
-    with _no_cyclic_gc():
+    with paused_gc():
         return _fuse_graph(arr, keys, max_roots)
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc():
-    """Python's cyclic garbage collector paused (reference counting still frees everything acyclic).
-
-    Rewriting a study's graph allocates ~100k small objects, which triggers full collections that walk every
-    live object of the process -- with distributed and xarray imported, ~60 ms each, the GIL held throughout.
-    The rewrite makes no reference cycles that outlive it; the collector runs again afterwards as usual.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _fuse_graph(arr, keys, max_roots):

@@ -227,3 +227,37 @@ def test_apply_blocks_refuses_a_core_dim_in_several_chunks():
     sig, mask = _blocks_study()
     with pytest.raises(ValueError, match="core dim 'te'"):
         apply_blocks(lambda y: (y.sum(-1),), sig.chunk({"te": 3}), core_dims=[["te"]], out_dtypes=[np.float64])
+
+
+def test_paused_gc_pauses_nests_and_restores():
+    """The collector is off inside, back on after (also after an error, and after a nested pause); a caller that
+    had it off keeps it off; as a decorator it pauses each call."""
+    import gc
+
+    assert gc.isenabled()
+    with compute.paused_gc():
+        assert not gc.isenabled()
+        with compute.paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()           # the outer pause still holds
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        with compute.paused_gc():
+            1 / 0
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with compute.paused_gc():
+            pass
+        assert not gc.isenabled()           # it was off before: left off
+    finally:
+        gc.enable()
+    seen = []
+
+    @compute.paused_gc()
+    def f():
+        seen.append(gc.isenabled())
+
+    f()
+    f()
+    assert seen == [False, False] and gc.isenabled()

@@ -15,7 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from .. import conventions
-from ..compute import one_layer
+from ..compute import one_layer, paused_gc
 from ..errors import DataFileError, ManifestError, StudyError
 from ..manifest import AXIS_KINDS, IMAGE_KINDS, SIGNED_KINDS, manifest_sha256, read_manifest, resolve_path
 from .nifti import NiftiInfo, check_same_grid, read_header, read_nifti_lazy, read_nifti_pair_lazy
@@ -106,6 +106,7 @@ def _common_sidecar_attrs(sidecars: list[dict], skip: set) -> dict:
     return out
 
 
+@paused_gc()  # ~10^5 small objects built, all kept: no full collections walking the process meanwhile
 def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan: bool = False) -> xr.Dataset:
     """Load one kind of scan of one study as a lazy xarray Dataset.
 
