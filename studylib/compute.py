@@ -1,6 +1,7 @@
 """Dask in one place: the scheduler choice, the allocator settings of the processes that compute
 (:func:`tune_allocator`), a block-wise apply without copies (:func:`apply_blocks`), one task per scan chain
-(:func:`fused_task`) and one graph layer per array (:func:`one_layer`).
+(:func:`fused_task`), one graph layer per array (:func:`one_layer`) and the garbage collector paused while
+a study's graph is built (:func:`paused_gc`).
 
 Three ways to run the same lazy computations:
 
