@@ -616,7 +616,7 @@ def paused_gc() -> Iterator[None]:
     graph task per file) and the per-scan graph rewrite of :func:`studylib.roi` -- which allocate ~10^5 small
     objects that stay alive: the allocations trigger full collections that walk every live object of the process
     under the GIL, ~60 ms each once distributed, xarray and statsmodels are imported (measured: one in
-    ``load_study``, one or two in the rewrite, on the end-to-end benchmark).  Nothing built there forms cycles
+    ``load_study`` and one in the rewrite, on the end-to-end benchmark).  Nothing built there forms cycles
     that become garbage in the block; the collector runs as usual afterwards.  Nested use is fine.
     """
     was = gc.isenabled()

@@ -144,9 +144,10 @@ def _order_stats(g: np.ndarray, qv: np.ndarray, out_pct: np.ndarray) -> tuple[fl
     Hyndman & Fan type 7) to the bit, from a single :meth:`numpy.ndarray.partition` at every order statistic
     they read, instead of one partition per call and numpy's per-call bookkeeping (~40 us each: the ROI
     statistics of a scan make a few dozen such calls).  Type 7: virtual index ``v = (n - 1) q``, ``i = floor(v)``,
-    ``g = v - i``, value ``a + (b - a) g`` with ``a, b`` the ``i``-th and ``(i+1)``-th order statistics, taken as
-    ``b - (b - a)(1 - g)`` where ``g >= 0.5`` (numpy's ``_lerp``); the median of an even count is
-    ``(a + b) / 2`` of the two middle order statistics.
+    ``t = v - i``, value ``a + (b - a) t`` with ``a, b`` the ``i``-th and ``(i+1)``-th order statistics (both the
+    maximum where ``v >= n - 1``), taken as ``b - (b - a)(1 - t)`` where ``t >= 0.5`` (numpy's ``_lerp``); the
+    median of an even count is ``(a + b) / 2`` of the two middle order statistics.  Reference: Hyndman & Fan
+    (1996), Sample quantiles in statistical packages, Am. Stat. 50(4):361-365.
     """
     n = g.size
     last = n - 1
