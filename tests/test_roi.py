@@ -170,7 +170,7 @@ def test_order_stats_are_numpys_to_the_bit(vals, dup, pcts):
 
 
 @settings(max_examples=60, deadline=None)
-@given(dtype=st_h.sampled_from(["int8", "uint8", "int16", "uint16", "int32", "float32"]),
+@given(dtype=st_h.sampled_from(["int8", "uint8", "int16", "uint16", ">i2", ">u2", "int32", "float32"]),
        seed=st_h.integers(0, 10_000), wanted=st_h.lists(st_h.integers(-300, 70_000), min_size=1, max_size=5))
 def test_label_lookup_is_isin(dtype, seed, wanted):
     """The table lookup of 8/16-bit labels is numpy.isin, negative and out-of-range wanted values included."""
