@@ -270,6 +270,7 @@ def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit
                                    processes=True, memory_limit=memory_limit, dashboard_address=":0",
                                    silence_logs=logging.ERROR)
         client = Client(cluster, set_as_default=True)
+        client.run(_warm_worker_imports)
     else:
         try:
             client = Client(choice, timeout=f"{float(timeout_s)}s", set_as_default=True)
@@ -280,6 +281,23 @@ def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit
         link = getattr(client, "dashboard_link", None)
         print(f"dask distributed: {choice} -> {client.scheduler.address}; dashboard: {link}", flush=True)
     return client, cluster
+
+
+def _warm_worker_imports() -> None:
+    """Run in every worker of a local cluster as it starts: import what deserialising array tasks needs.
+
+    A fresh worker otherwise imports ``dask.array`` (with scipy's fft, sparse and special: ~200 modules,
+    0.2 s) inside its first task, while its event loop thread may be deserialising the next task, which needs
+    the same modules: two threads importing one package with circular imports can meet CPython's import
+    deadlock avoidance, and one of them then sees a partially initialised module ("cannot import name
+    'notnull' from partially initialized module 'dask.array.routines'", seen with tasks arriving while the
+    first ran; the worker died and its tasks were rerun).  Imported here once, before any task arrives, with
+    nibabel and the NIfTI reader (another 0.2 s the first read would pay).
+    """
+    import dask.array  # noqa: F401
+    import nibabel  # noqa: F401
+
+    from .io.nifti import read_nifti  # noqa: F401  (the scan reader every study task starts with)
 
 
 def shutdown() -> None:

@@ -148,6 +148,10 @@ def test_get_client_local_is_reused_and_shut_down(capsys):
         assert compute.active_client() is c1
         assert int(c1.submit(lambda x: x + 1, 41).result()) == 42
         assert "dashboard" in capsys.readouterr().out
+        # every worker imported, as it started, what deserialising and reading the first scan task needs
+        have = c1.run(lambda: sorted(m for m in ("dask.array", "nibabel", "studylib.io.nifti")
+                                     if m in __import__("sys").modules))
+        assert list(have.values()) == [["dask.array", "nibabel", "studylib.io.nifti"]]
     finally:
         compute.shutdown()
     assert c1.status in ("closed", "closing")
