@@ -126,8 +126,6 @@ def ensure_study(root: Path, *, n_animals: int, n_days: int, scales, seed: int =
     """Write the largest scale once (reused when ``spec.json`` matches); one manifest per scale."""
     import pandas as pd
 
-    from studylib.manifest import write_manifest
-
     top = max(scales)
     spec = {"generator": "studylib.synth.large.scan_arrays", "kind": "MEGRE", "n_animals": n_animals,
             "n_days": n_days, "shape": list(SHAPE), "seed": seed, "scale": top, "format": 2}
@@ -140,11 +138,9 @@ def ensure_study(root: Path, *, n_animals: int, n_days: int, scales, seed: int =
 
         largest = root / f"manifest_{have['scale']}x.csv"
         if largest.is_file():
-            for s in scales:
-                if not (root / f"manifest_{s}x.csv").is_file():
-                    df = read_manifest(largest)
-                    keep = {f"L{ia + 1:04d}" for ia in range(n_animals * s)}
-                    write_manifest(df[df["animal"].isin(keep)].reset_index(drop=True), root / f"manifest_{s}x.csv")
+            missing = [s for s in scales if not (root / f"manifest_{s}x.csv").is_file()]
+            if missing:
+                _write_scale_manifests(read_manifest(largest), root, missing, n_animals)
             return {"written": False, "seconds": 0.0}
     if root.exists():
         shutil.rmtree(root)
@@ -159,12 +155,18 @@ def ensure_study(root: Path, *, n_animals: int, n_days: int, scales, seed: int =
     else:
         results = [_scan_job(a) for a in jobs_args]
     rows = [r for rs in results for r in rs]
-    df = pd.DataFrame(rows)
+    _write_scale_manifests(pd.DataFrame(rows), root, scales, n_animals)
+    done.write_text(json.dumps(spec))
+    return {"written": True, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _write_scale_manifests(df, root: Path, scales, n_animals: int) -> None:
+    """``manifest_<s>x.csv`` for each scale ``s``: the rows of the first ``n_animals * s`` animals of ``df``."""
+    from studylib.manifest import write_manifest
+
     for s in scales:
         keep = {f"L{ia + 1:04d}" for ia in range(n_animals * s)}
         write_manifest(df[df["animal"].isin(keep)].reset_index(drop=True), root / f"manifest_{s}x.csv")
-    done.write_text(json.dumps(spec))
-    return {"written": True, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def study_files(manifest: Path) -> list[Path]:
@@ -294,8 +296,8 @@ def run_pipeline(cfg) -> dict:
     t_c = time.perf_counter()
     client = compute.get_client(sched, n_workers=cfg.get("workers", 2), threads_per_worker=1, quiet=True)
     if client is not None:
-        def _imports():  # what a running cluster has imported already (the readers import nibabel lazily;
-            # a worker unpickling its first array task imports dask.array, with scipy.fft/sparse/special: ~0.2 s)
+        def _imports():  # what a running cluster has imported already (get_client's workers import dask.array,
+            # nibabel and the NIfTI reader as they start; an older studylib's do not)
             import dask.array  # noqa: F401
             import nibabel  # noqa: F401
 
