@@ -211,7 +211,8 @@ def active_client():
 
 
 def get_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1,
-               memory_limit: str | int | None = "auto", quiet: bool = False, timeout_s: float = 10.0):
+               memory_limit: str | int | None = "auto", quiet: bool = False, timeout_s: float = 10.0,
+               worker_profile: bool = False):
     """Set up the chosen scheduler for this process and return its client (``None`` for threads).
 
     ``"threads"`` / ``"sync"`` set ``dask.config`` and return ``None``.  ``"local"`` starts a
@@ -227,6 +228,12 @@ def get_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_
     n_workers, threads_per_worker, memory_limit : LocalCluster settings (``"local"`` only).
     quiet : do not print the dashboard link.
     timeout_s : how long to try to reach a scheduler address.
+    worker_profile : keep distributed's statistical profiler on in the workers of a ``"local"`` cluster
+        (the dashboard's *Profile* page).  Off by default: every 10 ms each worker's event loop samples
+        the stack of its running task and folds it into a call tree, under the worker's GIL and on the
+        cores the tasks use -- measured on the 1x end-to-end study with 2 workers on 2 cores, the workers'
+        event loops spent 0.36 -> 0.27 s of CPU each without it, and the pass ran ~0.2 s (~4 %) faster.
+        A cluster reached by address keeps its own setting (``distributed.worker.profile.enabled``).
 
     Raises
     ------
@@ -245,13 +252,14 @@ def get_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_
             return client
         _STARTED.pop(choice)
     client, cluster = _start(choice, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                             memory_limit=memory_limit, quiet=quiet, timeout_s=timeout_s)
+                             memory_limit=memory_limit, quiet=quiet, timeout_s=timeout_s,
+                             worker_profile=worker_profile)
     _STARTED[choice] = (client, cluster)
     return client
 
 
 def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit, quiet: bool,
-           timeout_s: float = 10.0):
+           timeout_s: float = 10.0, worker_profile: bool = False):
     from distributed import Client, LocalCluster
 
     cluster = None
@@ -265,6 +273,8 @@ def _start(choice: str, *, n_workers: int, threads_per_worker: int, memory_limit
         # start get tune_allocator's thresholds instead (none when STUDYLIB_TUNE_MALLOC=0).
         env = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
         env.update({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in _allocator_env().items()})
+        # the nanny hands its dask config to the worker it spawns (see get_client's worker_profile)
+        env["distributed.worker.profile.enabled"] = bool(worker_profile)
         with dask.config.set(env):
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                                    processes=True, memory_limit=memory_limit, dashboard_address=":0",
@@ -332,7 +342,8 @@ def scheduler_context(scheduler: str | None = None, **kwargs) -> Iterator[Any]:
     client, cluster = _start(choice, n_workers=kwargs.get("n_workers", 2),
                              threads_per_worker=kwargs.get("threads_per_worker", 1),
                              memory_limit=kwargs.get("memory_limit", "auto"),
-                             quiet=kwargs.get("quiet", False), timeout_s=kwargs.get("timeout_s", 10.0))
+                             quiet=kwargs.get("quiet", False), timeout_s=kwargs.get("timeout_s", 10.0),
+                             worker_profile=kwargs.get("worker_profile", False))
     try:
         with dask.config.set(scheduler="dask.distributed"), client.as_current():
             yield client

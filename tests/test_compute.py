@@ -152,8 +152,14 @@ def test_get_client_local_is_reused_and_shut_down(capsys):
         have = c1.run(lambda: sorted(m for m in ("dask.array", "nibabel", "studylib.io.nifti")
                                      if m in __import__("sys").modules))
         assert list(have.values()) == [["dask.array", "nibabel", "studylib.io.nifti"]]
+        # the workers' statistical profiler is off unless asked for (its 10 ms stack sampling costs CPU)
+        def profiler_callbacks(dask_worker):
+            return sorted(k for k in dask_worker.periodic_callbacks if k.startswith("profile"))
+        assert list(c1.run(profiler_callbacks).values()) == [[]]
     finally:
         compute.shutdown()
+    with compute.scheduler_context("local", n_workers=1, quiet=True, worker_profile=True) as c2:
+        assert list(c2.run(profiler_callbacks).values()) == [["profile", "profile-cycle"]]
     assert c1.status in ("closed", "closing")
     assert compute.active_client() is None
 

@@ -143,6 +143,27 @@ def test_one_task_per_scan(study):
         assert len(r.args[0]) > 10 and len(nested) <= 1, [t.key for t in nested]
 
 
+def test_scans_per_task_setting_is_checked_and_applies_without_a_cluster():
+    from studylib.roi import SCANS_PER_TASK_CONFIG, RoiError, _coarsen_scans, _scans_per_task
+
+    assert _scans_per_task(1000, None) == 1            # threads: one scan per task
+    with dask.config.set({SCANS_PER_TASK_CONFIG: 3}):
+        assert _scans_per_task(5, None) == 3
+    for bad in (0, -1, 1.5, "two", True):
+        with dask.config.set({SCANS_PER_TASK_CONFIG: bad}), pytest.raises(RoiError, match="scans_per_task"):
+            _scans_per_task(10, None)
+    import xarray as xr
+
+    one = xr.DataArray(np.zeros((3, 5, 2)), dims=("animal", "day", "stat")).chunk({"animal": 1, "day": 1})
+    two, roots = _coarsen_scans(one, ["animal", "day"], 2)
+    assert two.chunks == ((1, 1, 1), (2, 2, 1), (2,)) and roots == 4
+    assert _coarsen_scans(one, ["animal", "day"], 1)[0] is one
+    several = one.chunk({"day": 5})                    # blocks already hold several scans: left as they are
+    assert _coarsen_scans(several, ["animal", "day"], 2) == (several, 2)
+    single_day = one.isel(day=[0])                     # coarsened along the last id dim that has two scans
+    assert _coarsen_scans(single_day, ["animal", "day"], 2)[0].chunks[0] == (2, 1)
+
+
 def test_fusion_keeps_parallel_inputs_of_a_multi_scan_block_apart():
     import dask.array as da
 
@@ -248,9 +269,12 @@ def test_matvec_background_sum_agrees_with_the_masked_sum(dtype):
 
 
 @pytest.mark.slow
-def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study):
+@pytest.mark.parametrize("scans_per_task, tasks", [("auto", 8), (2, 4)])
+def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study, scans_per_task, tasks):
     """With a distributed client each fused scan task travels as bytes pickled once (``_pickled_once``): the
-    scheduler sees one opaque task per scan, and the tables equal the threaded, unfused ones to the bit."""
+    scheduler sees one opaque task per scan (per two scans when asked; "auto" asks for two only from 16 scans
+    per worker thread, and this study has 8 blocks for 2), and the tables equal the threaded, unfused ones
+    to the bit."""
     import studylib as sl
     from studylib import compute
     from studylib import roi as roimod
@@ -260,7 +284,10 @@ def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study):
     plain = _tables(study, fuse=False, roi_with_scan=True)
     packed = []
     real = compute._pickled_once_runner
-    with compute.scheduler_context("local", n_workers=2, threads_per_worker=1, quiet=True) as client:
+    with compute.scheduler_context("local", n_workers=2, threads_per_worker=1, quiet=True) as client, \
+            dask.config.set({roimod.SCANS_PER_TASK_CONFIG: scans_per_task}):
+        assert roimod._scans_per_task(32, client) == (2 if scans_per_task == "auto" else scans_per_task)
+        assert roimod._scans_per_task(31, client) == (1 if scans_per_task == "auto" else scans_per_task)
         compute._pickled_once_runner = lambda t: packed.append(t.key) or real(t)
         try:
             ds = sl.load_study(study, "fz", "MEGRE", roi_with_scan=True)
@@ -272,6 +299,7 @@ def test_under_a_local_cluster_the_packed_scan_tasks_give_the_same_bits(study):
         finally:
             compute._pickled_once_runner = real
         assert compute.active_client() is client
-    assert len(packed) == 8  # one packed task per (animal, day) block, the missing session's NaN block too
+    # one packed task per (animal, day) block, the missing session's NaN block too; or per animal's two days
+    assert len(packed) == tasks
     for a, b in zip(got, plain):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
