@@ -329,7 +329,11 @@ class _StatsBlock:
 FUSE_CONFIG = "studylib.fuse_blocks"
 
 
-def _fuse_blocks(arr, *, max_roots: int = 2):
+#: independent inputs a one-scan block of the statistics starts from: the scan and its ROI file
+_ROOTS_PER_SCAN = 2
+
+
+def _fuse_blocks(arr, *, max_roots: int = _ROOTS_PER_SCAN):
     """``arr`` with each output block's own ancestry fused into one Dask task (non-Dask input returned as is).
 
     A block of the ROI statistics of a study loaded one chunk per scan depends on one scan: its read, the
@@ -436,13 +440,13 @@ def _coarsen_scans(res: xr.DataArray, id_dims, k: int) -> tuple[xr.DataArray, in
     """``res`` with ``k`` scans per block along its last id dim of length >= 2, and the fusion's root limit.
 
     Only where every block holds one scan (one chunk per scan along the id dims); otherwise ``res`` as is.
-    A block of ``k`` scans starts from ``2 k`` independent reads (each scan and its ROI file).
+    A block of ``k`` scans starts from ``k`` times :data:`_ROOTS_PER_SCAN` independent reads.
     """
     along = [d for d in id_dims if res.sizes[d] >= 2]
     chunks = dict(zip(res.dims, res.data.chunks))  # the data's own (coordinates may be chunked otherwise)
     if k < 2 or not along or any(c != 1 for d in id_dims for c in chunks[d]):
-        return res, 2
-    return res.copy(data=res.data.rechunk({res.dims.index(along[-1]): k})), 2 * k
+        return res, _ROOTS_PER_SCAN
+    return res.copy(data=res.data.rechunk({res.dims.index(along[-1]): k})), k * _ROOTS_PER_SCAN
 
 
 def _compute_all(res, ds, roi, id_dims):
