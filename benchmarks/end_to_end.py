@@ -324,8 +324,12 @@ def run_pipeline(cfg) -> dict:
         ds = sl.load_study(cfg["manifest"], STUDY, "MEGRE", **pair)
         t1 = time.perf_counter()
         bare = ds.reset_coords(drop=True)
-        maps = t2star(bare["signal"], method="auto", background=bare["roi"] == BACKGROUND,
-                      mask=bare["roi"].isin(list(LABELS_FIT)))
+        # the fit mask as analysis.maps builds it (roi.label_mask; an older studylib, the --baseline run, has isin)
+        from studylib import roi as roi_mod
+
+        fit_mask = roi_mod.label_mask(bare["roi"], LABELS_FIT) if hasattr(roi_mod, "label_mask") else \
+            bare["roi"].isin(list(LABELS_FIT))
+        maps = t2star(bare["signal"], method="auto", background=bare["roi"] == BACKGROUND, mask=fit_mask)
         maps = maps.assign_coords({c: ds.coords[c] for c in ("group", "sex", "acquired") if c in ds.coords})
         if client is None:
             from dask.diagnostics import Profiler

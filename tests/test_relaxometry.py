@@ -9,7 +9,7 @@ from studylib.errors import FitInputError, StudyError
 from studylib.fit.relaxometry import (delta_r2star, iron_concentration, noise_sigma_from_background, t1_ir,
                                       t1_sr, t1_vfa, t2, t2star)
 from studylib.models.noise import add_rician_noise, rician_mean
-from studylib.models.relaxometry import (fit_monoexp, inversion_recovery_signal, monoexp_signal, rician_mean_fast,
+from studylib.models.relaxometry import (_batches, fit_monoexp, inversion_recovery_signal, monoexp_signal, rician_mean_fast,
                                          saturation_recovery_signal, spgr_signal)
 from studylib.models.relaxivity import relaxivity
 
@@ -100,6 +100,33 @@ def test_scale_invariance_in_s0(scale, seed):
     b = fit_monoexp(y * scale, TE, sigma=SIGMA * scale)
     np.testing.assert_allclose(b["rate"], a["rate"], rtol=1e-7)
     np.testing.assert_allclose(b["s0"], a["s0"] * scale, rtol=1e-7)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_vox=st.integers(0, 200_000), block=st.integers(1, 50_000))
+def test_batches_cover_the_voxels_in_near_equal_parts(n_vox, block):
+    """fit_monoexp's batches: contiguous, in order, covering every voxel once, round(n / block) of them (one at
+    least), sizes differing by one at most."""
+    parts = _batches(n_vox, block)
+    starts, stops = [a for a, _ in parts], [b for _, b in parts]
+    assert starts == ([0] + stops[:-1] if parts else []) and (stops[-1] if parts else 0) == n_vox
+    assert len(parts) == (max(1, round(n_vox / block)) if n_vox else 0)
+    sizes = [b - a for a, b in parts]
+    assert not sizes or (min(sizes) >= 1 and max(sizes) - min(sizes) <= 1)
+
+
+@pytest.mark.parametrize("method", ["squared", "rician", "nonlinear", "loglinear"])
+def test_fit_does_not_depend_on_the_batch_size(method):
+    """Only speed, memory and the last bits depend on ``block``: one batch, equal batches, uneven ones.  (Batches of
+    a few voxels round sums differently, and a damped step accepted or not by a rounding-level cost difference then
+    moves a fit by up to ~1e-8: not a size fit_monoexp uses.)"""
+    _, y = _dro(5, 60, 3001, 11)
+    ref = fit_monoexp(y, TE, sigma=SIGMA, method=method, block=3001)
+    for block in (1000, 1100, 2999, 4096):
+        out = fit_monoexp(y, TE, sigma=SIGMA, method=method, block=block)
+        np.testing.assert_array_equal(out["fit_ok"], ref["fit_ok"])
+        for k in ("s0", "rate", "rmse"):
+            np.testing.assert_allclose(out[k], ref[k], rtol=1e-9, err_msg=f"{method} {k} block {block}")
 
 
 def test_dask_equals_numpy_leading_dims_and_sigma_map():

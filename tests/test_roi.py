@@ -183,6 +183,22 @@ def test_label_lookup_is_isin(dtype, seed, wanted):
     np.testing.assert_array_equal(roi._in_labels(labels, w), np.isin(labels, w))
 
 
+def test_label_mask_is_isin_lazy_and_eager():
+    """roi.label_mask gives xarray's isin booleans, one lazy task per chunk for a Dask-backed label image."""
+    rng = np.random.default_rng(3)
+    lab = xr.DataArray(rng.integers(-2, 9, size=(3, 4, 5, 6)).astype("int16"), dims=("animal", "z", "y", "x"),
+                       coords={"animal": ["a", "b", "c"]}, attrs={"labels": "1 tumour"})
+    for wanted in ([1, 2, 6, 7], {1: "tumour", 5: "background"}, [-1], []):
+        ref = lab.isin(list(wanted))
+        eager = roi.label_mask(lab, wanted)
+        xr.testing.assert_identical(eager, ref)
+        lazy = roi.label_mask(lab.chunk({"animal": 1}), wanted)
+        assert lazy.chunks == ((1, 1, 1), (4,), (5,), (6,)) and lazy.dtype == bool
+        xr.testing.assert_identical(lazy.compute(), eager)
+    floats = lab.astype("float32")  # not an 8/16-bit integer image: numpy.isin
+    np.testing.assert_array_equal(roi.label_mask(floats, [1, 2]).values, np.isin(floats.values, [1, 2]))
+
+
 def test_kernel_order_statistics_match_numpy_on_masked_rows():
     """Per label and variable, the kernel's median and percentiles are numpy's on the used voxels, to the bit."""
     rng = np.random.default_rng(3)

@@ -18,6 +18,7 @@ import xarray as xr
 from .. import layout
 from ..conventions import BACKGROUND_LABEL, QUALITY_NAMES
 from ..errors import DataWarning, ExperimentError
+from ..roi import label_mask
 from .design import compute_with_progress
 
 #: the coordinate of fitted maps counting the non-finite background values left out of the noise SD
@@ -142,7 +143,7 @@ def fit_relaxation_maps(ds: xr.Dataset, *, method: str = "auto", labels: Sequenc
     def compute():
         bare = _bare(ds)
         bg = background_mask(bare, label=noise_label) if noise_label is not None else None
-        maps = t2star(bare["signal"], method=method, background=bg, mask=bare["roi"].isin(list(labels)))
+        maps = t2star(bare["signal"], method=method, background=bg, mask=label_mask(bare["roi"], labels))
         maps = _with_background_count(maps, bare["signal"], bg)
         return compute_with_progress(maps, label=f"fitting T2* ({method}) on {int(ds['acquired'].sum())} scans")
 
@@ -178,7 +179,7 @@ def fit_adc_maps(ds: xr.Dataset, *, b_min: float = 200.0, method: str = "auto", 
     def compute():
         bare = _bare(ds)
         bg = background_mask(bare, label=noise_label) if noise_label is not None else None
-        maps = adc(bare["signal"].sel(b=keep), method=method, background=bg, mask=bare["roi"].isin(list(labels)))
+        maps = adc(bare["signal"].sel(b=keep), method=method, background=bg, mask=label_mask(bare["roi"], labels))
         maps = _with_background_count(maps, bare["signal"].sel(b=keep), bg)
         return compute_with_progress(maps, label=f"fitting ADC (b = {keep.tolist()}) on {int(ds['acquired'].sum())} scans")
 
@@ -394,7 +395,7 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
             b1m = bb["signal"].where((bb["roi"] != BACKGROUND_LABEL) & (bb["signal"] >= B1_RANGE[0])
                                      & (bb["signal"] <= B1_RANGE[1])).compute()
         t1 = t1_vfa(v["signal"], tr_ms=vfa.attrs.get("tr_ms"), method=t1_method,
-                    mask=v["roi"].isin([*labels, vessel_label]), b1=b1m)
+                    mask=label_mask(v["roi"], [*labels, vessel_label]), b1=b1m)
         t1 = compute_with_progress(t1, label=f"T1 (VFA, {t1_method}) on {int(vfa['acquired'].sum())} scans")
         vessel = d["roi"] == vessel_label
         aifs, names, whole = [], [], []
@@ -432,7 +433,7 @@ def fit_dce_maps(vfa: xr.Dataset, dce: xr.Dataset, *, model: str = "extended_tof
         cohort = aif.mean("animal")
         ct = signal_to_concentration(d["signal"], t10_ms=t1["t1"].where(t1["fit_ok"]), fa_deg=fa, tr_ms=tr,
                                      r1_per_mM_s=r1, baseline=nb, b1=b1m)
-        mask = d["roi"].isin(list(labels))
+        mask = label_mask(d["roi"], labels)
         if aif_source == "cohort":
             maps = dce_fit(ct, cohort.reset_coords(drop=True), model=model, mask=mask)
         else:

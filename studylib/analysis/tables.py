@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import DataWarning, ExperimentError
+from ..roi import label_mask
 from .design import compute_with_progress, voxel_volume_mm3
 
 __all__ = ["roi_tables", "session_table", "animal_table", "common_day", "failed_fit_table", "tumour_volumes",
@@ -68,7 +69,7 @@ def _impute_failed(sub: xr.Dataset, ds: xr.Dataset, impute: Mapping[str, float],
         raise ExperimentError(f"impute_failed: {bad} names a variable not tabulated ({list(sub.data_vars)}) or a "
                               "non-finite value")
     ok = sub["fit_ok"].astype(bool)
-    fill = ~ok & ds["roi"].isin(list(labels))
+    fill = ~ok & label_mask(ds["roi"], labels)
     if "acquired" in ds.coords or "acquired" in ds.data_vars:
         fill = fill & ds["acquired"].astype(bool)
     out = sub.copy()

@@ -105,7 +105,16 @@ __all__ += [
 MONOEXP_METHODS = ("squared", "rician", "nonlinear", "loglinear")
 
 _BLOCK = 4096
-_BLOCK_SAMPLES = 81920  # fit_monoexp: samples per batch (short axes get more voxels per batch: fewer passes)
+_BLOCK_SAMPLES = 122880  # fit_monoexp: ~samples per batch (T2*, 12 echoes: 10-15k voxels ~4 % faster than 6.8k, 60k slower)
+
+
+def _batches(n_vox: int, block: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of ``max(1, round(n_vox / block))`` batches differing in size by one at most (about
+    ``[3/4, 3/2] * block`` once ``n_vox >= block``): 15,084 voxels with ``block`` 10,240 are one batch, not
+    10,240 + 4,844 (a small last batch costs the numpy calls of a full one, ~0.2 ms for T2*)."""
+    k = max(1, int(round(n_vox / max(block, 1)))) if n_vox else 0
+    return [(i * n_vox // k, (i + 1) * n_vox // k) for i in range(k)]
+
 
 # Rational approximation of the Rician expectation:  E|S| = sigma * g(t), t = nu / sigma,
 # g(t)^2 = t^2 + h(t^2),  h(u) = 1 + (pi/2 - 1) P(u) / Q(u),
@@ -496,8 +505,9 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
     gof : bool
         Compute ``rmse`` (free for ``squared``; one more pass over the data otherwise).
     block : int, optional
-        Voxels per internal batch (default: about 80,000 samples per batch, at least 4096 voxels;
-        16384 voxels for 5 b-values).  Only speed and temporary memory depend on it.
+        Voxels per internal batch (default ~120,000 samples: 10,240 voxels for 12 echoes, 24,576 for 5
+        b-values, at least 4096), split into ``round(n_vox / block)`` equal batches.  Only speed, memory and
+        the last bits of a few voxels (rounding by position; ~1e-10 relative) depend on it.
     n_coils : int
         Receive channels ``L`` combined by root-sum-of-squares (non-central chi noise, 2L degrees of
         freedom).  ``E[S^2] = S0^2 e^{-2Rx} + 2 L sigma^2`` and ``Var(S^2) = 4 sigma^2 (nu^2 + L
@@ -541,11 +551,11 @@ def fit_monoexp(y, x, *, method="squared", sigma=None, n_iter=None, trunc=2.0, g
     sig_out = np.full(nv, np.nan)
     rmse = np.full(nv, np.nan)
     plan = _exp_plan(x)
-    for start in range(0, nv, block):
+    for start, stop in _batches(nv, block):
         # the fitted axis first (voxels contiguous: every operation below is a pass over rows)
-        yT = np.ascontiguousarray(y[start:start + block].T)
+        yT = np.ascontiguousarray(y[start:stop].T)
         good = np.isfinite(yT).all(axis=0) & ((yT > 0).sum(axis=0) >= 2)
-        sb = None if sigma is None else np.ascontiguousarray(sigma[start:start + block])
+        sb = None if sigma is None else np.ascontiguousarray(sigma[start:stop])
         if sb is not None:
             good &= np.isfinite(sb) & (sb > 0)
         if good.all():
