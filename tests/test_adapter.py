@@ -162,6 +162,34 @@ def test_mask_voxels_outside_are_nan_and_never_reach_the_kernel():
     xr.testing.assert_identical(ds3.compute(), ds)
 
 
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_kernel_layout_choice_same_rows_and_same_maps(contiguous):
+    """A kernel marked ``voxels_contiguous`` gets the same rows (values, order) as an (n, n_vox) array's transposed
+    view; on a Dask scan block (echo-first in memory, as apply_blocks hands it over) and on numpy input."""
+    sig = _signal()
+    rng = np.random.default_rng(4)
+    mask = xr.DataArray(rng.random(SHAPE5[2:]) > 0.5, dims=("z", "y", "x"))
+    seen = []
+
+    def kernel(y, x):
+        seen.append((y.copy(), y.flags.f_contiguous and not y.flags.c_contiguous))
+        return _mean_kernel(y, x)
+
+    kernel.voxels_contiguous = contiguous
+    ref = apply_kernel(_mean_kernel, sig, "t", OUT_MEAN, mask=mask)
+    # the signal stored echo-first (one chunk per scan, t outermost in memory): the gather path of a real scan
+    stored = sig.transpose("animal", "day", "t", "z", "y", "x")
+    stored = stored.copy(data=np.ascontiguousarray(stored.values)).chunk({"animal": 1, "day": 1})
+    lazy = apply_kernel(kernel, stored.transpose(*DIMS5, "t"), "t", OUT_MEAN, mask=mask).compute()
+    xr.testing.assert_identical(lazy, ref)
+    m = mask.transpose("z", "y", "x").values
+    expected = [sig.values[a, d][m] for a in range(SHAPE5[0]) for d in range(SHAPE5[1])]  # voxels in C order
+    assert len(seen) == len(expected)  # one kernel call per scan, in whatever order the threads ran them
+    for y, _ in seen:
+        assert sum(np.array_equal(y, e) for e in expected) == 1
+    assert all(f == contiguous for _, f in seen)
+
+
 def test_all_false_mask_gives_all_nan_without_calling_the_kernel():
     def never(y, x):
         raise AssertionError("kernel called with an empty selection")

@@ -345,7 +345,8 @@ def masked_abs_mean(signal: xr.DataArray, mask: xr.DataArray, dims) -> xr.DataAr
     return xr.DataArray(data, dims=out_dims, coords=coords)
 
 
-def _gather_rows(y: np.ndarray, sel: np.ndarray, every: bool, idx: np.ndarray | None = None) -> np.ndarray:
+def _gather_rows(y: np.ndarray, sel: np.ndarray, every: bool, idx: np.ndarray | None = None, *,
+                 voxels_contiguous: bool = False) -> np.ndarray:
     """The voxels ``sel`` of a block ``y`` (fitted axis last) as float64 rows ``(n_sel, n)``.
 
     ``idx``: ``np.flatnonzero(sel)``, when the caller has it.
@@ -353,7 +354,10 @@ def _gather_rows(y: np.ndarray, sel: np.ndarray, every: bool, idx: np.ndarray | 
     A block that :func:`studylib.compute.apply_blocks` hands over is a transposed view of the stored scan
     (fitted axis first in memory): the selected voxels are then gathered one contiguous image at a time
     (``n`` gathers of ``n_sel`` values) and only those widened to float64, never a copy of the whole block.
-    The rows are the same values in the same order as widening the whole block first.
+    The rows are the same values in the same order as widening the whole block first.  ``voxels_contiguous``:
+    those rows as the transposed view of an ``(n, n_sel)`` array (each sample's voxels contiguous in memory), for a
+    kernel that works in that layout (:func:`studylib.models.relaxometry.fit_monoexp` transposes to it first: a
+    transposing float64 copy costs ~0.2 ms for a scan's 16k tumour voxels, 12 echoes).
     """
     n = y.shape[-1]
     if every:
@@ -361,7 +365,8 @@ def _gather_rows(y: np.ndarray, sel: np.ndarray, every: bool, idx: np.ndarray | 
     first = np.moveaxis(y, -1, 0)
     if first.flags.c_contiguous:
         idx = np.flatnonzero(sel) if idx is None else idx
-        return first.reshape(n, -1)[:, idx].T.astype(np.float64, order="C")
+        picked = np.take(first.reshape(n, -1), idx, axis=1)  # (n, n_sel); take: half the time of [:, idx]
+        return picked.astype(np.float64).T if voxels_contiguous else picked.T.astype(np.float64, order="C")
     return y[sel.reshape(y.shape[:-1])].astype(np.float64)
 
 
@@ -370,6 +375,7 @@ class _KernelBlock:
 
     ``(y, [mask], *voxel_inputs) -> tuple of maps`` with ``y`` of shape ``lead + (n,)``.  A module-level class,
     not a closure, so a distributed scheduler pickles it by reference (:class:`studylib.compute._UnwrapBlocks`).
+    A kernel with the attribute ``voxels_contiguous = True`` gets its rows in that layout (:func:`_gather_rows`).
     """
 
     __slots__ = ("kernel", "outputs", "x", "kw", "vnames", "has_mask")
@@ -394,7 +400,8 @@ class _KernelBlock:
             for name, v in zip(self.vnames, extra[int(self.has_mask):]):
                 v = np.broadcast_to(np.asarray(v), lead).reshape(-1)
                 vkw[name] = np.ascontiguousarray(v) if every else v[idx]
-            rows = _gather_rows(np.asarray(y), sel, every, idx)
+            rows = _gather_rows(np.asarray(y), sel, every, idx,
+                                voxels_contiguous=getattr(self.kernel, "voxels_contiguous", False))
             res = self.kernel(rows, self.x, **self.kw, **vkw)
         outs = []
         for o in self.outputs:

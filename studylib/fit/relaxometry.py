@@ -154,6 +154,9 @@ def _monoexp_kernel(y, x, *, method, sigma=None, names, drop_first=False, n_coil
     return out
 
 
+_monoexp_kernel.voxels_contiguous = True  # fit_monoexp works on (n, n_vox): the adapter hands over rows in that layout
+
+
 def _resolve_sigma(signal, noise_sigma, background, dim, n_coils=1):
     if noise_sigma is None and background is not None:
         noise_sigma = noise_sigma_from_background(signal, background, n_coils=n_coils)
