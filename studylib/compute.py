@@ -94,6 +94,7 @@ MALLOC_TRIM_THRESHOLD_BYTES = 256 << 20
 #: ``STUDYLIB_TUNE_MALLOC=0`` leaves the allocator as it is (:func:`tune_allocator`)
 TUNE_MALLOC_ENV = "STUDYLIB_TUNE_MALLOC"
 _TUNED: list[bool] = []
+_FROZEN: list[int] = []  # freeze_startup_objects: done once per process
 
 # scheduler string -> (client, cluster-or-None) started by get_client(); closed by shutdown()
 _STARTED: dict[str, tuple[Any, Any]] = {}
@@ -194,6 +195,48 @@ def tune_allocator() -> bool:
     return ok
 
 
+#: environment variable: ``0`` turns :func:`freeze_startup_objects` off
+TUNE_GC_ENV = "STUDYLIB_TUNE_GC"
+
+
+def freeze_startup_objects() -> int:
+    """Take the objects alive now -- mostly the imported modules' functions, classes and constants -- out of the
+    cyclic garbage collector's full collections (:func:`gc.freeze`), once per process.
+
+    A study pass keeps ~10^5 objects alive while it runs (the manifest rows, headers, sidecars and graph that
+    :func:`studylib.io.load.load_study` builds, the per-scan fused tasks).  In the first pass of a process they
+    tip the collector into a full (generation-2) collection, which walks every tracked object under the GIL in
+    the middle of the parallel pass: measured on the 1x end-to-end study, 88-115 ms inside a task of the
+    threaded scheduler (both threads' Python stalls behind it) and 181 ms in a distributed client's event loop
+    while its workers ran on the same cores.  A full collection does not walk frozen objects (~10^5 of them once
+    numpy, xarray and dask are imported: a full collection over 150k fresh lists took 0.21 s of their building
+    with the imports unfrozen, 0.10 s frozen), and in the measured pass none ran at all: threaded, to the tumour
+    table, 5.55 -> 5.41 s (interleaved A/B, 4 rounds); the distributed pass did not change (1.75x vs 1.72x for 2
+    workers vs 1).  Later passes of a process were never affected (a full collection raises the bar for the next).
+
+    Done by :func:`get_client` and :func:`scheduler_context` (the scheduler set up by ``sl.start`` in a
+    notebook), and in each worker of a ``"local"`` cluster once its imports are warm.  What it costs: a frozen
+    object that later becomes unreachable inside a reference cycle is never freed; objects alive when the
+    scheduler is chosen are, in a notebook, the imported modules, which live as long as the process.
+    ``STUDYLIB_TUNE_GC=0`` turns it off.
+
+    Returns
+    -------
+    int
+        The number of objects frozen now (0 when done before in this process, or turned off).
+    """
+    if _FROZEN:
+        return 0
+    _FROZEN.append(1)
+    if os.environ.get(TUNE_GC_ENV, "1").strip() == "0":
+        return 0
+    import gc
+
+    before = gc.get_freeze_count()
+    gc.freeze()
+    return gc.get_freeze_count() - before
+
+
 def active_client():
     """The distributed client computations currently go to, or ``None`` (local threads/sync)."""
     sched = dask.config.get("scheduler", None)
@@ -242,6 +285,7 @@ def get_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_
     """
     choice = resolve_scheduler(scheduler)
     tune_allocator()
+    freeze_startup_objects()
     if choice in ("threads", "sync"):
         dask.config.set(scheduler=choice)
         return None
@@ -309,6 +353,8 @@ def _warm_worker_imports() -> None:
 
     from .io.nifti import read_nifti  # noqa: F401  (the scan reader every study task starts with)
 
+    freeze_startup_objects()  # the worker's modules, imported now, out of its full collections
+
 
 def shutdown() -> None:
     """Close every client/cluster started by :func:`get_client` and go back to threads."""
@@ -334,6 +380,7 @@ def scheduler_context(scheduler: str | None = None, **kwargs) -> Iterator[Any]:
     """
     choice = resolve_scheduler(scheduler)
     tune_allocator()
+    freeze_startup_objects()
     if choice in ("threads", "sync"):
         with dask.config.set(scheduler=choice):
             yield None

@@ -156,6 +156,8 @@ def test_get_client_local_is_reused_and_shut_down(capsys):
         def profiler_callbacks(dask_worker):
             return sorted(k for k in dask_worker.periodic_callbacks if k.startswith("profile"))
         assert list(c1.run(profiler_callbacks).values()) == [[]]
+        # and took those imports out of the collector's full collections (compute.freeze_startup_objects)
+        assert list(c1.run(lambda: __import__("gc").get_freeze_count() > 0).values()) == [True]
     finally:
         compute.shutdown()
     with compute.scheduler_context("local", n_workers=1, quiet=True, worker_profile=True) as c2:

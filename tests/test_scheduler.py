@@ -215,3 +215,27 @@ def test_tune_allocator_reuses_freed_scans_instead_of_faulting_in_fresh_pages():
     assert after < plain / 10, (after, plain)
     off, _ = _page_faults("tune", **{compute.TUNE_MALLOC_ENV: "0"})
     assert off == "False"  # STUDYLIB_TUNE_MALLOC=0: left alone
+
+
+_FREEZE = """
+import gc, sys
+import xarray
+from studylib import compute
+f = xarray.open_dataset  # a function object of an imported module: tracked by the collector
+in_gen2 = lambda: any(o is f for o in gc.get_objects(generation=2))
+before = in_gen2()
+client = compute.get_client("threads")
+print(before, gc.get_freeze_count() > 0, in_gen2(), compute.freeze_startup_objects())
+"""
+
+
+@pytest.mark.parametrize("setting, frozen", [("1", True), ("0", False)])
+def test_choosing_the_scheduler_freezes_the_imported_objects_once(setting, frozen):
+    """get_client takes the objects alive then (the imported modules' functions) out of the collector's full
+    collections, once per process; STUDYLIB_TUNE_GC=0 leaves the collector alone (a fresh interpreter each)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FREEZE], capture_output=True, text=True, check=True,
+                         env={**os.environ, compute.TUNE_GC_ENV: setting}).stdout.split()
+    assert out == ["True", str(frozen), str(not frozen), "0"]
