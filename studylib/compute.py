@@ -136,8 +136,9 @@ def resolve_scheduler(scheduler: str | None = None) -> str:
                          f"(a LocalCluster on this machine) or a scheduler address like tcp://host:8786")
 
 
-def _tuning_off() -> bool:
-    return os.environ.get(TUNE_MALLOC_ENV, "1").strip() == "0"
+def _tuning_off(env: str = TUNE_MALLOC_ENV) -> bool:
+    """True when the environment variable ``env`` (a ``STUDYLIB_TUNE_*`` switch) is ``0``."""
+    return os.environ.get(env, "1").strip() == "0"
 
 
 def _allocator_env() -> dict[str, str]:
@@ -228,7 +229,7 @@ def freeze_startup_objects() -> int:
     if _FROZEN:
         return 0
     _FROZEN.append(1)
-    if os.environ.get(TUNE_GC_ENV, "1").strip() == "0":
+    if _tuning_off(TUNE_GC_ENV):
         return 0
     import gc
 

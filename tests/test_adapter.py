@@ -165,7 +165,7 @@ def test_mask_voxels_outside_are_nan_and_never_reach_the_kernel():
 @pytest.mark.parametrize("contiguous", [False, True])
 def test_kernel_layout_choice_same_rows_and_same_maps(contiguous):
     """A kernel marked ``voxels_contiguous`` gets the same rows (values, order) as an (n, n_vox) array's transposed
-    view; on a Dask scan block (echo-first in memory, as apply_blocks hands it over) and on numpy input."""
+    view, on Dask scan blocks stored echo-first (as apply_blocks hands them over); the maps equal numpy input's."""
     sig = _signal()
     rng = np.random.default_rng(4)
     mask = xr.DataArray(rng.random(SHAPE5[2:]) > 0.5, dims=("z", "y", "x"))
