@@ -1,7 +1,6 @@
 """Dask in one place: the scheduler choice, the allocator settings of the processes that compute
 (:func:`tune_allocator`), a block-wise apply without copies (:func:`apply_blocks`), one task per scan chain
-(:func:`fused_task`), one graph layer per array (:func:`one_layer`) and the garbage collector paused while
-a study's graph is built (:func:`paused_gc`).
+(:func:`fused_task`) and the garbage collector paused while a study's graph is built (:func:`paused_gc`).
 
 Three ways to run the same lazy computations:
 
@@ -73,7 +72,6 @@ __all__ = [
     "describe",
     "fused_task",
     "get_client",
-    "one_layer",
     "progress",
     "resolve_scheduler",
     "scheduler_context",
@@ -617,12 +615,17 @@ def _put(into: dict, node, depth: int) -> None:
 
 
 def _pickled_once_runner(fused):
-    """``fused`` as a task whose body is bytes pickled once, here (run by :func:`_run_pickled`)."""
-    import cloudpickle
+    """``fused`` as a task whose body is bytes pickled once, here (run by :func:`_run_pickled`).
+
+    Pickled as distributed pickles a task (:func:`distributed.protocol.pickle.dumps`): the standard library's
+    C pickler, and cloudpickle only for what it cannot take by reference (a function of ``__main__``, a lambda)
+    -- cloudpickle's Python hook on every object took 40 % longer for the scan tasks of a study.
+    """
     from dask._task_spec import Task, TaskRef
+    from distributed.protocol.pickle import dumps
 
     dep_keys = tuple(sorted(fused.dependencies, key=str))
-    return Task(fused.key, _run_pickled, cloudpickle.dumps(fused), dep_keys, *(TaskRef(k) for k in dep_keys))
+    return Task(fused.key, _run_pickled, dumps(fused), dep_keys, *(TaskRef(k) for k in dep_keys))
 
 
 def _run_pickled(blob: bytes, dep_keys: tuple, *deps):
@@ -703,17 +706,3 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def one_layer(arr):
-    """``arr`` (a Dask array) with its whole graph as one materialised layer: the same tasks and keys.
-
-    A study assembled scan by scan (``from_delayed`` and ``stack`` per scan) carries a layer per scan; every
-    later operation copies and walks that list of layers (HighLevelGraph culling alone took 0.15 s per pass
-    over 1250 layers), so :func:`studylib.io.load.load_study` hands out one layer per variable.
-    """
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
-    graph = HighLevelGraph.from_collections(arr.name, dict(arr.__dask_graph__()), dependencies=())
-    return da.Array(graph, arr.name, arr.chunks, meta=arr._meta)

@@ -324,6 +324,30 @@ def test_resolve_path_decides_as_the_realpath_check(tmp_path, parts, via_link):
     assert got == want
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=_FUNCTION_SCOPED)
+@given(rows=st.lists(st.lists(_PARTS, min_size=1, max_size=5), min_size=1, max_size=12), via_link=st.booleans())
+def test_resolve_path_with_shared_plain_dirs_decides_each_row_as_the_realpath_check(tmp_path, rows, via_link):
+    """A manifest's rows resolved in one pass sharing ``plain_dirs`` (as ``load_study`` does): every row decided as
+    the reference decides it alone, whatever the rows before it put in the set."""
+    base = tmp_path / "study"
+    if not base.exists():
+        _tree(tmp_path)
+    folder = base if via_link else tmp_path / "real"
+    plain: set = set()
+    for parts in rows:
+        rel = "/".join(parts)
+        try:
+            want = ("ok", _resolve_reference(folder, rel))
+        except ManifestError as err:
+            want = ("error", str(err))
+        try:
+            got = ("ok", resolve_path(folder, rel, plain_dirs=plain))
+        except ManifestError as err:
+            got = ("error", str(err))
+        assert got == want
+    assert all(not os.path.islink(d) and os.path.isdir(d) for d in plain)
+
+
 def test_resolve_path_skips_realpath_without_symlinks_and_sees_a_changed_link(tmp_path, monkeypatch):
     base = _tree(tmp_path)
     calls = []

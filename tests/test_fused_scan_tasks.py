@@ -8,6 +8,8 @@ graph and the six-pass mean; ``studylib run --jobs`` starts the longest notebook
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import dask
@@ -177,6 +179,42 @@ def test_fusion_keeps_parallel_inputs_of_a_multi_scan_block_apart():
     assert len(fused.__dask_graph__()) == 2
     np.testing.assert_array_equal(fused.compute(), y.compute())
     assert _fuse_blocks(np.ones(3)) is not None        # numpy passes through
+
+
+@pytest.mark.parametrize("by_value", ["lambda", "__main__ function"])
+def test_packed_task_body_takes_lambdas_and_main_functions_by_value(tmp_path, by_value, monkeypatch):
+    """A packed body is pickled by the standard pickler where it can and by cloudpickle where it cannot (a lambda; a
+    function of ``__main__``, which a worker could not import by name): either way it runs to the same values."""
+    import pickle
+    import types
+
+    import dask.array as da
+    from dask._task_spec import convert_legacy_graph
+
+    from studylib.compute import _run_pickled, fused_task
+
+    main_like = types.FunctionType((lambda v: v * 3.0).__code__, {}, "triple")
+    main_like.__module__ = "__main__"
+    main_like.__qualname__ = "triple"
+    monkeypatch.setattr(sys.modules["__main__"], "triple", main_like, raising=False)  # pickle takes it by name
+    x = da.from_delayed(dask.delayed(np.arange)(6.0), shape=(6,), dtype=float)
+    step = (lambda v: v * 3.0) if by_value == "lambda" else main_like  # each alone: pickle fails / names __main__
+    y = x.map_blocks(np.add, 1.0).map_blocks(step).map_blocks(np.sqrt)
+    dsk = convert_legacy_graph(dict(y.__dask_graph__()))
+    out = y.__dask_keys__()[0]
+    members = list(dsk)
+    plain = fused_task(dsk, members, out)
+    packed = fused_task(dsk, members, out, packed=True)
+    assert packed.func is _run_pickled and isinstance(packed.args[0], bytes)
+    np.testing.assert_array_equal(pickle.loads(packed.args[0])({}), plain({}))
+    # another interpreter (a worker: its __main__ has no `triple`) runs the body to the same values
+    blob = tmp_path / "body.pkl"
+    blob.write_bytes(packed.args[0])
+    code = ("import pickle, sys, numpy as np; body = pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "print(np.asarray(body({})).tolist())")
+    run = subprocess.run([sys.executable, "-c", code, str(blob)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_array_equal(json.loads(run.stdout), np.sqrt((np.arange(6.0) + 1.0) * 3.0))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, None])   # None: how Dask's reduction calls the chunk function

@@ -15,10 +15,11 @@ import pandas as pd
 import xarray as xr
 
 from .. import conventions
-from ..compute import one_layer, paused_gc
+from ..compute import paused_gc
 from ..errors import DataFileError, ManifestError, StudyError
 from ..manifest import AXIS_KINDS, IMAGE_KINDS, SIGNED_KINDS, manifest_sha256, read_manifest, resolve_path
-from .nifti import NiftiInfo, check_same_grid, read_header, read_nifti_lazy, read_nifti_pair_lazy
+from . import nifti as _nifti
+from .nifti import NiftiInfo, check_same_grid, read_header
 from .sidecar import AXES, acquisition_axis, read_sidecar
 
 __all__ = ["load_study", "load_histology", "open_manifest", "check_same_grid", "ROI_LABELS"]
@@ -69,11 +70,12 @@ def _open_manifest(manifest, study: str | None) -> tuple[pd.DataFrame, Path, dic
         raise ManifestError(f"manifest must be a path or a DataFrame, got {type(manifest).__name__}")
     problems = []
     resolved: dict[str, Path] = {}
-    for i, (st, rel) in enumerate(zip(df["study"], df["path"]), start=1):
+    plain_dirs: set = set()  # folders of this manifest found not to be symlinks: lstat-ed once in this call
+    for i, (st, rel) in enumerate(zip(df["study"].tolist(), df["path"].tolist()), start=1):
         if study is not None and st != study:
             continue
         try:
-            p = resolve_path(path.parent, rel)
+            p = resolve_path(path.parent, rel, plain_dirs=plain_dirs)
         except ManifestError as err:
             problems.append(f"{path}: row {i}: {err}")
             continue
@@ -156,8 +158,6 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
         acquisition values (te/b/t/fa/ti/offset): the message names both files.  An ROI
         whose grid differs from its scan's also raises, naming both.
     """
-    import dask.array as da
-
     df, mpath, checked = _open_manifest(manifest, study)
     base = mpath.parent
 
@@ -267,61 +267,12 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
     labels = labels or dict(ROI_LABELS)  # no ROI sidecar says: the conventions
 
     # ---- lazy arrays, one chunk per scan
-    sig_shape = ((n,) if dim else ()) + spatial
-    nan_sig = da.full(sig_shape, np.nan, dtype=np.float32, chunks=sig_shape)
-    nan_m0 = da.full(spatial, np.nan, dtype=np.float32, chunks=spatial)
-    zero_roi = da.zeros(spatial, dtype=np.int16, chunks=spatial)
-    sig_rows, m0_rows, roi_rows_arr, acquired = [], [], [], np.zeros((len(animals), len(days)), dtype=bool)
-    magnitude = kind not in SIGNED_KINDS  # stored integers that wrapped around are refused on read
-    for ia, a in enumerate(animals):
-        srow, mrow, rrow = [], [], []
-        for iday, d in enumerate(days):
-            s = scans.get((a, d))
-            if s is None:
-                srow.append(nan_sig)
-                mrow.append(nan_m0)
-                rrow.append(zero_roi)
-                continue
-            acquired[ia, iday] = True
-            info = s["info"]
-            r = rois.get((a, d))
-            if r is not None and roi_with_scan:  # one task reads both: no scan-sized transfer between workers
-                arr, roi = read_nifti_pair_lazy(s["path"], info.design_shape, np.float32, r["path"], r["info"].design_shape,
-                                                np.int16, token=(s["sha"], r["sha"]), magnitude=magnitude,
-                                                headers=(info, r["info"]))
-            else:
-                arr = read_nifti_lazy(s["path"], info.design_shape, np.float32, token=s["sha"], magnitude=magnitude,
-                                      header=info)
-                if r is not None:
-                    roi = read_nifti_lazy(r["path"], r["info"].design_shape, np.int16, token=r["sha"], header=r["info"])
-            if len(info.shape) == 3 and dim:
-                arr = arr[None]
-            elif len(info.shape) == 4 and not dim:
-                arr = arr[0]
-            if sat is not None:
-                full = arr
-                arr = full[np.asarray(sat, dtype=int)] if len(sat) != full.shape[0] else full
-                if refvols:
-                    mrow.append(full[np.asarray(refvols, dtype=int)].mean(axis=0).astype(np.float32))
-                else:
-                    mrow.append(nan_m0)
-            else:
-                mrow.append(nan_m0)
-            srow.append(arr)
-            if r is not None:
-                roi = roi[0] if len(r["info"].shape) == 4 else roi
-                if r["lut"]:  # the file's label values -> the conventional ones, by their meaning
-                    roi = roi.map_blocks(conventions.relabel, lut=r["lut"], dtype=np.int16)
-                rrow.append(roi)
-            else:
-                rrow.append(zero_roi)
-        sig_rows.append(da.stack(srow))
-        m0_rows.append(da.stack(mrow))
-        roi_rows_arr.append(da.stack(rrow))
-    # one graph layer per variable instead of ~1250 (a read, an array and a stack layer per scan): every later
-    # graph operation of a study (xarray arithmetic, optimisation, the per-scan fusion) walks the layers
-    signal = one_layer(da.stack(sig_rows))
-    roi_arr = one_layer(da.stack(roi_rows_arr))
+    expand = "add" if len(rinfo.shape) == 3 and dim else ("drop" if len(rinfo.shape) == 4 and not dim else None)
+    volumes = None if sat is None or len(sat) == rinfo.n_volumes else tuple(int(v) for v in sat)
+    want_m0 = bool(sat is not None and refvols)
+    graphs, acquired = _study_graph(
+        animals, days, scans, rois, kind=kind, spatial=spatial, n=n if dim else None, expand=expand, volumes=volumes,
+        refvols=tuple(int(v) for v in refvols) if want_m0 else None, roi_with_scan=roi_with_scan)
 
     sig_dims = ("animal", "day") + ((dim,) if dim else ()) + ("z", "y", "x")
     coords = {
@@ -339,15 +290,15 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
     coords["acquired"] = (("animal", "day"), acquired, {"long_name": "scan of this kind was acquired"})
 
     ds = xr.Dataset(coords=coords)
-    ds["signal"] = xr.DataArray(signal, dims=sig_dims,
+    ds["signal"] = xr.DataArray(graphs["signal"], dims=sig_dims,
                                 attrs={"long_name": f"{kind} signal", "units": "a.u."})
-    ds["roi"] = xr.DataArray(roi_arr, dims=("animal", "day", "z", "y", "x"),
+    ds["roi"] = xr.DataArray(graphs["roi"], dims=("animal", "day", "z", "y", "x"),
                              attrs={"long_name": "ROI labels (values as in studylib.conventions, remapped by the "
                                                  "meanings in each ROI sidecar)",
                                     "flag_values": sorted(labels),
                                     "flag_meanings": " ".join(labels[k] for k in sorted(labels))})
-    if sat is not None and refvols:
-        ds["m0"] = xr.DataArray(one_layer(da.stack(m0_rows)), dims=("animal", "day", "z", "y", "x"),
+    if want_m0:
+        ds["m0"] = xr.DataArray(graphs["m0"], dims=("animal", "day", "z", "y", "x"),
                                 attrs={"long_name": "unsaturated reference signal (mean of ReferenceVolumes)",
                                        "units": "a.u.", "reference_volumes": list(refvols)})
 
@@ -391,6 +342,110 @@ def load_study(manifest, study: str, kind: str, *, chunks="scan", roi_with_scan:
     if isinstance(chunks, dict):
         return ds.chunk(chunks)
     raise StudyError(f"chunks must be 'scan' or a dict of dim -> chunk size, got {chunks!r}")
+
+
+def _read_scan(path, shape, magnitude, header, expand, volumes, refvols):
+    """One scan as ``load_study`` holds it: ``(signal, m0)``, each with leading ``(animal, day)`` axes of 1.
+
+    ``expand``: ``"add"`` an acquisition axis to a 3-D file of an axis kind, ``"drop"`` the 1-long volume axis
+    of a 4-D file of a kind without one, or None; ``volumes``: the saturated volumes kept (None: all);
+    ``refvols``: the reference volumes whose mean is ``m0`` (None: no ``m0``, returned as None).
+    """
+    full = _nifti.read_nifti(path, dtype=np.float32, expect_shape=shape, magnitude=magnitude, header=header)
+    if expand == "add":
+        full = full[None]
+    elif expand == "drop":
+        full = full[0]
+    signal = full if volumes is None else full[np.asarray(volumes)]
+    m0 = None if refvols is None else full[np.asarray(refvols)].mean(axis=0).astype(np.float32)[None, None]
+    return signal[None, None], m0
+
+
+def _read_roi(path, shape, header, lut):
+    """One ROI label map (int16, design order, a 4-D file's single volume) with its labels made conventional
+    (``lut``: the file's values -> :mod:`studylib.conventions`' by meaning), with leading ``(animal, day)`` axes."""
+    roi = _nifti.read_nifti(path, dtype=np.int16, expect_shape=shape, header=header)
+    if roi.ndim == 4:
+        roi = roi[0]
+    if lut:
+        roi = conventions.relabel(roi, lut=lut)
+    return roi[None, None]
+
+
+def _read_scan_and_roi(scan_args, roi_args):
+    """A scan and its ROI read by one task: ``(signal, m0, roi)`` (``load_study(roi_with_scan=True)``)."""
+    return _read_scan(*scan_args) + (_read_roi(*roi_args),)
+
+
+def _study_graph(animals, days, scans, rois, *, kind, spatial, n, expand, volumes, refvols, roi_with_scan):
+    """The lazy ``signal``, ``roi`` (and ``m0`` when ``refvols``) of a study: one chunk per scan, one graph layer each.
+
+    Every chunk is a task of the layer itself -- the read of its scan (a getitem of the read's tuple), or an
+    alias of one shared fill (NaN signal, zero labels) where the scan or its ROI is missing -- with no Dask
+    array per file and no stacking layers: graph operations later in a pass (xarray arithmetic, optimisation,
+    :func:`studylib.roi`'s per-scan fusion) walk one layer per variable and three to four tasks per scan.
+    The names are tokens of the files (paths, manifest hashes) and of how they are read.
+    Returns ``({"signal": ..., "roi": ..., "m0": ...}, acquired)`` with ``acquired`` (animal, day) bool.
+    """
+    from operator import getitem
+
+    import dask
+    import dask.array as da
+    from dask._task_spec import Alias, Task, TaskRef
+    from dask.highlevelgraph import HighLevelGraph
+
+    magnitude = kind not in SIGNED_KINDS  # stored integers that wrapped around are refused on read
+    sig_shape = (() if n is None else (n,)) + spatial
+    spec = [(a, d, str(s["path"]), s["sha"], None if (a, d) not in rois else
+             (str(rois[(a, d)]["path"]), rois[(a, d)]["sha"], sorted(rois[(a, d)]["lut"].items())))
+            for (a, d), s in sorted(scans.items())]
+    name = "read-nifti-" + dask.base.tokenize(spec, kind, sig_shape, expand, volumes, refvols, roi_with_scan, magnitude)
+    names = {"signal": f"{name}-signal", "roi": f"{name}-roi", "m0": f"{name}-m0"}
+    fill = {"signal": Task(f"{name}-nan-signal", np.full, (1, 1) + sig_shape, np.nan, np.float32),
+            "m0": Task(f"{name}-nan-m0", np.full, (1, 1) + spatial, np.nan, np.float32),
+            "roi": Task(f"{name}-zero-roi", np.zeros, (1, 1) + spatial, np.int16)}
+    variables = ("signal", "roi", "m0") if refvols is not None else ("signal", "roi")
+    layers: dict[str, dict] = {v: {} for v in variables}
+    used_fill: set = set()
+    acquired = np.zeros((len(animals), len(days)), dtype=bool)
+    zeros = (0,) * len(spatial)
+    for ia, a in enumerate(animals):
+        for iday, d in enumerate(days):
+            key = {v: (names[v], ia, iday) + ((0,) if v == "signal" and n is not None else ()) + zeros
+                   for v in variables}
+            s = scans.get((a, d))
+            r = rois.get((a, d)) if s is not None else None
+            if s is not None:
+                acquired[ia, iday] = True
+                info = s["info"]
+                scan_args = (str(s["path"]), info.design_shape, magnitude, info, expand, volumes, refvols)
+                if r is not None:
+                    roi_args = (str(r["path"]), r["info"].design_shape, r["info"], r["lut"])
+                if r is not None and roi_with_scan:  # one task reads both: no scan-sized transfer between workers
+                    read = Task((f"{name}-pair", ia, iday), _read_scan_and_roi, scan_args, roi_args)
+                    parts = {"signal": 0, "m0": 1, "roi": 2}
+                else:
+                    read = Task((f"{name}-scan", ia, iday), _read_scan, *scan_args)
+                    parts = {"signal": 0, "m0": 1}
+                    if r is not None:
+                        layers["roi"][key["roi"]] = Task(key["roi"], _read_roi, *roi_args)
+                for v, i in parts.items():
+                    if v in layers:
+                        layers[v][read.key] = read
+                        layers[v][key[v]] = Task(key[v], getitem, TaskRef(read.key), i)
+            missing = [v for v in variables if key[v] not in layers[v]]
+            for v in missing:
+                layers[v][key[v]] = Alias(key[v], fill[v].key)
+                used_fill.add(v)
+    out = {}
+    for v in variables:
+        if v in used_fill:
+            layers[v][fill[v].key] = fill[v]
+        shape = (len(animals), len(days)) + (sig_shape if v == "signal" else spatial)
+        graph = HighLevelGraph.from_collections(names[v], layers[v], dependencies=())
+        out[v] = da.Array(graph, names[v], chunks=((1,) * len(animals), (1,) * len(days)) + tuple((k,) for k in shape[2:]),
+                          dtype=np.int16 if v == "roi" else np.float32)
+    return out, acquired
 
 
 def load_histology(manifest, study: str) -> pd.DataFrame:

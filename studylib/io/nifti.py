@@ -23,7 +23,7 @@ from .._atomic import atomic_write_bytes
 from ..errors import DataFileError
 from .sidecar import sidecar_path, validate_sidecar
 
-__all__ = ["wrap_around_problem", "check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti_pair_lazy", "read_nifti",
+__all__ = ["wrap_around_problem", "check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti",
            "NiftiInfo", "to_design_order"]
 
 _INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
@@ -616,44 +616,6 @@ def _one_chunk(name: str, dsk: dict, shape, dtype):
 
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     return da.Array(graph, name, chunks=tuple((int(n),) for n in shape), dtype=np.dtype(dtype))
-
-
-def _read_pair(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, magnitude=False, header_a=None, header_b=None):
-    return (read_nifti(path_a, dtype=dtype_a, expect_shape=shape_a, magnitude=magnitude, header=header_a),
-            read_nifti(path_b, dtype=dtype_b, expect_shape=shape_b, header=header_b))
-
-
-def read_nifti_pair_lazy(path_a, shape_a, dtype_a, path_b, shape_b, dtype_b, *, token=None, magnitude=False,
-                         headers=(None, None)):
-    """Two NIfTI images (a scan and its ROI label map) as two Dask arrays read by one task.
-
-    Like :func:`read_nifti_lazy` for each file, but both are read by the same task, so every task that
-    needs a scan and its labels (background noise SD, masked fit, ROI statistics) finds both on the
-    worker that read them: under a distributed scheduler nothing the size of a scan moves between
-    workers.  Computing either array reads both files.  ``token``: content token of the pair; ``headers``:
-    the two files' :class:`NiftiInfo` (see :func:`read_nifti_lazy`).
-
-    Returns
-    -------
-    (dask.array.Array, dask.array.Array)
-        One chunk each, of shapes ``shape_a``/``shape_b`` and dtypes ``dtype_a``/``dtype_b``.
-    """
-    from operator import getitem
-
-    import dask
-    from dask._task_spec import Task, TaskRef
-
-    shape_a = tuple(int(s) for s in shape_a)
-    shape_b = tuple(int(s) for s in shape_b)
-    name = "read-nifti-pair-" + dask.base.tokenize(str(path_a), shape_a, str(np.dtype(dtype_a)), str(path_b),
-                                                   shape_b, str(np.dtype(dtype_b)), token, magnitude)
-    read = Task(name, _read_pair, str(path_a), shape_a, np.dtype(dtype_a), str(path_b), shape_b, np.dtype(dtype_b),
-                magnitude, *headers)
-    out = []
-    for i, (nm, shape, dt) in enumerate(((name + "-a", shape_a, dtype_a), (name + "-b", shape_b, dtype_b))):
-        key = (nm,) + (0,) * len(shape)
-        out.append(_one_chunk(nm, {name: read, key: Task(key, getitem, TaskRef(name), i)}, shape, dt))
-    return tuple(out)
 
 
 def check_same_grid(a: NiftiInfo, b: NiftiInfo, *, what: str, other: str, tol_mm: float = 1e-3) -> None:
