@@ -256,6 +256,22 @@ def test_jobs_start_the_longest_recorded_notebook_first(tmp_path):
     assert longest_first(names, tmp_path) == ["b", "c", "d", "e", "a"]
 
 
+def test_jobs_without_records_start_by_the_catalogued_typical_durations(tmp_path):
+    from studylib.catalog import EXPERIMENTS
+    from studylib.workbook.run import longest_first
+
+    names = sorted(EXPERIMENTS) + ["lab_own"]             # a lab's own notebook has no catalogued duration
+    order = longest_first(names, tmp_path / "fresh")
+    typical = {n: EXPERIMENTS[n].typical_run_s for n in EXPERIMENTS}
+    assert all(v > 0 for v in typical.values())
+    median = sorted(typical.values())[len(typical) // 2]
+    expected = sorted(names, key=lambda n: -typical.get(n, median))
+    assert order == expected and order[0] == max(typical, key=typical.get)
+    (tmp_path / "fresh").mkdir()                           # one recorded run there: the records decide, not the catalogue
+    (tmp_path / "fresh" / "acidocest_b16.json").write_text(json.dumps({"run_s": 500.0}))
+    assert longest_first(names, tmp_path / "fresh")[0] == "acidocest_b16"
+
+
 def test_the_dask_background_mean_takes_the_two_pass_path(study, monkeypatch):
     import studylib as sl
     from studylib.fit.relaxometry import noise_sigma_from_background

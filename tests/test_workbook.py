@@ -674,6 +674,44 @@ def test_parallel_jobs_give_the_reports_of_a_serial_run(tmp_path):
         wb.run(sorted(notebooks), reports=tmp_path / "x", jobs=0, **kw)
 
 
+@pytest.mark.slow
+def test_parallel_jobs_start_the_next_kernel_while_a_report_is_written(tmp_path, monkeypatch):
+    """jobs=2, three notebooks: the third kernel starts when the first kernel ends, not after its report is written."""
+    import importlib
+    import threading
+    import time
+
+    run_mod = importlib.import_module("studylib.workbook.run")  # the module (the package exports its run())
+    notebooks = {f"toy_{i}": TOY_WARN.replace('study = "toy_warn"', f'study = "toy_{i}"') for i in range(3)}
+    env = make_toy_study(tmp_path, notebooks)
+    events: list = []
+    lock = threading.Lock()
+    real_execute, real_finish = run_mod._execute, run_mod._finish_one
+
+    def execute(name, *a, **k):
+        with lock:
+            events.append(("start", name, time.monotonic()))
+        return real_execute(name, *a, **k)
+
+    def finish(name, **k):
+        time.sleep(4.0)  # a slow report (a big HTML, a PDF)
+        out = real_finish(name, **k)
+        with lock:
+            events.append(("written", name, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(run_mod, "_execute", execute)
+    monkeypatch.setattr(run_mod, "_finish_one", finish)
+    assert wb.run(sorted(notebooks), preset="ci", manifest=env["manifest"], notebooks_dir=env["notebooks"],
+                  cache_dir=env["cache"], reports=tmp_path / "reports", jobs=2, progress=False) == 0
+    starts = sorted(t for kind, _, t in events if kind == "start")
+    written = sorted(t for kind, _, t in events if kind == "written")
+    assert len(starts) == len(written) == 3
+    assert starts[2] < written[0]  # the third kernel ran before any report was written (each takes 4 s here)
+    for name in notebooks:
+        assert json.loads((tmp_path / "reports" / f"{name}.json").read_text())["status"] == "ok with warnings"
+
+
 def test_cache_folder_from_the_environment_or_the_command_line(tmp_path, monkeypatch, capsys):
     from studylib.cli import main
     from studylib.layout import default_cache_dir

@@ -306,8 +306,9 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     force : execute even notebooks whose previous successful report is still current.
     jobs : notebooks executed at the same time, each in its own kernel (default: the number of CPU cores
         available to this process, at most the number of notebooks), started longest expected first
-        (:func:`longest_first`, from the durations the previous run recorded).  The reports, records and exit
-        code are those of a serial run; only the order of the progress lines differs.
+        (:func:`longest_first`, from the durations the previous run recorded, else the catalogue's typical ones);
+        while a notebook's report is written (HTML, PDF) the next notebook's kernel already runs.  The reports,
+        records and exit code are those of a serial run; only the order of the progress lines differs.
     pdf : print ``reports/<exp>.pdf`` with headless Chromium (None: when one is installed; its absence is
         noted in the record, not an error; False: never).  See :mod:`.downloads`.
 
@@ -358,24 +359,31 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
         bar = tqdm(total=len(names), desc="experiments", unit="notebook", position=0, file=sys.stderr,
                    disable=not progress)
 
-        def one(name: str) -> bool:
+        def execute(name: str):
             m, croot = where[name]
-            ok = _run_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m, manifest_sha=sha256_file(m),
-                          cache_root=croot, scheduler=sched_param, sched_desc=sched_desc,
-                          parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
-                          progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force, pdf=pdf)
+            return _execute_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m,
+                                manifest_sha=sha256_file(m), cache_root=croot, scheduler=sched_param,
+                                sched_desc=sched_desc, parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
+                                progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force, pdf=pdf)
+
+        def finish(done) -> bool:
+            ok = done if isinstance(done, bool) else done()
             bar.update(1)
             return ok
 
         if n_jobs == 1:
-            results = [one(name) for name in names]
+            results = [finish(execute(name)) for name in names]
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            # longest expected first (LPT), so the workers finish together; results come back in `names` order
+            # longest expected first (LPT), so the kernels finish together; n_jobs kernels at a time, and a
+            # notebook's report (HTML, PDF: ~2 s) is written by a writer thread while the next kernel already
+            # runs in its place; results come back in `names` order
             order = longest_first(names, reports)
-            with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="studylib-run") as pool:
-                done = dict(zip(order, pool.map(one, order)))
+            with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="studylib-write") as writers, \
+                    ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="studylib-run") as runners:
+                handed = {name: runners.submit(lambda n=name: writers.submit(finish, execute(n))) for name in order}
+                done = {name: f.result().result() for name, f in handed.items()}
             results = [done[name] for name in names]
         bar.close()
     failed = sum(not ok for ok in results)
@@ -393,8 +401,10 @@ def longest_first(names: list[str], reports: Path) -> list[str]:
 
     Longest-processing-time-first list scheduling (Graham, SIAM J Appl Math 1969;17:416,
     doi:10.1137/0117039: within 4/3 of the shortest possible finish on N workers) with the durations the
-    previous run recorded (``run_s`` in ``reports/<name>.json``).  A notebook without a readable record is
-    expected to take the median of the recorded ones; ties (and no records at all) keep the given order.
+    previous run recorded (``run_s`` in ``reports/<name>.json``).  Without any record (a first run, a new
+    reports folder), a catalogued experiment is expected to take its ``typical_run_s``
+    (:class:`studylib.catalog.Experiment`).  A notebook still without a duration is expected to take the median
+    of the known ones; ties (and nothing known at all) keep the given order.
     """
     def recorded(name: str) -> float | None:
         try:
@@ -404,6 +414,8 @@ def longest_first(names: list[str], reports: Path) -> list[str]:
         return v if v >= 0 and v != float("inf") else None  # NaN fails v >= 0
 
     known = {n: recorded(n) for n in names}
+    if all(v is None for v in known.values()):  # nothing recorded here yet: the catalogue's typical durations
+        known = {n: (EXPERIMENTS[n].typical_run_s or None) if n in EXPERIMENTS else None for n in names}
     seen = sorted(v for v in known.values() if v is not None)
     typical = seen[len(seen) // 2] if seen else 0.0
     return sorted(names, key=lambda n: -(known[n] if known[n] is not None else typical))
@@ -587,9 +599,14 @@ def _is_default_manifest(manifest, preset: str) -> bool:
         return False
 
 
-def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
-             parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None) -> bool:
-    import nbformat
+def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
+                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None):
+    """Run notebook ``name`` in its kernel; returns True for a reused report, else the step that writes the report.
+
+    The returned callable renders the HTML, prints the PDF and writes ``reports/<name>.*`` from the executed
+    notebook in a temporary folder, which it removes; it returns whether the notebook succeeded.  Split so
+    that :func:`run` with ``jobs`` starts the next notebook's kernel while this one's report is written.
+    """
     from tqdm.auto import tqdm
 
     src = _notebook_file(name, nbdir)
@@ -607,72 +624,95 @@ def _run_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root
             return True
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"{RUN_TMP_PREFIX}{owner_tag()}-{name}-") as tmp:
-        work = Path(tmp)
+    tmp = tempfile.TemporaryDirectory(prefix=f"{RUN_TMP_PREFIX}{owner_tag()}-{name}-")
+    try:
+        work = Path(tmp.name)
         out_nb = work / f"{name}.ipynb"
         status, error, records = _execute(name, src, work, out_nb, (standard, dict(parameters or {})), cwd=cwd, kernel_name=kernel_name,
                                           timeout_s=timeout_s, progress=progress)
         run_s = time.perf_counter() - t0
-        if status == "ok" and records.get("warnings"):
-            status = "ok with warnings"
-        try:
-            src_rel = src.resolve().relative_to(project_root()).as_posix()
-        except ValueError:
-            src_rel = str(src)
-        prov = {
-            "studylib_report": REPORT_FORMAT,
-            "experiment": name,
-            "title": exp.title if exp else name,
-            "after": exp.after if exp else "",
-            "biomarker": exp.biomarker if exp else "",
-            "data": exp.data if exp else "synthetic",
-            "status": status,
-            "error": error,
-            "warnings": records.get("warnings", []),
-            "warnings_not_listed": int(records.get("warnings_not_listed", 0)),
-            "headline": records.get("headline"),
-            "numbers": records.get("numbers", {}),
-            "conclusions": records.get("conclusions"),
-            "cache": records.get("cache", {"hits": 0, "misses": 0, "events": []}),
-            "started": started.isoformat(timespec="seconds"),
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "run_s": round(run_s, 3),
-            # the preset names the data only when its own manifest was used (`--manifest` of a lab's study: None)
-            "preset": preset if _is_default_manifest(manifest, preset) else None,
-            "parameters": _jsonable(records.get("parameters", {})),
-            "parameters_given": _jsonable(dict(parameters or {})),
-            "manifest": {"path": str(manifest), "sha256": manifest_sha},
-            "scheduler": sched_desc,
-            "notebook": {"source": src_rel, "sha256": sha256_file(src)},
-            "outputs": {"ipynb": f"{name}.ipynb", "html": f"{name}.html", "json": f"{name}.json"},
-            "fingerprint": fingerprint,
-            "inputs": parts,
-            **base,
-        }
-        record_sections(prov, manifest, name, src)  # methods, ARRIVE, animal flow (never fails the run)
-        nb = nbformat.read(out_nb, as_version=4)
-        # figures (SVG, PDF, PNG) and tables (CSV) the kernel saved, linked from the report (.downloads)
-        prov["files"] = {**_collect_files(nb, work / files_folder(name), name),
-                         "failures": records.get("export_failures", [])}
-        chromium, why_not = find_chromium() if pdf is not False else (None, "not asked for (pdf=False)")
-        prov["outputs"]["pdf"] = f"{name}.pdf" if chromium else None
-        prov["pdf"] = {"printed": bool(chromium), "note": why_not}
-        page = _render(nb, prov, name)
-        printed = None
-        if chromium and "render_error" not in prov:
-            (work / f"{name}.html").write_text(page, encoding="utf-8")
-            note = print_pdf(work / f"{name}.html", work / f"{name}.pdf")
-            if note:  # no PDF: not an error, the record says why
-                prov["outputs"]["pdf"], prov["pdf"] = None, {"printed": False, "note": note}
-                page = _render(nb, prov, name)
-            else:
-                printed = (work / f"{name}.pdf").read_bytes()
-        out = {f"{name}.ipynb": nbformat.writes(nb), f"{name}.html": page,
-               f"{name}.json": json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False)}
-        if printed is not None:
-            out[f"{name}.pdf"] = printed
-        _write_report(reports, out, {files_folder(name): work / files_folder(name)},
-                      remove=() if printed is not None else (f"{name}.pdf",))
+        finished = _dt.datetime.now(_dt.timezone.utc)
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+    def finish() -> bool:
+        with tmp:
+            return _finish_one(name, exp=exp, src=src, work=work, out_nb=out_nb, status=status, error=error,
+                               records=records, started=started, finished=finished, run_s=run_s, preset=preset,
+                               manifest=manifest, manifest_sha=manifest_sha, parameters=parameters,
+                               sched_desc=sched_desc, fingerprint=fingerprint, parts=parts, base=base,
+                               reports=reports, pdf=pdf)
+
+    return finish
+
+
+def _finish_one(name, *, exp, src, work, out_nb, status, error, records, started, finished, run_s, preset, manifest,
+                manifest_sha, parameters, sched_desc, fingerprint, parts, base, reports, pdf) -> bool:
+    """Write the report of an executed notebook (see :func:`_execute_one`); True when it succeeded."""
+    import nbformat
+    from tqdm.auto import tqdm
+
+    if status == "ok" and records.get("warnings"):
+        status = "ok with warnings"
+    try:
+        src_rel = src.resolve().relative_to(project_root()).as_posix()
+    except ValueError:
+        src_rel = str(src)
+    prov = {
+        "studylib_report": REPORT_FORMAT,
+        "experiment": name,
+        "title": exp.title if exp else name,
+        "after": exp.after if exp else "",
+        "biomarker": exp.biomarker if exp else "",
+        "data": exp.data if exp else "synthetic",
+        "status": status,
+        "error": error,
+        "warnings": records.get("warnings", []),
+        "warnings_not_listed": int(records.get("warnings_not_listed", 0)),
+        "headline": records.get("headline"),
+        "numbers": records.get("numbers", {}),
+        "conclusions": records.get("conclusions"),
+        "cache": records.get("cache", {"hits": 0, "misses": 0, "events": []}),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "run_s": round(run_s, 3),
+        # the preset names the data only when its own manifest was used (`--manifest` of a lab's study: None)
+        "preset": preset if _is_default_manifest(manifest, preset) else None,
+        "parameters": _jsonable(records.get("parameters", {})),
+        "parameters_given": _jsonable(dict(parameters or {})),
+        "manifest": {"path": str(manifest), "sha256": manifest_sha},
+        "scheduler": sched_desc,
+        "notebook": {"source": src_rel, "sha256": sha256_file(src)},
+        "outputs": {"ipynb": f"{name}.ipynb", "html": f"{name}.html", "json": f"{name}.json"},
+        "fingerprint": fingerprint,
+        "inputs": parts,
+        **base,
+    }
+    record_sections(prov, manifest, name, src)  # methods, ARRIVE, animal flow (never fails the run)
+    nb = nbformat.read(out_nb, as_version=4)
+    # figures (SVG, PDF, PNG) and tables (CSV) the kernel saved, linked from the report (.downloads)
+    prov["files"] = {**_collect_files(nb, work / files_folder(name), name),
+                     "failures": records.get("export_failures", [])}
+    chromium, why_not = find_chromium() if pdf is not False else (None, "not asked for (pdf=False)")
+    prov["outputs"]["pdf"] = f"{name}.pdf" if chromium else None
+    prov["pdf"] = {"printed": bool(chromium), "note": why_not}
+    page = _render(nb, prov, name)
+    printed = None
+    if chromium and "render_error" not in prov:
+        (work / f"{name}.html").write_text(page, encoding="utf-8")
+        note = print_pdf(work / f"{name}.html", work / f"{name}.pdf")
+        if note:  # no PDF: not an error, the record says why
+            prov["outputs"]["pdf"], prov["pdf"] = None, {"printed": False, "note": note}
+            page = _render(nb, prov, name)
+        else:
+            printed = (work / f"{name}.pdf").read_bytes()
+    out = {f"{name}.ipynb": nbformat.writes(nb), f"{name}.html": page,
+           f"{name}.json": json.dumps(prov, indent=1, ensure_ascii=False, allow_nan=False)}
+    if printed is not None:
+        out[f"{name}.pdf"] = printed
+    _write_report(reports, out, {files_folder(name): work / files_folder(name)},
+                  remove=() if printed is not None else (f"{name}.pdf",))
     msg = f"{name}: {status} in {run_s:.1f} s"
     if error:
         msg += f" ({error.get('ename')}: {str(error.get('evalue'))[:200]})"
