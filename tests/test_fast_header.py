@@ -305,6 +305,17 @@ _PARTS = st.sampled_from(["raw", "a", "in", "out", "up", "upup", "dangling", "lo
                           "out_file.nii.gz", "missing", "."])
 
 
+def _decided_both_ways(folder, rel: str, **kw) -> tuple[tuple, tuple]:
+    """(resolve_path's outcome, the realpath reference's outcome): ``("ok", path)`` or ``("error", message)``."""
+    out = []
+    for resolve in (lambda: resolve_path(folder, rel, **kw), lambda: _resolve_reference(folder, rel)):
+        try:
+            out.append(("ok", resolve()))
+        except ManifestError as err:
+            out.append(("error", str(err)))
+    return out[0], out[1]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=_FUNCTION_SCOPED)
 @given(parts=st.lists(_PARTS, min_size=1, max_size=5), via_link=st.booleans())
 def test_resolve_path_decides_as_the_realpath_check(tmp_path, parts, via_link):
@@ -312,15 +323,7 @@ def test_resolve_path_decides_as_the_realpath_check(tmp_path, parts, via_link):
     if not base.exists():
         _tree(tmp_path)
     folder = base if via_link else tmp_path / "real"
-    rel = "/".join(parts)
-    try:
-        want = ("ok", _resolve_reference(folder, rel))
-    except ManifestError as err:
-        want = ("error", str(err))
-    try:
-        got = ("ok", resolve_path(folder, rel))
-    except ManifestError as err:
-        got = ("error", str(err))
+    got, want = _decided_both_ways(folder, "/".join(parts))
     assert got == want
 
 
@@ -335,15 +338,7 @@ def test_resolve_path_with_shared_plain_dirs_decides_each_row_as_the_realpath_ch
     folder = base if via_link else tmp_path / "real"
     plain: set = set()
     for parts in rows:
-        rel = "/".join(parts)
-        try:
-            want = ("ok", _resolve_reference(folder, rel))
-        except ManifestError as err:
-            want = ("error", str(err))
-        try:
-            got = ("ok", resolve_path(folder, rel, plain_dirs=plain))
-        except ManifestError as err:
-            got = ("error", str(err))
+        got, want = _decided_both_ways(folder, "/".join(parts), plain_dirs=plain)
         assert got == want
     assert all(not os.path.islink(d) and os.path.isdir(d) for d in plain)
 
