@@ -712,6 +712,57 @@ def test_parallel_jobs_start_the_next_kernel_while_a_report_is_written(tmp_path,
         assert json.loads((tmp_path / "reports" / f"{name}.json").read_text())["status"] == "ok with warnings"
 
 
+TOY_DIES = NB_HEADER + textwrap.dedent('''
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_dies"
+
+    # %%
+    print("first cell ran")
+
+    # %%
+    print("second cell ran")
+
+    # %%
+    import os
+    os._exit(9)  # the kernel dies (as when the system kills it for memory)
+
+    # %%
+    print("never runs")
+    ''')
+
+
+def test_a_dead_kernel_leaves_the_outputs_before_it_and_saves_are_throttled(tmp_path, monkeypatch):
+    """Saves of a running notebook are throttled (SAVE_EVERY_S), yet the closing save after a kernel died still
+    writes every output before it into the failed report's notebook."""
+    import importlib
+
+    import papermill.iorw as iorw
+
+    run_mod = importlib.import_module("studylib.workbook.run")
+    writes = []
+    real_write = iorw.write_ipynb
+
+    def counting(nb, path, *a, **k):
+        writes.append(str(path))
+        return real_write(nb, path, *a, **k)
+
+    monkeypatch.setattr("papermill.engines.write_ipynb", counting)
+    env = make_toy_study(tmp_path, {"toy_dies": TOY_DIES})
+    code = wb.run(["toy_dies"], preset="ci", manifest=env["manifest"], notebooks_dir=env["notebooks"],
+                  cache_dir=env["cache"], reports=env["reports"], progress=False, jobs=1)
+    assert code == 1
+    rec = json.loads((env["reports"] / "toy_dies.json").read_text())
+    assert rec["status"] == "failed" and "Dead" in (rec["error"] or {}).get("ename", "") + str(rec["error"])
+    nb = nbformat.read(env["reports"] / "toy_dies.ipynb", as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "first cell ran" in text and "second cell ran" in text and "never runs" not in text
+    # papermill alone writes before and after each of the 5 cells; throttled: the closing save (and at most one
+    # more per SAVE_EVERY_S of the run)
+    assert 1 <= len(writes) <= 2, writes
+    assert run_mod.SAVE_EVERY_S >= 5
+
+
 def test_cache_folder_from_the_environment_or_the_command_line(tmp_path, monkeypatch, capsys):
     from studylib.cli import main
     from studylib.layout import default_cache_dir
