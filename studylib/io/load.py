@@ -406,7 +406,6 @@ def _study_graph(animals, days, scans, rois, *, kind, spatial, n, expand, volume
             "roi": Task(f"{name}-zero-roi", np.zeros, (1, 1) + spatial, np.int16)}
     variables = ("signal", "roi", "m0") if refvols is not None else ("signal", "roi")
     layers: dict[str, dict] = {v: {} for v in variables}
-    used_fill: set = set()
     acquired = np.zeros((len(animals), len(days)), dtype=bool)
     zeros = (0,) * len(spatial)
     for ia, a in enumerate(animals):
@@ -433,14 +432,12 @@ def _study_graph(animals, days, scans, rois, *, kind, spatial, n, expand, volume
                     if v in layers:
                         layers[v][read.key] = read
                         layers[v][key[v]] = Task(key[v], getitem, TaskRef(read.key), i)
-            missing = [v for v in variables if key[v] not in layers[v]]
-            for v in missing:
-                layers[v][key[v]] = Alias(key[v], fill[v].key)
-                used_fill.add(v)
+            for v in variables:
+                if key[v] not in layers[v]:  # no scan, or no ROI: the variable's one shared fill
+                    layers[v][key[v]] = Alias(key[v], fill[v].key)
+                    layers[v][fill[v].key] = fill[v]
     out = {}
     for v in variables:
-        if v in used_fill:
-            layers[v][fill[v].key] = fill[v]
         shape = (len(animals), len(days)) + (sig_shape if v == "signal" else spatial)
         graph = HighLevelGraph.from_collections(names[v], layers[v], dependencies=())
         out[v] = da.Array(graph, names[v], chunks=((1,) * len(animals), (1,) * len(days)) + tuple((k,) for k in shape[2:]),
