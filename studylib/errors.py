@@ -28,6 +28,7 @@ __all__ = [
     "SynthError",
     "LargeStudyError",
     "ScanRefused",
+    "RendererGone",
 ]
 
 
@@ -107,3 +108,8 @@ class LargeStudyError(StudyError):
 
 class ScanRefused(DataFileError):
     """A scanner folder that is readable but not an image studylib imports (the message says why)."""
+
+
+class RendererGone(RuntimeError):
+    """The tab a report was being printed in lost its Chromium renderer process (raised and handled inside
+    :class:`studylib.workbook.downloads.PdfPrinter`, which prints again once in a new tab, then notes it)."""

@@ -47,7 +47,7 @@ from ..manifest import read_manifest, sha256_file
 from ..recorder import FILES_ENV, RECORD_ENV, jsonable as _jsonable
 from .parameters import declared_parameters, load_notebook as _load_notebook, typed_parameters
 from .provenance import provenance_base
-from .downloads import collect as _collect_files, files_folder, kernel_arguments, find_chromium, print_pdf
+from .downloads import collect as _collect_files, files_folder, kernel_arguments, find_chromium, print_pdf, PdfPrinter
 from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
 from .methods import record_sections, study_files_signature
 
@@ -361,7 +361,8 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
         while a notebook's report is written (HTML, PDF) the next notebook's kernel already runs.  The reports,
         records and exit code are those of a serial run; only the order of the progress lines differs.
     pdf : print ``reports/<exp>.pdf`` with headless Chromium (None: when one is installed; its absence is
-        noted in the record, not an error; False: never).  See :mod:`.downloads`.
+        noted in the record, not an error; False: never), one browser for every report of the run
+        (:class:`~.downloads.PdfPrinter`).  See :mod:`.downloads`.
 
     Notes
     -----
@@ -404,7 +405,9 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     n_jobs = _n_jobs(jobs, len(names))
     base = provenance_base()
     cwd = Path.cwd()
-    with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client:
+    # one headless Chromium prints every report's PDF (started at the first print, stopped at the end)
+    with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client, \
+            PdfPrinter() if pdf is not False else contextlib.nullcontext() as printer:
         sched_param = client.scheduler.address if client is not None else choice
         sched_desc = {"choice": choice, "address": sched_param if client is not None or "://" in choice else None}
         bar = tqdm(total=len(names), desc="experiments", unit="notebook", position=0, file=sys.stderr,
@@ -415,7 +418,8 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
             return _execute_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m,
                                 manifest_sha=sha256_file(m), cache_root=croot, scheduler=sched_param,
                                 sched_desc=sched_desc, parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
-                                progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force, pdf=pdf)
+                                progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force, pdf=pdf,
+                                printer=printer)
 
         def finish(done) -> bool:
             ok = done if isinstance(done, bool) else done()
@@ -651,7 +655,7 @@ def _is_default_manifest(manifest, preset: str) -> bool:
 
 
 def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
-                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None):
+                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None, printer=None):
     """Run notebook ``name`` in its kernel; returns True for a reused report, else the step that writes the report.
 
     The returned callable renders the HTML, prints the PDF and writes ``reports/<name>.*`` from the executed
@@ -693,13 +697,13 @@ def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_
                                records=records, started=started, finished=finished, run_s=run_s, preset=preset,
                                manifest=manifest, manifest_sha=manifest_sha, parameters=parameters,
                                sched_desc=sched_desc, fingerprint=fingerprint, parts=parts, base=base,
-                               reports=reports, pdf=pdf)
+                               reports=reports, pdf=pdf, printer=printer)
 
     return finish
 
 
 def _finish_one(name, *, exp, src, work, out_nb, status, error, records, started, finished, run_s, preset, manifest,
-                manifest_sha, parameters, sched_desc, fingerprint, parts, base, reports, pdf) -> bool:
+                manifest_sha, parameters, sched_desc, fingerprint, parts, base, reports, pdf, printer=None) -> bool:
     """Write the report of an executed notebook (see :func:`_execute_one`); True when it succeeded."""
     import nbformat
     from tqdm.auto import tqdm
@@ -752,7 +756,7 @@ def _finish_one(name, *, exp, src, work, out_nb, status, error, records, started
     printed = None
     if chromium and "render_error" not in prov:
         (work / f"{name}.html").write_text(page, encoding="utf-8")
-        note = print_pdf(work / f"{name}.html", work / f"{name}.pdf")
+        note = print_pdf(work / f"{name}.html", work / f"{name}.pdf", printer=printer)
         if note:  # no PDF: not an error, the record says why
             prov["outputs"]["pdf"], prov["pdf"] = None, {"printed": False, "note": note}
             page = _render(nb, prov, name)
