@@ -241,7 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _skip_iri_format_parsers() -> None:
+    """Let jsonschema, when nbformat imports it, do without ``rfc3987_syntax`` in this process.
+
+    jsonschema imports ``rfc3987_syntax`` for its ``iri`` format checks when it is installed (JupyterLab's
+    jupyter_events asks for it), and that module compiles ~35 Earley parsers at import: 0.9 s of every
+    ``studylib run`` before its first kernel starts (python-jsonschema/jsonschema#1428).  No schema this
+    process validates (notebooks, nbformat's schema) uses an ``iri`` format.  Only for the ``studylib``
+    command's own process (``main()`` without ``argv``), never for a Python session that imports studylib.
+    """
+    sys.modules.setdefault("rfc3987_syntax", None)  # `import rfc3987_syntax` raises ImportError: jsonschema skips it
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `studylib` command
+        _skip_iri_format_parsers()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

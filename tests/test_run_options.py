@@ -128,3 +128,42 @@ def test_run_with_a_parameter_then_status(ci_study, tmp_path, capsys):
     assert main(["run", "ampb_ferumoxytol", *common, "-p", "alpha=abc"]) == 1
     assert "alpha='abc' is not a number" in capsys.readouterr().err
     assert {str(p.relative_to(reports)): p.read_bytes() for p in reports.rglob("*") if p.is_file()} == before  # nothing ran
+
+
+def test_the_studylib_command_reads_notebooks_without_jsonschemas_iri_parsers(tmp_path):
+    """The `studylib` command's process imports nbformat (and so jsonschema) without ``rfc3987_syntax`` (0.9 s of
+    Earley parsers for ``iri`` formats no notebook schema uses); nbformat still validates; a Python session
+    that calls ``main(argv)`` keeps its modules as they are."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        import studylib.cli as cli
+        if sys.argv[1] == "command":
+            sys.argv = ["studylib", "status", "--help"]
+            try:
+                cli.main()
+            except SystemExit:
+                pass
+        else:
+            try:
+                cli.main(["status", "--help"])
+            except SystemExit:
+                pass
+        import nbformat
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+        nbformat.validate(nb)
+        try:
+            nbformat.validate({"cells": "not a list"})
+        except nbformat.ValidationError:
+            pass
+        else:
+            raise SystemExit("an invalid notebook passed")
+        from jsonschema import FormatChecker
+        print(sys.modules.get("rfc3987_syntax", "absent") is None, "iri" in FormatChecker.checkers)
+    """
+    out = {mode: subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120,
+                                check=True).stdout.splitlines()[-1].split() for mode in ("command", "library")}
+    assert out["command"] == ["True", "False"]  # blocked: jsonschema went without iri checks
+    assert out["library"] == ["False", "True"]  # untouched (rfc3987_syntax is installed with JupyterLab)
