@@ -206,7 +206,7 @@ class PdfPrinter:
         self.exe, self.why_not = (exe, "") if exe else find_chromium()
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._pid = self._code = self._profile = self._log = None
+        self._pid = self._pgid = self._code = self._profile = self._log = None
         self._to = self._from = None
         self._buf, self._events, self._next_id = b"", [], 0
 
@@ -264,7 +264,8 @@ class PdfPrinter:
                    (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
                    (os.POSIX_SPAWN_DUP2, 1, 2), (os.POSIX_SPAWN_DUP2, to_r, 3), (os.POSIX_SPAWN_DUP2, from_w, 4)]
         try:
-            self._pid = os.posix_spawn(self.exe, argv, os.environ, file_actions=actions, setsid=True)
+            self._pid = os.posix_spawnp(self.exe, argv, os.environ, file_actions=actions, setsid=True)
+            self._pgid = self._pid  # setsid: it leads its own process group (zygotes, renderers, helpers)
         except OSError:
             os.close(to_w)
             os.close(from_r)
@@ -281,8 +282,9 @@ class PdfPrinter:
         while self._pid is not None:
             try:
                 pid, status = os.waitpid(self._pid, os.WNOHANG)
-            except ChildProcessError:
-                return -1
+            except ChildProcessError:  # reaped elsewhere: its code is unknown
+                self._pid, self._code = None, -1
+                break
             if pid:
                 self._code = os.waitstatus_to_exitcode(status)
                 self._pid = None
@@ -299,16 +301,16 @@ class PdfPrinter:
                     os.close(fd)
         self._to = self._from = None
         if self._pid is not None:
-            pgid = self._pid  # setsid: the browser leads its own process group (renderers, zygote, helpers)
             with contextlib.suppress(OSError):
                 os.kill(self._pid, signal.SIGTERM)  # our ends of its pipe are closed: it exits
             if self._exit_code(5.0) is None:
                 with contextlib.suppress(OSError):
                     os.kill(self._pid, signal.SIGKILL)
                 self._exit_code(5.0)
+        if self._pgid is not None:
             with contextlib.suppress(OSError):
-                os.killpg(pgid, signal.SIGKILL)  # any helper left of its session
-        self._pid = None
+                os.killpg(self._pgid, signal.SIGKILL)  # any process of its group left (also after a crash)
+        self._pid = self._pgid = None
         if self._profile is not None:
             with contextlib.suppress(OSError):
                 self._profile.cleanup()
