@@ -331,6 +331,7 @@ class PdfPrinter:
 
     def _print(self, uri: str) -> bytes:
         deadline = time.monotonic() + self.timeout_s
+        self._events = []  # those of earlier tabs are of no use (kept, a long-lived printer would pile them up)
         target = self._call("Target.createTarget", {"url": "about:blank"}, deadline=deadline)["targetId"]
         try:
             session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True},
