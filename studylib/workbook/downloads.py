@@ -12,8 +12,8 @@ One place decides what is saved and how it is linked:
   record (``files``); the key figure is the first figure of a cell tagged ``key-figure``, else the first one;
 * **in the HTML** (:func:`with_download_links`, :func:`downloads_section`): a "download" line under each figure
   and table and a "Figures and tables" section listing them all; the index shows the key figure's PNG;
-* **the report as PDF** (:func:`print_pdf`): printed by headless Chromium where one is installed
-  (``STUDYLIB_CHROMIUM`` names it, or ``none`` to skip; otherwise ``chromium``/``google-chrome`` on the PATH);
+* **the report as PDF** (:class:`PdfPrinter`, one browser per run; :func:`print_pdf` for one page): printed by
+  headless Chromium where one is installed (``STUDYLIB_CHROMIUM`` names it, or ``none`` to skip; otherwise ``chromium``/``google-chrome`` on the PATH);
   without one the record notes why there is no PDF; this is not an error.
 
 The runner writes ``reports/<exp>_files/`` together with the report, all or none (``run._write_report``).
@@ -31,7 +31,6 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -227,10 +226,11 @@ class PdfPrinter:
                     self._stop()  # the browser exited since the last print: start a new one
                 if self._to is None:
                     self._start()
+                uri = Path(page).resolve().as_uri()
                 try:
-                    data = self._print(Path(page).resolve().as_uri())
+                    data = self._print(uri)
                 except RendererGone:  # once more, in a new tab (a renderer can die; the browser is fine)
-                    data = self._print(Path(page).resolve().as_uri())
+                    data = self._print(uri)
             except (OSError, TimeoutError, ValueError, KeyError, RuntimeError) as err:
                 why = self._failure(err)
                 self._stop()

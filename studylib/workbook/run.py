@@ -47,7 +47,7 @@ from ..manifest import read_manifest, sha256_file
 from ..recorder import FILES_ENV, RECORD_ENV, jsonable as _jsonable
 from .parameters import declared_parameters, load_notebook as _load_notebook, typed_parameters
 from .provenance import provenance_base
-from .downloads import collect as _collect_files, files_folder, kernel_arguments, find_chromium, print_pdf, PdfPrinter
+from .downloads import collect as _collect_files, files_folder, kernel_arguments, PdfPrinter
 from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
 from .methods import record_sections, study_files_signature
 
@@ -418,7 +418,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
             return _execute_one(name, nbdir=nbdir, reports=reports, preset=preset, manifest=m,
                                 manifest_sha=sha256_file(m), cache_root=croot, scheduler=sched_param,
                                 sched_desc=sched_desc, parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
-                                progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force, pdf=pdf,
+                                progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force,
                                 printer=printer)
 
         def finish(done) -> bool:
@@ -655,7 +655,7 @@ def _is_default_manifest(manifest, preset: str) -> bool:
 
 
 def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
-                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, pdf=None, printer=None):
+                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, printer=None):
     """Run notebook ``name`` in its kernel; returns True for a reused report, else the step that writes the report.
 
     The returned callable renders the HTML, prints the PDF and writes ``reports/<name>.*`` from the executed
@@ -697,13 +697,13 @@ def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_
                                records=records, started=started, finished=finished, run_s=run_s, preset=preset,
                                manifest=manifest, manifest_sha=manifest_sha, parameters=parameters,
                                sched_desc=sched_desc, fingerprint=fingerprint, parts=parts, base=base,
-                               reports=reports, pdf=pdf, printer=printer)
+                               reports=reports, printer=printer)
 
     return finish
 
 
 def _finish_one(name, *, exp, src, work, out_nb, status, error, records, started, finished, run_s, preset, manifest,
-                manifest_sha, parameters, sched_desc, fingerprint, parts, base, reports, pdf, printer=None) -> bool:
+                manifest_sha, parameters, sched_desc, fingerprint, parts, base, reports, printer=None) -> bool:
     """Write the report of an executed notebook (see :func:`_execute_one`); True when it succeeded."""
     import nbformat
     from tqdm.auto import tqdm
@@ -749,14 +749,15 @@ def _finish_one(name, *, exp, src, work, out_nb, status, error, records, started
     # figures (SVG, PDF, PNG) and tables (CSV) the kernel saved, linked from the report (.downloads)
     prov["files"] = {**_collect_files(nb, work / files_folder(name), name),
                      "failures": records.get("export_failures", [])}
-    chromium, why_not = find_chromium() if pdf is not False else (None, "not asked for (pdf=False)")
+    # the run's printer (None: pdf=False) knows which Chromium prints, or why none does
+    chromium, why_not = (printer.exe, printer.why_not) if printer is not None else (None, "not asked for (pdf=False)")
     prov["outputs"]["pdf"] = f"{name}.pdf" if chromium else None
     prov["pdf"] = {"printed": bool(chromium), "note": why_not}
     page = _render(nb, prov, name)
     printed = None
     if chromium and "render_error" not in prov:
         (work / f"{name}.html").write_text(page, encoding="utf-8")
-        note = print_pdf(work / f"{name}.html", work / f"{name}.pdf", printer=printer)
+        note = printer.print(work / f"{name}.html", work / f"{name}.pdf")
         if note:  # no PDF: not an error, the record says why
             prov["outputs"]["pdf"], prov["pdf"] = None, {"printed": False, "note": note}
             page = _render(nb, prov, name)
