@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -54,29 +55,28 @@ def _chromium() -> str:
     return exe
 
 
-def _browsers() -> set[int]:
-    """Pids of running browser processes (not their renderers or helpers)."""
-    out = set()
+def _processes():
+    """``(pid, command line)`` of every process (a zygote's children rewrite theirs as one string)."""
     for pid in os.listdir("/proc"):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            yield int(pid), Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if any(b"--remote-debugging-pipe" == a for a in cmd) and not any(a.startswith(b"--type=") for a in cmd):
-            out.add(int(pid))
-    return out
+
+
+def _browsers() -> set[int]:
+    """Pids of running browser processes (not their renderers or helpers)."""
+    return {pid for pid, cmd in _processes()
+            if b"--remote-debugging-pipe" in cmd.split(b"\0") and b"--type=" not in cmd}
 
 
 def _renderers(pgid: int) -> list[int]:
     """Pids of the renderer processes of the browser whose process group is ``pgid``."""
     out = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()  # zygote children rewrite it: one string
-            if os.getpgid(int(pid)) == pgid and b"--type=renderer" in cmd:
-                out.append(int(pid))
-        except (OSError, ValueError):
-            continue
+    for pid, cmd in _processes():
+        with contextlib.suppress(OSError):
+            if b"--type=renderer" in cmd and os.getpgid(pid) == pgid:
+                out.append(pid)
     return out
 
 

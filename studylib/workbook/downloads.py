@@ -13,8 +13,8 @@ One place decides what is saved and how it is linked:
 * **in the HTML** (:func:`with_download_links`, :func:`downloads_section`): a "download" line under each figure
   and table and a "Figures and tables" section listing them all; the index shows the key figure's PNG;
 * **the report as PDF** (:class:`PdfPrinter`, one browser per run; :func:`print_pdf` for one page): printed by
-  headless Chromium where one is installed (``STUDYLIB_CHROMIUM`` names it, or ``none`` to skip; otherwise ``chromium``/``google-chrome`` on the PATH);
-  without one the record notes why there is no PDF; this is not an error.
+  headless Chromium where one is installed (``STUDYLIB_CHROMIUM`` names it, or ``none`` to skip; otherwise
+  ``chromium``/``google-chrome`` on the PATH); without one the record notes why there is no PDF; this is not an error.
 
 The runner writes ``reports/<exp>_files/`` together with the report, all or none (``run._write_report``).
 """
