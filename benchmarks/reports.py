@@ -1,14 +1,19 @@
 """`make reports` on the demo study: every notebook executed one after the other (``--jobs 1``) against
 ``--jobs N`` (notebooks in parallel, each in its own kernel), cold cache, in the same run.
 
-Run: ``python benchmarks/reports.py [--pairs 2] [--jobs 2]`` (about 3 x 2.5 minutes per pair on 2 cores).
+Run: ``python benchmarks/reports.py [--pairs 2] [--jobs 2]`` (about 3 x 2.5 minutes per pair on 2 cores, and one serial run more).
 Writes ``benchmarks/results/reports.json`` and ``reports.md``.
 
 Each configuration is the ``studylib run --preset demo --force`` command as ``make reports`` runs it,
 in a fresh process, with its own empty cache folder (``--cache``) and reports folder, so every map is
 fitted (what a fresh clone's ``make reports`` does).  Serial and parallel runs alternate (S P S P ...)
 and the speed-up is the ratio of each pair's wall times, so a machine whose speed drifts (it is shared)
-moves both.  The conclusions tables (``reports/<experiment>.json`` ``conclusions``) of every
+moves both; one serial run more closes the series (S P S P ... S) and each parallel run is also compared with
+the geometric mean of the serial runs just before and after it, which cancels a drift that is linear over the
+three runs (this machine's speed moves by tens of per cent within an hour).  Each run's CPU seconds (the
+command and every process it started: kernels, Chromium; ``RUSAGE_CHILDREN``) give the cores it kept busy, and
+the serial run's cores give the ceiling of the speed-up on ``--jobs`` cores: ``jobs / serial cores`` (a serial
+run already uses a second core now and then: Dask threads in a notebook, Chromium printing).  The conclusions tables (``reports/<experiment>.json`` ``conclusions``) of every
 parallel run are compared with the serial run's, byte for byte as JSON.
 
 Before the timed pairs, one untimed warm-up run (``collagen_adc``) generates the demo study if it is missing and
@@ -22,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,15 +39,35 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else round((xs[n // 2 - 1] + xs[n // 2]) / 2, 3)
+
+
 def one_run(jobs: int, work: Path, tag: str, notebooks: tuple[str, ...] = ()) -> dict:
     reports, cache = work / f"reports-{tag}", work / f"cache-{tag}"
     cmd = [str(Path(sys.executable).with_name("studylib")), "run", "--preset", "demo", "--force",
            "--reports", str(reports), "--cache", str(cache), "--jobs", str(jobs), *notebooks]
-    t0 = time.perf_counter()
+    ru0, busy0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy_s(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    ru1, busy1 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy_s()
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     recs = {p.stem: json.loads(p.read_text()) for p in reports.glob("*.json")}
-    out = {"jobs": jobs, "wall_s": round(wall, 2), "returncode": proc.returncode,
+    out = {"jobs": jobs, "wall_s": round(wall, 2), "returncode": proc.returncode, "cpu_s": round(cpu, 1),
+           "cores_busy": round(cpu / wall, 3),
+           "other_cores_busy": round(max(0.0, (busy1 - busy0 - cpu) / wall), 3) if busy0 is not None else None,
            "status": {n: r["status"] for n, r in sorted(recs.items())},
            "notebook_s": {n: r["run_s"] for n, r in sorted(recs.items())},
            "conclusions": {n: json.dumps(r.get("conclusions"), sort_keys=True) for n, r in sorted(recs.items())}}
@@ -51,6 +77,10 @@ def one_run(jobs: int, work: Path, tag: str, notebooks: tuple[str, ...] = ()) ->
         out["stderr_tail"] = proc.stderr[-2000:]
     shutil.rmtree(cache, ignore_errors=True)
     return out
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
 
 
 def main(argv=None) -> int:
@@ -70,15 +100,28 @@ def main(argv=None) -> int:
             same = s["conclusions"] == p["conclusions"]
             pairs.append({"serial": s, "parallel": p, "speedup": round(s["wall_s"] / p["wall_s"], 3),
                           "conclusions_identical": same})
-            print(f"pair {i}: serial {s['wall_s']:.1f} s, {args.jobs} jobs {p['wall_s']:.1f} s, "
-                  f"x{s['wall_s'] / p['wall_s']:.2f}, conclusions identical: {same}", flush=True)
+            print(f"pair {i}: serial {s['wall_s']:.1f} s ({s['cores_busy']:.2f} cores), {args.jobs} jobs "
+                  f"{p['wall_s']:.1f} s ({p['cores_busy']:.2f} cores), x{s['wall_s'] / p['wall_s']:.2f}, "
+                  f"conclusions identical: {same}", flush=True)
+        closing = one_run(1, work, f"serial{args.pairs}")
+        print(f"closing serial run: {closing['wall_s']:.1f} s ({closing['cores_busy']:.2f} cores)", flush=True)
+    for i, x in enumerate(pairs):  # the parallel run against the serial runs on both sides of it
+        after = pairs[i + 1]["serial"] if i + 1 < len(pairs) else closing
+        x["serial_after_s"] = after["wall_s"]
+        x["speedup_bracketed"] = round((x["serial"]["wall_s"] * after["wall_s"]) ** 0.5 / x["parallel"]["wall_s"], 3)
+        x["conclusions_identical"] = x["conclusions_identical"] and after["conclusions"] == x["parallel"]["conclusions"]
+    serial_cores = [x["serial"]["cores_busy"] for x in pairs] + [closing["cores_busy"]]
     ups = sorted(x["speedup"] for x in pairs)
     doc = {"command": "python benchmarks/reports.py " + " ".join(argv or sys.argv[1:]),
            "when_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpus": len(os.sched_getaffinity(0)),
            "python": platform.python_version(), "load_average_start": [round(x, 2) for x in load0],
            "load_average_end": [round(x, 2) for x in os.getloadavg()], "jobs": args.jobs,
            "warmup": {k: warm[k] for k in ("wall_s", "generated_data", "returncode")}, "pairs": pairs,
-           "speedup_median": ups[len(ups) // 2] if len(ups) % 2 else round((ups[len(ups) // 2 - 1] + ups[len(ups) // 2]) / 2, 3),
+           "closing_serial": closing, "speedup_median": _median(ups),
+           "speedup_bracketed_median": _median([x["speedup_bracketed"] for x in pairs]),
+           "serial_cores_busy_median": _median(serial_cores),
+           "parallel_cores_busy_median": _median([x["parallel"]["cores_busy"] for x in pairs]),
+           "speedup_ceiling": round(args.jobs / _median(serial_cores), 3),
            "conclusions_identical": all(x["conclusions_identical"] for x in pairs)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reports.json").write_text(json.dumps(doc, indent=1))
@@ -88,21 +131,34 @@ def main(argv=None) -> int:
              "Each run: `studylib run --preset demo --force --cache <empty folder>` (every map fitted), fresh "
              "process; serial and parallel alternate and each pair gives one ratio. Before them, one untimed "
              f"warm-up run ({warm['wall_s']:.1f} s; the demo study generated in it: {warm['generated_data']}).", "",
-             "| pair | serial s | parallel s | speed-up | conclusions identical | notebooks' own s (serial / parallel) |",
-             "|---:|---:|---:|---:|---|---|"]
+             "The last column compares each parallel run with the serial runs on both sides of it (geometric mean; "
+             f"a closing serial run of {closing['wall_s']:.1f} s follows the last pair). Cores = the run's CPU "
+             "seconds (the command, its kernels and Chromium) / its wall time; others = what other jobs kept busy.", "",
+             "| pair | serial s | parallel s | speed-up | cores serial / parallel | others | CPU s serial / parallel "
+             "| conclusions identical | notebooks' own s (serial / parallel) | speed-up vs serial before+after |",
+             "|---:|---:|---:|---:|---|---|---|---|---|---:|"]
     for i, x in enumerate(pairs):
-        lines.append(f"| {i} | {x['serial']['wall_s']:.1f} | {x['parallel']['wall_s']:.1f} | {x['speedup']:.2f} | "
-                     f"{x['conclusions_identical']} | {x['serial']['notebooks_sum_s']:.1f} / "
-                     f"{x['parallel']['notebooks_sum_s']:.1f} |")
-    lines += ["", f"Median speed-up **{doc['speedup_median']:.2f}x**; conclusions tables of all notebooks "
-              f"byte-identical in every pair: **{doc['conclusions_identical']}**.", "",
+        sx, px = x["serial"], x["parallel"]
+        lines.append(f"| {i} | {sx['wall_s']:.1f} | {px['wall_s']:.1f} | {x['speedup']:.2f} | "
+                     f"{sx['cores_busy']:.2f} / {px['cores_busy']:.2f} | {_f(sx['other_cores_busy'])} / "
+                     f"{_f(px['other_cores_busy'])} | {sx['cpu_s']:.0f} / {px['cpu_s']:.0f} | "
+                     f"{x['conclusions_identical']} | {sx['notebooks_sum_s']:.1f} / {px['notebooks_sum_s']:.1f} | "
+                     f"{x['speedup_bracketed']:.2f} |")
+    lines += ["", f"Median speed-up **{doc['speedup_median']:.2f}x** per pair, **{doc['speedup_bracketed_median']:.2f}x** "
+              f"against the serial runs on both sides; conclusions tables of all notebooks byte-identical in every "
+              f"run: **{doc['conclusions_identical']}**.", "",
+              f"The serial run keeps {doc['serial_cores_busy_median']:.2f} cores busy (median), so {args.jobs} cores "
+              f"can make it at most {args.jobs} / {doc['serial_cores_busy_median']:.2f} = "
+              f"**{doc['speedup_ceiling']:.2f}x** faster with the same CPU seconds; the parallel run keeps "
+              f"{doc['parallel_cores_busy_median']:.2f} busy.", "",
               "Per-notebook run time (s) of the last pair, serial / parallel:", ""]
     last = pairs[-1]
     for n, t in last["serial"]["notebook_s"].items():
         lines.append(f"- {n}: {t:.1f} / {last['parallel']['notebook_s'].get(n, float('nan')):.1f}")
     (RESULTS / "reports.md").write_text("\n".join(lines) + "\n")
-    print(f"reports: x{doc['speedup_median']:.2f} with {args.jobs} jobs, conclusions identical: "
-          f"{doc['conclusions_identical']}")
+    print(f"reports: x{doc['speedup_median']:.2f} per pair, x{doc['speedup_bracketed_median']:.2f} against the serial "
+          f"runs on both sides, with {args.jobs} jobs (ceiling x{doc['speedup_ceiling']:.2f}: serial run "
+          f"{doc['serial_cores_busy_median']:.2f} cores); conclusions identical: {doc['conclusions_identical']}")
     return 0 if doc["conclusions_identical"] else 1
 
 
