@@ -712,6 +712,68 @@ def test_parallel_jobs_start_the_next_kernel_while_a_report_is_written(tmp_path,
         assert json.loads((tmp_path / "reports" / f"{name}.json").read_text())["status"] == "ok with warnings"
 
 
+TOY_SLOW_EXIT = NB_HEADER + textwrap.dedent('''
+    # %% tags=["parameters"]
+    manifest = None
+    study = "toy_slow_exit"
+
+    # %%
+    import atexit
+    import os
+    import time
+
+    def _slow_exit():  # a kernel whose own clean-up takes a while (closing files, a cluster) before it exits
+        time.sleep(1.5)
+        with open(os.environ["TOY_EXIT_MARKER"], "w") as f:
+            f.write(f"{os.getpid()} {time.time()}")
+
+    atexit.register(_slow_exit)
+    ''')
+
+
+def test_a_kernel_exits_in_the_background_cleanly_and_the_run_waits_for_it(tmp_path, monkeypatch):
+    """The runner asks a finished notebook's kernel to shut down and goes on (report, next notebook) while the
+    kernel exits; the kernel still exits cleanly (its atexit clean-up runs to the end), and the run returns only
+    after it has exited and been reaped."""
+    import importlib
+
+    run_mod = importlib.import_module("studylib.workbook.run")
+    marker = tmp_path / "exited"
+    monkeypatch.setenv("TOY_EXIT_MARKER", str(marker))
+    env = make_toy_study(tmp_path, {"toy_slow_exit": TOY_SLOW_EXIT})
+    returned = []
+    real_execute = run_mod._execute
+
+    def execute(name, *a, **k):
+        out = real_execute(name, *a, **k)
+        returned.append(time.time())
+        return out
+
+    monkeypatch.setattr(run_mod, "_execute", execute)
+    assert wb.run(["toy_slow_exit"], preset="ci", manifest=env["manifest"], notebooks_dir=env["notebooks"],
+                  cache_dir=env["cache"], reports=env["reports"], progress=False, jobs=1) == 0
+    assert marker.is_file()  # the clean-up finished before run() returned
+    pid, exited_at = marker.read_text().split()
+    assert returned and returned[0] < float(exited_at) - 1.0  # the runner went on while the kernel exited
+    assert not Path(f"/proc/{pid}").exists()  # exited and reaped (a zombie keeps its /proc entry)
+    assert json.loads((env["reports"] / "toy_slow_exit.json").read_text())["status"] == "ok"
+
+
+def test_a_kernel_that_does_not_exit_after_its_shutdown_request_is_killed():
+    """KernelReaper waits its time (half of jupyter_client's shutdown_wait_time in the runner), then kills the
+    kernel's process group and reaps it; close() returns once every kernel handed to it is gone."""
+    from studylib.workbook.kernels import KernelReaper
+
+    stubborn = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    polite = subprocess.Popen(["sleep", "0.2"], start_new_session=True)
+    t0 = time.monotonic()
+    with KernelReaper() as reaper:
+        reaper.reap(stubborn, os.getpgid(stubborn.pid), 0.5)
+        reaper.reap(polite, os.getpgid(polite.pid), 5.0)
+    assert time.monotonic() - t0 < 5.0
+    assert stubborn.returncode == -signal.SIGKILL and polite.returncode == 0
+
+
 TOY_DIES = NB_HEADER + textwrap.dedent('''
     # %% tags=["parameters"]
     manifest = None

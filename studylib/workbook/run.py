@@ -48,6 +48,7 @@ from ..recorder import FILES_ENV, RECORD_ENV, jsonable as _jsonable
 from .parameters import declared_parameters, load_notebook as _load_notebook, typed_parameters
 from .provenance import provenance_base
 from .downloads import collect as _collect_files, files_folder, kernel_arguments, PdfPrinter
+from .kernels import KernelReaper, kernel_manager_with
 from .report import OK_STATUSES, REPORT_FORMAT, _e, _footer_html, _header_html, render_report, write_index
 from .methods import record_sections, study_files_signature
 
@@ -223,8 +224,9 @@ def _engine() -> str:
 
 
 def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tuple[dict, dict], *, cwd: Path,
-             kernel_name: str, timeout_s, progress: bool) -> tuple[str, dict | None, dict]:
-    """Execute one notebook with papermill; returns (status, error, records)."""
+             kernel_name: str, timeout_s, progress: bool, reaper: KernelReaper | None = None) -> tuple[str, dict | None, dict]:
+    """Execute one notebook with papermill; returns (status, error, records).  With a ``reaper``, the kernel's
+    exit after its shutdown request is waited for by it, in the background (:mod:`.kernels`)."""
     import nbformat
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -245,7 +247,7 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
                                           if progress else False),
                             request_save_on_cell_execute=True, cwd=str(cwd), log_output=False,
                             execution_timeout=timeout_s,
-                            kernel_manager_class=_kernel_manager_with(env_overrides, kernel_arguments()))
+                            kernel_manager_class=kernel_manager_with(env_overrides, kernel_arguments(), reaper))
     except PapermillExecutionError as err:
         status = "failed"
         error = {"ename": err.ename, "evalue": err.evalue, "cell_index": err.cell_index,
@@ -273,23 +275,6 @@ def _execute(name: str, src: Path, workdir: Path, out_nb: Path, parameters: tupl
                              {k: v for k, v in found.items() if v is not None})
     records["parameters"] = parameters
     return status, error, records
-
-
-def _kernel_manager_with(env_overrides: dict[str, str], arguments: list[str] = ()):
-    """A Jupyter kernel manager class whose kernels start with ``os.environ`` updated by ``env_overrides``
-    and with the extra command-line ``arguments``."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    extra, args = dict(env_overrides), list(arguments)
-
-    class _KernelManagerWithEnv(AsyncKernelManager):
-        async def start_kernel(self, **kw):
-            env = dict(kw.pop("env", None) or os.environ)
-            env.update(extra)
-            kw["extra_arguments"] = list(kw.get("extra_arguments") or []) + args
-            return await super().start_kernel(env=env, **kw)
-
-    return _KernelManagerWithEnv
 
 
 def _select_parameters(inp: Path, parameters: dict) -> dict:
@@ -405,9 +390,10 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
     n_jobs = _n_jobs(jobs, len(names))
     base = provenance_base()
     cwd = Path.cwd()
-    # one headless Chromium prints every report's PDF (started at the first print, stopped at the end)
+    # one headless Chromium prints every report's PDF (started at the first print, stopped at the end); kernels
+    # exit in the background while the next notebook runs, all of them before the run ends
     with compute.scheduler_context(choice) if choice == "local" else contextlib.nullcontext() as client, \
-            PdfPrinter() if pdf is not False else contextlib.nullcontext() as printer:
+            PdfPrinter() if pdf is not False else contextlib.nullcontext() as printer, KernelReaper() as reaper:
         sched_param = client.scheduler.address if client is not None else choice
         sched_desc = {"choice": choice, "address": sched_param if client is not None or "://" in choice else None}
         bar = tqdm(total=len(names), desc="experiments", unit="notebook", position=0, file=sys.stderr,
@@ -419,7 +405,7 @@ def run(experiments: list[str] | None = None, preset: str = "demo", reports=None
                                 manifest_sha=sha256_file(m), cache_root=croot, scheduler=sched_param,
                                 sched_desc=sched_desc, parameters=given[name], base=base, cwd=cwd, timeout_s=timeout_s,
                                 progress=progress and n_jobs == 1, kernel_name=kernel_name, force=force,
-                                printer=printer)
+                                printer=printer, reaper=reaper)
 
         def finish(done) -> bool:
             ok = done if isinstance(done, bool) else done()
@@ -655,7 +641,7 @@ def _is_default_manifest(manifest, preset: str) -> bool:
 
 
 def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_root, scheduler, sched_desc,
-                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, printer=None):
+                 parameters, base, cwd, timeout_s, progress, kernel_name, force=False, printer=None, reaper=None):
     """Run notebook ``name`` in its kernel; returns True for a reused report, else the step that writes the report.
 
     The returned callable renders the HTML, prints the PDF and writes ``reports/<name>.*`` from the executed
@@ -684,7 +670,7 @@ def _execute_one(name, *, nbdir, reports, preset, manifest, manifest_sha, cache_
         work = Path(tmp.name)
         out_nb = work / f"{name}.ipynb"
         status, error, records = _execute(name, src, work, out_nb, (standard, dict(parameters or {})), cwd=cwd, kernel_name=kernel_name,
-                                          timeout_s=timeout_s, progress=progress)
+                                          timeout_s=timeout_s, progress=progress, reaper=reaper)
         run_s = time.perf_counter() - t0
         finished = _dt.datetime.now(_dt.timezone.utc)
     except BaseException:
