@@ -67,7 +67,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _memory import TreeRSS  # noqa: E402  (benchmarks/, the script's own folder)
+from _machine import ChildRun  # noqa: E402  (benchmarks/, the script's own folder)
+from _memory import TreeRSS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # a child timing the "before" code imports studylib from the baseline copy instead of this tree
@@ -396,41 +397,23 @@ def child_main(cfg: dict) -> None:
 
 # ------------------------------------------------------------------------------ orchestration (parent side)
 
-def _cpu_busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:]]
-    except OSError:
-        return None
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def run_child(cfg: dict, timeout=3600) -> dict:
     """One configuration in a fresh process; also how much CPU everything else on the machine used meanwhile."""
-    import resource
-
     pkg = cfg.get("package_dir") or str(ROOT)
     env = dict(os.environ, STUDYLIB_E2E_PACKAGE_DIR=pkg,
                PYTHONPATH=os.pathsep.join([pkg] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy0 = _cpu_busy_s()
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
-    wall = time.perf_counter() - t0
-    busy1 = _cpu_busy_s()
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with ChildRun() as m:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)],
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {cfg} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    res["process_s"] = wall
-    own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)  # the child and its workers
-    res["process_cpu_s"] = own
-    if busy0 is not None and busy1 is not None:
+    res["process_s"] = m.wall_s
+    res["process_cpu_s"] = m.cpu_s  # the child and its workers
+    if m.other_cores_busy is not None:
         # cores other people's jobs kept busy while this process ran: the noise of this measurement
-        res["other_cores_busy"] = max(0.0, (busy1 - busy0 - own) / wall)
+        res["other_cores_busy"] = m.other_cores_busy
     return res
 
 

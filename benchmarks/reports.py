@@ -27,8 +27,8 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,37 +37,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else round((xs[n // 2 - 1] + xs[n // 2]) / 2, 3)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import ChildRun  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def one_run(jobs: int, work: Path, tag: str, notebooks: tuple[str, ...] = ()) -> dict:
     reports, cache = work / f"reports-{tag}", work / f"cache-{tag}"
     cmd = [str(Path(sys.executable).with_name("studylib")), "run", "--preset", "demo", "--force",
            "--reports", str(reports), "--cache", str(cache), "--jobs", str(jobs), *notebooks]
-    ru0, busy0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy_s(), time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    ru1, busy1 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy_s()
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    with ChildRun() as m:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = m.wall_s
     recs = {p.stem: json.loads(p.read_text()) for p in reports.glob("*.json")}
-    out = {"jobs": jobs, "wall_s": round(wall, 2), "returncode": proc.returncode, "cpu_s": round(cpu, 1),
-           "cores_busy": round(cpu / wall, 3),
-           "other_cores_busy": round(max(0.0, (busy1 - busy0 - cpu) / wall), 3) if busy0 is not None else None,
+    out = {"jobs": jobs, "wall_s": round(wall, 2), "returncode": proc.returncode, "cpu_s": round(m.cpu_s, 1),
+           "cores_busy": round(m.cpu_s / wall, 3),
+           "other_cores_busy": None if m.other_cores_busy is None else round(m.other_cores_busy, 3),
            "status": {n: r["status"] for n, r in sorted(recs.items())},
            "notebook_s": {n: r["run_s"] for n, r in sorted(recs.items())},
            "conclusions": {n: json.dumps(r.get("conclusions"), sort_keys=True) for n, r in sorted(recs.items())}}
@@ -77,6 +61,10 @@ def one_run(jobs: int, work: Path, tag: str, notebooks: tuple[str, ...] = ()) ->
         out["stderr_tail"] = proc.stderr[-2000:]
     shutil.rmtree(cache, ignore_errors=True)
     return out
+
+
+def _median(xs) -> float:
+    return round(statistics.median(xs), 3)
 
 
 def _f(v) -> str:
