@@ -82,7 +82,7 @@ imported = exp.import_scans(manifest)
 imported
 
 # %%
-sl.require_verified(manifest)
+sl.require_verified(manifest, study)
 sl.require_verified(exp.anatomy_manifest(manifest))
 
 # %% [markdown]

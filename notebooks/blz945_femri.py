@@ -69,7 +69,7 @@ manifest, client = sl.start(manifest, preset, scheduler)
 # ## 1. Verify the raw data
 
 # %%
-sl.require_verified(manifest)
+sl.require_verified(manifest, study)
 
 # %% [markdown]
 # ## 2. Load the multi-gradient-echo scans (lazily)

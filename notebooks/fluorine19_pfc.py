@@ -75,10 +75,10 @@ manifest, client = sl.start(manifest, preset, scheduler)
 
 # %% [markdown]
 # ## 1. Verify the raw data
-# Every file listed in the manifest must exist inside the manifest's folder and match its sha256.
+# Every file of this study listed in the manifest must exist inside the manifest's folder and match its sha256.
 
 # %%
-sl.require_verified(manifest)
+sl.require_verified(manifest, study)
 
 # %% [markdown]
 # ## 2. Load the 19F and 1H scans (lazily)

@@ -19,13 +19,11 @@ absolute paths, backslashes, ``..`` components and symlinks that lead out of the
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import os
 import re
 import stat
-import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -375,44 +373,67 @@ def read_manifest(path, *, validate: bool = True) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- verify
 
-def _gunzipped_size(p: Path) -> tuple[int | None, str | None]:
-    """Decompress a gzip file fully (streaming, checks CRC and length): (size, None) or (None, problem)."""
+def _digest(p: Path, *, gunzip: bool) -> tuple[str, str | None]:
+    """One read of a listed file: (sha256 hex, problem of its gzip stream or None).
+
+    With ``gunzip`` the same blocks are also inflated (:class:`studylib.io.nifti.GunzipCounter`: CRC-32 and
+    length of every member checked, output discarded), so a ``.nii.gz`` is read from disk once, not twice.
+
+    Raises
+    ------
+    DataFileError
+        the file cannot be read.
+    """
+    from .io.nifti import GunzipCounter
+
+    h = hashlib.sha256()
+    inflate = GunzipCounter() if gunzip else None
     try:
-        n = 0
-        with gzip.open(p, "rb") as fh:
-            while True:
-                b = fh.read(_BLOCK)
-                if not b:
-                    break
-                n += len(b)
-        return n, None
-    except (OSError, EOFError, zlib.error) as err:
-        return None, f"corrupt gzip data ({err or type(err).__name__})"
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(_BLOCK), b""):
+                h.update(block)
+                if inflate is not None:
+                    inflate.feed(block)
+    except OSError as err:
+        raise DataFileError(f"{p}: cannot read: {err.strerror or err}") from None
+    return h.hexdigest(), (inflate.finish().problem if inflate is not None else None)
 
 
-def _check_content(p: Path, kind: str, full: bool) -> list[str]:
-    """Cheap content checks of one listed file; returns problems (never raises)."""
+class _Reads:
+    """What one verify pass has read: each NIfTI header and JSON sidecar once, however many checks ask."""
+
+    def __init__(self):
+        self._headers: dict[Path, object] = {}
+        self._sidecars: dict[Path, dict] = {}
+
+    def header(self, p: Path):
+        from .io.nifti import read_header
+
+        if p not in self._headers:
+            self._headers[p] = read_header(p)  # a StudyError is not kept: asked again, it is raised again
+        return self._headers[p]
+
+    def sidecar(self, p: Path) -> dict:
+        from .io.sidecar import read_sidecar
+
+        if p not in self._sidecars:
+            self._sidecars[p] = read_sidecar(p)
+        return self._sidecars[p]
+
+
+def _check_content(p: Path, kind: str, reads: _Reads) -> list[str]:
+    """Cheap content checks of one listed file; returns problems (never raises).  A gzip stream's own
+    integrity is :func:`_digest`'s."""
     name = p.name.lower()
     probs: list[str] = []
     try:
         if name.endswith(".nii") or name.endswith(".nii.gz"):
-            from .io.nifti import read_header
-
-            size = None
-            if name.endswith(".gz") and full:
-                size, bad = _gunzipped_size(p)
-                if bad:
-                    return [bad]
-            info = read_header(p)
-            expected = info.vox_offset + info.nbytes
-            if name.endswith(".nii"):
-                size = p.stat().st_size
-            if size is not None and size < expected:
-                probs.append(f"truncated NIfTI: header needs {expected} bytes, the data has {size}")
+            info = reads.header(p)
+            if name.endswith(".nii") and p.stat().st_size < info.vox_offset + info.nbytes:
+                probs.append(f"truncated NIfTI: header needs {info.vox_offset + info.nbytes} bytes, the data has "
+                             f"{p.stat().st_size}")
         elif name.endswith(".json"):
-            from .io.sidecar import read_sidecar
-
-            read_sidecar(p)
+            reads.sidecar(p)
         elif name.endswith(".csv"):
             with open(p, "r", encoding="utf-8", newline="") as fh:
                 rows = list(csv.reader(fh, strict=True))
@@ -439,18 +460,17 @@ def _check_content(p: Path, kind: str, full: bool) -> list[str]:
     return probs
 
 
-def _check_axis(image: Path, base: Path, side_rel: str, kind: str) -> list[str]:
+def _check_axis(image: Path, base: Path, side_rel: str, kind: str, reads: _Reads) -> list[str]:
     """The sidecar's acquisition axis (EchoTime, bValue, ...) must match the image's volumes.
 
     A sidecar that cannot be read is reported on its own row, not again here.
     """
-    from .io.nifti import read_header
-    from .io.sidecar import acquisition_axis, read_sidecar
+    from .io.sidecar import acquisition_axis
 
     try:
         side = resolve_path(base, side_rel)
-        sc = read_sidecar(side)
-        info = read_header(image)
+        sc = reads.sidecar(side)
+        info = reads.header(image)
     except StudyError:
         return []
     try:
@@ -467,7 +487,7 @@ def _stem(path: str) -> str:
     return path
 
 
-def verify_manifest(path, check_hashes: bool = True) -> list[str]:
+def verify_manifest(path, check_hashes: bool = True, *, study: str | None = None) -> list[str]:
     """Check a manifest and the files it lists; return one line per problem (empty if OK).
 
     Parameters
@@ -475,8 +495,11 @@ def verify_manifest(path, check_hashes: bool = True) -> list[str]:
     path : str or Path
         The manifest CSV.
     check_hashes : bool
-        Compare each file's sha256 with the manifest (reads every byte) and fully
-        decompress gzip files.  ``False`` checks schema, paths, existence and headers only.
+        Compare each file's sha256 with the manifest and fully decompress gzip files (one read of every
+        byte does both).  ``False`` checks schema, paths, existence and headers only.
+    study : str, optional
+        Check only the rows of this study (a notebook's inputs; the table's own schema is still checked
+        whole, row numbers stay the manifest's).  A study the manifest does not list is one problem.
 
     Returns
     -------
@@ -496,11 +519,21 @@ def verify_manifest(path, check_hashes: bool = True) -> list[str]:
     problems = [f"{path}: {t}" for t in table]
     if "path" not in sdf.columns:
         return problems
+    if study is not None:
+        studies = list(sdf["study"]) if "study" in sdf.columns else []
+        selected = [i for i, s in enumerate(studies) if s == study]
+        if not selected:
+            return problems + [f"{path}: lists no files of study {study!r} (it lists {sorted(set(studies))})"]
+    else:
+        selected = range(len(sdf))
     base = path.parent
     paths = list(sdf["path"])
     kinds = list(sdf["kind"]) if "kind" in sdf.columns else [""] * len(sdf)
+    shas = list(sdf["sha256"]) if "sha256" in sdf.columns else [""] * len(sdf)
     listed = set(paths)
-    for i, rel in enumerate(paths):
+    reads = _Reads()
+    for i in selected:
+        rel = paths[i]
         row_probs = list(rows.get(i, []))
         fname = rel if rel else "<empty path>"
         p = None
@@ -515,67 +548,69 @@ def verify_manifest(path, check_hashes: bool = True) -> list[str]:
             elif not p.is_file():
                 row_probs.append("not a regular file")
             else:
-                sha = sdf["sha256"].iloc[i] if "sha256" in sdf.columns else ""
-                bad_hash = False
-                if check_hashes and _SHA_RE.match(sha):
+                bad_hash, stream = False, None
+                if check_hashes:
                     try:
-                        got = sha256_file(p)
+                        got, stream = _digest(p, gunzip=p.name.lower().endswith(".gz"))
                     except DataFileError as err:
                         got = None
                         row_probs.append(str(err))
-                    if got is not None and got != sha:
+                    if got is not None and _SHA_RE.match(shas[i]) and got != shas[i]:
                         bad_hash = True
-                        row_probs.append(f"sha256 mismatch: expected {sha} got {got}")
-                content = [] if bad_hash else _check_content(p, kinds[i], full=check_hashes)
+                        row_probs.append(f"sha256 mismatch: expected {shas[i]} got {got}")
+                content = [] if bad_hash else [stream] if stream else _check_content(p, kinds[i], reads)
                 row_probs += content
                 k = kinds[i]
                 if k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and _stem(rel) + ".json" not in listed:
                     row_probs.append(f"no JSON sidecar row ({_stem(rel)}.json) for this {k} image")
                 elif k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and not bad_hash and not content:
-                    row_probs += _check_axis(p, base, _stem(rel) + ".json", k)
+                    row_probs += _check_axis(p, base, _stem(rel) + ".json", k, reads)
         problems += [f"row {i + 1}: {fname}: {m}" for m in row_probs]
     if not problems and len(sdf) == 0:
         problems.append(f"{path}: the manifest lists no files (a header only)")
     if not problems:
-        problems += _study_checks(sdf, base)
+        problems += _study_checks(sdf.iloc[list(selected)], base, reads)
     return problems
 
 
-def _study_checks(sdf: pd.DataFrame, base: Path) -> list[str]:
-    """Checks across rows: each ROI on its session's scan grid with integer labels, one field per study."""
-    from .io.nifti import check_same_grid, read_header, read_nifti
-    from .io.sidecar import read_sidecar
+
+def _study_checks(sdf: pd.DataFrame, base: Path, reads: _Reads) -> list[str]:
+    """Checks across rows: each ROI on its session's scan grid with integer labels, one field per study.
+
+    ``sdf``: the manifest rows checked, as strings, indexed by their 0-based row in the manifest."""
+    from .io.nifti import check_same_grid, read_nifti
 
     probs: list[str] = []
     if not {"study", "animal", "day", "kind"} <= set(sdf.columns):
         return probs
-    paths = sdf["path"].astype(str)
-    images = sdf[paths.str.endswith((".nii", ".nii.gz"))]
-    for (study, animal, day), g in images.groupby(["study", "animal", "day"], sort=False):
-        scans = g[g["kind"] != "roi"]
-        for i, r in g[g["kind"] == "roi"].iterrows():
+    sessions: dict[tuple, dict[str, list]] = {}
+    field_of_study: dict[str, dict[float, str]] = {}
+    for i, study, animal, day, kind, rel in zip(sdf.index, sdf["study"], sdf["animal"], sdf["day"], sdf["kind"],
+                                                sdf["path"]):
+        if rel.endswith((".nii", ".nii.gz")):
+            s = sessions.setdefault((study, animal, day), {"roi": [], "scan": []})
+            s["roi" if kind == "roi" else "scan"].append((i, rel))
+        elif rel.endswith(".json") and kind != "roi":
             try:
-                roi_p = resolve_path(base, r["path"])
-                info = read_header(roi_p)
-                data = np.asarray(read_nifti(roi_p))
-                if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-                    probs.append(f"row {i + 1}: {r['path']}: ROI labels are not whole numbers (an interpolated or "
-                                 f"resampled label map?): re-save it with nearest-neighbour labels")
-                for _, sc in scans.iterrows():
-                    check_same_grid(info, read_header(resolve_path(base, sc["path"])), what=r["path"],
-                                    other=f"scan {sc['path']}")
-            except StudyError as err:
-                probs.append(f"row {i + 1}: {err}")
-    side = sdf[paths.str.endswith(".json") & (sdf["kind"] != "roi")]
-    for study, g in side.groupby("study", sort=False):
-        fields: dict[float, str] = {}
-        for rel in g["path"]:
-            try:
-                b0 = read_sidecar(resolve_path(base, rel)).get("MagneticFieldStrength")
+                b0 = reads.sidecar(resolve_path(base, rel)).get("MagneticFieldStrength")
             except StudyError:
                 continue
             if b0 is not None:
-                fields.setdefault(round(float(b0), 1), rel)
+                field_of_study.setdefault(study, {}).setdefault(round(float(b0), 1), rel)
+    for s in sessions.values():
+        for i, rel in s["roi"]:
+            try:
+                roi_p = resolve_path(base, rel)
+                info = reads.header(roi_p)
+                data = np.asarray(read_nifti(roi_p))
+                if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+                    probs.append(f"row {i + 1}: {rel}: ROI labels are not whole numbers (an interpolated or "
+                                 f"resampled label map?): re-save it with nearest-neighbour labels")
+                for _, scan in s["scan"]:
+                    check_same_grid(info, reads.header(resolve_path(base, scan)), what=rel, other=f"scan {scan}")
+            except StudyError as err:
+                probs.append(f"row {i + 1}: {err}")
+    for study, fields in field_of_study.items():
         if len(fields) > 1:
             shown = ", ".join(f"{f:g} T ({rel})" for f, rel in sorted(fields.items()))
             probs.append(f"study {study}: scans at different field strengths: {shown}; relaxation rates and "

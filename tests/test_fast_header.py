@@ -373,3 +373,69 @@ def test_resolve_path_parts_are_those_of_the_posix_path():
     """The lstat walk uses the same components as the returned path ('.' and '//' collapse, no '..')."""
     assert PurePosixPath("raw//a/./f.nii.gz").parts == ("raw", "a", "f.nii.gz")
     assert resolve_path("/nonexistent/base", "raw//a/./f.nii.gz") == Path("/nonexistent/base/raw/a/f.nii.gz")
+
+
+# ----------------------------------------------------------------- the one-read gzip check of verify_manifest
+
+def _python_gunzip(blob: bytes) -> tuple[int | None, bool]:
+    """The oracle: what ``gzip.open(...).read()`` (the check verify_manifest made before) says."""
+    try:
+        with gzip.open(io.BytesIO(blob), "rb") as fh:
+            return len(fh.read()), True
+    except (OSError, EOFError, gzip.zlib.error):
+        return None, False
+
+
+@st.composite
+def _gzip_blobs(draw):
+    members = draw(st.lists(st.binary(max_size=3000).map(lambda b: b * draw(st.integers(1, 40))), min_size=1,
+                            max_size=3))
+    parts = [gzip.compress(m, compresslevel=draw(st.integers(1, 9)), mtime=0) for m in members]
+    flg = {sum(map(len, parts[:k])) + 3 for k in range(len(parts))}  # each member's FLG byte
+    blob = b"".join(parts) + b"\0" * draw(st.integers(0, 3))  # padding gzip.open allows
+    damage = draw(st.sampled_from(["none", "truncate", "flip", "append"]))
+    if damage == "truncate":
+        blob = blob[:draw(st.integers(0, len(blob) - 1))]
+    elif damage == "flip":
+        i = draw(st.integers(0, len(blob) - 1))
+        # not FLG's reserved bits 5-7, which gzip.open ignores and RFC 1952 2.3.1 says must be an error
+        # (ISA-L ignores them too, zlib refuses them: test_a_reserved_gzip_flag_is_read_as_the_loader_reads_it)
+        bit = draw(st.integers(0, 4 if i in flg else 7))
+        blob = blob[:i] + bytes([blob[i] ^ (1 << bit)]) + blob[i + 1:]
+    elif damage == "append":
+        blob += draw(st.binary(min_size=1, max_size=20))
+    event(damage)
+    return blob
+
+
+@settings(max_examples=400, deadline=None)
+@given(_gzip_blobs(), st.integers(1, 5000), st.integers(1, 1 << 12))
+def test_gunzip_counter_decides_as_python_gzip(blob, block, max_in):
+    """Fed in blocks of any size, inflating any number of bytes at a time, the counter gives gzip.open's length,
+    and a problem exactly when gzip.open fails (truncated, flipped bit, trailing bytes, CRC, ISIZE)."""
+    want_size, want_ok = _python_gunzip(blob)
+    for decoder in (None, gzip.zlib.decompressobj):  # ISA-L (the default) and zlib
+        c = nifti.GunzipCounter(decompressobj=decoder, max_in=max_in)
+        for i in range(0, len(blob), block):
+            c.feed(blob[i:i + block])
+        c.finish()
+        assert (c.problem is None) == want_ok, (c.problem, want_ok)
+        if want_ok:
+            assert c.size == want_size
+        else:
+            assert c.problem.startswith("corrupt gzip data (")
+
+
+def test_a_reserved_gzip_flag_is_read_as_the_loader_reads_it():
+    """FLG's reserved bits (RFC 1952 2.3.1): gzip.open and ISA-L (the default decoder, the loader's too:
+    :func:`studylib.io.nifti.gunzip_prefix`) ignore them, so verify passes what the loader reads; zlib's
+    decoder (the fallback without ``isal``) refuses them."""
+    blob = bytearray(gzip.compress(b"abc" * 100, mtime=0))
+    blob[3] |= 0x20
+    assert len(gzip.decompress(bytes(blob))) == len(nifti.gunzip_prefix(bytes(blob), 10 ** 6)) == 300
+    isal = nifti.GunzipCounter()
+    isal.feed(bytes(blob))
+    assert isal.finish().problem is None and isal.size == 300
+    zl = nifti.GunzipCounter(decompressobj=gzip.zlib.decompressobj)
+    zl.feed(bytes(blob))
+    assert zl.finish().problem == "corrupt gzip data (Error -3 while decompressing data: unknown header flags set)"

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from studylib.analysis import require_verified
 from studylib.cli import main as cli_main
 from studylib.errors import ManifestError, StudyError
 from studylib.manifest import (KINDS, manifest_sha256, read_manifest, resolve_path, sha256_file, verify_manifest,
@@ -233,6 +234,44 @@ def test_flipped_byte_reports_both_hashes(tiny_study):
     assert f"row {row}: {MEGRE}: sha256 mismatch: expected {expected} got {got}" in verify_manifest(tiny_study)
     # without hashes the flipped byte (data region) is not looked for, the rest still is
     assert not [p for p in verify_manifest(tiny_study, check_hashes=False) if "sha256" in p]
+
+
+def _two_studies(root: Path) -> Path:
+    """Two tiny studies (``a`` and ``b``) side by side in one manifest."""
+    from conftest import make_tiny_study
+
+    rows = [read_manifest(make_tiny_study(root / s, study=s)) for s in ("a", "b")]
+    for s, df in zip(("a", "b"), rows):
+        df["path"] = [f"{s}/{p}" for p in df["path"]]
+    return write_manifest(pd.concat(rows, ignore_index=True), root / "data_manifest.csv")
+
+
+def test_a_study_is_verified_alone_with_the_manifests_row_numbers(tmp_path):
+    """A notebook checks its own study's files: a corrupt file of another study does not stop it, the
+    study's own problems carry the manifest's row numbers, and a study the manifest lacks is refused."""
+    m = _two_studies(tmp_path)
+    bad = "b/" + MEGRE.replace("/tiny/", "/b/")
+    p = tmp_path / bad
+    p.write_bytes(p.read_bytes()[:-40])  # truncated, listed hash now wrong too
+    row = read_manifest(m)["path"].tolist().index(bad) + 1
+    assert verify_manifest(m, study="a") == []
+    whole, own = verify_manifest(m), verify_manifest(m, study="b")
+    assert own == whole and any(x.startswith(f"row {row}: {bad}: sha256 mismatch") for x in own), own
+    assert verify_manifest(m, study="c") == [f"{m}: lists no files of study 'c' (it lists ['a', 'b'])"]
+    with pytest.raises(StudyError, match="sha256 mismatch"):
+        require_verified(m, "b")
+    assert require_verified(m, "a") == len(read_manifest(m).query("study == 'a'"))
+
+
+def test_a_gzip_stream_that_is_listed_with_its_hash_is_still_inflated_in_full(tiny_study):
+    """The sha256 proves the file is the one listed, not that it is whole: a stream truncated (or corrupt)
+    before it was listed is found by inflating it in the same read."""
+    p = tiny_study.parent / MEGRE
+    p.write_bytes(p.read_bytes()[:-40])
+    row = _rehash(tiny_study, MEGRE)
+    problems = verify_manifest(tiny_study)
+    assert [x for x in problems if x.startswith(f"row {row}: {MEGRE}: corrupt gzip data")], problems
+    assert not [x for x in problems if "sha256" in x]
 
 
 def test_missing_manifest_is_one_problem_line(tmp_path, capsys):

@@ -56,10 +56,13 @@ def resolve_manifest(manifest=None, preset: str = "demo") -> Path:
         raise ExperimentError(str(err)) from None
 
 
-def require_verified(manifest, *, check_hashes: bool = True) -> int:
+def require_verified(manifest, study: str | None = None, *, check_hashes: bool = True) -> int:
     """Verify the manifest (schema, path safety, sha256 of every file); raise on any problem.
 
-    Returns the number of manifest rows checked and prints a one-line summary.
+    With ``study``, only that study's rows (a notebook's inputs): their files hashed, gzip streams
+    inflated, headers and sidecars read; the table's schema is checked whole either way
+    (:func:`studylib.manifest.verify_manifest`).  Returns the number of rows checked and prints a
+    one-line summary.
 
     Raises
     ------
@@ -68,12 +71,14 @@ def require_verified(manifest, *, check_hashes: bool = True) -> int:
     """
     from ..manifest import read_manifest, verify_manifest
 
-    problems = verify_manifest(manifest, check_hashes=check_hashes)
+    problems = verify_manifest(manifest, check_hashes=check_hashes, study=study)
     if problems:
         more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ExperimentError(f"{manifest}: {len(problems)} problem(s):\n" + "\n".join(problems[:20]) + more)
-    n = len(read_manifest(manifest))
-    print(f"{manifest}: OK ({n} files, sha256 {'checked' if check_hashes else 'not checked'})")
+    man = read_manifest(manifest)
+    n = int((man["study"] == study).sum()) if study is not None else len(man)
+    what = f"{n} files of study {study}" if study is not None else f"{n} files"
+    print(f"{manifest}: OK ({what}, sha256 {'checked' if check_hashes else 'not checked'})")
     return n
 
 

@@ -24,7 +24,7 @@ from ..errors import DataFileError
 from .sidecar import sidecar_path, validate_sidecar
 
 __all__ = ["wrap_around_problem", "check_same_grid", "write_nifti", "read_header", "read_nifti_lazy", "read_nifti",
-           "NiftiInfo", "to_design_order"]
+           "NiftiInfo", "to_design_order", "GunzipCounter"]
 
 _INT_RANGE = {np.dtype(np.int16): (-32768, 32767, 32000.0), np.dtype(np.uint16): (0, 65535, 64000.0)}
 
@@ -399,6 +399,51 @@ def _inflate():
         return isal_zlib.decompressobj
     except ImportError:  # pragma: no cover - isal is a dependency, but zlib gives the same bytes
         return zlib.decompressobj
+
+
+class GunzipCounter:
+    """Inflate a gzip stream fed block by block and keep only its decompressed length.
+
+    Checks what ``gzip.open(path).read()`` checks, in one pass that a caller can share with hashing the
+    same blocks: every member's header, deflate data, CRC-32 and length (ISIZE); members are followed and
+    zero padding after the last one is allowed.  ISA-L (:func:`_inflate`) when installed.  Input goes to
+    the decoder ``max_in`` bytes at a time and the output is discarded, so memory stays bounded (deflate
+    expands at most ~1032:1: 64 kB in, < 68 MB out) whatever the stream holds.  After :meth:`finish`,
+    ``problem`` is None or what is wrong, and ``size`` the decompressed length.
+    """
+
+    def __init__(self, *, decompressobj=None, max_in: int = 1 << 16):
+        self._new = decompressobj or _inflate()
+        self._max_in = int(max_in)
+        self._d = None  # the current member's decompressor; None between members
+        self.size = 0
+        self.problem: str | None = None
+
+    def feed(self, block: bytes) -> None:
+        view = memoryview(block)
+        for i in range(0, len(view), self._max_in):
+            self._feed(view[i:i + self._max_in])
+
+    def _feed(self, data) -> None:
+        while len(data) and self.problem is None:
+            if self._d is None:
+                data = bytes(data).lstrip(b"\0")  # padding after a member (gzip.open allows it)
+                if not data:
+                    return
+                self._d = self._new(wbits=31)
+            try:
+                self.size += len(self._d.decompress(data))
+            except Exception as err:  # zlib.error or ISA-L's IsalError: bad header, data or checksum
+                self.problem = f"corrupt gzip data ({err or type(err).__name__})"
+                return
+            if not self._d.eof:
+                return
+            data, self._d = self._d.unused_data, None  # the next member, padding or trailing garbage
+
+    def finish(self) -> "GunzipCounter":
+        if self.problem is None and self._d is not None:
+            self.problem = "corrupt gzip data (Compressed file ended before the end-of-stream marker was reached)"
+        return self
 
 
 def gunzip_prefix(data: bytes, need: int, *, decompressobj=None) -> bytes:
