@@ -250,8 +250,19 @@ def _export_figure(fig) -> dict | None:
 
         folder.mkdir(parents=True, exist_ok=True)
         with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": stem}):
-            fig.savefig(folder / f"{stem}.svg", format="svg", bbox_inches="tight", metadata={"Date": None})
-            fig.savefig(folder / f"{stem}.pdf", format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
+            # what savefig(bbox_inches="tight") does for each format -- lay the figure out (its layout
+            # engine, e.g. constrained), measure the tight box, pad it -- done once for both copies
+            fig.draw_without_rendering()
+            bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
+            engine = fig.get_layout_engine()
+            if engine is not None:
+                fig.set_layout_engine("none")  # laid out just now: the two copies keep that layout
+            try:
+                fig.savefig(folder / f"{stem}.svg", format="svg", bbox_inches=bbox, metadata={"Date": None})
+                fig.savefig(folder / f"{stem}.pdf", format="pdf", bbox_inches=bbox, metadata={"CreationDate": None})
+            finally:
+                if engine is not None:
+                    fig.set_layout_engine(engine)
     except Exception as err:  # never let saving a copy break the notebook's own output
         _export_failed(stem, err)
         return None
