@@ -373,8 +373,8 @@ def read_manifest(path, *, validate: bool = True) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- verify
 
-def _digest(p: Path, *, gunzip: bool) -> tuple[str, str | None]:
-    """One read of a listed file: (sha256 hex, problem of its gzip stream or None).
+def _digest(p: Path, *, gunzip: bool) -> tuple[str, int | None, str | None]:
+    """One read of a listed file: (sha256 hex, decompressed size, problem of its gzip stream or None).
 
     With ``gunzip`` the same blocks are also inflated (:class:`studylib.io.nifti.GunzipCounter`: CRC-32 and
     length of every member checked, output discarded), so a ``.nii.gz`` is read from disk once, not twice.
@@ -396,7 +396,10 @@ def _digest(p: Path, *, gunzip: bool) -> tuple[str, str | None]:
                     inflate.feed(block)
     except OSError as err:
         raise DataFileError(f"{p}: cannot read: {err.strerror or err}") from None
-    return h.hexdigest(), (inflate.finish().problem if inflate is not None else None)
+    if inflate is None:
+        return h.hexdigest(), None, None
+    inflate.finish()
+    return h.hexdigest(), inflate.size, inflate.problem
 
 
 class _Reads:
@@ -421,17 +424,18 @@ class _Reads:
         return self._sidecars[p]
 
 
-def _check_content(p: Path, kind: str, reads: _Reads) -> list[str]:
+def _check_content(p: Path, kind: str, reads: _Reads, gunzipped_size: int | None = None) -> list[str]:
     """Cheap content checks of one listed file; returns problems (never raises).  A gzip stream's own
-    integrity is :func:`_digest`'s."""
+    integrity is :func:`_digest`'s; ``gunzipped_size``, the length it inflated to, when it did."""
     name = p.name.lower()
     probs: list[str] = []
     try:
         if name.endswith(".nii") or name.endswith(".nii.gz"):
             info = reads.header(p)
-            if name.endswith(".nii") and p.stat().st_size < info.vox_offset + info.nbytes:
+            size = p.stat().st_size if name.endswith(".nii") else gunzipped_size
+            if size is not None and size < info.vox_offset + info.nbytes:
                 probs.append(f"truncated NIfTI: header needs {info.vox_offset + info.nbytes} bytes, the data has "
-                             f"{p.stat().st_size}")
+                             f"{size}")
         elif name.endswith(".json"):
             reads.sidecar(p)
         elif name.endswith(".csv"):
@@ -548,17 +552,17 @@ def verify_manifest(path, check_hashes: bool = True, *, study: str | None = None
             elif not p.is_file():
                 row_probs.append("not a regular file")
             else:
-                bad_hash, stream = False, None
+                bad_hash, size, stream = False, None, None
                 if check_hashes:
                     try:
-                        got, stream = _digest(p, gunzip=p.name.lower().endswith(".gz"))
+                        got, size, stream = _digest(p, gunzip=p.name.lower().endswith(".gz"))
                     except DataFileError as err:
                         got = None
                         row_probs.append(str(err))
                     if got is not None and _SHA_RE.match(shas[i]) and got != shas[i]:
                         bad_hash = True
                         row_probs.append(f"sha256 mismatch: expected {shas[i]} got {got}")
-                content = [] if bad_hash else [stream] if stream else _check_content(p, kinds[i], reads)
+                content = [] if bad_hash else [stream] if stream else _check_content(p, kinds[i], reads, size)
                 row_probs += content
                 k = kinds[i]
                 if k in AXIS_KINDS and rel.endswith((".nii", ".nii.gz")) and _stem(rel) + ".json" not in listed:
@@ -571,7 +575,6 @@ def verify_manifest(path, check_hashes: bool = True, *, study: str | None = None
     if not problems:
         problems += _study_checks(sdf.iloc[list(selected)], base, reads)
     return problems
-
 
 
 def _study_checks(sdf: pd.DataFrame, base: Path, reads: _Reads) -> list[str]:

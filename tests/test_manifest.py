@@ -274,6 +274,17 @@ def test_a_gzip_stream_that_is_listed_with_its_hash_is_still_inflated_in_full(ti
     assert not [x for x in problems if "sha256" in x]
 
 
+def test_a_whole_gzip_stream_of_a_cut_nifti_is_a_truncated_nifti(tiny_study):
+    """A .nii.gz whose gzip stream is intact (CRC and length agree) but holds fewer bytes than its header
+    needs -- an image cut before it was compressed -- is reported from the length the verify pass inflated."""
+    p = tiny_study.parent / MEGRE
+    raw = gzip.decompress(p.read_bytes())
+    p.write_bytes(gzip.compress(raw[: len(raw) - 100], mtime=0))
+    row = _rehash(tiny_study, MEGRE)
+    assert f"row {row}: {MEGRE}: truncated NIfTI: header needs {len(raw)} bytes, the data has {len(raw) - 100}" \
+        in verify_manifest(tiny_study)
+
+
 def test_missing_manifest_is_one_problem_line(tmp_path, capsys):
     m = tmp_path / "nope.csv"
     problems = verify_manifest(m)
