@@ -74,22 +74,32 @@ def frame_residuals(series, mask=None) -> tuple[np.ndarray, np.ndarray]:
     m = np.ones(s.shape[:3], bool) if mask is None else np.asarray(mask, bool)
     if m.shape != s.shape[:3] or not m.any():
         raise FitInputError(f"mask must be a non-empty boolean (z, y, x) of shape {s.shape[:3]}, got {m.shape}")
-    d = (s - _references(s))[m]  # (voxels, n)
-    e = np.sqrt(np.mean(d * d, axis=0))
+    sm = s[m]  # (voxels, n): the judged voxels
+    e = _frame_rms(sm)
+    return e, _robust_z(e, _floor_of(sm))
+
+
+def _frame_rms(sm: np.ndarray) -> np.ndarray:
+    """``e (n,)``: each frame's RMS residual against its neighbours' mean, over the voxels ``sm (voxels, n)``."""
+    d = sm - _references(sm)
+    return np.sqrt(np.mean(d * d, axis=0))
+
+
+def _robust_z(e: np.ndarray, floor: float) -> np.ndarray:
     med = np.median(e)
-    scale = max(1.4826 * np.median(np.abs(e - med)), _floor(s, m))
-    return e, (e - med) / scale
+    return (e - med) / max(1.4826 * np.median(np.abs(e - med)), floor)
 
 
-def _floor(s: np.ndarray, m: np.ndarray) -> float:
-    """The smallest residual scale worth judging: :data:`RESIDUAL_FLOOR` x the RMS signal over the mask."""
-    level = float(np.sqrt(np.mean(s[m] ** 2)))
+def _floor_of(sm: np.ndarray) -> float:
+    """The smallest residual scale worth judging: :data:`RESIDUAL_FLOOR` x the RMS signal of ``sm (voxels, n)``."""
+    level = float(np.sqrt(np.mean(sm ** 2)))
     return RESIDUAL_FLOOR * level if level > 0 else 1.0
 
 
 def _clean_reference(s: np.ndarray, clean: np.ndarray, t: int) -> np.ndarray:
     """Frame ``t`` interpolated linearly in time from the nearest frames in ``clean`` on each side (one side at
-    the ends): the reference a suspect frame is judged against, free of the other suspect frames."""
+    the ends): the reference a suspect frame is judged against, free of the other suspect frames.  ``s``: any
+    array with frames on its last axis (the judged voxels, ``(voxels, n)``)."""
     left, right = clean[clean < t], clean[clean > t]
     if left.size and right.size:
         lo, hi = int(left[-1]), int(right[0])
@@ -154,25 +164,29 @@ def correct_motion_frames(series, mask=None, *, z_threshold: float = MOTION_Z_TH
     m = np.ones(s.shape[:3], bool) if mask is None else np.asarray(mask, bool)
     _, z0 = frame_residuals(s, m)
     out = s.copy()
+    sm = out[m]  # (voxels, n): the judged voxels of ``out``, kept in step with it (a moved-back frame's column)
     shifts = [(a, b) for a in range(-max_shift, max_shift + 1) for b in range(-max_shift, max_shift + 1)
               if (a, b) != (0, 0)]
     corrected: set[int] = set()
     frames = np.arange(n)
     for _ in range(n):  # at most one correction per frame
-        e, z = frame_residuals(out, m)
-        noise = max(float(np.median(e)), _floor(out, m))
+        floor = _floor_of(sm)
+        e = _frame_rms(sm)
+        z = _robust_z(e, floor)
+        noise = max(float(np.median(e)), floor)
         outliers = set(np.nonzero(z > z_threshold)[0].tolist()) - corrected
         clean = frames[~np.isin(frames, list(outliers))]
         found = False
         # interior frames first: an end frame has one neighbour, so beside a moved frame a shift "explains" it too
         for t in sorted(outliers, key=lambda t: (t in (0, n - 1), -z[t])):
-            ref = _clean_reference(out, clean, t)[m]
-            e_t = np.sqrt(np.mean((out[..., t][m] - ref) ** 2))
+            ref = _clean_reference(sm, clean, t)
+            e_t = np.sqrt(np.mean((sm[:, t] - ref) ** 2))
             cost = np.array([np.sqrt(np.mean((shift_frame(out[..., t], -a, -b)[m] - ref) ** 2)) for a, b in shifts])
             k = int(np.argmin(cost))
             if cost[k] < explained * e_t or e_t ** 2 - cost[k] ** 2 >= (min_removed * noise) ** 2:
                 a, b = shifts[k]
                 out[..., t] = shift_frame(out[..., t], -a, -b)
+                sm[:, t] = out[..., t][m]
                 dy[t], dx[t] = a, b
                 corrected.add(t)
                 found = True
