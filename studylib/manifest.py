@@ -153,14 +153,39 @@ def _has_symlink_below(base: str, parts: tuple[str, ...], plain_dirs: set | None
 
 def sha256_file(path) -> str:
     """Lowercase hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    return _digest(path)[0]
+
+
+def _digest(path, *, gunzip: bool = False) -> tuple[str, int | None, str | None]:
+    """One read of a file: (sha256 hex, decompressed size, problem of its gzip stream or None).
+
+    With ``gunzip`` the same 1 MiB blocks are also inflated (:class:`studylib.io.nifti.GunzipCounter`: CRC-32
+    and length of every member checked, output discarded), so a ``.nii.gz`` is read from disk once, not twice;
+    without, size and problem are None.
+
+    Raises
+    ------
+    DataFileError
+        the file cannot be read.
+    """
     h = hashlib.sha256()
+    inflate = None
+    if gunzip:
+        from .io.nifti import GunzipCounter
+
+        inflate = GunzipCounter()
     try:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(_BLOCK), b""):
                 h.update(block)
+                if inflate is not None:
+                    inflate.feed(block)
     except OSError as err:
         raise DataFileError(f"{path}: cannot read: {err.strerror or err}") from None
-    return h.hexdigest()
+    if inflate is None:
+        return h.hexdigest(), None, None
+    inflate.finish()
+    return h.hexdigest(), inflate.size, inflate.problem
 
 
 def manifest_sha256(path) -> str:
@@ -372,35 +397,6 @@ def read_manifest(path, *, validate: bool = True) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- verify
-
-def _digest(p: Path, *, gunzip: bool) -> tuple[str, int | None, str | None]:
-    """One read of a listed file: (sha256 hex, decompressed size, problem of its gzip stream or None).
-
-    With ``gunzip`` the same blocks are also inflated (:class:`studylib.io.nifti.GunzipCounter`: CRC-32 and
-    length of every member checked, output discarded), so a ``.nii.gz`` is read from disk once, not twice.
-
-    Raises
-    ------
-    DataFileError
-        the file cannot be read.
-    """
-    from .io.nifti import GunzipCounter
-
-    h = hashlib.sha256()
-    inflate = GunzipCounter() if gunzip else None
-    try:
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(_BLOCK), b""):
-                h.update(block)
-                if inflate is not None:
-                    inflate.feed(block)
-    except OSError as err:
-        raise DataFileError(f"{p}: cannot read: {err.strerror or err}") from None
-    if inflate is None:
-        return h.hexdigest(), None, None
-    inflate.finish()
-    return h.hexdigest(), inflate.size, inflate.problem
-
 
 class _Reads:
     """What one verify pass has read: each NIfTI header and JSON sidecar once, however many checks ask."""

@@ -47,6 +47,13 @@ def _check_series(series) -> np.ndarray:
     return s
 
 
+def _check_mask(s: np.ndarray, mask) -> np.ndarray:
+    m = np.ones(s.shape[:3], bool) if mask is None else np.asarray(mask, bool)
+    if m.shape != s.shape[:3] or not m.any():
+        raise FitInputError(f"mask must be a non-empty boolean (z, y, x) of shape {s.shape[:3]}, got {m.shape}")
+    return m
+
+
 def _references(s: np.ndarray) -> np.ndarray:
     """Neighbour mean of every frame (one neighbour at the ends), shape of ``s``."""
     ref = np.empty_like(s)
@@ -71,18 +78,18 @@ def frame_residuals(series, mask=None) -> tuple[np.ndarray, np.ndarray]:
     MAD near 0, and without a floor every smooth change in it would be an outlier.
     """
     s = _check_series(series)
-    m = np.ones(s.shape[:3], bool) if mask is None else np.asarray(mask, bool)
-    if m.shape != s.shape[:3] or not m.any():
-        raise FitInputError(f"mask must be a non-empty boolean (z, y, x) of shape {s.shape[:3]}, got {m.shape}")
-    sm = s[m]  # (voxels, n): the judged voxels
-    e = _frame_rms(sm)
-    return e, _robust_z(e, _floor_of(sm))
+    m = _check_mask(s, mask)
+    e, z, _ = _judge(s[m])
+    return e, z
 
 
-def _frame_rms(sm: np.ndarray) -> np.ndarray:
-    """``e (n,)``: each frame's RMS residual against its neighbours' mean, over the voxels ``sm (voxels, n)``."""
+def _judge(sm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(e, z, floor)`` of the judged voxels ``sm (voxels, n)``: each frame's RMS residual against its
+    neighbours' mean, its robust z, and the floor of the z scale (:func:`frame_residuals`)."""
     d = sm - _references(sm)
-    return np.sqrt(np.mean(d * d, axis=0))
+    e = np.sqrt(np.mean(d * d, axis=0))
+    floor = _floor_of(sm)
+    return e, _robust_z(e, floor), floor
 
 
 def _robust_z(e: np.ndarray, floor: float) -> np.ndarray:
@@ -161,18 +168,17 @@ def correct_motion_frames(series, mask=None, *, z_threshold: float = MOTION_Z_TH
         raise FitInputError(f"z_threshold must be positive, max_shift a positive integer, explained in (0, 1) and "
                             f"min_removed positive, got {z_threshold!r}, {max_shift!r}, {explained!r}, "
                             f"{min_removed!r}")
-    m = np.ones(s.shape[:3], bool) if mask is None else np.asarray(mask, bool)
-    _, z0 = frame_residuals(s, m)
+    m = _check_mask(s, mask)
     out = s.copy()
     sm = out[m]  # (voxels, n): the judged voxels of ``out``, kept in step with it (a moved-back frame's column)
+    z0 = None
     shifts = [(a, b) for a in range(-max_shift, max_shift + 1) for b in range(-max_shift, max_shift + 1)
               if (a, b) != (0, 0)]
     corrected: set[int] = set()
     frames = np.arange(n)
     for _ in range(n):  # at most one correction per frame
-        floor = _floor_of(sm)
-        e = _frame_rms(sm)
-        z = _robust_z(e, floor)
+        e, z, floor = _judge(sm)
+        z0 = z if z0 is None else z0  # the first pass judges the series as given
         noise = max(float(np.median(e)), floor)
         outliers = set(np.nonzero(z > z_threshold)[0].tolist()) - corrected
         clean = frames[~np.isin(frames, list(outliers))]
