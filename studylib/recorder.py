@@ -237,32 +237,94 @@ def _export_failed(what: str, err: BaseException) -> None:
     _flush_record()
 
 
-def _export_figure(fig) -> dict | None:
+#: the PNG :func:`_export_figure` rendered with the copies' layout, for the PNG formatter of the same display
+#: call: ``[(figure, printer, data)]`` or empty (see :func:`_shared_png_printer`)
+_SHARED_PNG: list = []
+
+
+def _shared_png_printer(png_formatter):
+    """The inline backend's PNG printer for Figures, if it is IPython's plain ``print_figure(fmt="png")`` with a
+    tight box (what ``matplotlib_inline`` registers by default); else None.
+
+    The printer is wrapped once in the PNG formatter (again whenever the inline backend re-registers its own, e.g.
+    after ``set_matplotlib_formats``): the wrapper returns the PNG :func:`_export_figure` rendered for the same
+    figure in the same display call -- laid out and measured once with the SVG and PDF copies -- and otherwise
+    calls the printer itself.  Any other printer (retina, other keywords) keeps rendering its own PNG.
+    """
+    import functools
+
+    from IPython.core.pylabtools import print_figure
+    from matplotlib.figure import Figure
+
+    if png_formatter is None:
+        return None
+    try:
+        current = png_formatter.lookup_by_type(Figure)
+    except KeyError:
+        return None
+    printer = getattr(current, "_studylib_printer", current)
+    if not (isinstance(printer, functools.partial) and printer.func is print_figure and not printer.args
+            and printer.keywords.get("fmt") == "png" and printer.keywords.get("bbox_inches", "tight") == "tight"
+            and "pad_inches" not in printer.keywords):
+        return None
+    if current is printer:
+        def png(fig):
+            shared = _SHARED_PNG.pop() if _SHARED_PNG else None
+            if shared is not None and shared[0] is fig and shared[1] is printer and not fig.stale:
+                return shared[2]
+            return printer(fig)
+
+        png._studylib_printer = printer
+        png_formatter.for_type(Figure, png)
+    return printer
+
+
+def _export_figure(fig, png_formatter=None) -> dict | None:
     """Save a displayed matplotlib Figure as ``fig-<n>.svg`` and ``.pdf`` (TrueType fonts in the PDF, so its
-    text stays text; no creation date, so the files are reproducible); its PNG is the notebook's own."""
+    text stays text; no creation date, so the files are reproducible); its PNG is the notebook's own.
+
+    What ``savefig(bbox_inches="tight")`` does for each format -- lay the figure out (its layout engine, e.g.
+    constrained), measure the tight box, pad it, draw -- is done once: the SVG, the PDF and, when the inline
+    backend's PNG printer is the default one (:func:`_shared_png_printer`), the notebook's PNG are then drawn
+    with that box and no layout engine (restored after), so none of them lays the figure out again.
+    """
     folder = _files_dir()
     if folder is None:
         return None
+    _SHARED_PNG.clear()
     _EXPORTED["figure"] += 1
     stem = f"fig-{_EXPORTED['figure']}"
     try:
         import matplotlib
 
+        printer = _shared_png_printer(png_formatter)
         folder.mkdir(parents=True, exist_ok=True)
-        with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": stem}):
-            # what savefig(bbox_inches="tight") does for each format -- lay the figure out (its layout
-            # engine, e.g. constrained), measure the tight box, pad it -- done once for both copies
-            fig.draw_without_rendering()
-            bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
-            engine = fig.get_layout_engine()
+        fig.draw_without_rendering()
+        bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
+        engine = fig.get_layout_engine()
+        # laid out just now: with no engine at all (not the "none" placeholder) and a box given, savefig draws
+        # once instead of laying out and drawing without rendering first.  rcParams asking for a layout engine
+        # would give the figure a new one whenever savefig restores "no engine": held off meanwhile
+        with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
             if engine is not None:
-                fig.set_layout_engine("none")  # laid out just now: the two copies keep that layout
+                fig.set_layout_engine(None)
             try:
-                fig.savefig(folder / f"{stem}.svg", format="svg", bbox_inches=bbox, metadata={"Date": None})
-                fig.savefig(folder / f"{stem}.pdf", format="pdf", bbox_inches=bbox, metadata={"CreationDate": None})
+                png = None
+                if printer is not None:
+                    try:
+                        png = (printer.func(fig, **{**printer.keywords, "bbox_inches": bbox}),)
+                    except Exception:  # the PNG formatter draws its own
+                        png = None
+                with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": stem}):
+                    fig.savefig(folder / f"{stem}.svg", format="svg", bbox_inches=bbox, metadata={"Date": None})
+                    fig.savefig(folder / f"{stem}.pdf", format="pdf", bbox_inches=bbox,
+                                metadata={"CreationDate": None})
             finally:
                 if engine is not None:
                     fig.set_layout_engine(engine)
+        if png is not None:
+            fig.stale = False  # drawn and unchanged; any change before the PNG formatter runs makes it stale
+            _SHARED_PNG.append((fig, printer, png[0]))
     except Exception as err:  # never let saving a copy break the notebook's own output
         _export_failed(stem, err)
         return None
@@ -291,12 +353,14 @@ def _export_table(df) -> dict | None:
     return {"kind": "table", "n": n, "files": [f"table-{n}.csv"], "shape": [int(df.shape[0]), int(df.shape[1])]}
 
 
-def _export(obj) -> dict | None:
-    """The saved files of a displayed object: a matplotlib Figure, a pandas DataFrame or Styler; else None."""
+def _export(obj, png_formatter=None) -> dict | None:
+    """The saved files of a displayed object: a matplotlib Figure, a pandas DataFrame or Styler; else None.
+    ``png_formatter``: the display's PNG formatter, whose Figure PNG a figure's copies may share (see
+    :func:`_export_figure`)."""
     for cls in type(obj).__mro__:
         top = (cls.__module__ or "").split(".")[0]
         if (top, cls.__name__) == ("matplotlib", "Figure"):
-            return _export_figure(obj)
+            return _export_figure(obj, png_formatter)
         if (top, cls.__name__) == ("pandas", "DataFrame"):
             return _export_table(obj)
         if (top, cls.__name__) == ("pandas", "Styler"):
@@ -319,10 +383,12 @@ def load_ipython_extension(ip) -> None:
         print_method = ObjectName("_repr_studylib_export_")
 
         def __call__(self, obj):  # by class name: pandas and matplotlib need not be imported, whatever __module__
-            return _export(obj)
+            return _export(obj, self.parent.formatters.get("image/png"))
 
     fmt = _ExportFormatter(parent=ip.display_formatter)
-    ip.display_formatter.formatters[EXPORT_MIME] = fmt
+    # first of the display's formatters, so a figure's PNG can be drawn with its copies' layout (the PNG
+    # formatter, after it, takes that PNG: _shared_png_printer)
+    ip.display_formatter.formatters = {EXPORT_MIME: fmt, **ip.display_formatter.formatters}
 
 
 #: public name of the JSON conversion the runner also uses for parameters
