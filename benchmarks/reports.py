@@ -16,6 +16,12 @@ the serial run's cores give the ceiling of the speed-up on ``--jobs`` cores: ``j
 run already uses a second core now and then: Dask threads in a notebook, Chromium printing).  The conclusions tables (``reports/<experiment>.json`` ``conclusions``) of every
 parallel run are compared with the serial run's, byte for byte as JSON.
 
+With ``--control`` (the default), each pair is followed by a control: ``jobs`` whole serial runs side by side,
+each in its own process with its own cache and reports (S P C S P C ... S).  They share nothing, so they show
+what ``jobs`` cores give this very work when no scheduling is needed at all: their throughput against one serial
+run (``jobs`` x the serial wall time / their wall time, against the serial runs on both sides) is the speed-up a
+perfect scheduler of these notebooks could hope for on this machine at that moment, beside the CPU-second ceiling.
+
 Before the timed pairs, one untimed warm-up run (``collagen_adc``) generates the demo study if it is missing and
 compiles what a first run compiles: the issue's target is with the data present, and a first serial run that
 also wrote the study (~40 s on 2 cores) made the speed-up of the run of 2026-12-04 (2.05x) look larger than it was.
@@ -41,25 +47,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import ChildRun  # noqa: E402  (benchmarks/, the script's own folder)
 
 
-def one_run(jobs: int, work: Path, tag: str, notebooks: tuple[str, ...] = ()) -> dict:
-    reports, cache = work / f"reports-{tag}", work / f"cache-{tag}"
-    cmd = [str(Path(sys.executable).with_name("studylib")), "run", "--preset", "demo", "--force",
-           "--reports", str(reports), "--cache", str(cache), "--jobs", str(jobs), *notebooks]
+def one_run(jobs: int, work: Path, tag: str, notebooks: tuple[str, ...] = (), side_by_side: int = 1) -> dict:
+    """One ``studylib run`` (``side_by_side`` > 1: that many at once, each with its own reports and cache, timed
+    until the last ends); per-notebook figures are the first run's."""
+    tags = [tag] if side_by_side == 1 else [f"{tag}-{k}" for k in range(side_by_side)]
+    reports = [work / f"reports-{t}" for t in tags]
+    cmds = [[str(Path(sys.executable).with_name("studylib")), "run", "--preset", "demo", "--force",
+             "--reports", str(r), "--cache", str(work / f"cache-{t}"), "--jobs", str(jobs), *notebooks]
+            for t, r in zip(tags, reports)]
     with ChildRun() as m:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for c in cmds]
+        stderr = [pr.communicate()[1] for pr in procs]
     wall = m.wall_s
-    recs = {p.stem: json.loads(p.read_text()) for p in reports.glob("*.json")}
-    out = {"jobs": jobs, "wall_s": round(wall, 2), "returncode": proc.returncode, "cpu_s": round(m.cpu_s, 1),
+    recs = {p.stem: json.loads(p.read_text()) for p in reports[0].glob("*.json")}
+    out = {"jobs": jobs, "side_by_side": side_by_side, "wall_s": round(wall, 2),
+           "returncode": max(pr.returncode for pr in procs), "cpu_s": round(m.cpu_s, 1),
            "cores_busy": round(m.cpu_s / wall, 3),
            "other_cores_busy": None if m.other_cores_busy is None else round(m.other_cores_busy, 3),
            "status": {n: r["status"] for n, r in sorted(recs.items())},
            "notebook_s": {n: r["run_s"] for n, r in sorted(recs.items())},
            "conclusions": {n: json.dumps(r.get("conclusions"), sort_keys=True) for n, r in sorted(recs.items())}}
     out["notebooks_sum_s"] = round(sum(out["notebook_s"].values()), 2)
-    out["generated_data"] = "generating the" in proc.stderr
-    if proc.returncode != 0:
-        out["stderr_tail"] = proc.stderr[-2000:]
-    shutil.rmtree(cache, ignore_errors=True)
+    out["generated_data"] = any("generating the" in e for e in stderr)
+    if out["returncode"] != 0:
+        out["stderr_tail"] = "\n".join(e[-2000:] for e in stderr)
+    for t in tags:
+        shutil.rmtree(work / f"cache-{t}", ignore_errors=True)
     return out
 
 
@@ -75,6 +89,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                    help="after each pair, --jobs serial runs side by side (see the module docstring)")
     args = ap.parse_args(argv)
     load0 = os.getloadavg()
     pairs = []
@@ -91,6 +107,12 @@ def main(argv=None) -> int:
             print(f"pair {i}: serial {s['wall_s']:.1f} s ({s['cores_busy']:.2f} cores), {args.jobs} jobs "
                   f"{p['wall_s']:.1f} s ({p['cores_busy']:.2f} cores), x{s['wall_s'] / p['wall_s']:.2f}, "
                   f"conclusions identical: {same}", flush=True)
+            if args.control:
+                c = one_run(1, work, f"control{i}", side_by_side=args.jobs)
+                pairs[-1]["control"] = c
+                pairs[-1]["conclusions_identical"] = same and c["conclusions"] == s["conclusions"]
+                print(f"control {i}: {args.jobs} serial runs side by side {c['wall_s']:.1f} s "
+                      f"({c['cores_busy']:.2f} cores)", flush=True)
         closing = one_run(1, work, f"serial{args.pairs}")
         print(f"closing serial run: {closing['wall_s']:.1f} s ({closing['cores_busy']:.2f} cores)", flush=True)
     for i, x in enumerate(pairs):  # the parallel run against the serial runs on both sides of it
@@ -98,6 +120,9 @@ def main(argv=None) -> int:
         x["serial_after_s"] = after["wall_s"]
         x["speedup_bracketed"] = round((x["serial"]["wall_s"] * after["wall_s"]) ** 0.5 / x["parallel"]["wall_s"], 3)
         x["conclusions_identical"] = x["conclusions_identical"] and after["conclusions"] == x["parallel"]["conclusions"]
+        if "control" in x:  # throughput of the side-by-side runs against the serial runs on both sides
+            x["control_speedup_bracketed"] = round(args.jobs * (x["serial"]["wall_s"] * after["wall_s"]) ** 0.5
+                                                   / x["control"]["wall_s"], 3)
     serial_cores = [x["serial"]["cores_busy"] for x in pairs] + [closing["cores_busy"]]
     ups = sorted(x["speedup"] for x in pairs)
     doc = {"command": "python benchmarks/reports.py " + " ".join(argv or sys.argv[1:]),
@@ -110,6 +135,8 @@ def main(argv=None) -> int:
            "serial_cores_busy_median": _median(serial_cores),
            "parallel_cores_busy_median": _median([x["parallel"]["cores_busy"] for x in pairs]),
            "speedup_ceiling": round(args.jobs / _median(serial_cores), 3),
+           "control_speedup_bracketed_median": (_median([x["control_speedup_bracketed"] for x in pairs])
+                                                if args.control else None),
            "conclusions_identical": all(x["conclusions_identical"] for x in pairs)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reports.json").write_text(json.dumps(doc, indent=1))
@@ -138,15 +165,27 @@ def main(argv=None) -> int:
               f"The serial run keeps {doc['serial_cores_busy_median']:.2f} cores busy (median), so {args.jobs} cores "
               f"can make it at most {args.jobs} / {doc['serial_cores_busy_median']:.2f} = "
               f"**{doc['speedup_ceiling']:.2f}x** faster with the same CPU seconds; the parallel run keeps "
-              f"{doc['parallel_cores_busy_median']:.2f} busy.", "",
-              "Per-notebook run time (s) of the last pair, serial / parallel:", ""]
+              f"{doc['parallel_cores_busy_median']:.2f} busy.", ""]
+    if args.control:
+        walls = ", ".join(f"{x['control']['wall_s']:.1f}" for x in pairs)
+        cores = ", ".join(f"{x['control']['cores_busy']:.2f}" for x in pairs)
+        ups_c = ", ".join(f"{x['control_speedup_bracketed']:.2f}" for x in pairs)
+        lines += [f"Control: {args.jobs} whole serial runs side by side, sharing nothing (no scheduling at all), "
+                  f"after each pair: {walls} s, {cores} cores busy; their throughput against the serial runs on "
+                  f"both sides {ups_c}x (median **{doc['control_speedup_bracketed_median']:.2f}x**): what "
+                  f"{args.jobs} cores gave this work on this machine with perfect independence. `--jobs {args.jobs}` "
+                  f"reached {doc['speedup_bracketed_median'] / doc['control_speedup_bracketed_median']:.0%} of it.",
+                  ""]
+    lines += ["Per-notebook run time (s) of the last pair, serial / parallel:", ""]
     last = pairs[-1]
     for n, t in last["serial"]["notebook_s"].items():
         lines.append(f"- {n}: {t:.1f} / {last['parallel']['notebook_s'].get(n, float('nan')):.1f}")
     (RESULTS / "reports.md").write_text("\n".join(lines) + "\n")
     print(f"reports: x{doc['speedup_median']:.2f} per pair, x{doc['speedup_bracketed_median']:.2f} against the serial "
           f"runs on both sides, with {args.jobs} jobs (ceiling x{doc['speedup_ceiling']:.2f}: serial run "
-          f"{doc['serial_cores_busy_median']:.2f} cores); conclusions identical: {doc['conclusions_identical']}")
+          f"{doc['serial_cores_busy_median']:.2f} cores"
+          + (f"; {args.jobs} serial runs side by side x{doc['control_speedup_bracketed_median']:.2f}"
+             if args.control else "") + f"); conclusions identical: {doc['conclusions_identical']}")
     return 0 if doc["conclusions_identical"] else 1
 
 
