@@ -85,13 +85,77 @@ def _f(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def write_summary(doc: dict) -> str:
+    """Write ``reports.md`` from the run's document (``reports.json``) and return the one-line summary."""
+    pairs, closing, warm, jobs = doc["pairs"], doc["closing_serial"], doc["warmup"], doc["jobs"]
+    control = all("control" in x for x in pairs)
+    serial_walls = [x["serial"]["wall_s"] for x in pairs] + [closing["wall_s"]]
+    lines = [f"# `make reports` on the demo study: serial vs {jobs} notebooks at once", "",
+             f"Command: `{doc['command']}` -- {doc['when_utc']} UTC, {doc['cpus']} CPUs, load average at start "
+             f"{doc['load_average_start']} and end {doc['load_average_end']} (shared machine).", "",
+             "Each run: `studylib run --preset demo --force --cache <empty folder>` (every map fitted), fresh "
+             "process; serial and parallel alternate and each pair gives one ratio. Before them, one untimed "
+             f"warm-up run ({warm['wall_s']:.1f} s; the demo study generated in it: {warm['generated_data']}).", "",
+             "The last column compares each parallel run with the serial runs on both sides of it (geometric mean; "
+             f"a closing serial run of {closing['wall_s']:.1f} s follows the last pair). Cores = the run's CPU "
+             "seconds (the command, its kernels and Chromium) / its wall time; others = what other jobs kept busy.", "",
+             "| pair | serial s | parallel s | speed-up | cores serial / parallel | others | CPU s serial / parallel "
+             "| conclusions identical | notebooks' own s (serial / parallel) | speed-up vs serial before+after |",
+             "|---:|---:|---:|---:|---|---|---|---|---|---:|"]
+    for i, x in enumerate(pairs):
+        sx, px = x["serial"], x["parallel"]
+        lines.append(f"| {i} | {sx['wall_s']:.1f} | {px['wall_s']:.1f} | {x['speedup']:.2f} | "
+                     f"{sx['cores_busy']:.2f} / {px['cores_busy']:.2f} | {_f(sx['other_cores_busy'])} / "
+                     f"{_f(px['other_cores_busy'])} | {sx['cpu_s']:.0f} / {px['cpu_s']:.0f} | "
+                     f"{x['conclusions_identical']} | {sx['notebooks_sum_s']:.1f} / {px['notebooks_sum_s']:.1f} | "
+                     f"{x['speedup_bracketed']:.2f} |")
+    lines += ["", f"Median speed-up **{doc['speedup_median']:.2f}x** per pair, **{doc['speedup_bracketed_median']:.2f}x** "
+              f"against the serial runs on both sides; conclusions tables of all notebooks byte-identical in every "
+              f"run: **{doc['conclusions_identical']}**.", "",
+              f"The serial run keeps {doc['serial_cores_busy_median']:.2f} cores busy (median), so {jobs} cores "
+              f"can make it at most {jobs} / {doc['serial_cores_busy_median']:.2f} = "
+              f"**{doc['speedup_ceiling']:.2f}x** faster with the same CPU seconds; the parallel run keeps "
+              f"{doc['parallel_cores_busy_median']:.2f} busy."
+              + (f" {sum(x['speedup_bracketed'] > doc['speedup_ceiling'] for x in pairs)} of {len(pairs)} bracketed "
+                 "speed-ups exceed that ceiling: the machine's speed moved between the runs by more than the "
+                 "bracketing cancels (serial runs "
+                 f"{min(serial_walls):.1f}-{max(serial_walls):.1f} s), so the spread of the pairs is the uncertainty."
+                 if any(x["speedup_bracketed"] > doc["speedup_ceiling"] for x in pairs) else ""), ""]
+    if control:
+        walls = ", ".join(f"{x['control']['wall_s']:.1f}" for x in pairs)
+        cores = ", ".join(f"{x['control']['cores_busy']:.2f}" for x in pairs)
+        ups_c = ", ".join(f"{x['control_speedup_bracketed']:.2f}" for x in pairs)
+        lines += [f"Control: {jobs} whole serial runs side by side, sharing nothing (no scheduling at all), "
+                  f"after each pair: {walls} s, {cores} cores busy; their throughput against the serial runs on "
+                  f"both sides {ups_c}x (median **{doc['control_speedup_bracketed_median']:.2f}x**): what "
+                  f"{jobs} cores gave this work on this machine with perfect independence. `--jobs {jobs}` "
+                  f"reached {doc['speedup_bracketed_median'] / doc['control_speedup_bracketed_median']:.0%} of it.",
+                  ""]
+    lines += ["Per-notebook run time (s) of the last pair, serial / parallel:", ""]
+    last = pairs[-1]
+    for n, t in last["serial"]["notebook_s"].items():
+        lines.append(f"- {n}: {t:.1f} / {last['parallel']['notebook_s'].get(n, float('nan')):.1f}")
+    (RESULTS / "reports.md").write_text("\n".join(lines) + "\n")
+    return (f"reports: x{doc['speedup_median']:.2f} per pair, x{doc['speedup_bracketed_median']:.2f} against the serial "
+          f"runs on both sides, with {jobs} jobs (ceiling x{doc['speedup_ceiling']:.2f}: serial run "
+          f"{doc['serial_cores_busy_median']:.2f} cores"
+          + (f"; {jobs} serial runs side by side x{doc['control_speedup_bracketed_median']:.2f}"
+             if control else "") + f"); conclusions identical: {doc['conclusions_identical']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                     help="after each pair, --jobs serial runs side by side (see the module docstring)")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="rewrite reports.md from the saved reports.json (no runs)")
     args = ap.parse_args(argv)
+    if args.summary_only:
+        doc = json.loads((RESULTS / "reports.json").read_text())
+        print(write_summary(doc))
+        return 0 if doc["conclusions_identical"] else 1
     load0 = os.getloadavg()
     pairs = []
     with tempfile.TemporaryDirectory(prefix="studylib-bench-reports-") as tmp:
@@ -140,58 +204,7 @@ def main(argv=None) -> int:
            "conclusions_identical": all(x["conclusions_identical"] for x in pairs)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reports.json").write_text(json.dumps(doc, indent=1))
-    sx = [x["serial"]["wall_s"] for x in pairs] + [closing["wall_s"]]
-    lines = [f"# `make reports` on the demo study: serial vs {args.jobs} notebooks at once", "",
-             f"Command: `{doc['command']}` -- {doc['when_utc']} UTC, {doc['cpus']} CPUs, load average at start "
-             f"{doc['load_average_start']} and end {doc['load_average_end']} (shared machine).", "",
-             "Each run: `studylib run --preset demo --force --cache <empty folder>` (every map fitted), fresh "
-             "process; serial and parallel alternate and each pair gives one ratio. Before them, one untimed "
-             f"warm-up run ({warm['wall_s']:.1f} s; the demo study generated in it: {warm['generated_data']}).", "",
-             "The last column compares each parallel run with the serial runs on both sides of it (geometric mean; "
-             f"a closing serial run of {closing['wall_s']:.1f} s follows the last pair). Cores = the run's CPU "
-             "seconds (the command, its kernels and Chromium) / its wall time; others = what other jobs kept busy.", "",
-             "| pair | serial s | parallel s | speed-up | cores serial / parallel | others | CPU s serial / parallel "
-             "| conclusions identical | notebooks' own s (serial / parallel) | speed-up vs serial before+after |",
-             "|---:|---:|---:|---:|---|---|---|---|---|---:|"]
-    for i, x in enumerate(pairs):
-        sx, px = x["serial"], x["parallel"]
-        lines.append(f"| {i} | {sx['wall_s']:.1f} | {px['wall_s']:.1f} | {x['speedup']:.2f} | "
-                     f"{sx['cores_busy']:.2f} / {px['cores_busy']:.2f} | {_f(sx['other_cores_busy'])} / "
-                     f"{_f(px['other_cores_busy'])} | {sx['cpu_s']:.0f} / {px['cpu_s']:.0f} | "
-                     f"{x['conclusions_identical']} | {sx['notebooks_sum_s']:.1f} / {px['notebooks_sum_s']:.1f} | "
-                     f"{x['speedup_bracketed']:.2f} |")
-    lines += ["", f"Median speed-up **{doc['speedup_median']:.2f}x** per pair, **{doc['speedup_bracketed_median']:.2f}x** "
-              f"against the serial runs on both sides; conclusions tables of all notebooks byte-identical in every "
-              f"run: **{doc['conclusions_identical']}**.", "",
-              f"The serial run keeps {doc['serial_cores_busy_median']:.2f} cores busy (median), so {args.jobs} cores "
-              f"can make it at most {args.jobs} / {doc['serial_cores_busy_median']:.2f} = "
-              f"**{doc['speedup_ceiling']:.2f}x** faster with the same CPU seconds; the parallel run keeps "
-              f"{doc['parallel_cores_busy_median']:.2f} busy."
-              + (f" {sum(x['speedup_bracketed'] > doc['speedup_ceiling'] for x in pairs)} of {len(pairs)} bracketed "
-                 "speed-ups exceed that ceiling: the machine's speed moved between the runs by more than the "
-                 "bracketing cancels (serial runs "
-                 f"{min(sx):.1f}-{max(sx):.1f} s), so the spread of the pairs is the uncertainty."
-                 if any(x["speedup_bracketed"] > doc["speedup_ceiling"] for x in pairs) else ""), ""]
-    if args.control:
-        walls = ", ".join(f"{x['control']['wall_s']:.1f}" for x in pairs)
-        cores = ", ".join(f"{x['control']['cores_busy']:.2f}" for x in pairs)
-        ups_c = ", ".join(f"{x['control_speedup_bracketed']:.2f}" for x in pairs)
-        lines += [f"Control: {args.jobs} whole serial runs side by side, sharing nothing (no scheduling at all), "
-                  f"after each pair: {walls} s, {cores} cores busy; their throughput against the serial runs on "
-                  f"both sides {ups_c}x (median **{doc['control_speedup_bracketed_median']:.2f}x**): what "
-                  f"{args.jobs} cores gave this work on this machine with perfect independence. `--jobs {args.jobs}` "
-                  f"reached {doc['speedup_bracketed_median'] / doc['control_speedup_bracketed_median']:.0%} of it.",
-                  ""]
-    lines += ["Per-notebook run time (s) of the last pair, serial / parallel:", ""]
-    last = pairs[-1]
-    for n, t in last["serial"]["notebook_s"].items():
-        lines.append(f"- {n}: {t:.1f} / {last['parallel']['notebook_s'].get(n, float('nan')):.1f}")
-    (RESULTS / "reports.md").write_text("\n".join(lines) + "\n")
-    print(f"reports: x{doc['speedup_median']:.2f} per pair, x{doc['speedup_bracketed_median']:.2f} against the serial "
-          f"runs on both sides, with {args.jobs} jobs (ceiling x{doc['speedup_ceiling']:.2f}: serial run "
-          f"{doc['serial_cores_busy_median']:.2f} cores"
-          + (f"; {args.jobs} serial runs side by side x{doc['control_speedup_bracketed_median']:.2f}"
-             if args.control else "") + f"); conclusions identical: {doc['conclusions_identical']}")
+    print(write_summary(doc))
     return 0 if doc["conclusions_identical"] else 1
 
 
