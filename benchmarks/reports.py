@@ -90,6 +90,7 @@ def write_summary(doc: dict) -> str:
     pairs, closing, warm, jobs = doc["pairs"], doc["closing_serial"], doc["warmup"], doc["jobs"]
     control = all("control" in x for x in pairs)
     serial_walls = [x["serial"]["wall_s"] for x in pairs] + [closing["wall_s"]]
+    above_ceiling = sum(x["speedup_bracketed"] > doc["speedup_ceiling"] for x in pairs)
     lines = [f"# `make reports` on the demo study: serial vs {jobs} notebooks at once", "",
              f"Command: `{doc['command']}` -- {doc['when_utc']} UTC, {doc['cpus']} CPUs, load average at start "
              f"{doc['load_average_start']} and end {doc['load_average_end']} (shared machine).", "",
@@ -116,11 +117,11 @@ def write_summary(doc: dict) -> str:
               f"can make it at most {jobs} / {doc['serial_cores_busy_median']:.2f} = "
               f"**{doc['speedup_ceiling']:.2f}x** faster with the same CPU seconds; the parallel run keeps "
               f"{doc['parallel_cores_busy_median']:.2f} busy."
-              + (f" {sum(x['speedup_bracketed'] > doc['speedup_ceiling'] for x in pairs)} of {len(pairs)} bracketed "
+              + (f" {above_ceiling} of {len(pairs)} bracketed "
                  "speed-ups exceed that ceiling: the machine's speed moved between the runs by more than the "
                  "bracketing cancels (serial runs "
                  f"{min(serial_walls):.1f}-{max(serial_walls):.1f} s), so the spread of the pairs is the uncertainty."
-                 if any(x["speedup_bracketed"] > doc["speedup_ceiling"] for x in pairs) else ""), ""]
+                 if above_ceiling else ""), ""]
     if control:
         walls = ", ".join(f"{x['control']['wall_s']:.1f}" for x in pairs)
         cores = ", ".join(f"{x['control']['cores_busy']:.2f}" for x in pairs)

@@ -309,12 +309,12 @@ def _export_figure(fig, png_formatter=None) -> dict | None:
             if engine is not None:
                 fig.set_layout_engine(None)
             try:
-                png = None
                 if printer is not None:
                     try:
-                        png = (printer.func(fig, **{**printer.keywords, "bbox_inches": bbox}),)
+                        png = printer.func(fig, **{**printer.keywords, "bbox_inches": bbox})
+                        _SHARED_PNG.append((fig, printer, png))
                     except Exception:  # the PNG formatter draws its own
-                        png = None
+                        pass
                 with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": stem}):
                     fig.savefig(folder / f"{stem}.svg", format="svg", bbox_inches=bbox, metadata={"Date": None})
                     fig.savefig(folder / f"{stem}.pdf", format="pdf", bbox_inches=bbox,
@@ -322,9 +322,8 @@ def _export_figure(fig, png_formatter=None) -> dict | None:
             finally:
                 if engine is not None:
                     fig.set_layout_engine(engine)
-        if png is not None:
+        if _SHARED_PNG:
             fig.stale = False  # drawn and unchanged; any change before the PNG formatter runs makes it stale
-            _SHARED_PNG.append((fig, printer, png[0]))
     except Exception as err:  # never let saving a copy break the notebook's own output
         _export_failed(stem, err)
         return None
